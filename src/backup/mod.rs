@@ -1,0 +1,1 @@
+//! Repository format on S3, retention, resource export/import.
