@@ -1,0 +1,484 @@
+//! `AppEnvironment`: one application in one environment (development, staging, production),
+//! and everything it needs to run: ServiceAccount, Deployment, Service, Ingress, TLS
+//! Certificate, autoscaler, disruption budget and network policy.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, Probe, ResourceRequirements, SecurityContext, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Desired state of one application in one environment.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "berth.dev",
+    version = "v1alpha1",
+    kind = "AppEnvironment",
+    plural = "appenvironments",
+    shortname = "appenv",
+    category = "berth",
+    namespaced,
+    status = "AppEnvironmentStatus",
+    doc = "One application in one environment (development, staging or production): Berth keeps its ServiceAccount, Deployment, Service, Ingress, TLS Certificate, HorizontalPodAutoscaler, PodDisruptionBudget and NetworkPolicy converged.",
+    printcolumn(name = "Tier", type_ = "string", json_path = ".spec.tier", description = "Environment tier"),
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.image", description = "Container image"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the app is available"),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url", description = "Public URL of the app"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(
+    validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))").message("spec.replicas and spec.autoscaling are mutually exclusive: remove spec.replicas and set spec.autoscaling.minReplicas instead").field_path(".replicas"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AppEnvironmentSpec {
+    /// Environment tier. It sets defaults a migrating team otherwise forgets: production gets at
+    /// least 2 replicas (3 when autoscaling), a PodDisruptionBudget, spread across zones and
+    /// zero-downtime rolling updates; development gets one replica and no PodDisruptionBudget.
+    /// Explicit fields always win over tier defaults.
+    pub tier: Tier,
+
+    /// Container image, e.g. `registry.example.com/shop/api:1.4.2`.
+    #[schemars(length(min = 1))]
+    pub image: String,
+
+    /// When to pull the image (`Always`, `IfNotPresent`, `Never`). Defaults to Kubernetes' rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+
+    /// Names of Secrets in this namespace used to pull the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<String>,
+
+    /// Entrypoint override (the image's ENTRYPOINT when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+
+    /// Arguments to the entrypoint (the image's CMD when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+
+    /// Environment variables of the application container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+
+    /// ConfigMaps and Secrets whose keys become environment variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+
+    /// Ports the application listens on. The first port is the one the Service and the
+    /// Ingress route to. Defaults to one port named `http` on 8080.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub ports: Vec<AppPort>,
+
+    /// Fixed number of pods. Mutually exclusive with `autoscaling`. Defaults by tier:
+    /// development 1, staging 2, production 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+
+    /// CPU and memory requests and limits of the application container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Liveness, readiness and startup probes of the application container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Probes>,
+
+    /// Container securityContext. Defaults to one that passes the Pod Security `restricted`
+    /// profile (non-root, no privilege escalation, all capabilities dropped, RuntimeDefault
+    /// seccomp, read-only root filesystem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+
+    /// The Service in front of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSettings>,
+
+    /// Public HTTP(S) routing. No Ingress is created when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSettings>,
+
+    /// HorizontalPodAutoscaler settings. No autoscaler is created when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+
+    /// PodDisruptionBudget settings. Defaults by tier: created (maxUnavailable 1) for staging
+    /// and production, not for development.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption_budget: Option<DisruptionBudget>,
+
+    /// NetworkPolicy settings. By default ingress traffic is denied except from the ingress
+    /// controller's namespace, the monitoring namespace when scraping is on, and pods of this
+    /// app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySettings>,
+
+    /// Rolling update settings. Production and staging default to `maxUnavailable: 0`,
+    /// `maxSurge: 25%` (zero downtime); development to Kubernetes' defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+
+    /// Spread pods across zones (`topology.kubernetes.io/zone`) and nodes. Defaults to true in
+    /// production, false otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread: Option<bool>,
+
+    /// The ServiceAccount the pods run as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountSettings>,
+
+    /// Inject the Linkerd proxy (`linkerd.io/inject: enabled` on the pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linkerd: Option<bool>,
+
+    /// Metrics scraping annotations (Prometheus, Datadog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<Monitoring>,
+
+    /// Extra annotations on the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+
+    /// Extra labels on the pods (the `app.kubernetes.io/*` labels are always set).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+
+    /// Node labels the pods must be scheduled on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Stop all writes to this environment's children (for maintenance or an incident).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+/// Environment tier.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Tier {
+    /// One replica, no PodDisruptionBudget, Kubernetes' rolling-update defaults.
+    #[default]
+    Development,
+    /// Two replicas, PodDisruptionBudget, zero-downtime rolling updates.
+    Staging,
+    /// Two replicas (three when autoscaling), PodDisruptionBudget, zone spread,
+    /// zero-downtime rolling updates.
+    Production,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Development => "development",
+            Tier::Staging => "staging",
+            Tier::Production => "production",
+        }
+    }
+}
+
+/// Image pull policy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+/// A port the application listens on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppPort {
+    /// Port name (an IANA_SVC_NAME: lowercase letters, digits and '-', at most 15 characters).
+    #[schemars(length(min = 1, max = 15), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Port number in the container.
+    #[schemars(range(min = 1, max = 65535))]
+    pub container_port: i32,
+    /// Protocol: `TCP` (default), `UDP` or `SCTP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+}
+
+/// Transport protocol of a port.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum Protocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+    #[serde(rename = "SCTP")]
+    Sctp,
+}
+
+/// Probes of the application container. Each is a Kubernetes `Probe`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Probes {
+    /// Restarts the container when it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<Probe>,
+    /// Removes the pod from the Service while it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Probe>,
+    /// Holds back the other probes until the application has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<Probe>,
+}
+
+/// Service settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSettings {
+    /// Service type: `ClusterIP` (default), `NodePort` or `LoadBalancer`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<ServiceType>,
+    /// Port the Service exposes (default 80); it forwards to the first container port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// Annotations on the Service (for example cloud load-balancer settings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Kubernetes Service type.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ServiceType {
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+/// Ingress settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!has(self.tls) || size(self.hosts) > 0").message("spec.ingress.tls needs at least one host in spec.ingress.hosts: the certificate is issued for those names").field_path(".hosts"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSettings {
+    /// IngressClass to use (for example `nginx` or `alb`). The cluster default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Host names routed to the app, e.g. `shop.example.com`. Wildcards like `*.example.com`
+    /// are allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 253), regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")))]
+    pub hosts: Vec<String>,
+    /// URL paths routed to the app on every host. Defaults to `/` (Prefix).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<IngressPath>,
+    /// Annotations on the Ingress (controller-specific settings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Serve HTTPS with a cert-manager Certificate for every host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
+}
+
+/// One routed path.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressPath {
+    /// The path, starting with `/`.
+    #[schemars(regex(pattern = r"^/"))]
+    pub path: String,
+    /// How the path matches: `Prefix` (default), `Exact` or `ImplementationSpecific`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_type: Option<PathType>,
+}
+
+/// Ingress path match type.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum PathType {
+    Prefix,
+    Exact,
+    ImplementationSpecific,
+}
+
+/// TLS through a cert-manager Certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSettings {
+    /// The cert-manager issuer that signs the certificate.
+    pub issuer_ref: IssuerRef,
+    /// Secret the certificate is stored in. Defaults to `<name>-tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+}
+
+/// Reference to a cert-manager Issuer or ClusterIssuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the issuer, e.g. `letsencrypt-prod`.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// `ClusterIssuer` (default) or `Issuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<IssuerKind>,
+    /// API group of the issuer. Defaults to `cert-manager.io`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// Kind of cert-manager issuer.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum IssuerKind {
+    ClusterIssuer,
+    Issuer,
+}
+
+/// HorizontalPodAutoscaler settings (autoscaling/v2).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas").message("spec.autoscaling.minReplicas must not exceed spec.autoscaling.maxReplicas").field_path(".minReplicas"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    /// Lowest number of pods. Defaults by tier: production 3, otherwise 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: Option<i32>,
+    /// Highest number of pods.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Target average CPU utilisation in percent of the request. Defaults to 70 when no
+    /// target is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_cpu_utilization: Option<i32>,
+    /// Target average memory utilisation in percent of the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_memory_utilization: Option<i32>,
+}
+
+/// PodDisruptionBudget settings. At most one of `minAvailable` and `maxUnavailable`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!(has(self.minAvailable) && has(self.maxUnavailable))").message("set only one of spec.disruptionBudget.minAvailable and spec.disruptionBudget.maxUnavailable"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DisruptionBudget {
+    /// Create the PodDisruptionBudget. Defaults to true for staging and production.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Pods that must stay available during voluntary disruptions (number or percentage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<IntOrString>,
+    /// Pods that may be unavailable during voluntary disruptions (number or percentage).
+    /// Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+/// NetworkPolicy settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySettings {
+    /// Create the NetworkPolicy. Defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Namespace of the ingress controller allowed to reach the app. Defaults to
+    /// `ingress-nginx`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_controller_namespace: Option<String>,
+    /// Namespace of the metrics scraper allowed to reach the metrics port when Prometheus
+    /// scraping is on. Defaults to `monitoring`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring_namespace: Option<String>,
+    /// Further namespaces whose pods may reach the app.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from_namespaces: Vec<String>,
+}
+
+/// Rolling update settings of the Deployment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// Pods above the desired count during an update (number or percentage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<IntOrString>,
+    /// Pods below the desired count during an update (number or percentage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+/// ServiceAccount settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountSettings {
+    /// Annotations, e.g. `eks.amazonaws.com/role-arn` for IAM roles for service accounts
+    /// (IRSA) or `iam.gke.io/gcp-service-account` for GKE workload identity.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Mount the API token into the pods. Defaults to false: most apps never call the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_token: Option<bool>,
+}
+
+/// Metrics scraping.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Monitoring {
+    /// Prometheus scrape annotations (`prometheus.io/scrape`, `port`, `path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusScrape>,
+    /// Datadog autodiscovery annotations for an OpenMetrics check of the same endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datadog: Option<DatadogScrape>,
+}
+
+/// Where metrics are served.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusScrape {
+    /// Port serving metrics. Defaults to the first container port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// HTTP path of the metrics. Defaults to `/metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// Datadog autodiscovery.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatadogScrape {
+    /// Metric namespace in Datadog. Defaults to the AppEnvironment's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Metric names to collect. Defaults to all (`.*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<String>,
+}
+
+/// Observed state of an AppEnvironment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppEnvironmentStatus {
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`, in the `metav1.Condition` shape.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Pods that pass their readiness probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Public URL of the app (from the first Ingress host and path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Image of the current rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}

@@ -1,0 +1,139 @@
+//! `BackupPolicy`: a cron schedule that creates `Backup` objects, the storage they go to,
+//! what they contain, how long they are kept and where they are copied offsite.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::CustomResource;
+use serde::{Deserialize, Serialize};
+
+/// Desired state of a backup schedule.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[kube(
+    group = "berth.dev",
+    version = "v1alpha1",
+    kind = "BackupPolicy",
+    plural = "backuppolicies",
+    shortname = "bp",
+    category = "berth",
+    namespaced,
+    status = "BackupPolicyStatus",
+    doc = "A backup schedule: creates Backup objects on a cron schedule, applies GFS retention and copies backups to an optional offsite location.",
+    printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule", description = "Cron schedule"),
+    printcolumn(name = "Suspended", type_ = "boolean", json_path = ".spec.suspend", description = "Whether the schedule is stopped"),
+    printcolumn(name = "Last Success", type_ = "string", json_path = ".status.lastSuccessfulBackup", description = "Newest completed Backup"),
+    printcolumn(name = "Fresh", type_ = "string", json_path = ".status.conditions[?(@.type==\"BackupFresh\")].status", description = "Whether the last success is recent enough"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicySpec {
+    /// Five-field cron schedule, e.g. `0 3 * * *` (03:00 every day).
+    #[schemars(length(min = 9, max = 128))]
+    pub schedule: String,
+    /// IANA time zone of the schedule, e.g. `Europe/Berlin`. Defaults to UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Stop creating new Backups (existing ones and restores are unaffected).
+    #[serde(default)]
+    pub suspend: bool,
+    /// Where backups are written.
+    pub storage: StorageLocation,
+    /// An optional second location every backup is replicated to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<StorageLocation>,
+    /// What each backup contains.
+    #[serde(default)]
+    pub scope: BackupScope,
+    /// How many backups are kept.
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+/// An S3 (or S3-compatible) location.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageLocation {
+    /// Bucket name.
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// Key prefix inside the bucket (no leading slash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Region, e.g. `eu-west-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Endpoint URL of an S3-compatible server (MinIO, Garage, Ceph). AWS when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Address buckets by path (`endpoint/bucket`), as most S3-compatible servers need.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. The pod's identity (IRSA)
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// Secret with `ca.crt` for a server with a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<String>,
+    /// Secret with the repository encryption key under `key`.
+    pub encryption_key_secret: String,
+}
+
+/// What a backup contains.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupScope {
+    /// AppEnvironments and DatabaseInstances of this namespace to include (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// Further resource kinds to export, as `kind.group` (e.g. `configmaps`, `ingresses.networking.k8s.io`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_resources: Vec<String>,
+    /// Dump the data of included DatabaseInstances. Defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub databases: Option<bool>,
+    /// Copy the files of PersistentVolumeClaims used by included apps. Defaults to false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<bool>,
+}
+
+/// Grandfather-father-son retention. The newest successful backup is never removed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    /// Keep the newest N backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the last N days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the last N weeks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the last N months.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub keep_monthly: Option<u32>,
+}
+
+/// Observed state of a BackupPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicyStatus {
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` and `BackupFresh`, in the `metav1.Condition` shape.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// When the schedule last created a Backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    /// When the schedule fires next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<Time>,
+    /// Name of the newest Completed Backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_backup: Option<String>,
+}

@@ -1,0 +1,86 @@
+//! `Restore`: brings back one Backup, optionally into other namespaces.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Desired state of one restore.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "berth.dev",
+    version = "v1alpha1",
+    kind = "Restore",
+    plural = "restores",
+    shortname = "rst",
+    category = "berth",
+    namespaced,
+    status = "RestoreStatus",
+    doc = "Restores one Backup (or the newest successful Backup of a policy), optionally into other namespaces, in an app-aware order.",
+    printcolumn(name = "Backup", type_ = "string", json_path = ".spec.backupName", description = "Backup being restored"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Restore phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(
+    validation = Rule::new("has(self.backupName) != has(self.policyName)").message("set exactly one of spec.backupName and spec.policyName"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSpec {
+    /// The Backup to restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_name: Option<String>,
+    /// Restore the newest Completed Backup of this BackupPolicy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_name: Option<String>,
+    /// Map source namespaces to target namespaces, e.g. `{shop: shop-restored}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespace_mapping: BTreeMap<String, String>,
+    /// Restore only these kinds (all when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include_kinds: Vec<String>,
+    /// Never restore these kinds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_kinds: Vec<String>,
+    /// What to do with objects that already exist: `none` (default, leave them) or `update`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existing_resource_policy: Option<ExistingResourcePolicy>,
+    /// Only list what would be created or changed.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Handling of objects that already exist in the target.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExistingResourcePolicy {
+    None,
+    Update,
+}
+
+/// Observed state of a Restore.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatus {
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` (true once Completed), in the `metav1.Condition` shape.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// New, InProgress, Completed, PartiallyFailed or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Objects created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<u32>,
+    /// Objects updated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<u32>,
+    /// Objects skipped because they exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<u32>,
+    /// Errors, one per failed object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
