@@ -6,3 +6,8 @@
 pub mod agent;
 pub mod api;
 pub mod backup;
+pub mod controllers;
+pub mod crds;
+pub mod render;
+pub mod resources;
+pub mod runtime;

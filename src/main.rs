@@ -1,1 +1,77 @@
-fn main() {}
+//! The `berth` binary: the operator, CRD printing, offline rendering and the data-path agent.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "Kubernetes operator for app environments, databases and backups")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every controller against the cluster of the current kubeconfig or service account.
+    Operator(berth::runtime::OperatorArgs),
+    /// Print every CRD as YAML, or write one file per kind into a directory.
+    Crds {
+        /// Directory to write `<plural>.berth.dev.yaml` files into (created if missing).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print the child objects the operator would create for the given resources.
+    Render {
+        /// A YAML file (multi-document) or a directory of them; repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Data-path commands that run inside backup and restore Jobs.
+    Agent(berth::agent::AgentArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crds { dir } => match berth::crds::write(dir.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berth crds: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Render { files } => match berth::render::render(&files) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                for p in problems {
+                    eprintln!("{p}");
+                }
+                ExitCode::from(2)
+            }
+        },
+        Command::Operator(args) => run_async(berth::runtime::run(args)),
+        Command::Agent(args) => run_async(berth::agent::run(args)),
+    }
+}
+
+fn run_async<F: Future<Output = anyhow::Result<ExitCode>>>(fut: F) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -24,7 +24,12 @@ use serde::{Deserialize, Serialize};
     doc = "One application in one environment (development, staging or production): Berth keeps its ServiceAccount, Deployment, Service, Ingress, TLS Certificate, HorizontalPodAutoscaler, PodDisruptionBudget and NetworkPolicy converged.",
     printcolumn(name = "Tier", type_ = "string", json_path = ".spec.tier", description = "Environment tier"),
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image", description = "Container image"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the app is available"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the app is available"
+    ),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url", description = "Public URL of the app"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -259,7 +264,7 @@ pub enum ServiceType {
 /// Ingress settings.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[x_kube(
-    validation = Rule::new("!has(self.tls) || size(self.hosts) > 0").message("spec.ingress.tls needs at least one host in spec.ingress.hosts: the certificate is issued for those names").field_path(".hosts"),
+    validation = Rule::new("!has(self.tls) || (has(self.hosts) && size(self.hosts) > 0)").message("spec.ingress.tls needs at least one host in spec.ingress.hosts: the certificate is issued for those names").field_path(".hosts"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IngressSettings {
@@ -269,7 +274,13 @@ pub struct IngressSettings {
     /// Host names routed to the app, e.g. `shop.example.com`. Wildcards like `*.example.com`
     /// are allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32), inner(length(min = 1, max = 253), regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")))]
+    #[schemars(
+        length(max = 32),
+        inner(
+            length(min = 1, max = 253),
+            regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        )
+    )]
     pub hosts: Vec<String>,
     /// URL paths routed to the app on every host. Defaults to `/` (Prefix).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -16,8 +16,18 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "BackupStatus",
     doc = "One backup run: Kubernetes resources, database dumps and volume data written to the policy's S3 repository.",
-    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policyName", description = "BackupPolicy this backup belongs to"),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "New, InProgress, Completed, PartiallyFailed or Failed"),
+    printcolumn(
+        name = "Policy",
+        type_ = "string",
+        json_path = ".spec.policyName",
+        description = "BackupPolicy this backup belongs to"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "New, InProgress, Completed, PartiallyFailed or Failed"
+    ),
     printcolumn(name = "Size", type_ = "integer", json_path = ".status.bytes", description = "Bytes backed up"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]

@@ -18,9 +18,24 @@ use serde::{Deserialize, Serialize};
     status = "BackupPolicyStatus",
     doc = "A backup schedule: creates Backup objects on a cron schedule, applies GFS retention and copies backups to an optional offsite location.",
     printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule", description = "Cron schedule"),
-    printcolumn(name = "Suspended", type_ = "boolean", json_path = ".spec.suspend", description = "Whether the schedule is stopped"),
-    printcolumn(name = "Last Success", type_ = "string", json_path = ".status.lastSuccessfulBackup", description = "Newest completed Backup"),
-    printcolumn(name = "Fresh", type_ = "string", json_path = ".status.conditions[?(@.type==\"BackupFresh\")].status", description = "Whether the last success is recent enough"),
+    printcolumn(
+        name = "Suspended",
+        type_ = "boolean",
+        json_path = ".spec.suspend",
+        description = "Whether the schedule is stopped"
+    ),
+    printcolumn(
+        name = "Last Success",
+        type_ = "string",
+        json_path = ".status.lastSuccessfulBackup",
+        description = "Newest completed Backup"
+    ),
+    printcolumn(
+        name = "Fresh",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"BackupFresh\")].status",
+        description = "Whether the last success is recent enough"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

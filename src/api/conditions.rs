@@ -30,7 +30,12 @@ fn status_str(status: bool) -> &'static str {
 /// Merges `desired` into `existing`: conditions keep their `lastTransitionTime` while their
 /// status is unchanged, every condition carries `generation`, and conditions of types no
 /// longer computed are dropped. The result is sorted by type so that it is stable.
-pub fn merge(existing: &[Condition], desired: &[DesiredCondition], generation: Option<i64>, now: &Time) -> Vec<Condition> {
+pub fn merge(
+    existing: &[Condition],
+    desired: &[DesiredCondition],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
     let mut out: Vec<Condition> = desired
         .iter()
         .map(|d| {
@@ -75,7 +80,8 @@ mod tests {
     #[test]
     fn keeps_transition_time_while_status_is_unchanged() {
         let first = merge(&[], &[DesiredCondition::new(READY, false, "Progressing", "rolling out")], Some(1), &t(10));
-        let second = merge(&first, &[DesiredCondition::new(READY, false, "Progressing", "still rolling")], Some(2), &t(20));
+        let second =
+            merge(&first, &[DesiredCondition::new(READY, false, "Progressing", "still rolling")], Some(2), &t(20));
         assert_eq!(second[0].last_transition_time, t(10));
         assert_eq!(second[0].observed_generation, Some(2));
         let third = merge(&second, &[DesiredCondition::new(READY, true, "Available", "ok")], Some(2), &t(30));

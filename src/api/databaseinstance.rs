@@ -22,8 +22,18 @@ use serde::{Deserialize, Serialize};
     doc = "A PostgreSQL server or RabbitMQ node/cluster on persistent volumes, with the databases, roles, vhosts and users its spec declares provisioned over a real connection.",
     printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine", description = "postgres or rabbitmq"),
     printcolumn(name = "Version", type_ = "string", json_path = ".spec.version", description = "Engine version"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the instance serves clients"),
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", description = "host:port clients connect to"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the instance serves clients"
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.endpoint",
+        description = "host:port clients connect to"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(

@@ -18,7 +18,12 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "RestoreStatus",
     doc = "Restores one Backup (or the newest successful Backup of a policy), optionally into other namespaces, in an app-aware order.",
-    printcolumn(name = "Backup", type_ = "string", json_path = ".spec.backupName", description = "Backup being restored"),
+    printcolumn(
+        name = "Backup",
+        type_ = "string",
+        json_path = ".spec.backupName",
+        description = "Backup being restored"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Restore phase"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]

@@ -1,1 +1,0 @@
-fn main() { for c in berth::api::all_crds() { println!("---\n{}", serde_saphyr::to_string(&c).unwrap()); } }

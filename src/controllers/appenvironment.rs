@@ -1,0 +1,414 @@
+//! The AppEnvironment controller: validate -> build -> apply what changed -> delete orphans ->
+//! status. All reads come from watch caches; a reconcile of an up-to-date object writes
+//! nothing.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use super::apply::{apply_if_changed, owned_by};
+use super::{Context, Error};
+use crate::api::appenvironment::{AppEnvironment, AppEnvironmentStatus};
+use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
+use crate::resources::appenvironment::status::{Observed, health};
+use crate::resources::appenvironment::{AppChildren, ValidApp, build, typed, url, validate};
+use crate::resources::certificate::Certificate;
+use crate::resources::meta::owner_label_key;
+
+/// Name of this controller in metrics, logs and field managers.
+pub const NAME: &str = "appenvironment";
+const MANAGER: &str = "berth/appenvironment";
+const STATUS_MANAGER: &str = "berth/appenvironment-status";
+
+/// Watch caches of every child kind, scoped like the controller.
+pub struct Stores {
+    pub service_accounts: Store<ServiceAccount>,
+    pub services: Store<Service>,
+    pub deployments: Store<Deployment>,
+    pub ingresses: Store<Ingress>,
+    pub certificates: Option<Store<Certificate>>,
+    pub autoscalers: Store<HorizontalPodAutoscaler>,
+    pub disruption_budgets: Store<PodDisruptionBudget>,
+    pub network_policies: Store<NetworkPolicy>,
+}
+
+struct Ctx {
+    shared: Arc<Context>,
+    stores: Stores,
+}
+
+fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller for one namespace (or all when `None`) until shutdown. `synced` is
+/// called once every cache has its initial list.
+pub async fn run(
+    shared: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    synced: impl FnOnce() + Send + 'static,
+) {
+    let client = shared.client.clone();
+    let ns = namespace.as_deref();
+    // Only Berth's children are cached, never every Deployment of the cluster.
+    let children = watcher::Config::default()
+        .labels(&format!("app.kubernetes.io/managed-by=berth,{}", owner_label_key("AppEnvironment")));
+
+    macro_rules! child_stream {
+        ($kind:ty) => {{
+            let (reader, writer) = reflector::store::<$kind>();
+            let stream = reflector::reflector(writer, watcher(api::<$kind>(&client, ns), children.clone()))
+                .default_backoff()
+                .touched_objects();
+            (reader, stream)
+        }};
+    }
+    let (service_accounts, sa_stream) = child_stream!(ServiceAccount);
+    let (services, svc_stream) = child_stream!(Service);
+    let (deployments, deploy_stream) = child_stream!(Deployment);
+    let (ingresses, ing_stream) = child_stream!(Ingress);
+    let (autoscalers, hpa_stream) = child_stream!(HorizontalPodAutoscaler);
+    let (disruption_budgets, pdb_stream) = child_stream!(PodDisruptionBudget);
+    let (network_policies, np_stream) = child_stream!(NetworkPolicy);
+    let (certificates, cert_stream) = if shared.cert_manager {
+        let (reader, stream) = child_stream!(Certificate);
+        (Some(reader), Some(stream))
+    } else {
+        (None, None)
+    };
+
+    let stores = Stores {
+        service_accounts,
+        services,
+        deployments,
+        ingresses,
+        certificates,
+        autoscalers,
+        disruption_budgets,
+        network_policies,
+    };
+    let readiness = {
+        let s = (
+            stores.service_accounts.clone(),
+            stores.services.clone(),
+            stores.deployments.clone(),
+            stores.ingresses.clone(),
+            stores.autoscalers.clone(),
+            stores.disruption_budgets.clone(),
+            stores.network_policies.clone(),
+            stores.certificates.clone(),
+        );
+        async move {
+            let _ = s.0.wait_until_ready().await;
+            let _ = s.1.wait_until_ready().await;
+            let _ = s.2.wait_until_ready().await;
+            let _ = s.3.wait_until_ready().await;
+            let _ = s.4.wait_until_ready().await;
+            let _ = s.5.wait_until_ready().await;
+            let _ = s.6.wait_until_ready().await;
+            if let Some(c) = s.7 {
+                let _ = c.wait_until_ready().await;
+            }
+        }
+    };
+
+    let main_api = api::<AppEnvironment>(&client, ns);
+    let mut controller = Controller::new(main_api, watcher::Config::default())
+        .owns_stream(sa_stream)
+        .owns_stream(svc_stream)
+        .owns_stream(deploy_stream)
+        .owns_stream(ing_stream)
+        .owns_stream(hpa_stream)
+        .owns_stream(pdb_stream)
+        .owns_stream(np_stream);
+    if let Some(stream) = cert_stream {
+        controller = controller.owns_stream(stream);
+    }
+    let main_store = controller.store();
+    let ctx = Arc::new(Ctx { shared, stores });
+    tokio::spawn(async move {
+        readiness.await;
+        let _ = main_store.wait_until_ready().await;
+        synced();
+    });
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile trigger failed");
+            }
+        })
+        .await;
+}
+
+fn key(app: &AppEnvironment) -> String {
+    format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
+}
+
+async fn reconcile(app: Arc<AppEnvironment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_app(&app, &ctx).await;
+    ctx.shared.metrics.observe(NAME, started.elapsed(), result.as_ref().err().map(Error::category));
+    if result.is_ok() {
+        ctx.shared.succeeded(&key(&app));
+    }
+    result
+}
+
+fn error_policy(app: Arc<AppEnvironment>, error: &Error, ctx: Arc<Ctx>) -> Action {
+    warn!(appenvironment = %key(&app), %error, category = ?error.category(), "reconcile failed");
+    ctx.shared.backoff(&key(&app))
+}
+
+async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error> {
+    if app.meta().deletion_timestamp.is_some() {
+        // Children go with their owner through garbage collection; nothing else to clean.
+        return Ok(Action::await_change());
+    }
+    if app.spec.paused {
+        let paused = [
+            DesiredCondition::new(
+                PROGRESSING,
+                false,
+                "Paused",
+                "spec.paused is true: Berth does not change this environment",
+            ),
+            current_or(app, READY, "Paused"),
+            current_or(app, DEGRADED, "Paused"),
+        ];
+        update_status(app, ctx, &paused, None, None).await?;
+        return Ok(Action::await_change());
+    }
+    let valid = match validate(app) {
+        Ok(valid) => valid,
+        Err(errors) => {
+            let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            let invalid = [
+                DesiredCondition::new(READY, false, "InvalidSpec", message.clone()),
+                DesiredCondition::new(PROGRESSING, false, "InvalidSpec", "waiting for the spec to be fixed"),
+                DesiredCondition::new(DEGRADED, true, "InvalidSpec", message),
+            ];
+            update_status(app, ctx, &invalid, None, None).await?;
+            // Retrying cannot help: wait for the next change of the spec.
+            return Ok(Action::await_change());
+        }
+    };
+    let children = build(&valid);
+    if children.certificate.is_some() && !ctx.shared.cert_manager {
+        let missing = "spec.ingress.tls needs cert-manager, whose Certificate API (cert-manager.io/v1) is not installed in the cluster; install cert-manager or remove spec.ingress.tls";
+        let conditions = [
+            DesiredCondition::new(READY, false, "CertManagerMissing", missing),
+            DesiredCondition::new(PROGRESSING, false, "CertManagerMissing", missing),
+            DesiredCondition::new(DEGRADED, true, "CertManagerMissing", missing),
+        ];
+        update_status(app, ctx, &conditions, None, None).await?;
+        return Err(Error::DependencyMissing(missing.into()));
+    }
+    let deployment_changed = apply_children(app, ctx, &children).await?;
+    let name = app.name_any();
+    let ns = app.namespace().unwrap_or_default();
+    let deployment = ctx.stores.deployments.get(&ObjectRef::new(&name).within(&ns));
+    let certificate = ctx.stores.certificates.as_ref().and_then(|s| s.get(&ObjectRef::new(&name).within(&ns)));
+    let observed = Observed {
+        deployment: deployment.as_deref(),
+        certificate: certificate.as_deref(),
+        deployment_just_changed: deployment_changed,
+    };
+    let app_health = health(&valid, &observed);
+    update_status(app, ctx, &app_health.conditions, app_health.ready_replicas, Some(&valid)).await?;
+    Ok(Action::requeue(ctx.shared.resync))
+}
+
+/// Keeps the current condition of `type_` while paused (pausing does not make an app unready).
+fn current_or(app: &AppEnvironment, type_: &'static str, reason: &str) -> DesiredCondition {
+    let current = app.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
+    match current {
+        Some(c) => DesiredCondition::new(type_, c.status == "True", &c.reason, c.message.clone()),
+        None => DesiredCondition::new(type_, false, reason, "spec.paused is true"),
+    }
+}
+
+/// Applies what changed and deletes children the spec no longer asks for. Returns whether the
+/// Deployment was written.
+async fn apply_children(app: &AppEnvironment, ctx: &Ctx, children: &AppChildren) -> Result<bool, Error> {
+    // Destructured without `..`: a child that is built but not applied does not compile.
+    let AppChildren {
+        service_account,
+        service,
+        deployment,
+        ingress,
+        certificate,
+        autoscaler,
+        disruption_budget,
+        network_policy,
+    } = children;
+    let s = &ctx.stores;
+    let mut writes = 0;
+    writes += apply_one(app, ctx, &s.service_accounts, service_account).await? as u32;
+    writes += apply_one(app, ctx, &s.services, service).await? as u32;
+    let deployment_changed = apply_one(app, ctx, &s.deployments, deployment).await?;
+    writes += deployment_changed as u32;
+    writes += apply_optional(app, ctx, &s.ingresses, ingress.as_ref()).await? as u32;
+    if let Some(certs) = &s.certificates {
+        writes += apply_optional(app, ctx, certs, certificate.as_ref()).await? as u32;
+    }
+    writes += apply_optional(app, ctx, &s.autoscalers, autoscaler.as_ref()).await? as u32;
+    writes += apply_optional(app, ctx, &s.disruption_budgets, disruption_budget.as_ref()).await? as u32;
+    writes += apply_optional(app, ctx, &s.network_policies, network_policy.as_ref()).await? as u32;
+    if writes > 0 {
+        info!(appenvironment = %key(app), writes, "converged children");
+    }
+    Ok(deployment_changed)
+}
+
+async fn apply_one<K>(app: &AppEnvironment, ctx: &Ctx, store: &Store<K>, desired: &K) -> Result<bool, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let ns = app.namespace().unwrap_or_default();
+    let cached = store.get(&ObjectRef::new(&desired.name_any()).within(&ns));
+    let api: Api<K> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    let wrote = apply_if_changed(&api, cached.as_deref(), typed(desired), MANAGER).await?;
+    if wrote {
+        ctx.shared.metrics.applies.get_or_create(&crate::runtime::metrics::ControllerLabels { controller: NAME }).inc();
+    }
+    Ok(wrote)
+}
+
+/// Applies an optional child, or deletes it (when Berth owns it) if the spec dropped it.
+async fn apply_optional<K>(
+    app: &AppEnvironment,
+    ctx: &Ctx,
+    store: &Store<K>,
+    desired: Option<&K>,
+) -> Result<bool, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    if let Some(desired) = desired {
+        return apply_one(app, ctx, store, desired).await;
+    }
+    let ns = app.namespace().unwrap_or_default();
+    let name = app.name_any();
+    let Some(existing) = store.get(&ObjectRef::new(&name).within(&ns)) else { return Ok(false) };
+    let uid = app.uid().unwrap_or_default();
+    if !owned_by(existing.as_ref(), &uid, (&owner_label_key("AppEnvironment"), &name)) {
+        return Ok(false);
+    }
+    let api: Api<K> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    match api.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => {
+            info!(appenvironment = %key(app), kind = %K::kind(&()), "deleted a child the spec no longer asks for");
+            Ok(true)
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the status when it differs from the current one (conditions compared without
+/// regard to order), and records an Event when readiness changes.
+async fn update_status(
+    app: &AppEnvironment,
+    ctx: &Ctx,
+    desired: &[DesiredCondition],
+    ready_replicas: Option<i32>,
+    valid: Option<&ValidApp>,
+) -> Result<(), Error> {
+    let current = app.status.clone().unwrap_or_default();
+    let now = Time(jiff::Timestamp::now());
+    let generation = app.meta().generation;
+    let new_status = AppEnvironmentStatus {
+        observed_generation: generation,
+        conditions: conditions::merge(&current.conditions, desired, generation, &now),
+        ready_replicas: ready_replicas.or(current.ready_replicas.filter(|_| valid.is_none())),
+        url: valid.and_then(url).or(if valid.is_none() { current.url.clone() } else { None }),
+        image: valid.map(|v| v.app.spec.image.clone()).or(current.image.clone()),
+    };
+    let unchanged = new_status.observed_generation == current.observed_generation
+        && conditions::same_set(&new_status.conditions, &current.conditions)
+        && new_status.ready_replicas == current.ready_replicas
+        && new_status.url == current.url
+        && new_status.image == current.image;
+    if unchanged {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": AppEnvironment::api_version(&()),
+        "kind": AppEnvironment::kind(&()),
+        "status": new_status,
+    });
+    let api: Api<AppEnvironment> = Api::namespaced(ctx.shared.client.clone(), &app.namespace().unwrap_or_default());
+    api.patch_status(&app.name_any(), &PatchParams::apply(STATUS_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    publish_transition(app, ctx, &current.conditions, &new_status).await;
+    Ok(())
+}
+
+async fn publish_transition(
+    app: &AppEnvironment,
+    ctx: &Ctx,
+    before: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    after: &AppEnvironmentStatus,
+) {
+    let Some(ready) = after.conditions.iter().find(|c| c.type_ == READY) else { return };
+    let was = before.iter().find(|c| c.type_ == READY);
+    if was.is_some_and(|w| w.status == ready.status && w.reason == ready.reason) {
+        return;
+    }
+    let (type_, note) = match (ready.status.as_str(), ready.reason.as_str()) {
+        ("True", _) => (
+            EventType::Normal,
+            format!("available{}", after.url.as_ref().map(|u| format!(" at {u}")).unwrap_or_default()),
+        ),
+        (_, "RollingOut" | "CertificatePending" | "Paused") => (EventType::Normal, ready.message.clone()),
+        _ => (EventType::Warning, ready.message.clone()),
+    };
+    let event = Event {
+        type_,
+        reason: ready.reason.clone(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.shared.recorder.publish(&event, &app.object_ref(&())).await {
+        warn!(appenvironment = %key(app), error = %e, "could not record an event");
+    }
+}

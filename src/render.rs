@@ -1,0 +1,185 @@
+//! `berth render`: reads custom resources from YAML files and prints, in apply order, every
+//! child object the operator would create. No cluster is involved: the same validation and
+//! the same pure builders as the controllers.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::api::validation::{self, FieldError};
+use crate::api::{self as berth_api, AppEnvironment};
+use crate::resources::appenvironment;
+
+/// One problem in one input document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    /// 1-based index of the YAML document in the file.
+    pub document: usize,
+    pub error: FieldError,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.document, self.error)
+    }
+}
+
+/// A parsed input document.
+struct Document {
+    file: PathBuf,
+    index: usize,
+    value: Value,
+}
+
+/// Renders every resource in `paths` (files, or directories of `*.yaml`/`*.yml` files, read in
+/// name order). Returns the YAML stream, or every problem found; never a partial output.
+pub fn render(paths: &[PathBuf]) -> Result<String, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut documents = Vec::new();
+    for path in paths {
+        match input_files(path) {
+            Ok(files) => {
+                for file in files {
+                    read_documents(&file, &mut documents, &mut problems);
+                }
+            }
+            Err(e) => problems.push(Problem { file: path.clone(), document: 0, error: FieldError::new("file", e) }),
+        }
+    }
+    let mut objects = Vec::new();
+    for doc in &documents {
+        match render_document(doc) {
+            Ok(children) => objects.extend(children),
+            Err(errors) => problems.extend(errors.into_iter().map(|error| Problem {
+                file: doc.file.clone(),
+                document: doc.index,
+                error,
+            })),
+        }
+    }
+    if !problems.is_empty() {
+        problems.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
+        return Err(problems);
+    }
+    let mut out = String::new();
+    for object in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&object).expect("JSON values serialize to YAML"));
+    }
+    Ok(out)
+}
+
+fn input_files(path: &Path) -> Result<Vec<PathBuf>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| format!("cannot list {}: {e}", path.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Splits a YAML stream on `---` lines so that every document is parsed (and reported) on
+/// its own.
+fn split_documents(text: &str) -> Vec<String> {
+    let mut docs = vec![String::new()];
+    for line in text.lines() {
+        if line == "---" || line.starts_with("--- ") {
+            docs.push(line.trim_start_matches("---").trim_start().to_string() + "\n");
+        } else {
+            let last = docs.last_mut().expect("never empty");
+            last.push_str(line);
+            last.push('\n');
+        }
+    }
+    docs
+}
+
+fn read_documents(file: &Path, out: &mut Vec<Document>, problems: &mut Vec<Problem>) {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            problems.push(Problem {
+                file: file.to_path_buf(),
+                document: 0,
+                error: FieldError::new("file", format!("cannot read: {e}")),
+            });
+            return;
+        }
+    };
+    let mut index = 0;
+    for doc in split_documents(&text) {
+        // Comment-only or empty documents are not counted, as kubectl does not count them.
+        if doc.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            continue;
+        }
+        index += 1;
+        match serde_saphyr::from_str::<Value>(&doc) {
+            Ok(Value::Null) => {}
+            Ok(value) => out.push(Document { file: file.to_path_buf(), index, value }),
+            Err(e) => problems.push(Problem {
+                file: file.to_path_buf(),
+                document: index,
+                error: FieldError::new(
+                    "yaml",
+                    format!(
+                        "not valid YAML: {}",
+                        e.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ")
+                    ),
+                ),
+            }),
+        }
+    }
+}
+
+fn render_document(doc: &Document) -> Result<Vec<Value>, Vec<FieldError>> {
+    let value = &doc.value;
+    if !value.is_object() {
+        return Err(vec![FieldError::new("document", "must be a YAML mapping (a Kubernetes object)")]);
+    }
+    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let expected = format!("{}/{}", berth_api::GROUP, berth_api::VERSION);
+    if api_version != expected {
+        return Err(vec![FieldError::new(
+            "apiVersion",
+            format!("{api_version:?} is not a Berth resource; render reads {expected} objects"),
+        )]);
+    }
+    let Some(crd) = berth_api::all_crds().into_iter().find(|c| c.spec.names.kind == kind) else {
+        return Err(vec![FieldError::new(
+            "kind",
+            format!(
+                "{kind:?} is not a Berth kind; use AppEnvironment, DatabaseInstance, BackupPolicy, Backup or Restore"
+            ),
+        )]);
+    };
+    if value.pointer("/metadata/name").and_then(Value::as_str).is_none_or(str::is_empty) {
+        return Err(vec![FieldError::new("metadata.name", "is required")]);
+    }
+    let errors = validation::validate(&validation::crd_schema(&crd), value);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    match kind {
+        "AppEnvironment" => {
+            let app: AppEnvironment = typed(value)?;
+            let valid = appenvironment::validate(&app)?;
+            Ok(appenvironment::build(&valid).to_json())
+        }
+        // The other kinds have no children that render can show without a cluster yet; their
+        // specs are still validated above.
+        _ => Ok(Vec::new()),
+    }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, Vec<FieldError>> {
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| vec![FieldError::new(e.path().to_string(), e.inner().to_string())])
+}

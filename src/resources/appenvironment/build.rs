@@ -1,0 +1,495 @@
+//! Pure builders: a [`ValidApp`] in, the children of the AppEnvironment out.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+    ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, LocalObjectReference, PodSecurityContext, PodSpec,
+    PodTemplateSpec, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+    TopologySpreadConstraint, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
+    IngressTLS, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+    ServiceBackendPort,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::validate::{ResolvedBudget, ValidApp};
+use crate::api::appenvironment::{AppEnvironment, PullPolicy, ServiceType};
+use crate::resources::certificate::{Certificate, CertificateIssuerRef, CertificateSpec};
+use crate::resources::meta;
+
+/// Component label of application pods.
+pub const COMPONENT: &str = "app";
+/// Name of the application container.
+pub const CONTAINER: &str = "app";
+
+/// Every child of an AppEnvironment; `None` for the optional ones the spec does not ask for.
+/// The controller's applier destructures this without `..`, so a new child kind that is built
+/// but never applied does not compile.
+#[derive(Clone, Debug)]
+pub struct AppChildren {
+    pub service_account: ServiceAccount,
+    pub service: Service,
+    pub deployment: Deployment,
+    pub ingress: Option<Ingress>,
+    pub certificate: Option<Certificate>,
+    pub autoscaler: Option<HorizontalPodAutoscaler>,
+    pub disruption_budget: Option<PodDisruptionBudget>,
+    pub network_policy: Option<NetworkPolicy>,
+}
+
+impl AppChildren {
+    /// Every present child as JSON, in apply order (ServiceAccount, Service, Deployment,
+    /// Ingress, Certificate, HorizontalPodAutoscaler, PodDisruptionBudget, NetworkPolicy).
+    pub fn to_json(&self) -> Vec<serde_json::Value> {
+        let Self {
+            service_account,
+            service,
+            deployment,
+            ingress,
+            certificate,
+            autoscaler,
+            disruption_budget,
+            network_policy,
+        } = self;
+        let mut out = vec![typed(service_account), typed(service), typed(deployment)];
+        out.extend(ingress.as_ref().map(typed));
+        out.extend(certificate.as_ref().map(typed));
+        out.extend(autoscaler.as_ref().map(typed));
+        out.extend(disruption_budget.as_ref().map(typed));
+        out.extend(network_policy.as_ref().map(typed));
+        out
+    }
+}
+
+/// Serializes `obj` with its apiVersion and kind set (k8s-openapi types leave them to serde).
+pub fn typed<K: kube::Resource<DynamicType = ()> + serde::Serialize>(obj: &K) -> serde_json::Value {
+    let mut v = serde_json::to_value(obj).expect("Kubernetes objects serialize");
+    if let Some(map) = v.as_object_mut() {
+        map.insert("apiVersion".into(), K::api_version(&()).into());
+        map.insert("kind".into(), K::kind(&()).into());
+    }
+    v
+}
+
+/// Builds every child of `valid`.
+pub fn build(valid: &ValidApp) -> AppChildren {
+    AppChildren {
+        service_account: service_account(valid),
+        service: service(valid),
+        deployment: deployment(valid),
+        ingress: ingress(valid),
+        certificate: certificate(valid),
+        autoscaler: autoscaler(valid),
+        disruption_budget: disruption_budget(valid),
+        network_policy: network_policy(valid),
+    }
+}
+
+fn app(valid: &ValidApp) -> &AppEnvironment {
+    &valid.app
+}
+
+fn labels(valid: &ValidApp) -> BTreeMap<String, String> {
+    let mut labels = meta::standard_labels(app(valid), COMPONENT);
+    labels.insert("berth.dev/tier".into(), valid.tier.as_str().into());
+    labels
+}
+
+fn selector(valid: &ValidApp) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(meta::selector_labels(&app(valid).name_any(), COMPONENT)),
+        ..LabelSelector::default()
+    }
+}
+
+fn child_meta(valid: &ValidApp, annotations: BTreeMap<String, String>) -> ObjectMeta {
+    let mut m = meta::child_meta(app(valid), &app(valid).name_any(), labels(valid));
+    if !annotations.is_empty() {
+        m.annotations = Some(annotations);
+    }
+    m
+}
+
+fn service_account(valid: &ValidApp) -> ServiceAccount {
+    let settings = app(valid).spec.service_account.clone().unwrap_or_default();
+    ServiceAccount {
+        metadata: child_meta(valid, settings.annotations),
+        automount_service_account_token: Some(settings.automount_token.unwrap_or(false)),
+        ..ServiceAccount::default()
+    }
+}
+
+fn service(valid: &ValidApp) -> Service {
+    let spec = &app(valid).spec;
+    let settings = spec.service.clone().unwrap_or_default();
+    let ports = valid
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ServicePort {
+            name: Some(p.name.clone()),
+            port: if i == 0 { valid.service_port } else { p.container_port },
+            target_port: Some(IntOrString::String(p.name.clone())),
+            protocol: Some(p.protocol.into()),
+            ..ServicePort::default()
+        })
+        .collect();
+    Service {
+        metadata: child_meta(valid, settings.annotations),
+        spec: Some(ServiceSpec {
+            type_: Some(
+                match settings.type_.unwrap_or(ServiceType::ClusterIP) {
+                    ServiceType::ClusterIP => "ClusterIP",
+                    ServiceType::NodePort => "NodePort",
+                    ServiceType::LoadBalancer => "LoadBalancer",
+                }
+                .into(),
+            ),
+            selector: Some(meta::selector_labels(&app(valid).name_any(), COMPONENT)),
+            ports: Some(ports),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The `restricted` Pod Security profile, with a read-only root filesystem.
+fn restricted_container_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+        ..SecurityContext::default()
+    }
+}
+
+fn pod_annotations(valid: &ValidApp) -> BTreeMap<String, String> {
+    let spec = &app(valid).spec;
+    let mut annotations = BTreeMap::new();
+    if let Some(linkerd) = spec.linkerd {
+        annotations.insert("linkerd.io/inject".into(), if linkerd { "enabled" } else { "disabled" }.into());
+    }
+    if let Some((port, path)) = &valid.metrics {
+        annotations.insert("prometheus.io/scrape".into(), "true".into());
+        annotations.insert("prometheus.io/port".into(), port.to_string());
+        annotations.insert("prometheus.io/path".into(), path.clone());
+        if let Some(dd) = spec.monitoring.as_ref().and_then(|m| m.datadog.as_ref()) {
+            let metrics = if dd.metrics.is_empty() { vec![".*".to_string()] } else { dd.metrics.clone() };
+            let check = serde_json::json!({
+                "openmetrics": {
+                    "init_config": {},
+                    "instances": [{
+                        "openmetrics_endpoint": format!("http://%%host%%:{port}{path}"),
+                        "namespace": dd.namespace.clone().unwrap_or_else(|| app(valid).name_any()),
+                        "metrics": metrics,
+                    }]
+                }
+            });
+            annotations.insert(format!("ad.datadoghq.com/{CONTAINER}.checks"), check.to_string());
+        }
+    }
+    annotations.extend(spec.pod_annotations.clone());
+    annotations
+}
+
+fn deployment(valid: &ValidApp) -> Deployment {
+    let spec = &app(valid).spec;
+    let name = app(valid).name_any();
+    let mut pod_labels = labels(valid);
+    if let Some(version) =
+        spec.image.rsplit_once(':').map(|(_, tag)| tag).filter(|t| !t.contains('/')).and_then(meta::label_value)
+    {
+        pod_labels.insert("app.kubernetes.io/version".into(), version);
+    }
+    pod_labels.extend(spec.pod_labels.clone());
+    let probes = spec.probes.clone().unwrap_or_default();
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: spec.image_pull_policy.map(|p| {
+            match p {
+                PullPolicy::Always => "Always",
+                PullPolicy::IfNotPresent => "IfNotPresent",
+                PullPolicy::Never => "Never",
+            }
+            .into()
+        }),
+        command: (!spec.command.is_empty()).then(|| spec.command.clone()),
+        args: (!spec.args.is_empty()).then(|| spec.args.clone()),
+        env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+        env_from: (!spec.env_from.is_empty()).then(|| spec.env_from.clone()),
+        ports: Some(
+            valid
+                .ports
+                .iter()
+                .map(|p| ContainerPort {
+                    name: Some(p.name.clone()),
+                    container_port: p.container_port,
+                    protocol: Some(p.protocol.into()),
+                    ..ContainerPort::default()
+                })
+                .collect(),
+        ),
+        resources: spec.resources.clone(),
+        liveness_probe: probes.liveness,
+        readiness_probe: probes.readiness,
+        startup_probe: probes.startup,
+        security_context: Some(spec.security_context.clone().unwrap_or_else(restricted_container_context)),
+        // A read-only root filesystem still needs a writable /tmp for most runtimes.
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    let spread = valid.topology_spread.then(|| {
+        ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+            .into_iter()
+            .map(|key| TopologySpreadConstraint {
+                max_skew: 1,
+                topology_key: key.into(),
+                // ScheduleAnyway: a single-zone cluster must still run the app.
+                when_unsatisfiable: "ScheduleAnyway".into(),
+                label_selector: Some(selector(valid)),
+                match_label_keys: Some(vec!["pod-template-hash".into()]),
+                ..TopologySpreadConstraint::default()
+            })
+            .collect()
+    });
+    let annotations = pod_annotations(valid);
+    Deployment {
+        metadata: child_meta(valid, BTreeMap::new()),
+        spec: DeploymentSpec {
+            replicas: valid.replicas,
+            selector: selector(valid),
+            revision_history_limit: Some(5),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: valid.rollout.as_ref().map(|(surge, unavailable)| RollingUpdateDeployment {
+                    max_surge: Some(surge.clone()),
+                    max_unavailable: Some(unavailable.clone()),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: (!annotations.is_empty()).then_some(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(name.clone()),
+                    automount_service_account_token: Some(
+                        spec.service_account.as_ref().and_then(|s| s.automount_token).unwrap_or(false),
+                    ),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "tmp".into(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Volume::default()
+                    }]),
+                    image_pull_secrets: (!spec.image_pull_secrets.is_empty()).then(|| {
+                        spec.image_pull_secrets.iter().map(|n| LocalObjectReference { name: n.clone() }).collect()
+                    }),
+                    node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+                    tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+                    topology_spread_constraints: spread,
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+fn ingress(valid: &ValidApp) -> Option<Ingress> {
+    let ing = valid.ingress.as_ref()?;
+    let name = app(valid).name_any();
+    let first_port = valid.ports.first().map(|p| p.name.clone()).unwrap_or_else(|| "http".into());
+    let http = HTTPIngressRuleValue {
+        paths: ing
+            .paths
+            .iter()
+            .map(|(path, path_type)| HTTPIngressPath {
+                path: Some(path.clone()),
+                path_type: (*path_type).into(),
+                backend: IngressBackend {
+                    service: Some(IngressServiceBackend {
+                        name: name.clone(),
+                        port: Some(ServiceBackendPort {
+                            name: Some(first_port.clone()),
+                            ..ServiceBackendPort::default()
+                        }),
+                    }),
+                    ..IngressBackend::default()
+                },
+            })
+            .collect(),
+    };
+    let rules = if ing.hosts.is_empty() {
+        vec![IngressRule { host: None, http: Some(http) }]
+    } else {
+        ing.hosts.iter().map(|h| IngressRule { host: Some(h.clone()), http: Some(http.clone()) }).collect()
+    };
+    Some(Ingress {
+        metadata: child_meta(valid, ing.annotations.clone()),
+        spec: Some(IngressSpec {
+            ingress_class_name: ing.class_name.clone(),
+            rules: Some(rules),
+            tls: ing.tls.as_ref().map(|tls| {
+                vec![IngressTLS { hosts: Some(ing.hosts.clone()), secret_name: Some(tls.secret_name.clone()) }]
+            }),
+            ..IngressSpec::default()
+        }),
+        ..Ingress::default()
+    })
+}
+
+fn certificate(valid: &ValidApp) -> Option<Certificate> {
+    let ing = valid.ingress.as_ref()?;
+    let tls = ing.tls.as_ref()?;
+    Some(Certificate {
+        metadata: child_meta(valid, BTreeMap::new()),
+        spec: CertificateSpec {
+            secret_name: tls.secret_name.clone(),
+            dns_names: ing.hosts.clone(),
+            issuer_ref: CertificateIssuerRef {
+                name: tls.issuer_name.clone(),
+                kind: tls.issuer_kind.into(),
+                group: tls.issuer_group.clone(),
+            },
+        },
+        status: None,
+    })
+}
+
+fn autoscaler(valid: &ValidApp) -> Option<HorizontalPodAutoscaler> {
+    let a = valid.autoscaling.as_ref()?;
+    let metric = |resource: &str, pct: i32| MetricSpec {
+        type_: "Resource".into(),
+        resource: Some(ResourceMetricSource {
+            name: resource.into(),
+            target: MetricTarget {
+                type_: "Utilization".into(),
+                average_utilization: Some(pct),
+                ..MetricTarget::default()
+            },
+        }),
+        ..MetricSpec::default()
+    };
+    let metrics: Vec<MetricSpec> =
+        a.cpu.map(|c| metric("cpu", c)).into_iter().chain(a.memory.map(|m| metric("memory", m))).collect();
+    Some(HorizontalPodAutoscaler {
+        metadata: child_meta(valid, BTreeMap::new()),
+        spec: HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: app(valid).name_any(),
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            metrics: Some(metrics),
+            ..HorizontalPodAutoscalerSpec::default()
+        },
+        ..HorizontalPodAutoscaler::default()
+    })
+}
+
+fn disruption_budget(valid: &ValidApp) -> Option<PodDisruptionBudget> {
+    let budget = valid.disruption_budget.as_ref()?;
+    let (min_available, max_unavailable) = match budget {
+        ResolvedBudget::MinAvailable(v) => (Some(v.clone()), None),
+        ResolvedBudget::MaxUnavailable(v) => (None, Some(v.clone())),
+    };
+    Some(PodDisruptionBudget {
+        metadata: child_meta(valid, BTreeMap::new()),
+        spec: Some(PodDisruptionBudgetSpec {
+            selector: Some(selector(valid)),
+            min_available,
+            max_unavailable,
+            // Evict pods that are not ready anyway, so a broken rollout cannot block node drains.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
+        }),
+        ..PodDisruptionBudget::default()
+    })
+}
+
+fn network_policy(valid: &ValidApp) -> Option<NetworkPolicy> {
+    let np = valid.network_policy.as_ref()?;
+    let ns_peer = |ns: &str| NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())])),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let port = |p: i32, protocol: &str| NetworkPolicyPort {
+        port: Some(IntOrString::Int(p)),
+        protocol: Some(protocol.into()),
+        ..NetworkPolicyPort::default()
+    };
+    let app_ports: Vec<NetworkPolicyPort> = valid.ports.iter().map(|p| port(p.container_port, p.protocol)).collect();
+    let mut rules = vec![
+        // Pods of the same app (peers, sidecars of replicas) may talk to each other.
+        NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer { pod_selector: Some(selector(valid)), ..NetworkPolicyPeer::default() }]),
+            ..NetworkPolicyIngressRule::default()
+        },
+        NetworkPolicyIngressRule {
+            from: Some(vec![ns_peer(&np.ingress_controller_namespace)]),
+            ports: Some(app_ports.clone()),
+        },
+    ];
+    if let Some((metrics_port, _)) = valid.metrics {
+        rules.push(NetworkPolicyIngressRule {
+            from: Some(vec![ns_peer(&np.monitoring_namespace)]),
+            ports: Some(vec![port(metrics_port, "TCP")]),
+        });
+    }
+    if !np.allow_from_namespaces.is_empty() {
+        rules.push(NetworkPolicyIngressRule {
+            from: Some(np.allow_from_namespaces.iter().map(|ns| ns_peer(ns)).collect()),
+            ports: Some(app_ports),
+        });
+    }
+    Some(NetworkPolicy {
+        metadata: child_meta(valid, BTreeMap::new()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector(valid)),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(rules),
+            ..NetworkPolicySpec::default()
+        }),
+    })
+}
+
+/// The public URL of the app: first concrete host and first path of the Ingress.
+pub fn url(valid: &ValidApp) -> Option<String> {
+    let ing = valid.ingress.as_ref()?;
+    let host = ing.hosts.iter().find(|h| !h.starts_with('*'))?;
+    let scheme = if ing.tls.is_some() { "https" } else { "http" };
+    let path = ing.paths.first().map(|(p, _)| p.as_str()).unwrap_or("/");
+    Some(format!("{scheme}://{host}{path}"))
+}

@@ -1,0 +1,8 @@
+//! AppEnvironment: validation with tier defaults, then pure builders of its children.
+
+pub mod build;
+pub mod status;
+pub mod validate;
+
+pub use build::{AppChildren, build, typed, url};
+pub use validate::{ValidApp, validate};

@@ -1,0 +1,6 @@
+//! Pure builders: a custom resource (plus observed facts) in, desired child objects out.
+//! Nothing here performs I/O; the controllers apply what these functions return.
+
+pub mod appenvironment;
+pub mod certificate;
+pub mod meta;

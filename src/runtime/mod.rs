@@ -1,0 +1,203 @@
+//! Operator wiring: command-line settings, logging, the Kubernetes client, leader election,
+//! the health/metrics endpoint and the controllers, with a graceful shutdown on SIGTERM.
+
+pub mod health;
+pub mod leader;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, ListParams};
+use kube::runtime::events::{Recorder, Reporter};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::controllers::{self, Context};
+use crate::resources::certificate::Certificate;
+use health::Health;
+use leader::{LeaderElector, LeaseTimings};
+use metrics::Metrics;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings of `berth operator`; every flag has an environment variable for Helm and kustomize.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OperatorArgs {
+    /// Namespaces to watch, comma-separated; all namespaces when empty.
+    #[arg(long, env = "BERTH_NAMESPACES", value_delimiter = ',', default_value = "")]
+    pub namespaces: Vec<String>,
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(long, env = "BERTH_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Elect a leader through a Lease so that several replicas can run.
+    #[arg(long, env = "BERTH_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "BERTH_LEASE_NAME", default_value = "berth-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease (defaults to the pod's namespace, else `default`).
+    #[arg(long, env = "BERTH_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Log format.
+    #[arg(long, env = "BERTH_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Seconds between looks at an up-to-date object (drift correction).
+    #[arg(long, env = "BERTH_RESYNC_SECONDS", default_value_t = 600)]
+    pub resync_seconds: u64,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Whether cert-manager's Certificate API is served (TLS needs it; without it Berth reports a
+/// condition instead of failing watches forever).
+async fn cert_manager_installed(client: &kube::Client) -> bool {
+    match Api::<Certificate>::all(client.clone()).list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => true,
+        Err(kube::Error::Api(s)) if s.code == 404 => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell whether cert-manager is installed; assuming it is");
+            true
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Runs the operator until SIGTERM (exit 0) or a fatal error such as a lost lease (exit 1).
+pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
+    init_tracing(args.log_format);
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot configure the Kubernetes client: {e}"))?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::new());
+    let server = health::serve(args.metrics_addr, health.clone(), metrics.clone()).await?;
+    info!(addr = %args.metrics_addr, "serving /metrics, /healthz and /readyz");
+
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("berth-{}", std::process::id()));
+    let elector = args.leader_election.then(|| {
+        let ns = args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into());
+        LeaderElector::new(
+            Api::<Lease>::namespaced(client.clone(), &ns),
+            &args.lease_name,
+            &identity,
+            LeaseTimings::default(),
+        )
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signal = tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    if let Some(elector) = &elector {
+        let h = health.clone();
+        tokio::select! {
+            _ = elector.acquire(move || h.leadership_known.store(true, Ordering::SeqCst)) => {}
+            _ = stopped(stop_rx.clone()) => { info!("stopped before becoming leader"); return Ok(ExitCode::SUCCESS); }
+        }
+    } else {
+        health.leadership_known.store(true, Ordering::SeqCst);
+    }
+    health.leading.store(true, Ordering::SeqCst);
+    metrics.leader.set(1);
+
+    let cert_manager = cert_manager_installed(&client).await;
+    if !cert_manager {
+        info!("cert-manager is not installed: AppEnvironments with TLS will report CertManagerMissing");
+    }
+    let recorder =
+        Recorder::new(client.clone(), Reporter { controller: "berth".into(), instance: Some(identity.clone()) });
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        recorder,
+        Duration::from_secs(args.resync_seconds),
+        cert_manager,
+    ));
+
+    let scopes: Vec<Option<String>> = {
+        let named: Vec<String> = args.namespaces.iter().filter(|n| !n.is_empty()).cloned().collect();
+        if named.is_empty() { vec![None] } else { named.into_iter().map(Some).collect() }
+    };
+    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));
+    let mut controllers = tokio::task::JoinSet::new();
+    for scope in scopes {
+        let (h, p) = (health.clone(), pending.clone());
+        let on_synced = move || {
+            if p.fetch_sub(1, Ordering::SeqCst) == 1 {
+                h.caches_synced.store(true, Ordering::SeqCst);
+                info!("caches synced; ready");
+            }
+        };
+        controllers.spawn(controllers::appenvironment::run(ctx.clone(), scope, stopped(stop_rx.clone()), on_synced));
+    }
+
+    let lost = async {
+        match &elector {
+            Some(e) => e.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    let code = tokio::select! {
+        reason = lost => {
+            error!(%reason, "lost leadership; exiting so that a new leader takes over cleanly");
+            health.alive.store(false, Ordering::SeqCst);
+            ExitCode::FAILURE
+        }
+        finished = controllers.join_next() => {
+            // Controllers end only on shutdown; one that ends (or panics) otherwise is fatal.
+            if *stop_rx.borrow() {
+                while controllers.join_next().await.is_some() {}
+                info!("controllers stopped");
+                ExitCode::SUCCESS
+            } else {
+                error!(result = ?finished.map(|r| r.map_err(|e| e.to_string())), "a controller stopped unexpectedly");
+                health.alive.store(false, Ordering::SeqCst);
+                ExitCode::FAILURE
+            }
+        }
+    };
+    if let Some(e) = &elector {
+        e.release().await;
+    }
+    signal.abort();
+    server.abort();
+    Ok(code)
+}

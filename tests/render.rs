@@ -1,0 +1,161 @@
+//! `berth render` as a user runs it: the real binary, real files, exit codes and messages.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn render(args: &[&Path]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.arg("render");
+    for a in args {
+        cmd.arg("-f").arg(a);
+    }
+    let out = cmd.output().expect("berth runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+fn kinds(yaml: &str) -> Vec<String> {
+    yaml.lines().filter_map(|l| l.strip_prefix("kind: ")).map(str::to_string).collect()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn production_example_prints_exactly_the_eight_children_in_apply_order() {
+    let (code, out, err) = render(&[&repo().join("deploy/examples/appenvironment-production.yaml")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        kinds(&out),
+        [
+            "ServiceAccount",
+            "Service",
+            "Deployment",
+            "Ingress",
+            "Certificate",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "NetworkPolicy"
+        ]
+    );
+    // Autoscaling owns the replica count; the tier default gives the autoscaler 3 pods.
+    assert!(!out.contains("\n  replicas:"), "Deployment must leave replicas to the autoscaler");
+    assert!(out.contains("minReplicas: 3"));
+    assert!(out.contains("maxUnavailable: 0"));
+    assert!(out.contains("topology.kubernetes.io/zone"));
+}
+
+#[test]
+fn development_example_has_one_replica_and_no_budget() {
+    let (code, out, err) = render(&[&repo().join("deploy/examples/appenvironment-development.yaml")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(kinds(&out), ["ServiceAccount", "Service", "Deployment", "Ingress", "NetworkPolicy"]);
+    assert!(out.contains("  replicas: 1\n"));
+}
+
+#[test]
+fn whole_examples_directory_renders() {
+    let (code, out, err) = render(&[&repo().join("deploy/examples")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(kinds(&out).iter().filter(|k| *k == "Deployment").count() >= 3);
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&out).expect("output is a YAML stream");
+    assert!(docs.iter().all(|d| d.get("apiVersion").is_some() && d.pointer("/metadata/name").is_some()));
+}
+
+const HEAD: &str = "apiVersion: berth.dev/v1alpha1\nkind: AppEnvironment\nmetadata:\n  name: web\n";
+
+#[test]
+fn malformed_input_exits_2_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("wrong-type", "spec:\n  tier: staging\n  image: x\n  replicas: three\n", "spec.replicas: must be an integer"),
+        ("unknown-tier", "spec:\n  tier: prod\n  image: x\n", "spec.tier: \"prod\" is not allowed"),
+        (
+            "min-gt-max",
+            "spec:\n  tier: staging\n  image: x\n  autoscaling:\n    minReplicas: 5\n    maxReplicas: 2\n",
+            "spec.autoscaling.minReplicas",
+        ),
+        ("missing-image", "spec:\n  tier: staging\n", "spec.image: is required"),
+        (
+            "tls-without-host",
+            "spec:\n  tier: staging\n  image: x\n  ingress:\n    tls:\n      issuerRef:\n        name: le\n",
+            "spec.ingress.hosts",
+        ),
+        (
+            "replicas-and-autoscaling",
+            "spec:\n  tier: staging\n  image: x\n  replicas: 2\n  autoscaling:\n    maxReplicas: 4\n",
+            "spec.replicas",
+        ),
+        (
+            "unknown-field",
+            "spec:\n  tier: staging\n  image: x\n  imagePullPolicyy: Always\n",
+            "spec.imagePullPolicyy: unknown field",
+        ),
+        (
+            "production-max-below-default-min",
+            "spec:\n  tier: production\n  image: x\n  autoscaling:\n    maxReplicas: 2\n",
+            "spec.autoscaling.maxReplicas",
+        ),
+        ("bad-name", "spec:\n  tier: staging\n  image: x\n", "metadata.name"),
+    ];
+    for (name, spec, expected) in cases {
+        let text = if name == "bad-name" {
+            format!("{}{spec}", HEAD.replace("name: web", "name: Web_App"))
+        } else {
+            format!("{HEAD}{spec}")
+        };
+        let file = write(dir.path(), &format!("{name}.yaml"), &text);
+        let (code, out, err) = render(&[&file]);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(out.is_empty(), "{name}: nothing on stdout for invalid input, got {out}");
+        let expected_line = format!("{}:1: {expected}", file.display());
+        assert!(
+            err.lines().any(|l| l.starts_with(&expected_line)),
+            "{name}: expected a line starting with {expected_line:?}, got:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn document_index_points_at_the_broken_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = format!("{HEAD}spec:\n  tier: development\n  image: x\n");
+    let bad = format!("{HEAD}spec:\n  tier: development\n");
+    let file = write(dir.path(), "multi.yaml", &format!("# leading comment\n---\n{good}---\n{bad}"));
+    let (code, _, err) = render(&[&file]);
+    assert_eq!(code, 2);
+    assert_eq!(err.trim(), format!("{}:2: spec.image: is required", file.display()));
+}
+
+#[test]
+fn garbage_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs: [(&str, &[u8]); 6] = [
+        ("binary.yaml", &[0xff, 0xfe, 0x00, 0x01]),
+        ("list.yaml", b"- a\n- b\n"),
+        ("bad-yaml.yaml", b"spec: [unclosed\n"),
+        ("other-kind.yaml", b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n"),
+        (
+            "no-name.yaml",
+            b"apiVersion: berth.dev/v1alpha1\nkind: AppEnvironment\nspec:\n  tier: development\n  image: x\n",
+        ),
+        ("null-spec.yaml", b"apiVersion: berth.dev/v1alpha1\nkind: AppEnvironment\nmetadata:\n  name: x\nspec:\n"),
+    ];
+    for (name, bytes) in inputs {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let (code, out, err) = render(&[&p]);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(out.is_empty());
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        assert!(err.starts_with(&p.display().to_string()), "{name}: {err}");
+    }
+    let (code, _, err) = render(&[&dir.path().join("missing.yaml")]);
+    assert_eq!(code, 2, "{err}");
+}
