@@ -6,3 +6,6 @@ pub mod validate;
 
 pub use build::{AppChildren, build, typed, url};
 pub use validate::{ValidApp, validate};
+
+#[cfg(test)]
+mod tests;
