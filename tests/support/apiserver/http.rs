@@ -3,8 +3,11 @@
 //! Discovery is the legacy kind (`/api`, `/api/v1`, `/apis`, `/apis/{g}`, `/apis/{g}/{v}`);
 //! requests for aggregated discovery (Accept `as=APIGroupDiscoveryList`) are answered with the
 //! legacy documents as `application/json`, which kubectl and kube-rs accept and then walk the
-//! group versions. `/openapi/v2` answers 404 and `/openapi/v3` an empty path index: kubectl
-//! then skips client-side schema validation and relies on server-side field validation.
+//! group versions. `/openapi/v2` answers 404. `/openapi/v3` lists every group version, and
+//! each group-version document holds only the PATCH operations of its resources with their
+//! `fieldValidation` parameter and `x-kubernetes-group-version-kind` (no schemas): that is
+//! what kubectl checks to decide that the server validates fields itself, so it skips
+//! client-side schema validation (`kubectl explain` therefore has nothing to show).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -77,7 +80,29 @@ fn qbool(q: &Query, k: &str) -> bool {
     matches!(q.get(k).map(String::as_str), Some("true" | "1"))
 }
 
+/// `BERTH_TEST_APISERVER_LOG=1` logs every request and its status to stderr.
+fn log_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("BERTH_TEST_APISERVER_LOG").is_some_and(|v| v != "0"))
+}
+
 async fn handle(State(sh): State<Arc<Shared>>, req: Request) -> Response {
+    if !log_enabled() {
+        return handle_inner(sh, req).await;
+    }
+    let line = format!(
+        "{} {} accept={:?} ct={:?}",
+        req.method(),
+        req.uri(),
+        req.headers().get(header::ACCEPT),
+        req.headers().get(header::CONTENT_TYPE)
+    );
+    let r = handle_inner(sh, req).await;
+    eprintln!("[test-apiserver] {line} -> {}", r.status().as_u16());
+    r
+}
+
+async fn handle_inner(sh: Arc<Shared>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let query = parse_query(parts.uri.query());
@@ -101,7 +126,9 @@ async fn handle(State(sh): State<Arc<Shared>>, req: Request) -> Response {
         ["api", "v1"] => return resource_list(&sh, "", "v1"),
         ["apis", g] => return group(&sh, g),
         ["apis", g, v] => return resource_list(&sh, g, v),
-        ["openapi", "v3"] => return json_response(200, &json!({"paths": {}}), &[]),
+        ["openapi", "v3"] => return openapi_v3_root(&sh),
+        ["openapi", "v3", "api", "v1"] => return openapi_v3_gv(&sh, "", "v1"),
+        ["openapi", "v3", "apis", g, v] => return openapi_v3_gv(&sh, g, v),
         ["openapi", ..] => return not_found_path(),
         _ => {}
     }
@@ -847,4 +874,86 @@ fn fxhash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     })
+}
+
+// ------------------------------------------------------------------------------------ openapi
+
+fn gv_path(g: &str, v: &str) -> String {
+    if g.is_empty() {
+        format!("api/{v}")
+    } else {
+        format!("apis/{g}/{v}")
+    }
+}
+
+fn gv_types(sh: &Shared, g: &str, v: &str) -> Vec<Arc<ResourceType>> {
+    sh.store
+        .lock()
+        .all_types()
+        .into_iter()
+        .filter(|t| t.group == g && t.serves(v))
+        .collect()
+}
+
+fn openapi_v3_root(sh: &Shared) -> Response {
+    let mut paths = serde_json::Map::new();
+    let mut gvs = vec![(String::new(), "v1".to_string())];
+    for (g, vs) in groups(sh) {
+        for v in vs {
+            gvs.push((g.clone(), v));
+        }
+    }
+    for (g, v) in gvs {
+        let kinds: Vec<String> = gv_types(sh, &g, &v)
+            .iter()
+            .map(|t| t.plural.clone())
+            .collect();
+        let hash = format!("{:016X}", fxhash(&kinds.join(",")));
+        let p = gv_path(&g, &v);
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}),
+        );
+    }
+    json_response(200, &json!({"paths": paths}), &[])
+}
+
+fn openapi_v3_gv(sh: &Shared, g: &str, v: &str) -> Response {
+    let types = gv_types(sh, g, v);
+    if types.is_empty() {
+        return not_found_path();
+    }
+    let params = json!([
+        {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "force", "in": "query", "schema": {"type": "boolean", "uniqueItems": true}},
+    ]);
+    let mut paths = serde_json::Map::new();
+    for t in types {
+        let prefix = format!("/{}", gv_path(g, v));
+        let path = if t.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", t.plural)
+        } else {
+            format!("{prefix}/{}/{{name}}", t.plural)
+        };
+        let gvk = json!({"group": g, "version": v, "kind": t.kind});
+        paths.insert(
+            path,
+            json!({
+                "patch": {
+                    "operationId": format!("patch{}", t.kind),
+                    "parameters": params,
+                    "responses": {"200": {"description": "OK"}},
+                    "x-kubernetes-action": "patch",
+                    "x-kubernetes-group-version-kind": gvk,
+                }
+            }),
+        );
+    }
+    json_response(
+        200,
+        &json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.35.0"}, "paths": paths, "components": {"schemas": {}}}),
+        &[],
+    )
 }
