@@ -1,1 +1,0 @@
-//! Kubernetes API server stand-in on 127.0.0.1 (see DESIGN.md, Testing).
