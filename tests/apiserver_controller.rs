@@ -25,13 +25,7 @@ use serde_json::{Value, json};
 use support::apiserver::TestApiServer;
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
-#[kube(
-    group = "example.berth.dev",
-    version = "v1",
-    kind = "Widget",
-    namespaced,
-    status = "WidgetStatus"
-)]
+#[kube(group = "example.berth.dev", version = "v1", kind = "Widget", namespaced, status = "WidgetStatus")]
 #[serde(rename_all = "camelCase")]
 pub struct WidgetSpec {
     tier: String,
@@ -89,19 +83,11 @@ async fn apply(w: Arc<Widget>, ctx: &Ctx) -> Result<Action, Error> {
                      "labels": {"app.kubernetes.io/managed-by": "widget-ctl"}},
         "data": {"tier": w.spec.tier},
     });
-    cms.patch(
-        &name,
-        &PatchParams::apply("widget-ctl").force(),
-        &Patch::Apply(&child),
-    )
-    .await
-    .map_err(err)?;
+    cms.patch(&name, &PatchParams::apply("widget-ctl").force(), &Patch::Apply(&child)).await.map_err(err)?;
     let generation = w.metadata.generation;
     let ready = w.status.as_ref().is_some_and(|s| {
         s.observed_generation == generation
-            && s.conditions
-                .iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            && s.conditions.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
     });
     if !ready {
         let widgets: Api<Widget> = Api::namespaced(ctx.client.clone(), &ns);
@@ -112,11 +98,7 @@ async fn apply(w: Arc<Widget>, ctx: &Ctx) -> Result<Action, Error> {
                 "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": generation}]},
         });
         widgets
-            .patch_status(
-                &name,
-                &PatchParams::apply("widget-ctl/status").force(),
-                &Patch::Apply(&status),
-            )
+            .patch_status(&name, &PatchParams::apply("widget-ctl/status").force(), &Patch::Apply(&status))
             .await
             .map_err(err)?;
         ctx.recorder
@@ -151,10 +133,7 @@ where
 {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while !f().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -162,11 +141,7 @@ where
 async fn all_ready(api: &Api<Widget>, n: usize) -> bool {
     let l = api.list(&ListParams::default()).await.unwrap();
     l.items.len() == n
-        && l.items.iter().all(|w| {
-            w.status
-                .as_ref()
-                .is_some_and(|s| s.observed_generation == w.metadata.generation)
-        })
+        && l.items.iter().all(|w| w.status.as_ref().is_some_and(|s| s.observed_generation == w.metadata.generation))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,36 +152,20 @@ async fn controller_converges_and_settles() {
 
     // Leader election the way an operator does it: get, create, replace.
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
-    assert_eq!(
-        leases
-            .get_opt("widget-ctl")
-            .await
-            .unwrap()
-            .map(|l| l.metadata.name),
-        None
-    );
+    assert_eq!(leases.get_opt("widget-ctl").await.unwrap().map(|l| l.metadata.name), None);
     let lease: Lease = serde_json::from_value(json!({"metadata": {"name": "widget-ctl"},
         "spec": {"holderIdentity": "pod-a", "leaseDurationSeconds": 15}}))
     .unwrap();
     let mut lease = leases.create(&PostParams::default(), &lease).await.unwrap();
     lease.spec.get_or_insert_default().lease_transitions = Some(1);
-    let renewed = leases
-        .replace("widget-ctl", &PostParams::default(), &lease)
-        .await
-        .unwrap();
-    assert_ne!(
-        renewed.metadata.resource_version,
-        lease.metadata.resource_version
-    );
+    let renewed = leases.replace("widget-ctl", &PostParams::default(), &lease).await.unwrap();
+    assert_ne!(renewed.metadata.resource_version, lease.metadata.resource_version);
 
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         recorder: Recorder::new(
             client.clone(),
-            Reporter {
-                controller: "widget-ctl".into(),
-                instance: Some("pod-a".into()),
-            },
+            Reporter { controller: "widget-ctl".into(), instance: Some("pod-a".into()) },
         ),
         cleanups: AtomicUsize::new(0),
         reconciles: AtomicUsize::new(0),
@@ -223,23 +182,14 @@ async fn controller_converges_and_settles() {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     const N: usize = 25;
     for i in 0..N {
-        let w = Widget::new(
-            &format!("w{i}"),
-            WidgetSpec {
-                tier: "staging".into(),
-                replicas: None,
-            },
-        );
+        let w = Widget::new(&format!("w{i}"), WidgetSpec { tier: "staging".into(), replicas: None });
         widgets.create(&PostParams::default(), &w).await.unwrap();
     }
     eventually("all widgets ready", || all_ready(&widgets, N)).await;
     for i in 0..N {
         let cm = cms.get(&format!("w{i}")).await.unwrap();
         assert_eq!(cm.data.unwrap()["tier"], "staging");
-        assert_eq!(
-            cm.metadata.owner_references.unwrap()[0].name,
-            format!("w{i}")
-        );
+        assert_eq!(cm.metadata.owner_references.unwrap()[0].name, format!("w{i}"));
     }
     let w0 = widgets.get("w0").await.unwrap();
     assert_eq!(w0.finalizers(), [FINALIZER.to_string()]);
@@ -250,46 +200,20 @@ async fn controller_converges_and_settles() {
     let rv = s.resource_version();
     s.reset_counts();
     s.faults().drop_watches();
-    eventually("watches re-established", || async {
-        s.counts().verb("watch") >= 2
-    })
-    .await;
+    eventually("watches re-established", || async { s.counts().verb("watch") >= 2 }).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        s.resource_version(),
-        rv,
-        "something changed after convergence"
-    );
-    assert_eq!(
-        s.counts().write_requests(true),
-        0,
-        "writes on resync: {:?}",
-        s.counts().writes(true)
-    );
+    assert_eq!(s.resource_version(), rv, "something changed after convergence");
+    assert_eq!(s.counts().write_requests(true), 0, "writes on resync: {:?}", s.counts().writes(true));
 
     // A spec change flows to the child and observedGeneration, despite injected failures.
     s.faults().fail_next("patch", "configmaps", 2, 500);
     widgets
-        .patch(
-            "w3",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"tier": "production", "replicas": 2}})),
-        )
+        .patch("w3", &PatchParams::default(), &Patch::Merge(json!({"spec": {"tier": "production", "replicas": 2}})))
         .await
         .unwrap();
-    eventually("child updated", || async {
-        cms.get("w3").await.unwrap().data.unwrap()["tier"] == "production"
-    })
-    .await;
+    eventually("child updated", || async { cms.get("w3").await.unwrap().data.unwrap()["tier"] == "production" }).await;
     eventually("status observed generation 2", || async {
-        widgets
-            .get("w3")
-            .await
-            .unwrap()
-            .status
-            .unwrap()
-            .observed_generation
-            == Some(2)
+        widgets.get("w3").await.unwrap().status.unwrap().observed_generation == Some(2)
     })
     .await;
 
@@ -300,25 +224,13 @@ async fn controller_converges_and_settles() {
         && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("w3")));
 
     // Deletion: the finalizer's cleanup runs, the widget goes, its child is collected.
-    widgets
-        .delete("w5", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("widget deleted", || async {
-        widgets.get_opt("w5").await.unwrap().is_none()
-    })
-    .await;
+    widgets.delete("w5", &DeleteParams::default()).await.unwrap();
+    eventually("widget deleted", || async { widgets.get_opt("w5").await.unwrap().is_none() }).await;
     assert!(ctx.cleanups.load(Ordering::SeqCst) >= 1);
-    assert!(
-        cms.get_opt("w5").await.unwrap().is_none(),
-        "child garbage-collected"
-    );
+    assert!(cms.get_opt("w5").await.unwrap().is_none(), "child garbage-collected");
 
     // A child deleted behind the controller's back is recreated (.owns() watch).
     cms.delete("w7", &DeleteParams::default()).await.unwrap();
-    eventually("child recreated", || async {
-        cms.get_opt("w7").await.unwrap().is_some()
-    })
-    .await;
+    eventually("child recreated", || async { cms.get_opt("w7").await.unwrap().is_some() }).await;
     handle.abort();
 }

@@ -58,12 +58,7 @@ impl Kubectl {
 
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -80,11 +75,7 @@ fn columns(line: &str) -> Vec<&str> {
 async fn kubectl_apply_get_wait_delete() {
     let bin = kubectl_bin();
     let s = TestApiServer::start_with(Options::without_standins()).await;
-    let k = Kubectl {
-        bin,
-        kubeconfig: s.kubeconfig_path().to_path_buf(),
-        home: tempfile::tempdir().unwrap(),
-    };
+    let k = Kubectl { bin, kubeconfig: s.kubeconfig_path().to_path_buf(), home: tempfile::tempdir().unwrap() };
     let dir: &Path = &fixture_dir();
     let dir_s = dir.to_str().unwrap();
 
@@ -94,21 +85,10 @@ async fn kubectl_apply_get_wait_delete() {
     // first"); a second pass after the CRD is established applies it.
     let first = k.run(&["apply", "--server-side", "-f", dir_s]);
     let first_out = String::from_utf8_lossy(&first.stdout);
-    assert!(
-        first_out.contains("gadgets.example.berth.dev serverside-applied"),
-        "{first_out}"
-    );
-    k.ok(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/gadgets.example.berth.dev",
-        "--timeout=30s",
-    ]);
+    assert!(first_out.contains("gadgets.example.berth.dev serverside-applied"), "{first_out}");
+    k.ok(&["wait", "--for=condition=Established", "crd/gadgets.example.berth.dev", "--timeout=30s"]);
     let out = k.ok(&["apply", "--server-side", "-f", dir_s]);
-    assert!(
-        out.contains("gadget.example.berth.dev/g1 serverside-applied"),
-        "{out}"
-    );
+    assert!(out.contains("gadget.example.berth.dev/g1 serverside-applied"), "{out}");
     // Re-applying is a no-op on the server.
     let rv = s.resource_version();
     k.ok(&["apply", "--server-side", "-f", dir_s]);
@@ -131,12 +111,7 @@ async fn kubectl_apply_get_wait_delete() {
 
     // wait: set Ready while kubectl waits.
     let wait = k
-        .command(&[
-            "wait",
-            "--for=condition=Ready",
-            "gadget/g1",
-            "--timeout=30s",
-        ])
+        .command(&["wait", "--for=condition=Ready", "gadget/g1", "--timeout=30s"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -144,11 +119,8 @@ async fn kubectl_apply_get_wait_delete() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let c = s.client().await;
     let gvk = GroupVersionKind::gvk("example.berth.dev", "v1alpha1", "Gadget");
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        c,
-        "default",
-        &ApiResource::from_gvk_with_plural(&gvk, "gadgets"),
-    );
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(c, "default", &ApiResource::from_gvk_with_plural(&gvk, "gadgets"));
     api.patch_status(
         "g1",
         &PatchParams::default(),
@@ -157,19 +129,10 @@ async fn kubectl_apply_get_wait_delete() {
     )
     .await
     .unwrap();
-    let out = tokio::task::spawn_blocking(move || wait.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = tokio::task::spawn_blocking(move || wait.wait_with_output().unwrap()).await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "kubectl wait failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("gadget.example.berth.dev/g1 condition met"),
-        "{stdout}"
-    );
+    assert!(out.status.success(), "kubectl wait failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("gadget.example.berth.dev/g1 condition met"), "{stdout}");
 
     let out = k.ok(&["get", "gdg", "g1"]);
     assert_eq!(columns(out.lines().nth(1).unwrap())[2], "True", "{out}");

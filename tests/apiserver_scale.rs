@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
-use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -41,9 +39,7 @@ fn children(w: &DynamicObject) -> Vec<(ApiResource, Value)> {
         .unwrap()]);
     let labels = json!({"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "berth"});
     let meta = json!({"name": name, "labels": labels, "ownerReferences": oref});
-    let ar = |g: &str, v: &str, k: &str, p: &str| {
-        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, k), p)
-    };
+    let ar = |g: &str, v: &str, k: &str, p: &str| ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, k), p);
     vec![
         (
             ar("", "v1", "ServiceAccount", "serviceaccounts"),
@@ -74,32 +70,17 @@ fn children(w: &DynamicObject) -> Vec<(ApiResource, Value)> {
             "spec": {"secretName": format!("{name}-tls"), "dnsNames": [format!("{name}.example.com")], "issuerRef": {"name": "le", "kind": "ClusterIssuer"}}}),
         ),
         (
-            ar(
-                "autoscaling",
-                "v2",
-                "HorizontalPodAutoscaler",
-                "horizontalpodautoscalers",
-            ),
+            ar("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
             json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta,
             "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}, "minReplicas": 2, "maxReplicas": 5}}),
         ),
         (
-            ar(
-                "policy",
-                "v1",
-                "PodDisruptionBudget",
-                "poddisruptionbudgets",
-            ),
+            ar("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
             json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta,
             "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": name}}}}),
         ),
         (
-            ar(
-                "networking.k8s.io",
-                "v1",
-                "NetworkPolicy",
-                "networkpolicies",
-            ),
+            ar("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies"),
             json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta,
             "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/name": name}}, "policyTypes": ["Ingress"]}}),
         ),
@@ -116,9 +97,14 @@ async fn reconcile(w: Arc<DynamicObject>, client: Arc<Client>) -> Result<Action,
     let generation = w.metadata.generation;
     if w.data["status"]["observedGeneration"].as_i64() != generation {
         widget_api(&client, Some(&ns))
-            .patch_status(&w.name_any(), &PatchParams::apply("berth/scale-status").force(),
-                &Patch::Apply(json!({"apiVersion": "example.berth.dev/v1", "kind": "Widget", "metadata": {"name": w.name_any()},
-                    "status": {"observedGeneration": generation, "conditions": [{"type": "Ready", "status": "True"}]}})))
+            .patch_status(
+                &w.name_any(),
+                &PatchParams::apply("berth/scale-status").force(),
+                &Patch::Apply(
+                    json!({"apiVersion": "example.berth.dev/v1", "kind": "Widget", "metadata": {"name": w.name_any()},
+                    "status": {"observedGeneration": generation, "conditions": [{"type": "Ready", "status": "True"}]}}),
+                ),
+            )
             .await?;
     }
     Ok(Action::requeue(Duration::from_secs(3600)))
@@ -127,38 +113,18 @@ async fn reconcile(w: Arc<DynamicObject>, client: Arc<Client>) -> Result<Action,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "scale probe; run explicitly"]
 async fn converge_many_widgets() {
-    let n: usize = std::env::var("WIDGETS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let n: usize = std::env::var("WIDGETS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let s = TestApiServer::start().await;
-    s.install_crds_from_dir(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apiserver"),
-    )
-    .await;
+    s.install_crds_from_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apiserver")).await;
     let client = s.client().await;
     let gvk = GroupVersionKind::gvk("example.berth.dev", "v1", "Widget");
     let ar = ApiResource::from_gvk_with_plural(&gvk, "widgets");
-    let controller =
-        Controller::new_with(widget_api(&client, None), watcher::Config::default(), ar)
-            .owns(
-                Api::<Deployment>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .owns(
-                Api::<Service>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .owns(
-                Api::<ServiceAccount>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .run(
-                reconcile,
-                |_, _, _| Action::requeue(Duration::from_millis(100)),
-                Arc::new(client.clone()),
-            )
-            .for_each(|_| async {});
+    let controller = Controller::new_with(widget_api(&client, None), watcher::Config::default(), ar)
+        .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<ServiceAccount>::all(client.clone()), watcher::Config::default())
+        .run(reconcile, |_, _, _| Action::requeue(Duration::from_millis(100)), Arc::new(client.clone()))
+        .for_each(|_| async {});
     let handle = tokio::spawn(controller);
 
     let start = Instant::now();
@@ -167,11 +133,10 @@ async fn converge_many_widgets() {
         .map(|i| {
             let api = api.clone();
             async move {
-                let w: DynamicObject = serde_json::from_value(
-                    json!({"apiVersion": "example.berth.dev/v1", "kind": "Widget",
-                    "metadata": {"name": format!("w{i:04}")}, "spec": {"tier": "staging"}}),
-                )
-                .unwrap();
+                let w: DynamicObject =
+                    serde_json::from_value(json!({"apiVersion": "example.berth.dev/v1", "kind": "Widget",
+                    "metadata": {"name": format!("w{i:04}")}, "spec": {"tier": "staging"}}))
+                    .unwrap();
                 api.create(&PostParams::default(), &w).await.unwrap();
             }
         })
@@ -189,19 +154,13 @@ async fn converge_many_widgets() {
             .count();
         if done == n {
             let d = deps.list(&ListParams::default()).await.unwrap();
-            let avail = d
-                .items
-                .iter()
-                .filter(|d| d.status.as_ref().and_then(|s| s.available_replicas) == Some(2))
-                .count();
+            let avail =
+                d.items.iter().filter(|d| d.status.as_ref().and_then(|s| s.available_replicas) == Some(2)).count();
             if avail == n {
                 break;
             }
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "not converged: {done}/{n}"
-        );
+        assert!(start.elapsed() < Duration::from_secs(300), "not converged: {done}/{n}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let converged = start.elapsed();

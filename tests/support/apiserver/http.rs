@@ -25,9 +25,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::Shared;
 use super::select::{FieldSelector, LabelSelector, age, jsonpath};
-use super::store::{
-    ApiError, DeleteOpts, EvType, Event, FieldValidation, Obj, ResourceType, WriteCtx, meta_str,
-};
+use super::store::{ApiError, DeleteOpts, EvType, Event, FieldValidation, Obj, ResourceType, WriteCtx, meta_str};
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new().fallback(handle).with_state(shared)
@@ -37,10 +35,7 @@ fn json_response(code: u16, v: &Value, warnings: &[String]) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     for w in warnings {
         let text = format!("299 - {:?}", w);
         if let Ok(h) = HeaderValue::from_str(&text) {
@@ -61,19 +56,13 @@ fn error_response(e: &ApiError) -> Response {
 }
 
 fn not_found_path() -> Response {
-    error_response(&ApiError::new(
-        404,
-        "NotFound",
-        "the server could not find the requested resource",
-    ))
+    error_response(&ApiError::new(404, "NotFound", "the server could not find the requested resource"))
 }
 
 type Query = HashMap<String, String>;
 
 fn parse_query(q: Option<&str>) -> Query {
-    form_urlencoded::parse(q.unwrap_or("").as_bytes())
-        .into_owned()
-        .collect()
+    form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect()
 }
 
 fn qbool(q: &Query, k: &str) -> bool {
@@ -137,14 +126,13 @@ async fn handle_inner(sh: Arc<Shared>, req: Request) -> Response {
         ["apis", g, v, rest @ ..] => (g, v, rest),
         _ => return not_found_path(),
     };
-    let (ns, rest): (Option<&str>, &[&str]) = if rest.len() >= 3
-        && rest[0] == "namespaces"
-        && !(rest.len() == 3 && matches!(rest[2], "status" | "finalize"))
-    {
-        (Some(rest[1]), &rest[2..])
-    } else {
-        (None, rest)
-    };
+    let (ns, rest): (Option<&str>, &[&str]) =
+        if rest.len() >= 3 && rest[0] == "namespaces" && !(rest.len() == 3 && matches!(rest[2], "status" | "finalize"))
+        {
+            (Some(rest[1]), &rest[2..])
+        } else {
+            (None, rest)
+        };
     let (plural, name, sub) = match rest {
         [p] => (*p, None, None),
         [p, n] => (*p, Some(*n), None),
@@ -167,11 +155,7 @@ async fn handle_inner(sh: Arc<Shared>, req: Request) -> Response {
         (&Method::DELETE, Some(_), _) => "delete",
         (&Method::DELETE, None, _) => "deletecollection",
         _ => {
-            return error_response(&ApiError::new(
-                405,
-                "MethodNotAllowed",
-                "method not allowed",
-            ));
+            return error_response(&ApiError::new(405, "MethodNotAllowed", "method not allowed"));
         }
     };
     let resource = match sub {
@@ -209,11 +193,7 @@ async fn handle_inner(sh: Arc<Shared>, req: Request) -> Response {
         return not_found_path();
     }
     let ns_s = ns.unwrap_or("").to_string();
-    let table = parts
-        .headers
-        .get(header::ACCEPT)
-        .and_then(|a| a.to_str().ok())
-        .is_some_and(|a| a.contains("as=Table"));
+    let table = parts.headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("as=Table"));
     let status_sub = sub == Some("status");
     let body = match axum::body::to_bytes(body, 256 << 20).await {
         Ok(b) => b,
@@ -233,58 +213,25 @@ async fn handle_inner(sh: Arc<Shared>, req: Request) -> Response {
         "get" => {
             let o = sh.store.lock().get(&rt.key(), &ns_s, name.unwrap());
             match o {
-                Some(o) if table => Ok(json_response(
-                    200,
-                    &to_table(&rt, version, &[o], &query, None),
-                    &[],
-                )),
+                Some(o) if table => Ok(json_response(200, &to_table(&rt, version, &[o], &query, None), &[])),
                 Some(o) => Ok(json_response(200, &present(&o, &rt, version), &[])),
                 None => Err(ApiError::not_found(&rt, name.unwrap())),
             }
         }
         "list" => list(&sh, &rt, version, ns, &query, table),
         "watch" => {
-            return watch(
-                sh.clone(),
-                rt.clone(),
-                version.to_string(),
-                ns.map(String::from),
-                &query,
-                name,
-            )
-            .await;
+            return watch(sh.clone(), rt.clone(), version.to_string(), ns.map(String::from), &query, name).await;
         }
         "create" => parse_body(&body).and_then(|obj| {
             let o = sh.store.lock().create(&rt, &ns_s, obj, &mut ctx)?;
-            Ok(json_response(
-                201,
-                &present(&o, &rt, version),
-                &ctx.warnings,
-            ))
+            Ok(json_response(201, &present(&o, &rt, version), &ctx.warnings))
         }),
         "update" => parse_body(&body).and_then(|obj| {
-            let o = sh
-                .store
-                .lock()
-                .update(&rt, &ns_s, name.unwrap(), obj, status_sub, &mut ctx)?;
-            Ok(json_response(
-                200,
-                &present(&o, &rt, version),
-                &ctx.warnings,
-            ))
+            let o = sh.store.lock().update(&rt, &ns_s, name.unwrap(), obj, status_sub, &mut ctx)?;
+            Ok(json_response(200, &present(&o, &rt, version), &ctx.warnings))
         }),
-        "patch" => patch(
-            &sh,
-            &rt,
-            &ns_s,
-            name.unwrap(),
-            &parts.headers,
-            &body,
-            &query,
-            status_sub,
-            &mut ctx,
-        )
-        .map(|o| json_response(200, &present(&o, &rt, version), &ctx.warnings)),
+        "patch" => patch(&sh, &rt, &ns_s, name.unwrap(), &parts.headers, &body, &query, status_sub, &mut ctx)
+            .map(|o| json_response(200, &present(&o, &rt, version), &ctx.warnings)),
         "delete" => delete_opts(&body, &query).and_then(|opts| {
             let o = sh.store.lock().delete(&rt, &ns_s, name.unwrap(), &opts)?;
             Ok(json_response(200, &present(&o, &rt, version), &[]))
@@ -317,8 +264,7 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
         return Ok(v);
     }
     let text = std::str::from_utf8(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    serde_saphyr::from_str::<Value>(text)
-        .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
+    serde_saphyr::from_str::<Value>(text).map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
 }
 
 fn delete_opts(body: &Bytes, q: &Query) -> Result<DeleteOpts, ApiError> {
@@ -341,10 +287,7 @@ fn delete_opts(body: &Bytes, q: &Query) -> Result<DeleteOpts, ApiError> {
         if let Some(uid) = v["preconditions"]["uid"].as_str() {
             opts.precondition_uid = Some(uid.to_string());
         }
-        if v["dryRun"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|d| d == "All"))
-        {
+        if v["dryRun"].as_array().is_some_and(|a| a.iter().any(|d| d == "All")) {
             opts.dry_run = true;
         }
     }
@@ -381,14 +324,9 @@ fn patch(
             ));
         };
         let cfg = parse_body(body)?;
-        return sh
-            .store
-            .lock()
-            .apply(rt, ns, name, cfg, manager, status_sub, ctx);
+        return sh.store.lock().apply(rt, ns, name, cfg, manager, status_sub, ctx);
     }
-    sh.store
-        .lock()
-        .patch(rt, ns, name, &ct, body, status_sub, ctx)
+    sh.store.lock().patch(rt, ns, name, &ct, body, status_sub, ctx)
 }
 
 fn selectors(q: &Query) -> Result<(LabelSelector, FieldSelector), ApiError> {
@@ -424,21 +362,17 @@ fn list(
         let store = sh.store.lock();
         (store.list(&rt.key(), ns), store.rv)
     };
-    let objs: Vec<Obj> = objs
-        .into_iter()
-        .filter(|o| ls.matches(o) && fs.matches(o))
-        .collect();
+    let objs: Vec<Obj> = objs.into_iter().filter(|o| ls.matches(o) && fs.matches(o)).collect();
     if table {
-        return Ok(json_response(
-            200,
-            &to_table(rt, version, &objs, q, Some(rv)),
-            &[],
-        ));
+        return Ok(json_response(200, &to_table(rt, version, &objs, q, Some(rv)), &[]));
     }
     // Serialize items without cloning each object into a new Value tree.
     let av = rt.api_version(version);
     let mut out = Vec::with_capacity(256 + objs.len() * 512);
-    let head = serde_json::to_string(&json!({"apiVersion": av, "kind": rt.list_kind, "metadata": {"resourceVersion": rv.to_string()}})).unwrap();
+    let head = serde_json::to_string(
+        &json!({"apiVersion": av, "kind": rt.list_kind, "metadata": {"resourceVersion": rv.to_string()}}),
+    )
+    .unwrap();
     out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
     out.extend_from_slice(b",\"items\":[");
     for (i, o) in objs.iter().enumerate() {
@@ -453,10 +387,7 @@ fn list(
     }
     out.extend_from_slice(b"]}");
     let mut r = Response::new(Body::from(out));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
 }
 
@@ -479,10 +410,7 @@ fn to_table(rt: &ResourceType, version: &str, objs: &[Obj], q: &Query, rv: Optio
             }));
         }
     }
-    let include = q
-        .get("includeObject")
-        .map(String::as_str)
-        .unwrap_or("Metadata");
+    let include = q.get("includeObject").map(String::as_str).unwrap_or("Metadata");
     let rows: Vec<Value> = objs
         .iter()
         .map(|o| {
@@ -513,7 +441,9 @@ fn to_table(rt: &ResourceType, version: &str, objs: &[Obj], q: &Query, rv: Optio
             let object = match include {
                 "None" => Value::Null,
                 "Object" => present(o, rt, version),
-                _ => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}),
+                _ => {
+                    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
+                }
             };
             json!({"cells": cells, "object": object})
         })
@@ -537,10 +467,7 @@ struct WatchFilter {
 impl WatchFilter {
     fn matches(&self, ns: &str, o: &Value) -> bool {
         self.ns.as_deref().is_none_or(|n| n == ns)
-            && self
-                .name
-                .as_deref()
-                .is_none_or(|n| meta_str(o, "name") == Some(n))
+            && self.name.as_deref().is_none_or(|n| meta_str(o, "name") == Some(n))
             && self.ls.matches(o)
             && self.fs.matches(o)
     }
@@ -566,11 +493,7 @@ fn render(ev: &Event, f: &WatchFilter, rt: &ResourceType, version: &str) -> Opti
     };
     let native = ev.obj["apiVersion"].as_str() == Some(rt.api_version(version).as_str());
     if ty == ev.ty && native {
-        return Some(
-            ev.line
-                .get_or_init(|| event_line(ty.as_str(), &ev.obj))
-                .clone(),
-        );
+        return Some(ev.line.get_or_init(|| event_line(ty.as_str(), &ev.obj)).clone());
     }
     Some(event_line(ty.as_str(), &present(&ev.obj, rt, version)))
 }
@@ -580,10 +503,7 @@ fn bookmark(rt: &ResourceType, version: &str, rv: u64, initial_end: bool) -> Byt
     if initial_end {
         meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    event_line(
-        "BOOKMARK",
-        &json!({"kind": rt.kind, "apiVersion": rt.api_version(version), "metadata": meta}),
-    )
+    event_line("BOOKMARK", &json!({"kind": rt.kind, "apiVersion": rt.api_version(version), "metadata": meta}))
 }
 
 async fn watch(
@@ -598,12 +518,7 @@ async fn watch(
         Ok(s) => s,
         Err(e) => return error_response(&e),
     };
-    let filter = WatchFilter {
-        ns,
-        name: name.map(String::from),
-        ls,
-        fs,
-    };
+    let filter = WatchFilter { ns, name: name.map(String::from), ls, fs };
     let send_initial = qbool(q, "sendInitialEvents");
     let bookmarks = qbool(q, "allowWatchBookmarks");
     let timeout = q
@@ -621,18 +536,10 @@ async fn watch(
         };
         let rx = d.tx.subscribe();
         if send_initial || rv_param.is_empty() || rv_param == "0" {
-            (
-                store.list(&key, filter.ns.as_deref()),
-                vec![],
-                rx,
-                store.rv,
-                false,
-            )
+            (store.list(&key, filter.ns.as_deref()), vec![], rx, store.rv, false)
         } else {
             let Ok(since) = rv_param.parse::<u64>() else {
-                return error_response(&ApiError::bad_request(format!(
-                    "invalid resource version {rv_param:?}"
-                )));
+                return error_response(&ApiError::bad_request(format!("invalid resource version {rv_param:?}")));
             };
             match store.history_since(&key, since) {
                 Some(h) => (vec![], h, rx, since, false),
@@ -663,12 +570,7 @@ async fn watch(
                 }
             }
         }
-        if send_initial
-            && tx
-                .send(Ok(bookmark(&rt, &version, last, true)))
-                .await
-                .is_err()
-        {
+        if send_initial && tx.send(Ok(bookmark(&rt, &version, last, true))).await.is_err() {
             return;
         }
         for ev in &history {
@@ -740,10 +642,7 @@ async fn watch(
         }
     });
     let mut r = Response::new(Body::from_stream(body_rx));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -792,20 +691,13 @@ fn groups(sh: &Shared) -> Vec<(String, Vec<String>)> {
 }
 
 fn group_json(g: &str, vs: &[String]) -> Value {
-    let versions: Vec<Value> = vs
-        .iter()
-        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
-        .collect();
+    let versions: Vec<Value> = vs.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
     json!({"name": g, "versions": versions, "preferredVersion": versions[0]})
 }
 
 fn group_list(sh: &Shared) -> Response {
     let gs: Vec<Value> = groups(sh).iter().map(|(g, vs)| group_json(g, vs)).collect();
-    json_response(
-        200,
-        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs}),
-        &[],
-    )
+    json_response(200, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs}), &[])
 }
 
 fn group(sh: &Shared, g: &str) -> Response {
@@ -822,16 +714,7 @@ fn group(sh: &Shared, g: &str) -> Response {
 
 fn resource_list(sh: &Shared, g: &str, v: &str) -> Response {
     let types = sh.store.lock().all_types();
-    let verbs = json!([
-        "create",
-        "delete",
-        "deletecollection",
-        "get",
-        "list",
-        "patch",
-        "update",
-        "watch"
-    ]);
+    let verbs = json!(["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]);
     let mut resources = vec![];
     for t in types.iter().filter(|t| t.group == g && t.serves(v)) {
         let mut r = json!({
@@ -858,11 +741,7 @@ fn resource_list(sh: &Shared, g: &str, v: &str) -> Response {
     if resources.is_empty() {
         return not_found_path();
     }
-    let gv = if g.is_empty() {
-        v.to_string()
-    } else {
-        format!("{g}/{v}")
-    };
+    let gv = if g.is_empty() { v.to_string() } else { format!("{g}/{v}") };
     json_response(
         200,
         &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
@@ -871,28 +750,17 @@ fn resource_list(sh: &Shared, g: &str, v: &str) -> Response {
 }
 
 fn fxhash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 // ------------------------------------------------------------------------------------ openapi
 
 fn gv_path(g: &str, v: &str) -> String {
-    if g.is_empty() {
-        format!("api/{v}")
-    } else {
-        format!("apis/{g}/{v}")
-    }
+    if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") }
 }
 
 fn gv_types(sh: &Shared, g: &str, v: &str) -> Vec<Arc<ResourceType>> {
-    sh.store
-        .lock()
-        .all_types()
-        .into_iter()
-        .filter(|t| t.group == g && t.serves(v))
-        .collect()
+    sh.store.lock().all_types().into_iter().filter(|t| t.group == g && t.serves(v)).collect()
 }
 
 fn openapi_v3_root(sh: &Shared) -> Response {
@@ -904,16 +772,10 @@ fn openapi_v3_root(sh: &Shared) -> Response {
         }
     }
     for (g, v) in gvs {
-        let kinds: Vec<String> = gv_types(sh, &g, &v)
-            .iter()
-            .map(|t| t.plural.clone())
-            .collect();
+        let kinds: Vec<String> = gv_types(sh, &g, &v).iter().map(|t| t.plural.clone()).collect();
         let hash = format!("{:016X}", fxhash(&kinds.join(",")));
         let p = gv_path(&g, &v);
-        paths.insert(
-            p.clone(),
-            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}),
-        );
+        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}));
     }
     json_response(200, &json!({"paths": paths}), &[])
 }

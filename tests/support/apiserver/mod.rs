@@ -120,13 +120,7 @@ impl Default for Options {
 impl Options {
     /// All stand-ins off.
     pub fn without_standins() -> Self {
-        Options {
-            deployments: false,
-            statefulsets: false,
-            certificates: false,
-            jobs: false,
-            ..Options::default()
-        }
+        Options { deployments: false, statefulsets: false, certificates: false, jobs: false, ..Options::default() }
     }
 }
 
@@ -142,26 +136,15 @@ pub struct RequestCounts {
 impl RequestCounts {
     /// Count of one verb on one resource (exact resource string, e.g. `pods` or `pods/status`).
     pub fn get(&self, verb: &str, resource: &str) -> u64 {
-        self.by
-            .get(&(verb.to_string(), resource.to_string()))
-            .copied()
-            .unwrap_or(0)
+        self.by.get(&(verb.to_string(), resource.to_string())).copied().unwrap_or(0)
     }
     /// All requests of a verb.
     pub fn verb(&self, verb: &str) -> u64 {
-        self.by
-            .iter()
-            .filter(|((v, _), _)| v == verb)
-            .map(|(_, n)| n)
-            .sum()
+        self.by.iter().filter(|((v, _), _)| v == verb).map(|(_, n)| n).sum()
     }
     /// All requests to a resource, including its subresources.
     pub fn resource(&self, resource: &str) -> u64 {
-        self.by
-            .iter()
-            .filter(|((_, r), _)| base_resource(r) == resource)
-            .map(|(_, n)| n)
-            .sum()
+        self.by.iter().filter(|((_, r), _)| base_resource(r) == resource).map(|(_, n)| n).sum()
     }
     /// Total of all counted requests.
     pub fn total(&self) -> u64 {
@@ -178,9 +161,7 @@ impl RequestCounts {
         self.by
             .iter()
             .filter(|((v, r), _)| {
-                is_write_verb(v)
-                    && !(exclude_leases_and_events
-                        && matches!(base_resource(r), "leases" | "events"))
+                is_write_verb(v) && !(exclude_leases_and_events && matches!(base_resource(r), "leases" | "events"))
             })
             .map(|(k, n)| (k.clone(), *n))
             .collect()
@@ -192,10 +173,7 @@ fn base_resource(r: &str) -> &str {
 }
 
 fn is_write_verb(v: &str) -> bool {
-    matches!(
-        v,
-        "create" | "update" | "patch" | "delete" | "deletecollection"
-    )
+    matches!(v, "create" | "update" | "patch" | "delete" | "deletecollection")
 }
 
 #[derive(Clone, Debug)]
@@ -239,8 +217,7 @@ impl Faults {
     }
     /// Delay every request matching (verb, resource) by `latency` (`None`: no added latency).
     pub fn set_latency(&self, verb: &str, resource: &str, latency: Option<Duration>) {
-        *self.latency.lock().unwrap() =
-            latency.map(|d| (verb.to_string(), resource.to_string(), d));
+        *self.latency.lock().unwrap() = latency.map(|d| (verb.to_string(), resource.to_string(), d));
     }
     /// Close every open watch stream now (clients see the stream end and re-watch).
     pub fn drop_watches(&self) {
@@ -260,9 +237,9 @@ impl Faults {
 
     fn take(&self, verb: &str, resource: &str) -> Option<(u16, Option<u64>)> {
         let mut rules = self.rules.lock().unwrap();
-        let idx = rules.iter().position(|r| {
-            r.remaining > 0 && pat_match(&r.verb, verb) && pat_match(&r.resource, resource)
-        })?;
+        let idx = rules
+            .iter()
+            .position(|r| r.remaining > 0 && pat_match(&r.verb, verb) && pat_match(&r.resource, resource))?;
         let r = &mut rules[idx];
         r.remaining -= 1;
         let out = (r.status, r.retry_after);
@@ -300,12 +277,7 @@ impl Shared {
         self.standins[s as usize].load(Ordering::SeqCst)
     }
     fn count(&self, verb: &str, resource: &str) {
-        *self
-            .counts
-            .lock()
-            .unwrap()
-            .entry((verb.to_string(), resource.to_string()))
-            .or_default() += 1;
+        *self.counts.lock().unwrap().entry((verb.to_string(), resource.to_string())).or_default() += 1;
     }
 }
 
@@ -339,9 +311,7 @@ impl TestApiServer {
                     .build()
                     .expect("test apiserver runtime");
                 rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                        .await
-                        .expect("bind 127.0.0.1:0");
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
                     let port = listener.local_addr().unwrap().port();
                     let (drop_tx, drop_rx) = tokio::sync::watch::channel(0u64);
                     let faults = Faults::default();
@@ -379,13 +349,7 @@ impl TestApiServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(&url)).expect("write kubeconfig");
-        TestApiServer {
-            shared,
-            url,
-            _dir: dir,
-            kubeconfig,
-            shutdown: Some(shutdown_tx),
-        }
+        TestApiServer { shared, url, _dir: dir, kubeconfig, shutdown: Some(shutdown_tx) }
     }
 
     /// `http://127.0.0.1:PORT`
@@ -410,9 +374,7 @@ impl TestApiServer {
 
     /// Request counts since start or the last [`reset_counts`](Self::reset_counts).
     pub fn counts(&self) -> RequestCounts {
-        RequestCounts {
-            by: self.shared.counts.lock().unwrap().clone(),
-        }
+        RequestCounts { by: self.shared.counts.lock().unwrap().clone() }
     }
 
     /// Reset the request counts.
@@ -464,12 +426,7 @@ impl TestApiServer {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml" | "yml" | "json")
-                )
-            })
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
             .collect();
         files.sort();
         for f in files {
@@ -479,14 +436,10 @@ impl TestApiServer {
 
     /// Create or replace the CustomResourceDefinitions in one YAML file.
     pub async fn install_crds_from_file(&self, file: &Path) {
-        let text = std::fs::read_to_string(file)
-            .unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
         for doc in parse_yaml_docs(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display())) {
             if doc.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition") {
-                self.shared
-                    .store
-                    .upsert_internal(doc)
-                    .unwrap_or_else(|e| panic!("{}: {}", file.display(), e.message));
+                self.shared.store.upsert_internal(doc).unwrap_or_else(|e| panic!("{}: {}", file.display(), e.message));
             }
         }
     }
@@ -498,17 +451,8 @@ impl TestApiServer {
 
     /// Read an object directly from the store (not counted). `namespace` is ignored for
     /// cluster-scoped kinds.
-    pub fn object(
-        &self,
-        api_version: &str,
-        kind: &str,
-        namespace: &str,
-        name: &str,
-    ) -> Option<Value> {
-        self.shared
-            .store
-            .get_by_kind(api_version, kind, namespace, name)
-            .map(|o| (*o).clone())
+    pub fn object(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.shared.store.get_by_kind(api_version, kind, namespace, name).map(|o| (*o).clone())
     }
 }
 

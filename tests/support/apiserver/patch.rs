@@ -90,9 +90,7 @@ pub fn merge_apply(base: &mut Value, cfg: &Value) {
                 }
             }
         }
-        (Value::Array(b), Value::Array(c))
-            if keyed_by_name(c) && b.iter().all(|i| item_key(i).is_some()) =>
-        {
+        (Value::Array(b), Value::Array(c)) if keyed_by_name(c) && b.iter().all(|i| item_key(i).is_some()) => {
             for item in c {
                 let key = item_key(item).unwrap().to_string();
                 match b.iter_mut().find(|i| item_key(i) == Some(&key)) {
@@ -138,11 +136,7 @@ pub fn remove_unapplied(base: &mut Value, prev: &Value, new: &Value, others: &[&
         (Value::Array(b), Value::Array(p)) if keyed_by_name(p) => {
             let names_in = |v: &Value| -> Vec<String> {
                 v.as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|i| item_key(i).map(String::from))
-                            .collect()
-                    })
+                    .map(|a| a.iter().filter_map(|i| item_key(i).map(String::from)).collect())
                     .unwrap_or_default()
             };
             let new_names = names_in(new);
@@ -155,10 +149,7 @@ pub fn remove_unapplied(base: &mut Value, prev: &Value, new: &Value, others: &[&
                     b.retain(|i| item_key(i) != Some(key));
                 } else if let Some(bitem) = b.iter_mut().find(|i| item_key(i) == Some(key)) {
                     let find = |v: &Value| -> Option<Value> {
-                        v.as_array()?
-                            .iter()
-                            .find(|i| item_key(i) == Some(key))
-                            .cloned()
+                        v.as_array()?.iter().find(|i| item_key(i) == Some(key)).cloned()
                     };
                     let nitem = find(new).unwrap_or(Value::Object(Map::new()));
                     let oitems: Vec<Value> = others.iter().filter_map(|o| find(o)).collect();
@@ -177,10 +168,7 @@ pub struct PatchError {
 }
 
 fn perr(message: impl Into<String>) -> PatchError {
-    PatchError {
-        message: message.into(),
-        test_failed: false,
-    }
+    PatchError { message: message.into(), test_failed: false }
 }
 
 fn parse_pointer(p: &str) -> Result<Vec<String>, PatchError> {
@@ -190,10 +178,7 @@ fn parse_pointer(p: &str) -> Result<Vec<String>, PatchError> {
     let Some(rest) = p.strip_prefix('/') else {
         return Err(perr(format!("invalid JSON pointer {p:?}")));
     };
-    Ok(rest
-        .split('/')
-        .map(|s| s.replace("~1", "/").replace("~0", "~"))
-        .collect())
+    Ok(rest.split('/').map(|s| s.replace("~1", "/").replace("~0", "~")).collect())
 }
 
 fn get_mut<'a>(v: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
@@ -209,19 +194,13 @@ fn get_mut<'a>(v: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
 }
 
 fn remove_at(v: &mut Value, path: &[String]) -> Result<Value, PatchError> {
-    let (last, parent) = path
-        .split_last()
-        .ok_or_else(|| perr("cannot remove the root"))?;
+    let (last, parent) = path.split_last().ok_or_else(|| perr("cannot remove the root"))?;
     let missing = || perr(format!("path /{} does not exist", path.join("/")));
     match get_mut(v, parent).ok_or_else(missing)? {
         Value::Object(m) => m.remove(last).ok_or_else(missing),
         Value::Array(a) => {
             let i: usize = last.parse().map_err(|_| missing())?;
-            if i < a.len() {
-                Ok(a.remove(i))
-            } else {
-                Err(missing())
-            }
+            if i < a.len() { Ok(a.remove(i)) } else { Err(missing()) }
         }
         _ => Err(missing()),
     }
@@ -244,9 +223,7 @@ fn add_at(v: &mut Value, path: &[String], value: Value, replace: bool) -> Result
             if last == "-" && !replace {
                 a.push(value);
             } else {
-                let i: usize = last
-                    .parse()
-                    .map_err(|_| perr(format!("invalid array index {last}")))?;
+                let i: usize = last.parse().map_err(|_| perr(format!("invalid array index {last}")))?;
                 if replace {
                     *a.get_mut(i).ok_or_else(missing)? = value;
                 } else if i <= a.len() {
@@ -263,9 +240,7 @@ fn add_at(v: &mut Value, path: &[String], value: Value, replace: bool) -> Result
 
 /// RFC 6902. As in the Kubernetes API server, `test` with `null` passes for a missing path.
 pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), PatchError> {
-    let ops = ops
-        .as_array()
-        .ok_or_else(|| perr("json patch must be an array of operations"))?;
+    let ops = ops.as_array().ok_or_else(|| perr("json patch must be an array of operations"))?;
     let mut work = target.clone();
     for op in ops {
         let kind = op["op"].as_str().unwrap_or_default();
@@ -283,9 +258,7 @@ pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), PatchError> {
             }
             "copy" => {
                 let from = parse_pointer(op["from"].as_str().unwrap_or_default())?;
-                let v = get_mut(&mut work, &from)
-                    .ok_or_else(|| perr("copy: from path does not exist"))?
-                    .clone();
+                let v = get_mut(&mut work, &from).ok_or_else(|| perr("copy: from path does not exist"))?.clone();
                 add_at(&mut work, &path, v, false)?;
             }
             "test" => {

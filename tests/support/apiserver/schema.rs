@@ -20,11 +20,7 @@ pub struct Cause {
 
 impl Cause {
     pub fn new(reason: &str, field: &str, message: impl Into<String>) -> Self {
-        Cause {
-            reason: reason.into(),
-            field: field.into(),
-            message: message.into(),
-        }
+        Cause { reason: reason.into(), field: field.into(), message: message.into() }
     }
 }
 
@@ -36,16 +32,10 @@ pub struct Outcome {
 }
 
 /// Prune, default and validate a whole custom resource against its openAPIV3Schema.
-pub fn validate_object(
-    schema: &Value,
-    obj: &mut Value,
-    old: Option<&Value>,
-    has_cel: bool,
-) -> Outcome {
+pub fn validate_object(schema: &Value, obj: &mut Value, old: Option<&Value>, has_cel: bool) -> Outcome {
     let mut out = Outcome::default();
     let Some(o) = obj.as_object_mut() else {
-        out.causes
-            .push(Cause::new("FieldValueInvalid", "", "object expected"));
+        out.causes.push(Cause::new("FieldValueInvalid", "", "object expected"));
         return out;
     };
     let props = schema.get("properties").and_then(Value::as_object);
@@ -86,8 +76,7 @@ pub fn validate_object(
     }
     for r in required(schema) {
         if !o.contains_key(r) {
-            out.causes
-                .push(Cause::new("FieldValueRequired", r, "Required value"));
+            out.causes.push(Cause::new("FieldValueRequired", r, "Required value"));
         }
     }
     if has_cel && out.causes.is_empty() {
@@ -112,11 +101,7 @@ fn flag(s: &Value, name: &str) -> bool {
 }
 
 fn required(s: &Value) -> impl Iterator<Item = &str> {
-    s.get("required")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
+    s.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str)
 }
 
 fn show(v: &Value) -> String {
@@ -147,9 +132,7 @@ thread_local! {
 fn regex_match(pattern: &str, s: &str) -> bool {
     REGEXES.with(|c| {
         let mut c = c.borrow_mut();
-        let re = c
-            .entry(pattern.to_string())
-            .or_insert_with(|| regex::Regex::new(pattern).ok());
+        let re = c.entry(pattern.to_string()).or_insert_with(|| regex::Regex::new(pattern).ok());
         re.as_ref().is_none_or(|r| r.is_match(s))
     })
 }
@@ -190,10 +173,7 @@ fn walk(s: &Value, v: &mut Value, path: &str, out: &mut Outcome) {
             out.causes.push(Cause::new(
                 "FieldValueTypeInvalid",
                 path,
-                format!(
-                    "Invalid value: {}: {path} in body must be of type {t}: \"{actual}\"",
-                    show(v)
-                ),
+                format!("Invalid value: {}: {path} in body must be of type {t}: \"{actual}\"", show(v)),
             ));
             return;
         }
@@ -205,11 +185,7 @@ fn walk(s: &Value, v: &mut Value, path: &str, out: &mut Outcome) {
         out.causes.push(Cause::new(
             "FieldValueNotSupported",
             path,
-            format!(
-                "Unsupported value: {}: supported values: {}",
-                show(v),
-                supported.join(", ")
-            ),
+            format!("Unsupported value: {}: supported values: {}", show(v), supported.join(", ")),
         ));
     }
     match &*v {
@@ -230,10 +206,7 @@ fn walk(s: &Value, v: &mut Value, path: &str, out: &mut Outcome) {
                 out.causes.push(Cause::new(
                     "FieldValueInvalid",
                     path,
-                    format!(
-                        "Invalid value: {}: {path} in body should be at least {min} chars long",
-                        show(v)
-                    ),
+                    format!("Invalid value: {}: {path} in body should be at least {min} chars long", show(v)),
                 ));
             }
             if let Some(p) = s.get("pattern").and_then(Value::as_str)
@@ -242,10 +215,7 @@ fn walk(s: &Value, v: &mut Value, path: &str, out: &mut Outcome) {
                 out.causes.push(Cause::new(
                     "FieldValueInvalid",
                     path,
-                    format!(
-                        "Invalid value: {}: {path} in body should match '{p}'",
-                        show(v)
-                    ),
+                    format!("Invalid value: {}: {path} in body should match '{p}'", show(v)),
                 ));
             }
         }
@@ -254,36 +224,22 @@ fn walk(s: &Value, v: &mut Value, path: &str, out: &mut Outcome) {
             if let Some(min) = s.get("minimum").and_then(Value::as_f64) {
                 let excl = flag(s, "exclusiveMinimum");
                 if x < min || (excl && x == min) {
-                    let rel = if excl {
-                        "greater than"
-                    } else {
-                        "greater than or equal to"
-                    };
+                    let rel = if excl { "greater than" } else { "greater than or equal to" };
                     out.causes.push(Cause::new(
                         "FieldValueInvalid",
                         path,
-                        format!(
-                            "Invalid value: {n}: {path} in body should be {rel} {}",
-                            num(min)
-                        ),
+                        format!("Invalid value: {n}: {path} in body should be {rel} {}", num(min)),
                     ));
                 }
             }
             if let Some(max) = s.get("maximum").and_then(Value::as_f64) {
                 let excl = flag(s, "exclusiveMaximum");
                 if x > max || (excl && x == max) {
-                    let rel = if excl {
-                        "less than"
-                    } else {
-                        "less than or equal to"
-                    };
+                    let rel = if excl { "less than" } else { "less than or equal to" };
                     out.causes.push(Cause::new(
                         "FieldValueInvalid",
                         path,
-                        format!(
-                            "Invalid value: {n}: {path} in body should be {rel} {}",
-                            num(max)
-                        ),
+                        format!("Invalid value: {n}: {path} in body should be {rel} {}", num(max)),
                     ));
                 }
             }
@@ -308,9 +264,7 @@ fn walk(s: &Value, v: &mut Value, path: &str, out: &mut Outcome) {
                 out.causes.push(Cause::new(
                     "FieldValueInvalid",
                     path,
-                    format!(
-                        "Invalid value: {len}: {path} in body should have at least {min} items"
-                    ),
+                    format!("Invalid value: {len}: {path} in body should have at least {min} items"),
                 ));
             }
             if flag(s, "uniqueItems") {
@@ -338,11 +292,7 @@ fn walk(s: &Value, v: &mut Value, path: &str, out: &mut Outcome) {
 }
 
 fn num(x: f64) -> String {
-    if x.fract() == 0.0 {
-        format!("{}", x as i64)
-    } else {
-        x.to_string()
-    }
+    if x.fract() == 0.0 { format!("{}", x as i64) } else { x.to_string() }
 }
 
 fn walk_object(s: &Value, o: &mut Map<String, Value>, path: &str, out: &mut Outcome) {
@@ -384,22 +334,14 @@ fn walk_object(s: &Value, o: &mut Map<String, Value>, path: &str, out: &mut Outc
     }
     for r in required(s) {
         if !o.contains_key(r) {
-            out.causes.push(Cause::new(
-                "FieldValueRequired",
-                &format!("{path}.{r}"),
-                "Required value",
-            ));
+            out.causes.push(Cause::new("FieldValueRequired", &format!("{path}.{r}"), "Required value"));
         }
     }
     let n = o.len() as u64;
     if let Some(max) = s.get("maxProperties").and_then(Value::as_u64)
         && n > max
     {
-        out.causes.push(Cause::new(
-            "FieldValueTooMany",
-            path,
-            format!("Too many: {n}: must have at most {max} items"),
-        ));
+        out.causes.push(Cause::new("FieldValueTooMany", path, format!("Too many: {n}: must have at most {max} items")));
     }
     if let Some(min) = s.get("minProperties").and_then(Value::as_u64)
         && n < min

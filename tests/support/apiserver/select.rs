@@ -43,13 +43,7 @@ fn split_top(s: &str) -> Vec<String> {
 fn set_values(s: &str) -> Option<Vec<String>> {
     let s = s.trim();
     let inner = s.strip_prefix('(')?.strip_suffix(')')?;
-    Some(
-        inner
-            .split(',')
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-            .collect(),
-    )
+    Some(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
 }
 
 impl LabelSelector {
@@ -74,10 +68,7 @@ impl LabelSelector {
             } else if let Some(i) = p.find(" in ") {
                 let vals = set_values(&p[i + 4..]).ok_or(format!("invalid selector {p:?}"))?;
                 reqs.push(Req::In(p[..i].trim().into(), vals));
-            } else if p
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-            {
+            } else if p.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
                 reqs.push(Req::Exists(p.into()));
             } else {
                 return Err(format!("unable to parse requirement: {p:?}"));
@@ -286,38 +277,22 @@ pub fn human_duration(secs: i64) -> String {
         format!("{secs}s")
     } else if m < 10 {
         let s = secs % 60;
-        if s == 0 {
-            format!("{m}m")
-        } else {
-            format!("{m}m{s}s")
-        }
+        if s == 0 { format!("{m}m") } else { format!("{m}m{s}s") }
     } else if m < 180 {
         format!("{m}m")
     } else if h < 8 {
         let mm = m % 60;
-        if mm == 0 {
-            format!("{h}h")
-        } else {
-            format!("{h}h{mm}m")
-        }
+        if mm == 0 { format!("{h}h") } else { format!("{h}h{mm}m") }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 192 {
         let hh = h % 24;
-        if hh == 0 {
-            format!("{d}d")
-        } else {
-            format!("{d}d{hh}h")
-        }
+        if hh == 0 { format!("{d}d") } else { format!("{d}d{hh}h") }
     } else if y < 2 {
         format!("{d}d")
     } else if y < 8 {
         let dd = d % 365;
-        if dd == 0 {
-            format!("{y}y")
-        } else {
-            format!("{y}y{dd}d")
-        }
+        if dd == 0 { format!("{y}y") } else { format!("{y}y{dd}d") }
     } else {
         format!("{y}y")
     }

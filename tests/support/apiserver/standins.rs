@@ -58,12 +58,9 @@ pub fn kick(sh: &Arc<Shared>) {
 }
 
 fn sweep(sh: &Arc<Shared>) {
-    for (g, p) in [
-        ("apps", "deployments"),
-        ("apps", "statefulsets"),
-        ("cert-manager.io", "certificates"),
-        ("batch", "jobs"),
-    ] {
+    for (g, p) in
+        [("apps", "deployments"), ("apps", "statefulsets"), ("cert-manager.io", "certificates"), ("batch", "jobs")]
+    {
         let k = key(g, p);
         let objs = sh.store.lock().list(&k, None);
         for o in objs {
@@ -131,17 +128,8 @@ fn replicas(o: &Value) -> i64 {
 }
 
 /// A condition, keeping the old transition time when the status did not change.
-fn condition(
-    old: &Value,
-    ty: &str,
-    status: &str,
-    reason: &str,
-    message: &str,
-    extra: Value,
-) -> Value {
-    let prev = old["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == ty));
+fn condition(old: &Value, ty: &str, status: &str, reason: &str, message: &str, extra: Value) -> Value {
+    let prev = old["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == ty));
     let ts = match prev {
         Some(p) if p["status"] == status => p["lastTransitionTime"].clone(),
         _ => json!(now_rfc3339()),
@@ -150,8 +138,7 @@ fn condition(
     if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
         for (k, v) in e {
             let v = if v == "$keep" {
-                prev.and_then(|p| p.get(k).cloned())
-                    .unwrap_or_else(|| ts.clone())
+                prev.and_then(|p| p.get(k).cloned()).unwrap_or_else(|| ts.clone())
             } else {
                 v.clone()
             };
@@ -171,12 +158,7 @@ fn deployment_status(o: &Value) -> Value {
     let n = replicas(o);
     let name = meta_str(o, "name").unwrap_or("");
     let mut st = json!({"observedGeneration": gen_of(o)});
-    for f in [
-        "replicas",
-        "readyReplicas",
-        "availableReplicas",
-        "updatedReplicas",
-    ] {
+    for f in ["replicas", "readyReplicas", "availableReplicas", "updatedReplicas"] {
         set_nonzero(&mut st, f, n);
     }
     let keep = json!({"lastUpdateTime": "$keep"});
@@ -194,10 +176,7 @@ fn deployment_status(o: &Value) -> Value {
             "Progressing",
             "True",
             "NewReplicaSetAvailable",
-            &format!(
-                "ReplicaSet \"{name}-{}\" has successfully progressed.",
-                revision_hash(&o["spec"]["template"])
-            ),
+            &format!("ReplicaSet \"{name}-{}\" has successfully progressed.", revision_hash(&o["spec"]["template"])),
             keep
         ),
     ]);
@@ -206,9 +185,7 @@ fn deployment_status(o: &Value) -> Value {
 
 fn revision_hash(v: &Value) -> String {
     let s = v.to_string();
-    let h = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    });
+    let h = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
     format!("{:x}", h & 0xff_ffff_ffff)
 }
 
@@ -217,12 +194,7 @@ fn statefulset_status(o: &Value) -> Value {
     let name = meta_str(o, "name").unwrap_or("");
     let rev = format!("{name}-{}", revision_hash(&o["spec"]["template"]));
     let mut st = json!({"observedGeneration": gen_of(o), "replicas": n, "currentRevision": rev, "updateRevision": rev, "collisionCount": 0});
-    for f in [
-        "readyReplicas",
-        "currentReplicas",
-        "updatedReplicas",
-        "availableReplicas",
-    ] {
+    for f in ["readyReplicas", "currentReplicas", "updatedReplicas", "availableReplicas"] {
         set_nonzero(&mut st, f, n);
     }
     st
@@ -245,9 +217,7 @@ fn statefulset_pvcs(store: &mut Inner, sts: &Value, ns: &str) {
                 continue;
             }
             let mut labels = sts["spec"]["selector"]["matchLabels"].clone();
-            if let (Some(l), Some(tl)) =
-                (labels.as_object_mut(), t["metadata"]["labels"].as_object())
-            {
+            if let (Some(l), Some(tl)) = (labels.as_object_mut(), t["metadata"]["labels"].as_object()) {
                 for (k, v) in tl {
                     l.insert(k.clone(), v.clone());
                 }
@@ -281,10 +251,7 @@ fn certificate_status(o: &Value) -> Value {
     let not_after = created
         .parse::<jiff::Timestamp>()
         .ok()
-        .and_then(|t| {
-            t.checked_add(jiff::SignedDuration::from_hours(24 * 90))
-                .ok()
-        })
+        .and_then(|t| t.checked_add(jiff::SignedDuration::from_hours(24 * 90)).ok())
         .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_default();
     json!({

@@ -53,19 +53,11 @@ impl ResourceType {
         (self.group.clone(), self.plural.clone())
     }
     pub fn api_version(&self, version: &str) -> String {
-        if self.group.is_empty() {
-            version.to_string()
-        } else {
-            format!("{}/{}", self.group, version)
-        }
+        if self.group.is_empty() { version.to_string() } else { format!("{}/{}", self.group, version) }
     }
     /// `plural` or `plural.group` as in error messages.
     pub fn qualified(&self) -> String {
-        if self.group.is_empty() {
-            self.plural.clone()
-        } else {
-            format!("{}.{}", self.plural, self.group)
-        }
+        if self.group.is_empty() { self.plural.clone() } else { format!("{}.{}", self.plural, self.group) }
     }
     pub fn serves(&self, version: &str) -> bool {
         self.versions.iter().any(|v| v == version)
@@ -119,33 +111,18 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            reason: reason.into(),
-            message: message.into(),
-            details: None,
-            retry_after: None,
-        }
+        ApiError { code, reason: reason.into(), message: message.into(), details: None, retry_after: None }
     }
     fn with_details(mut self, rt: &ResourceType, name: &str) -> Self {
         self.details = Some(json!({"name": name, "group": rt.group, "kind": rt.plural}));
         self
     }
     pub fn not_found(rt: &ResourceType, name: &str) -> Self {
-        Self::new(
-            404,
-            "NotFound",
-            format!("{} \"{}\" not found", rt.qualified(), name),
-        )
-        .with_details(rt, name)
+        Self::new(404, "NotFound", format!("{} \"{}\" not found", rt.qualified(), name)).with_details(rt, name)
     }
     pub fn already_exists(rt: &ResourceType, name: &str) -> Self {
-        Self::new(
-            409,
-            "AlreadyExists",
-            format!("{} \"{}\" already exists", rt.qualified(), name),
-        )
-        .with_details(rt, name)
+        Self::new(409, "AlreadyExists", format!("{} \"{}\" already exists", rt.qualified(), name))
+            .with_details(rt, name)
     }
     pub fn conflict(rt: &ResourceType, name: &str) -> Self {
         Self::new(
@@ -163,31 +140,13 @@ impl ApiError {
         Self::new(400, "BadRequest", msg)
     }
     pub fn invalid(rt: &ResourceType, name: &str, causes: Vec<schema::Cause>) -> Self {
-        let group_kind = if rt.group.is_empty() {
-            rt.kind.clone()
-        } else {
-            format!("{}.{}", rt.kind, rt.group)
-        };
+        let group_kind = if rt.group.is_empty() { rt.kind.clone() } else { format!("{}.{}", rt.kind, rt.group) };
         let parts: Vec<String> = causes
             .iter()
-            .map(|c| {
-                if c.field.is_empty() {
-                    c.message.clone()
-                } else {
-                    format!("{}: {}", c.field, c.message)
-                }
-            })
+            .map(|c| if c.field.is_empty() { c.message.clone() } else { format!("{}: {}", c.field, c.message) })
             .collect();
-        let joined = if parts.len() == 1 {
-            parts[0].clone()
-        } else {
-            format!("[{}]", parts.join(", "))
-        };
-        let mut e = Self::new(
-            422,
-            "Invalid",
-            format!("{group_kind} \"{name}\" is invalid: {joined}"),
-        );
+        let joined = if parts.len() == 1 { parts[0].clone() } else { format!("[{}]", parts.join(", ")) };
+        let mut e = Self::new(422, "Invalid", format!("{group_kind} \"{name}\" is invalid: {joined}"));
         e.details = Some(json!({
             "name": name, "group": rt.group, "kind": rt.kind,
             "causes": causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect::<Vec<_>>(),
@@ -286,10 +245,7 @@ impl Store {
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             inner.ensure_namespace(ns);
         }
-        Store {
-            inner: Mutex::new(inner),
-            all_tx,
-        }
+        Store { inner: Mutex::new(inner), all_tx }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -308,15 +264,9 @@ impl Store {
         let rt = inner
             .type_by_kind(&api_version, &kind)
             .ok_or_else(|| ApiError::bad_request(format!("unknown kind {api_version} {kind}")))?;
-        let name = obj["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let ns = if rt.namespaced {
-            obj["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("default")
-                .to_string()
+            obj["metadata"]["namespace"].as_str().unwrap_or("default").to_string()
         } else {
             String::new()
         };
@@ -357,10 +307,8 @@ fn splitmix(mut x: u64) -> u64 {
 }
 
 fn random_u64() -> u64 {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     splitmix(seed ^ splitmix(UID_COUNTER.fetch_add(1, Ordering::Relaxed)))
 }
 
@@ -390,9 +338,7 @@ fn random_suffix() -> String {
 }
 
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 pub fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
@@ -400,19 +346,13 @@ pub fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
 }
 
 fn finalizers_empty(obj: &Value) -> bool {
-    obj["metadata"]["finalizers"]
-        .as_array()
-        .is_none_or(|a| a.is_empty())
+    obj["metadata"]["finalizers"].as_array().is_none_or(|a| a.is_empty())
 }
 
 fn owner_uids(obj: &Value) -> Vec<String> {
     obj["metadata"]["ownerReferences"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r["uid"].as_str().map(String::from))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|r| r["uid"].as_str().map(String::from)).collect())
         .unwrap_or_default()
 }
 
@@ -458,10 +398,7 @@ impl Inner {
             Some((g, v)) => (g, v),
             None => ("", api_version),
         };
-        self.types
-            .values()
-            .find(|rt| rt.group == group && rt.kind == kind && rt.serves(version))
-            .cloned()
+        self.types.values().find(|rt| rt.group == group && rt.kind == kind && rt.serves(version)).cloned()
     }
 
     pub fn all_types(&self) -> Vec<Arc<ResourceType>> {
@@ -476,20 +413,10 @@ impl Inner {
     }
 
     fn unregister_crd(&mut self, crd: &Value) {
-        let group = crd["spec"]["group"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let plural = crd["spec"]["names"]["plural"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let group = crd["spec"]["group"].as_str().unwrap_or_default().to_string();
+        let plural = crd["spec"]["names"]["plural"].as_str().unwrap_or_default().to_string();
         let key = (group, plural);
-        let keys: Vec<ObjKey> = self
-            .data
-            .get(&key)
-            .map(|d| d.objects.keys().cloned().collect())
-            .unwrap_or_default();
+        let keys: Vec<ObjKey> = self.data.get(&key).map(|d| d.objects.keys().cloned().collect()).unwrap_or_default();
         for (ns, name) in keys {
             self.remove_object(&key, &ns, &name, false);
         }
@@ -500,11 +427,7 @@ impl Inner {
     // ---------------------------------------------------------------- reads
 
     pub fn get(&self, key: &ResKey, ns: &str, name: &str) -> Option<Obj> {
-        self.data
-            .get(key)?
-            .objects
-            .get(&(ns.to_string(), name.to_string()))
-            .cloned()
+        self.data.get(key)?.objects.get(&(ns.to_string(), name.to_string())).cloned()
     }
 
     /// All objects of a type, optionally in one namespace (sorted by namespace, name).
@@ -531,15 +454,7 @@ impl Inner {
     }
 
     fn emit(&mut self, key: &ResKey, ty: EvType, ns: &str, obj: Obj, prev: Option<Obj>, rv: u64) {
-        let ev = Arc::new(Event {
-            rv,
-            ty,
-            key: key.clone(),
-            ns: ns.to_string(),
-            obj,
-            prev,
-            line: OnceLock::new(),
-        });
+        let ev = Arc::new(Event { rv, ty, key: key.clone(), ns: ns.to_string(), obj, prev, line: OnceLock::new() });
         let limit = self.history_limit;
         if let Some(d) = self.data.get_mut(key) {
             d.history.push_back(ev.clone());
@@ -553,15 +468,7 @@ impl Inner {
         let _ = self.all_tx.send(ev);
     }
 
-    fn store_obj(
-        &mut self,
-        key: &ResKey,
-        ns: &str,
-        name: &str,
-        obj: Obj,
-        prev: Option<Obj>,
-        rv: u64,
-    ) {
+    fn store_obj(&mut self, key: &ResKey, ns: &str, name: &str, obj: Obj, prev: Option<Obj>, rv: u64) {
         if let Some(p) = &prev {
             if owner_uids(p) != owner_uids(&obj) {
                 self.index_remove(key, ns, name, p);
@@ -570,14 +477,9 @@ impl Inner {
         } else {
             self.index_insert(key, ns, name, &obj);
         }
-        let ty = if prev.is_some() {
-            EvType::Modified
-        } else {
-            EvType::Added
-        };
+        let ty = if prev.is_some() { EvType::Modified } else { EvType::Added };
         if let Some(d) = self.data.get_mut(key) {
-            d.objects
-                .insert((ns.to_string(), name.to_string()), obj.clone());
+            d.objects.insert((ns.to_string(), name.to_string()), obj.clone());
         }
         self.emit(key, ty, ns, obj, prev, rv);
     }
@@ -585,14 +487,10 @@ impl Inner {
     fn index_insert(&mut self, key: &ResKey, ns: &str, name: &str, obj: &Value) {
         let okey = (ns.to_string(), name.to_string());
         if let Some(uid) = meta_str(obj, "uid") {
-            self.uids
-                .insert(uid.to_string(), (key.clone(), okey.clone()));
+            self.uids.insert(uid.to_string(), (key.clone(), okey.clone()));
         }
         for owner in owner_uids(obj) {
-            self.dependents
-                .entry(owner)
-                .or_default()
-                .insert((key.clone(), okey.clone()));
+            self.dependents.entry(owner).or_default().insert((key.clone(), okey.clone()));
         }
     }
 
@@ -630,22 +528,12 @@ impl Inner {
     // ---------------------------------------------------------------- writes
 
     /// POST.
-    pub fn create(
-        &mut self,
-        rt: &ResourceType,
-        ns: &str,
-        mut obj: Value,
-        ctx: &mut WriteCtx,
-    ) -> Result<Obj> {
+    pub fn create(&mut self, rt: &ResourceType, ns: &str, mut obj: Value, ctx: &mut WriteCtx) -> Result<Obj> {
         let key = rt.key();
         if !obj.is_object() {
             return Err(ApiError::bad_request("the request body must be an object"));
         }
-        let version = if ctx.version.is_empty() {
-            rt.storage_version.clone()
-        } else {
-            ctx.version.clone()
-        };
+        let version = if ctx.version.is_empty() { rt.storage_version.clone() } else { ctx.version.clone() };
         obj["apiVersion"] = json!(rt.api_version(&version));
         obj["kind"] = json!(rt.kind);
         let body_ns = meta_str(&obj, "namespace").map(String::from);
@@ -660,11 +548,7 @@ impl Inner {
         } else {
             m.remove("namespace");
         }
-        let mut name = m
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let mut name = m.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
         if name.is_empty() {
             match m.get("generateName").and_then(Value::as_str) {
                 Some(prefix) if !prefix.is_empty() => {
@@ -759,19 +643,13 @@ impl Inner {
         if !out.unknown.is_empty() {
             match ctx.field_validation {
                 FieldValidation::Strict => {
-                    let msg = out
-                        .unknown
-                        .iter()
-                        .map(|f| format!("unknown field \"{f}\""))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    return Err(ApiError::bad_request(format!(
-                        "strict decoding error: {msg}"
-                    )));
+                    let msg =
+                        out.unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect::<Vec<_>>().join(", ");
+                    return Err(ApiError::bad_request(format!("strict decoding error: {msg}")));
                 }
-                FieldValidation::Warn => ctx
-                    .warnings
-                    .extend(out.unknown.iter().map(|f| format!("unknown field \"{f}\""))),
+                FieldValidation::Warn => {
+                    ctx.warnings.extend(out.unknown.iter().map(|f| format!("unknown field \"{f}\"")))
+                }
                 FieldValidation::Ignore => {}
             }
         }
@@ -791,9 +669,7 @@ impl Inner {
         status_sub: bool,
         ctx: &mut WriteCtx,
     ) -> Result<Obj> {
-        let old = self
-            .get(&rt.key(), ns, name)
-            .ok_or_else(|| ApiError::not_found(rt, name))?;
+        let old = self.get(&rt.key(), ns, name).ok_or_else(|| ApiError::not_found(rt, name))?;
         if let Some(n) = meta_str(&cand, "name")
             && !n.is_empty()
             && n != name
@@ -931,23 +807,17 @@ impl Inner {
         status_sub: bool,
         ctx: &mut WriteCtx,
     ) -> Result<Obj> {
-        let old = self
-            .get(&rt.key(), ns, name)
-            .ok_or_else(|| ApiError::not_found(rt, name))?;
+        let old = self.get(&rt.key(), ns, name).ok_or_else(|| ApiError::not_found(rt, name))?;
         let mut cand = (*old).clone();
         let parse = |b: &[u8]| -> Result<Value> {
-            serde_json::from_slice(b)
-                .map_err(|e| ApiError::bad_request(format!("invalid patch body: {e}")))
+            serde_json::from_slice(b).map_err(|e| ApiError::bad_request(format!("invalid patch body: {e}")))
         };
         match content_type {
             "application/merge-patch+json" => patch::merge_patch(&mut cand, &parse(body)?),
-            "application/strategic-merge-patch+json" => {
-                patch::strategic_merge_patch(&mut cand, &parse(body)?)
-            }
+            "application/strategic-merge-patch+json" => patch::strategic_merge_patch(&mut cand, &parse(body)?),
             "application/json-patch+json" => {
                 let ops = parse(body)?;
-                patch::json_patch(&mut cand, &ops)
-                    .map_err(|e| ApiError::new(422, "Invalid", e.message))?;
+                patch::json_patch(&mut cand, &ops).map_err(|e| ApiError::new(422, "Invalid", e.message))?;
             }
             other => {
                 return Err(ApiError::new(
@@ -976,9 +846,7 @@ impl Inner {
         ctx: &mut WriteCtx,
     ) -> Result<Obj> {
         if !cfg.is_object() {
-            return Err(ApiError::bad_request(
-                "apply configuration must be an object",
-            ));
+            return Err(ApiError::bad_request("apply configuration must be an object"));
         }
         if let Some(n) = meta_str(&cfg, "name")
             && n != name
@@ -1044,12 +912,7 @@ impl Inner {
                 let mut base = (**old).clone();
                 let applied = self.data.get(&key).and_then(|d| d.applied.get(&okey));
                 let others: Vec<&Value> = applied
-                    .map(|m| {
-                        m.iter()
-                            .filter(|(k, _)| **k != mkey)
-                            .map(|(_, v)| v)
-                            .collect()
-                    })
+                    .map(|m| m.iter().filter(|(k, _)| **k != mkey).map(|(_, v)| v).collect())
                     .unwrap_or_default();
                 if let Some(prev) = applied.and_then(|m| m.get(&mkey)) {
                     patch::remove_unapplied(&mut base, prev, &owned, &others);
@@ -1071,17 +934,9 @@ impl Inner {
     }
 
     /// DELETE. Returns the object as it is after the call (with deletionTimestamp, or as deleted).
-    pub fn delete(
-        &mut self,
-        rt: &ResourceType,
-        ns: &str,
-        name: &str,
-        opts: &DeleteOpts,
-    ) -> Result<Obj> {
+    pub fn delete(&mut self, rt: &ResourceType, ns: &str, name: &str, opts: &DeleteOpts) -> Result<Obj> {
         let key = rt.key();
-        let old = self
-            .get(&key, ns, name)
-            .ok_or_else(|| ApiError::not_found(rt, name))?;
+        let old = self.get(&key, ns, name).ok_or_else(|| ApiError::not_found(rt, name))?;
         if let Some(p) = &opts.precondition_rv
             && Some(p.as_str()) != meta_str(&old, "resourceVersion")
         {
@@ -1123,15 +978,7 @@ impl Inner {
         Some(obj)
     }
 
-    fn finalize_removal(
-        &mut self,
-        key: &ResKey,
-        ns: &str,
-        name: &str,
-        obj: Obj,
-        rv: u64,
-        orphan: bool,
-    ) {
+    fn finalize_removal(&mut self, key: &ResKey, ns: &str, name: &str, obj: Obj, rv: u64, orphan: bool) {
         let okey = (ns.to_string(), name.to_string());
         let prev = self.data.get_mut(key).and_then(|d| {
             d.applied.remove(&okey);
@@ -1157,12 +1004,7 @@ impl Inner {
     }
 
     fn delete_namespace_contents(&mut self, ns: &str) {
-        let keys: Vec<ResKey> = self
-            .types
-            .values()
-            .filter(|t| t.namespaced)
-            .map(|t| t.key())
-            .collect();
+        let keys: Vec<ResKey> = self.types.values().filter(|t| t.namespaced).map(|t| t.key()).collect();
         for key in keys {
             for obj in self.list(&key, Some(ns)) {
                 let name = meta_str(&obj, "name").unwrap_or_default().to_string();
@@ -1215,10 +1057,7 @@ impl Inner {
             if let Some(refs) = cand["metadata"]["ownerReferences"].as_array_mut() {
                 refs.retain(|r| r["uid"].as_str() != Some(uid));
                 if refs.is_empty() {
-                    cand["metadata"]
-                        .as_object_mut()
-                        .unwrap()
-                        .remove("ownerReferences");
+                    cand["metadata"].as_object_mut().unwrap().remove("ownerReferences");
                 }
             }
             let rv = self.next_rv();
@@ -1228,13 +1067,7 @@ impl Inner {
     }
 
     /// Write `status` of an object (stand-ins). No-op when unchanged.
-    pub fn write_status(
-        &mut self,
-        key: &ResKey,
-        ns: &str,
-        name: &str,
-        status: Value,
-    ) -> Option<Obj> {
+    pub fn write_status(&mut self, key: &ResKey, ns: &str, name: &str, status: Value) -> Option<Obj> {
         let rt = self.types.get(key)?.clone();
         let old = self.get(key, ns, name)?;
         if old.get("status") == Some(&status) {
@@ -1246,8 +1079,7 @@ impl Inner {
             m.remove("resourceVersion");
         }
         let mut ctx = WriteCtx::default();
-        self.finish_update(&rt, ns, name, cand, &old, true, &mut ctx)
-            .ok()
+        self.finish_update(&rt, ns, name, cand, &old, true, &mut ctx).ok()
     }
 
     /// History events of a type with rv > `since`; `None` when they are no longer retained.
@@ -1285,12 +1117,7 @@ fn set_crd_status(crd: &mut Value) {
     }
     let stored: Vec<Value> = crd["spec"]["versions"]
         .as_array()
-        .map(|vs| {
-            vs.iter()
-                .filter(|v| v["storage"].as_bool() == Some(true))
-                .map(|v| v["name"].clone())
-                .collect()
-        })
+        .map(|vs| vs.iter().filter(|v| v["storage"].as_bool() == Some(true)).map(|v| v["name"].clone()).collect())
         .unwrap_or_default();
     crd["status"] = json!({
         "acceptedNames": accepted,
@@ -1334,13 +1161,7 @@ fn crd_to_type(crd: &Value) -> Option<ResourceType> {
     let plural = names["plural"].as_str()?.to_string();
     let kind = names["kind"].as_str()?.to_string();
     let strs = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
+        v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
     };
     let mut versions = Vec::new();
     let mut schemas = HashMap::new();
@@ -1379,14 +1200,8 @@ fn crd_to_type(crd: &Value) -> Option<ResourceType> {
         group,
         versions,
         storage_version,
-        singular: names["singular"]
-            .as_str()
-            .map(String::from)
-            .unwrap_or_else(|| kind.to_lowercase()),
-        list_kind: names["listKind"]
-            .as_str()
-            .map(String::from)
-            .unwrap_or_else(|| format!("{kind}List")),
+        singular: names["singular"].as_str().map(String::from).unwrap_or_else(|| kind.to_lowercase()),
+        list_kind: names["listKind"].as_str().map(String::from).unwrap_or_else(|| format!("{kind}List")),
         plural,
         kind,
         namespaced: spec["scope"].as_str() != Some("Cluster"),
@@ -1403,211 +1218,31 @@ fn crd_to_type(crd: &Value) -> Option<ResourceType> {
 fn builtin_types() -> Vec<ResourceType> {
     // (group, version, plural, kind, namespaced, short names, status subresource, categories)
     let table: &[(&str, &str, &str, &str, bool, &[&str], bool, &[&str])] = &[
-        (
-            "",
-            "v1",
-            "namespaces",
-            "Namespace",
-            false,
-            &["ns"],
-            true,
-            &[],
-        ),
-        (
-            "",
-            "v1",
-            "serviceaccounts",
-            "ServiceAccount",
-            true,
-            &["sa"],
-            false,
-            &[],
-        ),
-        (
-            "",
-            "v1",
-            "services",
-            "Service",
-            true,
-            &["svc"],
-            true,
-            &["all"],
-        ),
+        ("", "v1", "namespaces", "Namespace", false, &["ns"], true, &[]),
+        ("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], false, &[]),
+        ("", "v1", "services", "Service", true, &["svc"], true, &["all"]),
         ("", "v1", "secrets", "Secret", true, &[], false, &[]),
-        (
-            "",
-            "v1",
-            "configmaps",
-            "ConfigMap",
-            true,
-            &["cm"],
-            false,
-            &[],
-        ),
-        (
-            "",
-            "v1",
-            "persistentvolumeclaims",
-            "PersistentVolumeClaim",
-            true,
-            &["pvc"],
-            true,
-            &[],
-        ),
+        ("", "v1", "configmaps", "ConfigMap", true, &["cm"], false, &[]),
+        ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", true, &["pvc"], true, &[]),
         ("", "v1", "pods", "Pod", true, &["po"], true, &["all"]),
         ("", "v1", "events", "Event", true, &["ev"], false, &[]),
         ("", "v1", "nodes", "Node", false, &["no"], true, &[]),
-        (
-            "apps",
-            "v1",
-            "deployments",
-            "Deployment",
-            true,
-            &["deploy"],
-            true,
-            &["all"],
-        ),
-        (
-            "apps",
-            "v1",
-            "statefulsets",
-            "StatefulSet",
-            true,
-            &["sts"],
-            true,
-            &["all"],
-        ),
-        (
-            "apps",
-            "v1",
-            "replicasets",
-            "ReplicaSet",
-            true,
-            &["rs"],
-            true,
-            &["all"],
-        ),
+        ("apps", "v1", "deployments", "Deployment", true, &["deploy"], true, &["all"]),
+        ("apps", "v1", "statefulsets", "StatefulSet", true, &["sts"], true, &["all"]),
+        ("apps", "v1", "replicasets", "ReplicaSet", true, &["rs"], true, &["all"]),
         ("batch", "v1", "jobs", "Job", true, &[], true, &["all"]),
-        (
-            "batch",
-            "v1",
-            "cronjobs",
-            "CronJob",
-            true,
-            &["cj"],
-            true,
-            &["all"],
-        ),
-        (
-            "networking.k8s.io",
-            "v1",
-            "ingresses",
-            "Ingress",
-            true,
-            &["ing"],
-            true,
-            &[],
-        ),
-        (
-            "networking.k8s.io",
-            "v1",
-            "networkpolicies",
-            "NetworkPolicy",
-            true,
-            &["netpol"],
-            false,
-            &[],
-        ),
-        (
-            "autoscaling",
-            "v2",
-            "horizontalpodautoscalers",
-            "HorizontalPodAutoscaler",
-            true,
-            &["hpa"],
-            true,
-            &["all"],
-        ),
-        (
-            "policy",
-            "v1",
-            "poddisruptionbudgets",
-            "PodDisruptionBudget",
-            true,
-            &["pdb"],
-            true,
-            &[],
-        ),
-        (
-            "coordination.k8s.io",
-            "v1",
-            "leases",
-            "Lease",
-            true,
-            &[],
-            false,
-            &[],
-        ),
-        (
-            "events.k8s.io",
-            "v1",
-            "events",
-            "Event",
-            true,
-            &["ev"],
-            false,
-            &[],
-        ),
-        (
-            "storage.k8s.io",
-            "v1",
-            "storageclasses",
-            "StorageClass",
-            false,
-            &["sc"],
-            false,
-            &[],
-        ),
-        (
-            "rbac.authorization.k8s.io",
-            "v1",
-            "roles",
-            "Role",
-            true,
-            &[],
-            false,
-            &[],
-        ),
-        (
-            "rbac.authorization.k8s.io",
-            "v1",
-            "rolebindings",
-            "RoleBinding",
-            true,
-            &[],
-            false,
-            &[],
-        ),
-        (
-            "rbac.authorization.k8s.io",
-            "v1",
-            "clusterroles",
-            "ClusterRole",
-            false,
-            &[],
-            false,
-            &[],
-        ),
-        (
-            "rbac.authorization.k8s.io",
-            "v1",
-            "clusterrolebindings",
-            "ClusterRoleBinding",
-            false,
-            &[],
-            false,
-            &[],
-        ),
+        ("batch", "v1", "cronjobs", "CronJob", true, &["cj"], true, &["all"]),
+        ("networking.k8s.io", "v1", "ingresses", "Ingress", true, &["ing"], true, &[]),
+        ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", true, &["netpol"], false, &[]),
+        ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", true, &["hpa"], true, &["all"]),
+        ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, &["pdb"], true, &[]),
+        ("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false, &[]),
+        ("events.k8s.io", "v1", "events", "Event", true, &["ev"], false, &[]),
+        ("storage.k8s.io", "v1", "storageclasses", "StorageClass", false, &["sc"], false, &[]),
+        ("rbac.authorization.k8s.io", "v1", "roles", "Role", true, &[], false, &[]),
+        ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, &[], false, &[]),
+        ("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, &[], false, &[]),
+        ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", false, &[], false, &[]),
         (
             "apiextensions.k8s.io",
             "v1",
@@ -1621,24 +1256,22 @@ fn builtin_types() -> Vec<ResourceType> {
     ];
     table
         .iter()
-        .map(
-            |&(group, version, plural, kind, namespaced, short, status, cats)| ResourceType {
-                group: group.into(),
-                versions: vec![version.into()],
-                storage_version: version.into(),
-                plural: plural.into(),
-                singular: kind.to_lowercase(),
-                kind: kind.into(),
-                list_kind: format!("{kind}List"),
-                namespaced,
-                short_names: short.iter().map(|s| s.to_string()).collect(),
-                categories: cats.iter().map(|s| s.to_string()).collect(),
-                status,
-                schemas: HashMap::new(),
-                columns: HashMap::new(),
-                has_cel: false,
-                crd: false,
-            },
-        )
+        .map(|&(group, version, plural, kind, namespaced, short, status, cats)| ResourceType {
+            group: group.into(),
+            versions: vec![version.into()],
+            storage_version: version.into(),
+            plural: plural.into(),
+            singular: kind.to_lowercase(),
+            kind: kind.into(),
+            list_kind: format!("{kind}List"),
+            namespaced,
+            short_names: short.iter().map(|s| s.to_string()).collect(),
+            categories: cats.iter().map(|s| s.to_string()).collect(),
+            status,
+            schemas: HashMap::new(),
+            columns: HashMap::new(),
+            has_cel: false,
+            crd: false,
+        })
         .collect()
 }

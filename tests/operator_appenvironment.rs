@@ -1,0 +1,233 @@
+//! The real `berth operator` process against the test API server: an AppEnvironment converges
+//! to Ready with all its children, stays converged without writes, follows spec changes,
+//! reports invalid specs without a retry loop, respects `paused`, and corrects drift.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth::api::AppEnvironment;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::apiserver::TestApiServer;
+use support::operator::Operator;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+async fn server() -> TestApiServer {
+    let server = TestApiServer::start().await;
+    server.install_crds_from_dir(&repo().join("crds")).await;
+    server.install_crds_from_file(&repo().join("tests/fixtures/apiserver/cert-manager-certificate-crd.yaml")).await;
+    server
+}
+
+fn example(name: &str) -> AppEnvironment {
+    let text = std::fs::read_to_string(repo().join("deploy/examples").join(name)).unwrap();
+    serde_saphyr::from_str(&text).unwrap()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what`.
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn condition(app: &AppEnvironment, type_: &str) -> Option<(String, String)> {
+    let c = app.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+async fn wait_condition(
+    api: &Api<AppEnvironment>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> AppEnvironment {
+    eventually(&format!("{name} {type_}={status} {reason:?}"), Duration::from_secs(30), || async {
+        let app = api.get(name).await.ok()?;
+        let generation = app.metadata.generation;
+        let (s, r) = condition(&app, type_)?;
+        let fresh = app.status.as_ref()?.observed_generation == generation;
+        (fresh && s == status && reason.is_none_or(|x| x == r)).then_some(app)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_app_converges_stays_quiet_and_follows_changes() {
+    let server = server().await;
+    let client = server.client().await;
+    let mut operator = Operator::start(server.kubeconfig_path(), &["--resync-seconds", "1"]);
+    operator.wait_ready(Duration::from_secs(30));
+
+    let apps: Api<AppEnvironment> = Api::namespaced(client.clone(), "shop");
+    apps.create(&PostParams::default(), &example("appenvironment-production.yaml")).await.unwrap();
+    let ready = wait_condition(&apps, "shop", "Ready", "True", Some("Available")).await;
+    let status = ready.status.unwrap();
+    assert_eq!(status.url.as_deref(), Some("https://shop.example.com/"));
+    assert_eq!(status.image.as_deref(), Some("ghcr.io/example/shop:1.4.2"));
+    assert!(status.conditions.iter().all(|c| c.observed_generation == ready.metadata.generation));
+
+    // Every child exists, owned by the AppEnvironment.
+    let uid = ready.metadata.uid.clone().unwrap();
+    let sa = Api::<ServiceAccount>::namespaced(client.clone(), "shop").get("shop").await.unwrap();
+    assert_eq!(sa.metadata.owner_references.unwrap()[0].uid, uid);
+    Api::<Service>::namespaced(client.clone(), "shop").get("shop").await.unwrap();
+    let deployment = Api::<Deployment>::namespaced(client.clone(), "shop").get("shop").await.unwrap();
+    assert_eq!(deployment.spec.replicas, None, "the autoscaler owns replicas");
+    Api::<Ingress>::namespaced(client.clone(), "shop").get("shop").await.unwrap();
+    Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), "shop").get("shop").await.unwrap();
+    Api::<PodDisruptionBudget>::namespaced(client.clone(), "shop").get("shop").await.unwrap();
+    Api::<NetworkPolicy>::namespaced(client.clone(), "shop").get("shop").await.unwrap();
+    let certs = server.object("cert-manager.io/v1", "Certificate", "shop", "shop");
+    assert!(certs.is_some(), "Certificate created");
+
+    // Steady state: several resyncs (every second) run and write nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = operator.counter("berth_reconciles_total");
+    server.reset_counts();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let reconciles = operator.counter("berth_reconciles_total") - before;
+    assert!(reconciles >= 3.0, "resyncs ran ({reconciles})");
+    assert_eq!(server.write_requests(true), 0, "writes on a steady-state resync: {:?}", server.counts().writes(true));
+
+    // Removing the ingress section deletes the Ingress and the Certificate.
+    apps.patch("shop", &PatchParams::default(), &Patch::Merge(json!({"spec": {"ingress": null}}))).await.unwrap();
+    wait_condition(&apps, "shop", "Ready", "True", None).await;
+    eventually("Ingress and Certificate deleted", Duration::from_secs(10), || async {
+        let ingress_gone = Api::<Ingress>::namespaced(client.clone(), "shop").get_opt("shop").await.ok()?.is_none();
+        let cert_gone = server.object("cert-manager.io/v1", "Certificate", "shop", "shop").is_none();
+        (ingress_gone && cert_gone).then_some(())
+    })
+    .await;
+    let app = apps.get("shop").await.unwrap();
+    assert_eq!(app.status.unwrap().url, None);
+
+    // A new image rolls out.
+    apps.patch(
+        "shop",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"image": "ghcr.io/example/shop:1.5.0"}})),
+    )
+    .await
+    .unwrap();
+    wait_condition(&apps, "shop", "Ready", "True", None).await;
+    let d = Api::<Deployment>::namespaced(client.clone(), "shop").get("shop").await.unwrap();
+    assert_eq!(d.spec.template.spec.unwrap().containers[0].image.as_deref(), Some("ghcr.io/example/shop:1.5.0"));
+
+    // Drift: someone edits the Deployment by hand; the operator puts it back.
+    Api::<Deployment>::namespaced(client.clone(), "shop")
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Strategic(
+                json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "evil:latest"}]}}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually("drift corrected", Duration::from_secs(10), || async {
+        let d = Api::<Deployment>::namespaced(client.clone(), "shop").get("shop").await.ok()?;
+        (d.spec.template.spec?.containers[0].image.as_deref() == Some("ghcr.io/example/shop:1.5.0")).then_some(())
+    })
+    .await;
+
+    // SIGTERM stops the operator cleanly.
+    assert!(operator.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_spec_is_reported_without_a_retry_loop() {
+    let server = server().await;
+    let client = server.client().await;
+    let mut operator = Operator::start(server.kubeconfig_path(), &["--resync-seconds", "1", "--leader-election=false"]);
+    operator.wait_ready(Duration::from_secs(30));
+    let apps: Api<AppEnvironment> = Api::namespaced(client.clone(), "team");
+
+    // Passes the CRD schema but not the controller: production's default minReplicas (3)
+    // exceeds maxReplicas.
+    let mut app = example("appenvironment-development.yaml");
+    app.metadata.namespace = Some("team".into());
+    app.spec.tier = berth::api::appenvironment::Tier::Production;
+    app.spec.autoscaling = Some(berth::api::appenvironment::Autoscaling { max_replicas: 2, ..Default::default() });
+    apps.create(&PostParams::default(), &app).await.unwrap();
+    let invalid = wait_condition(&apps, "shop-dev", "Ready", "False", Some("InvalidSpec")).await;
+    let (_, message) = invalid
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| (c.status.clone(), c.message.clone()))
+        .unwrap();
+    assert!(message.contains("spec.autoscaling.maxReplicas"), "{message}");
+    assert!(Api::<Deployment>::namespaced(client.clone(), "team").get_opt("shop-dev").await.unwrap().is_none());
+
+    // No hot loop: over 3 s (3 resync periods) the invalid object is not retried.
+    let before = operator.counter("berth_reconciles_total");
+    server.reset_counts();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(operator.counter("berth_reconciles_total") - before <= 1.0);
+    assert_eq!(server.write_requests(true), 0);
+
+    // Fixing the spec converges.
+    apps.patch(
+        "shop-dev",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"autoscaling": {"minReplicas": 2}}})),
+    )
+    .await
+    .unwrap();
+    wait_condition(&apps, "shop-dev", "Ready", "True", None).await;
+
+    // Paused: spec changes are not applied.
+    apps.patch("shop-dev", &PatchParams::default(), &Patch::Merge(json!({"spec": {"paused": true, "image": "x:2"}})))
+        .await
+        .unwrap();
+    wait_condition(&apps, "shop-dev", "Progressing", "False", Some("Paused")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let d = Api::<Deployment>::namespaced(client.clone(), "team").get("shop-dev").await.unwrap();
+    assert_eq!(d.spec.template.spec.unwrap().containers[0].image.as_deref(), Some("ghcr.io/example/shop:1.4.2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_and_leader_lease() {
+    let server = server().await;
+    let client = server.client().await;
+    let mut first = Operator::start(server.kubeconfig_path(), &[]);
+    first.wait_ready(Duration::from_secs(30));
+    assert_eq!(first.http_get("/healthz").unwrap().0, 200);
+    assert_eq!(first.counter("berth_leader"), 1.0);
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "berth-system");
+    let lease = leases.get("berth-operator").await.unwrap();
+    assert!(lease.spec.unwrap().holder_identity.is_some());
+
+    // A second replica is ready as a standby and does not lead.
+    let mut second = Operator::start(server.kubeconfig_path(), &[]);
+    second.wait_ready(Duration::from_secs(30));
+    assert_eq!(second.counter("berth_leader"), 0.0);
+
+    // When the leader stops, it releases the lease and the standby takes over.
+    assert!(first.terminate().success());
+    eventually("standby takes over", Duration::from_secs(20), || async {
+        (second.counter("berth_leader") == 1.0).then_some(())
+    })
+    .await;
+}
