@@ -3,5 +3,6 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod kubectl;
 pub mod operator;
 pub mod servers;
