@@ -122,15 +122,15 @@ pub async fn run(
             stores.certificates.clone(),
         );
         async move {
-            let _ = s.0.wait_until_ready().await;
-            let _ = s.1.wait_until_ready().await;
-            let _ = s.2.wait_until_ready().await;
-            let _ = s.3.wait_until_ready().await;
-            let _ = s.4.wait_until_ready().await;
-            let _ = s.5.wait_until_ready().await;
-            let _ = s.6.wait_until_ready().await;
+            synced_store(&s.0).await;
+            synced_store(&s.1).await;
+            synced_store(&s.2).await;
+            synced_store(&s.3).await;
+            synced_store(&s.4).await;
+            synced_store(&s.5).await;
+            synced_store(&s.6).await;
             if let Some(c) = s.7 {
-                let _ = c.wait_until_ready().await;
+                synced_store(&c).await;
             }
         }
     };
@@ -151,7 +151,7 @@ pub async fn run(
     let ctx = Arc::new(Ctx { shared, stores });
     tokio::spawn(async move {
         readiness.await;
-        let _ = main_store.wait_until_ready().await;
+        synced_store(&main_store).await;
         synced();
     });
     controller
@@ -163,6 +163,21 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// Waits until `store` has its first full list. kube-runtime's `Store::wait_until_ready` wakes
+/// only the most recent of several concurrent waiters (the controller itself waits on the main
+/// store too), so the wait is re-polled instead of trusted to wake us.
+async fn synced_store<K: Resource + Clone + 'static>(store: &Store<K>) -> bool
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_millis(100), store.wait_until_ready()).await {
+            Ok(result) => return result.is_ok(),
+            Err(_elapsed) => continue,
+        }
+    }
 }
 
 fn key(app: &AppEnvironment) -> String {
