@@ -1,0 +1,153 @@
+{{/*
+Chart name, truncated to 63 characters (a label value limit).
+*/}}
+{{- define "berth.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the objects: <release>-<chart>, or the release name when it already contains the
+chart name.
+*/}}
+{{- define "berth.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "berth.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Standard labels (https://kubernetes.io/docs/concepts/overview/working-with-objects/common-labels/).
+*/}}
+{{- define "berth.labels" -}}
+helm.sh/chart: {{ include "berth.chart" . }}
+{{ include "berth.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: berth
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Selector labels: immutable on a Deployment, so only name and instance.
+*/}}
+{{- define "berth.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "berth.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "berth.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "berth.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference: repository@digest when a digest is given, else repository:tag (tag defaults to
+the appVersion).
+*/}}
+{{- define "berth.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Watched namespaces, de-duplicated and sorted.
+*/}}
+{{- define "berth.watchNamespaces" -}}
+{{- .Values.operator.watchNamespaces | uniq | sortAlpha | join "," }}
+{{- end }}
+
+{{/*
+Fail early on combinations that cannot work.
+*/}}
+{{- define "berth.validate" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.operator.leaderElection.enabled) }}
+{{- fail "replicaCount > 1 requires operator.leaderElection.enabled=true: two replicas without a leader would both write" }}
+{{- end }}
+{{- end }}
+
+{{/*
+RBAC rules for the namespaced kinds the operator manages. Explicit resources and verbs, no "*".
+Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
+*/}}
+{{- define "berth.namespacedRules" -}}
+{{- $crud := list "get" "list" "watch" "create" "update" "patch" "delete" }}
+# The operator's own API: spec, status and finalizers of all five kinds.
+- apiGroups: ["berth.dev"]
+  resources: [appenvironments, databaseinstances, backuppolicies, backups, restores]
+  verbs: {{ toJson $crud }}
+- apiGroups: ["berth.dev"]
+  resources: [appenvironments/status, databaseinstances/status, backuppolicies/status, backups/status, restores/status]
+  verbs: [get, update, patch]
+- apiGroups: ["berth.dev"]
+  resources: [appenvironments/finalizers, databaseinstances/finalizers, backuppolicies/finalizers, backups/finalizers, restores/finalizers]
+  verbs: [update]
+# Children of AppEnvironment and DatabaseInstance; credentials and configuration.
+- apiGroups: [""]
+  resources: [serviceaccounts, services, configmaps, secrets, persistentvolumeclaims]
+  verbs: {{ toJson $crud }}
+# Pod readiness of databases; the pods of agent Jobs.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+# Events on the custom resources (both event APIs: kube-rs' recorder uses events.k8s.io).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: ["events.k8s.io"]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [apps]
+  resources: [deployments, statefulsets]
+  verbs: {{ toJson $crud }}
+# Backup agent Jobs (database dumps, volume data).
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: {{ toJson $crud }}
+- apiGroups: [networking.k8s.io]
+  resources: [ingresses, networkpolicies]
+  verbs: {{ toJson $crud }}
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: {{ toJson $crud }}
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: {{ toJson $crud }}
+- apiGroups: [cert-manager.io]
+  resources: [certificates]
+  verbs: {{ toJson $crud }}
+{{- with .Values.rbac.extraRules }}
+# rbac.extraRules
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+RBAC rules for cluster-scoped kinds: always in a ClusterRole.
+*/}}
+{{- define "berth.clusterRules" -}}
+# Storage classes: volume expansion support of DatabaseInstance PVCs.
+- apiGroups: [storage.k8s.io]
+  resources: [storageclasses]
+  verbs: [get, list, watch]
+{{- with .Values.rbac.extraClusterRules }}
+# rbac.extraClusterRules
+{{ toYaml . }}
+{{- end }}
+{{- end }}
