@@ -21,6 +21,9 @@ enum Command {
         /// Directory to write `<plural>.berth.dev.yaml` files into (created if missing).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Directory to write the bare CRD files into for the Helm chart (`charts/berth/crds`).
+        #[arg(long)]
+        chart_dir: Option<PathBuf>,
     },
     /// Print the child objects the operator would create for the given resources.
     Render {
@@ -35,7 +38,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crds { dir } => match berth::crds::write(dir.as_deref()) {
+        Command::Crds { dir, chart_dir } => match berth::crds::write(dir.as_deref(), chart_dir.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("berth crds: {e}");

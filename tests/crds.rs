@@ -12,6 +12,7 @@ fn checked_in_crds_match_generated() {
         .collect();
     on_disk.sort();
     let mut expected: Vec<String> = generated.iter().map(|(n, _)| n.clone()).collect();
+    expected.push("kustomization.yaml".into());
     expected.sort();
     assert_eq!(
         on_disk, expected,
@@ -19,8 +20,16 @@ fn checked_in_crds_match_generated() {
     );
     for (name, yaml) in generated {
         let current = std::fs::read_to_string(dir.join(&name)).unwrap();
-        assert!(current == yaml, "crds/{name} is stale; run: cargo run -- crds --dir crds");
+        assert!(
+            current == yaml,
+            "crds/{name} is stale; run: cargo run -- crds --dir crds --chart-dir charts/berth/crds"
+        );
     }
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    assert!(
+        kustomization == berth::crds::kustomization(),
+        "crds/kustomization.yaml is stale; run: cargo run -- crds --dir crds --chart-dir charts/berth/crds"
+    );
 }
 
 #[test]

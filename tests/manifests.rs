@@ -50,15 +50,9 @@ fn repo() -> PathBuf {
 }
 
 fn tool(name: &str) -> PathBuf {
-    let dir = std::env::var_os("BERTH_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".tools"));
+    let dir = std::env::var_os("BERTH_TOOLS_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join(".tools"));
     let path = dir.join("bin").join(name);
-    assert!(
-        path.is_file(),
-        "{name} not found at {}: {INSTALL_HINT}",
-        path.display()
-    );
+    assert!(path.is_file(), "{name} not found at {}: {INSTALL_HINT}", path.display());
     path
 }
 
@@ -73,8 +67,7 @@ fn describe(cmd: &Command) -> String {
 
 fn output(cmd: &mut Command) -> Output {
     cmd.current_dir(repo());
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}; {INSTALL_HINT}", describe(cmd)))
+    cmd.output().unwrap_or_else(|e| panic!("cannot run `{}`: {e}; {INSTALL_HINT}", describe(cmd)))
 }
 
 /// Runs the command and returns stdout; panics with stdout and stderr when it fails.
@@ -121,25 +114,15 @@ fn helm_template(values: &str, extra: &[&str]) -> Command {
 }
 
 fn scenario_name(values: &str) -> &str {
-    if values.is_empty() {
-        "default values"
-    } else {
-        values
-    }
+    if values.is_empty() { "default values" } else { values }
 }
 
 /// Writes `yaml` into a temporary file named after `label` (kept alive by the returned guard),
 /// so that a validation error names the scenario.
 fn temp_yaml_named(label: &str, yaml: &str) -> tempfile::NamedTempFile {
-    let prefix: String = label
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let mut f = tempfile::Builder::new()
-        .prefix(&format!("berth-{prefix}-"))
-        .suffix(".yaml")
-        .tempfile()
-        .expect("temp file");
+    let prefix: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let mut f =
+        tempfile::Builder::new().prefix(&format!("berth-{prefix}-")).suffix(".yaml").tempfile().expect("temp file");
     std::io::Write::write_all(&mut f, yaml.as_bytes()).expect("write temp file");
     f
 }
@@ -170,30 +153,19 @@ fn validate(files: &[&Path], label: &str) -> Result<(), String> {
                 let bin = &bin;
                 s.spawn(move || {
                     let mut cmd = Command::new(bin);
-                    cmd.args(["--strict", "--kubernetes-version", version])
-                        .args(files);
+                    cmd.args(["--strict", "--kubernetes-version", version]).args(files);
                     let out = output(&mut cmd);
-                    let text = format!(
-                        "{}{}",
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
+                    let text =
+                        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
                     check_validate_output(&text, out.status.success(), documents)
                         .map_err(|e| format!("{label}, Kubernetes {version}:\n{e}"))
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("validate thread"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("validate thread")).collect()
     });
     let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("\n\n"))
-    }
+    if errors.is_empty() { Ok(()) } else { Err(errors.join("\n\n")) }
 }
 
 fn check_validate_output(text: &str, success: bool, documents: usize) -> Result<(), String> {
@@ -211,9 +183,7 @@ fn check_validate_output(text: &str, success: bool, documents: usize) -> Result<
                 .map(api_group)
                 .unwrap_or("?");
             if !NO_SCHEMA_GROUPS.contains(&group) {
-                problems.push(format!(
-                    "no schema for a kind of group `{group}` (wrong apiVersion?): {line}"
-                ));
+                problems.push(format!("no schema for a kind of group `{group}` (wrong apiVersion?): {line}"));
             }
         } else if line.starts_with("ERROR ") {
             problems.push(line.to_owned());
@@ -225,15 +195,9 @@ fn check_validate_output(text: &str, success: bool, documents: usize) -> Result<
         problems.push("kubernetes-validate exited with a failure status".into());
     }
     if reported != documents {
-        problems.push(format!(
-            "{documents} documents, but kubernetes-validate reported on {reported}"
-        ));
+        problems.push(format!("{documents} documents, but kubernetes-validate reported on {reported}"));
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
-    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
 }
 
 /// A helm template render of the chart, written to a temp file, with its parsed documents.
@@ -245,10 +209,7 @@ struct Render {
 fn render_chart(values: &str, extra: &[&str]) -> Render {
     let yaml = run_ok(&mut helm_template(values, extra));
     let docs = parse_docs(&yaml, &format!("helm template ({})", scenario_name(values)));
-    Render {
-        file: temp_yaml_named(&format!("helm-template-{}", scenario_name(values)), &yaml),
-        docs,
-    }
+    Render { file: temp_yaml_named(&format!("helm-template-{}", scenario_name(values)), &yaml), docs }
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -295,21 +256,14 @@ fn kubernetes_validate_catches_invalid_manifests() {
             "apiVersion: apps/v1beta1\nkind: Deployment\nmetadata: {name: a}\n",
             "no schema for a kind of group `apps`",
         ),
-        (
-            "missing kind",
-            "apiVersion: v1\nmetadata: {name: a}\n",
-            "could not be validated",
-        ),
+        ("missing kind", "apiVersion: v1\nmetadata: {name: a}\n", "could not be validated"),
     ];
     let files: Vec<_> = cases.iter().map(|(_, yaml, _)| temp_yaml(yaml)).collect();
     std::thread::scope(|s| {
         for ((what, _, expected), file) in cases.iter().zip(&files) {
             s.spawn(move || match validate(&[file.path()], what) {
                 Ok(()) => panic!("{what}: invalid manifest passed validation"),
-                Err(e) => assert!(
-                    e.contains(expected),
-                    "{what}: failed, but not with `{expected}`:\n{e}"
-                ),
+                Err(e) => assert!(e.contains(expected), "{what}: failed, but not with `{expected}`:\n{e}"),
             });
         }
         // And a valid one, with a custom resource of an allowed group, passes.
@@ -336,42 +290,22 @@ fn helm_lint_strict() {
             cmd.arg("--values").arg(repo().join("charts/berth").join(values));
         }
         let out = run_ok(&mut cmd);
-        assert!(
-            out.contains("0 chart(s) failed"),
-            "helm lint ({}):\n{out}",
-            scenario_name(values)
-        );
+        assert!(out.contains("0 chart(s) failed"), "helm lint ({}):\n{out}", scenario_name(values));
     }
 }
 
 #[test]
 fn helm_template_validates_for_all_kubernetes_versions() {
-    let renders: Vec<(&str, Render)> = CHART_SCENARIOS
-        .iter()
-        .map(|v| (*v, render_chart(v, &["--include-crds"])))
-        .collect();
+    let renders: Vec<(&str, Render)> =
+        CHART_SCENARIOS.iter().map(|v| (*v, render_chart(v, &["--include-crds"]))).collect();
     for (values, render) in &renders {
         let kinds: BTreeSet<String> = render.docs.iter().map(kind_of).collect();
-        for kind in [
-            "ServiceAccount",
-            "ClusterRole",
-            "ClusterRoleBinding",
-            "Service",
-            "Deployment",
-        ] {
-            assert!(
-                kinds.contains(kind),
-                "{}: no {kind} rendered",
-                scenario_name(values)
-            );
+        for kind in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"] {
+            assert!(kinds.contains(kind), "{}: no {kind} rendered", scenario_name(values));
         }
     }
     let files: Vec<&Path> = renders.iter().map(|(_, r)| r.file.path()).collect();
-    validate(
-        &files,
-        "helm template charts/berth (default, all-features, single-replica)",
-    )
-    .unwrap();
+    validate(&files, "helm template charts/berth (default, all-features, single-replica)").unwrap();
 }
 
 #[test]
@@ -380,10 +314,7 @@ fn helm_values_schema_rejects_invalid_values() {
         ("unknown top-level key", &["--set", "replicas=2"]),
         ("unknown nested key", &["--set", "operator.logformat=json"]),
         ("logFormat outside the enum", &["--set", "operator.logFormat=xml"]),
-        (
-            "replicaCount of the wrong type",
-            &["--set-string", "replicaCount=two"],
-        ),
+        ("replicaCount of the wrong type", &["--set-string", "replicaCount=two"]),
         (
             "wildcard verb in rbac.extraRules",
             &[
@@ -395,18 +326,10 @@ fn helm_values_schema_rejects_invalid_values() {
                 "rbac.extraRules[0].verbs[0]=*",
             ],
         ),
-        (
-            "namespace that is not a DNS label",
-            &["--set", "operator.watchNamespaces[0]=Team_A"],
-        ),
+        ("namespace that is not a DNS label", &["--set", "operator.watchNamespaces[0]=Team_A"]),
         (
             "two replicas without leader election",
-            &[
-                "--set",
-                "replicaCount=2",
-                "--set",
-                "operator.leaderElection.enabled=false",
-            ],
+            &["--set", "replicaCount=2", "--set", "operator.leaderElection.enabled=false"],
         ),
     ];
     for (what, args) in cases {
@@ -421,11 +344,7 @@ fn helm_values_schema_rejects_invalid_values() {
 fn chart_rbac_is_explicit_and_follows_watch_namespaces() {
     fn rules(doc: &Value) -> Vec<(BTreeSet<String>, BTreeSet<String>, BTreeSet<String>)> {
         let set = |v: &Value| -> BTreeSet<String> {
-            v.as_array()
-                .into_iter()
-                .flatten()
-                .map(|s| s.as_str().unwrap().to_owned())
-                .collect()
+            v.as_array().into_iter().flatten().map(|s| s.as_str().unwrap().to_owned()).collect()
         };
         doc["rules"]
             .as_array()
@@ -440,37 +359,19 @@ fn chart_rbac_is_explicit_and_follows_watch_namespaces() {
         resource: &str,
         verbs: &[&str],
     ) -> bool {
-        verbs.iter().all(|verb| {
-            rules
-                .iter()
-                .any(|(g, r, v)| g.contains(group) && r.contains(resource) && v.contains(*verb))
-        })
+        verbs
+            .iter()
+            .all(|verb| rules.iter().any(|(g, r, v)| g.contains(group) && r.contains(resource) && v.contains(*verb)))
     }
     const CRUD: &[&str] = &["get", "list", "watch", "create", "update", "patch", "delete"];
     // What the operator needs (issue 2 / the operator's interface), as (group, resource, verbs).
     let mut needed: Vec<(String, String, &[&str])> = Vec::new();
-    for p in [
-        "appenvironments",
-        "databaseinstances",
-        "backuppolicies",
-        "backups",
-        "restores",
-    ] {
+    for p in ["appenvironments", "databaseinstances", "backuppolicies", "backups", "restores"] {
         needed.push(("berth.dev".into(), p.into(), CRUD));
-        needed.push((
-            "berth.dev".into(),
-            format!("{p}/status"),
-            &["get", "update", "patch"],
-        ));
+        needed.push(("berth.dev".into(), format!("{p}/status"), &["get", "update", "patch"]));
         needed.push(("berth.dev".into(), format!("{p}/finalizers"), &["update"]));
     }
-    for r in [
-        "serviceaccounts",
-        "services",
-        "configmaps",
-        "secrets",
-        "persistentvolumeclaims",
-    ] {
+    for r in ["serviceaccounts", "services", "configmaps", "secrets", "persistentvolumeclaims"] {
         needed.push(("".into(), r.into(), CRUD));
     }
     needed.push(("".into(), "pods".into(), &["get", "list", "watch"]));
@@ -491,19 +392,10 @@ fn chart_rbac_is_explicit_and_follows_watch_namespaces() {
 
     for values in CHART_SCENARIOS {
         let render = render_chart(values, &[]);
-        for doc in render
-            .docs
-            .iter()
-            .filter(|d| matches!(kind_of(d).as_str(), "ClusterRole" | "Role"))
-        {
+        for doc in render.docs.iter().filter(|d| matches!(kind_of(d).as_str(), "ClusterRole" | "Role")) {
             for (g, r, v) in rules(doc) {
                 let all: Vec<&String> = g.iter().chain(&r).chain(&v).collect();
-                assert!(
-                    !all.iter().any(|s| s.contains('*')),
-                    "{} {} has a wildcard",
-                    kind_of(doc),
-                    name_of(doc)
-                );
+                assert!(!all.iter().any(|s| s.contains('*')), "{} {} has a wildcard", kind_of(doc), name_of(doc));
             }
         }
     }
@@ -514,68 +406,37 @@ fn chart_rbac_is_explicit_and_follows_watch_namespaces() {
     for (g, r, v) in &needed {
         assert!(allows(&cluster, g, r, v), "ClusterRole lacks {v:?} on {g}/{r}");
     }
-    assert!(allows(
-        &cluster,
-        "storage.k8s.io",
-        "storageclasses",
-        &["get", "list", "watch"]
-    ));
+    assert!(allows(&cluster, "storage.k8s.io", "storageclasses", &["get", "list", "watch"]));
     let lease = find(&default.docs, "Role", "berth-leader-election");
     assert_eq!(lease["metadata"]["namespace"], "berth-system");
-    assert!(allows(
-        &rules(lease),
-        "coordination.k8s.io",
-        "leases",
-        &["get", "create", "update", "patch"]
-    ));
-    assert!(
-        !default
-            .docs
-            .iter()
-            .any(|d| kind_of(d) == "Role" && name_of(d) == "berth")
-    );
+    assert!(allows(&rules(lease), "coordination.k8s.io", "leases", &["get", "create", "update", "patch"]));
+    assert!(!default.docs.iter().any(|d| kind_of(d) == "Role" && name_of(d) == "berth"));
 
     // Namespaced: a Role + RoleBinding per watched namespace, nothing namespaced cluster-wide.
     let ns = render_chart("", &["--set", "operator.watchNamespaces={team-b,team-a}"]);
     let cluster = rules(find(&ns.docs, "ClusterRole", "berth"));
-    assert!(
-        !allows(&cluster, "", "secrets", &["get"]),
-        "ClusterRole still grants secrets in namespaced mode"
-    );
+    assert!(!allows(&cluster, "", "secrets", &["get"]), "ClusterRole still grants secrets in namespaced mode");
     assert!(!allows(&cluster, "berth.dev", "appenvironments", &["get"]));
-    assert!(allows(
-        &cluster,
-        "storage.k8s.io",
-        "storageclasses",
-        &["get", "list", "watch"]
-    ));
+    assert!(allows(&cluster, "storage.k8s.io", "storageclasses", &["get", "list", "watch"]));
     for namespace in ["team-a", "team-b"] {
         let role = ns
             .docs
             .iter()
-            .find(|d| {
-                kind_of(d) == "Role" && name_of(d) == "berth" && d["metadata"]["namespace"] == namespace
-            })
+            .find(|d| kind_of(d) == "Role" && name_of(d) == "berth" && d["metadata"]["namespace"] == namespace)
             .unwrap_or_else(|| panic!("no Role berth in {namespace}"));
         let role_rules = rules(role);
         for (g, r, v) in &needed {
-            assert!(
-                allows(&role_rules, g, r, v),
-                "Role in {namespace} lacks {v:?} on {g}/{r}"
-            );
+            assert!(allows(&role_rules, g, r, v), "Role in {namespace} lacks {v:?} on {g}/{r}");
         }
-        assert!(ns.docs.iter().any(|d| kind_of(d) == "RoleBinding"
-            && name_of(d) == "berth"
-            && d["metadata"]["namespace"] == namespace));
+        assert!(
+            ns.docs.iter().any(|d| kind_of(d) == "RoleBinding"
+                && name_of(d) == "berth"
+                && d["metadata"]["namespace"] == namespace)
+        );
     }
     let deployment = find(&ns.docs, "Deployment", "berth");
     let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
-    assert!(
-        env.as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["name"] == "BERTH_NAMESPACES" && e["value"] == "team-a,team-b")
-    );
+    assert!(env.as_array().unwrap().iter().any(|e| e["name"] == "BERTH_NAMESPACES" && e["value"] == "team-a,team-b"));
 }
 
 /// The operator pod: restricted security context, probes on the named port, downward API,
@@ -601,60 +462,32 @@ fn chart_deployment_is_restricted_and_highly_available() {
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["readinessProbe"]["httpGet"]["port"], "http-metrics");
     assert!(c["resources"]["requests"].is_object() && c["resources"]["limits"].is_object());
-    let env: BTreeMap<String, Value> = c["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["name"].as_str().unwrap().to_owned(), e.clone()))
-        .collect();
-    assert_eq!(
-        env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"],
-        "metadata.name"
-    );
-    assert_eq!(
-        env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"],
-        "metadata.namespace"
-    );
+    let env: BTreeMap<String, Value> =
+        c["env"].as_array().unwrap().iter().map(|e| (e["name"].as_str().unwrap().to_owned(), e.clone())).collect();
+    assert_eq!(env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+    assert_eq!(env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
     assert_eq!(env["BERTH_LEADER_ELECTION"]["value"], "true");
     assert_eq!(env["BERTH_METRICS_ADDR"]["value"], "0.0.0.0:8080");
     assert_eq!(env["BERTH_LOG_FORMAT"]["value"], "json");
-    assert!(
-        !env.contains_key("BERTH_NAMESPACES"),
-        "an empty BERTH_NAMESPACES must not be set"
-    );
+    assert!(!env.contains_key("BERTH_NAMESPACES"), "an empty BERTH_NAMESPACES must not be set");
     let spread: Vec<&str> = pod["topologySpreadConstraints"]
         .as_array()
         .unwrap()
         .iter()
         .map(|t| t["topologyKey"].as_str().unwrap())
         .collect();
-    assert!(
-        spread.contains(&"kubernetes.io/hostname"),
-        "replicas are not spread across nodes"
-    );
-    assert_eq!(
-        find(&default.docs, "PodDisruptionBudget", "berth")["spec"]["minAvailable"],
-        1
-    );
-    assert!(
-        !default.docs.iter().any(|d| kind_of(d) == "ServiceMonitor"),
-        "ServiceMonitor must be off by default"
-    );
+    assert!(spread.contains(&"kubernetes.io/hostname"), "replicas are not spread across nodes");
+    assert_eq!(find(&default.docs, "PodDisruptionBudget", "berth")["spec"]["minAvailable"], 1);
+    assert!(!default.docs.iter().any(|d| kind_of(d) == "ServiceMonitor"), "ServiceMonitor must be off by default");
 
     let single = render_chart("ci/single-replica-values.yaml", &[]);
-    assert!(
-        !single.docs.iter().any(|d| kind_of(d) == "PodDisruptionBudget"),
-        "PDB with one replica blocks drains"
-    );
+    assert!(!single.docs.iter().any(|d| kind_of(d) == "PodDisruptionBudget"), "PDB with one replica blocks drains");
     assert!(!single.docs.iter().any(|d| name_of(d) == "berth-leader-election"));
 
     let all = render_chart("ci/all-features-values.yaml", &[]);
     assert!(all.docs.iter().any(|d| kind_of(d) == "ServiceMonitor"));
     let image = &find(&all.docs, "Deployment", "berth")["spec"]["template"]["spec"]["containers"][0]["image"];
-    assert!(
-        image.as_str().unwrap().contains("@sha256:"),
-        "image.digest is not used: {image}"
-    );
+    assert!(image.as_str().unwrap().contains("@sha256:"), "image.digest is not used: {image}");
 }
 
 /// checkov's Kubernetes policies on the rendered chart (one checkov run over the renders of
@@ -672,17 +505,10 @@ fn checkov_passes_on_the_rendered_chart() {
     let scenarios: &[(&str, &str, &[&str])] = &[
         ("", "default.yaml", &["CKV_K8S_43", "CKV_K8S_15"]),
         ("ci/all-features-values.yaml", "all-features.yaml", &[]),
-        (
-            "ci/single-replica-values.yaml",
-            "single-replica.yaml",
-            &["CKV_K8S_43", "CKV_K8S_15"],
-        ),
+        ("ci/single-replica-values.yaml", "single-replica.yaml", &["CKV_K8S_43", "CKV_K8S_15"]),
     ];
     // Not tempfile's default `.tmpXXXX`: checkov silently skips hidden directories.
-    let dir = tempfile::Builder::new()
-        .prefix("berth-checkov-")
-        .tempdir()
-        .expect("temp dir");
+    let dir = tempfile::Builder::new().prefix("berth-checkov-").tempdir().expect("temp dir");
     for (values, file, _) in scenarios {
         fs::write(dir.path().join(file), run_ok(&mut helm_template(values, &[]))).unwrap();
     }
@@ -690,23 +516,12 @@ fn checkov_passes_on_the_rendered_chart() {
     cmd.env("CKV_SKIP_PACKAGE_UPDATE_CHECK", "true")
         .arg("--directory")
         .arg(dir.path())
-        .args([
-            "--framework",
-            "kubernetes",
-            "--skip-download",
-            "--quiet",
-            "--compact",
-            "--output",
-            "json",
-        ])
+        .args(["--framework", "kubernetes", "--skip-download", "--quiet", "--compact", "--output", "json"])
         .args(["--skip-check", &SKIPPED_EVERYWHERE.join(",")]);
     let out = output(&mut cmd);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "checkov printed no JSON report ({e}):\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
+        panic!("checkov printed no JSON report ({e}):\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr))
     });
     let summary = &report["summary"];
     assert!(
@@ -716,16 +531,11 @@ fn checkov_passes_on_the_rendered_chart() {
         "checkov did not really scan the chart: {summary}"
     );
     let mut failures = Vec::new();
-    for check in report["results"]["failed_checks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
+    for check in report["results"]["failed_checks"].as_array().into_iter().flatten() {
         let id = check["check_id"].as_str().unwrap_or("?");
         let path = check["file_path"].as_str().unwrap_or("?");
-        let accepted = scenarios
-            .iter()
-            .any(|(_, file, allowed)| path.ends_with(&format!("/{file}")) && allowed.contains(&id));
+        let accepted =
+            scenarios.iter().any(|(_, file, allowed)| path.ends_with(&format!("/{file}")) && allowed.contains(&id));
         if !accepted {
             failures.push(format!(
                 "{id} {} — {} in {path}",
@@ -734,19 +544,14 @@ fn checkov_passes_on_the_rendered_chart() {
             ));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "checkov findings on the chart:\n  {}",
-        failures.join("\n  ")
-    );
+    assert!(failures.is_empty(), "checkov findings on the chart:\n  {}", failures.join("\n  "));
 }
 
 // ------------------------------------------------------------------------------------------
 // CRDs
 // ------------------------------------------------------------------------------------------
 
-const CRD_DRIFT_HINT: &str =
-    "run `cargo run -- crds --dir crds && cp crds/*.berth.dev.yaml charts/berth/crds/`";
+const CRD_DRIFT_HINT: &str = "run `cargo run -- crds --dir crds --chart-dir charts/berth/crds`";
 
 #[test]
 fn crds_validate_and_the_chart_carries_identical_copies() {
@@ -754,24 +559,14 @@ fn crds_validate_and_the_chart_carries_identical_copies() {
     let chart_crds = repo().join("charts/berth/crds");
     let present = crd_dir_files(&crds);
     let expected: BTreeSet<String> = CRD_FILES.iter().map(|s| s.to_string()).collect();
-    assert_eq!(
-        present, expected,
-        "crds/ must hold one file per kind: {CRD_DRIFT_HINT}"
-    );
+    assert_eq!(present, expected, "crds/ must hold one file per kind: {CRD_DRIFT_HINT}");
 
     // Byte-identical copies in the chart (Helm installs charts/berth/crds/).
-    assert_eq!(
-        crd_dir_files(&chart_crds),
-        expected,
-        "charts/berth/crds/ differs from crds/: {CRD_DRIFT_HINT}"
-    );
+    assert_eq!(crd_dir_files(&chart_crds), expected, "charts/berth/crds/ differs from crds/: {CRD_DRIFT_HINT}");
     for f in CRD_FILES {
         let a = fs::read(crds.join(f)).unwrap();
         let b = fs::read(chart_crds.join(f)).unwrap();
-        assert!(
-            a == b,
-            "charts/berth/crds/{f} differs from crds/{f}: {CRD_DRIFT_HINT}"
-        );
+        assert!(a == b, "charts/berth/crds/{f} differs from crds/{f}: {CRD_DRIFT_HINT}");
     }
     assert!(
         !chart_crds.join("kustomization.yaml").exists(),
@@ -788,10 +583,7 @@ fn crds_validate_and_the_chart_carries_identical_copies() {
         .flatten()
         .map(|r| r.as_str().unwrap().trim_start_matches("./").to_owned())
         .collect();
-    assert_eq!(
-        listed, expected,
-        "crds/kustomization.yaml must list exactly the CRD files"
-    );
+    assert_eq!(listed, expected, "crds/kustomization.yaml must list exactly the CRD files");
 
     // Each file is one CRD for its kind, and validates.
     let mut files = Vec::new();
@@ -800,20 +592,11 @@ fn crds_validate_and_the_chart_carries_identical_copies() {
         let docs = parse_docs(&fs::read_to_string(&path).unwrap(), f);
         assert_eq!(docs.len(), 1, "crds/{f}: one CRD per file");
         assert_eq!(kind_of(&docs[0]), "CustomResourceDefinition", "crds/{f}");
-        assert_eq!(
-            format!("{}.yaml", name_of(&docs[0])),
-            *f,
-            "crds/{f}: file name must be <metadata.name>.yaml"
-        );
+        assert_eq!(format!("{}.yaml", name_of(&docs[0])), *f, "crds/{f}: file name must be <metadata.name>.yaml");
         assert_eq!(docs[0]["spec"]["group"], "berth.dev", "crds/{f}");
         assert_eq!(docs[0]["spec"]["scope"], "Namespaced", "crds/{f}");
         let categories = &docs[0]["spec"]["names"]["categories"];
-        assert!(
-            categories
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c == "berth")),
-            "crds/{f}: category berth"
-        );
+        assert!(categories.as_array().is_some_and(|c| c.iter().any(|c| c == "berth")), "crds/{f}: category berth");
         files.push(path);
     }
     let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
@@ -841,10 +624,7 @@ fn render_of_the_examples_validates() {
     cmd.args(["render", "-f", "deploy/examples/"]);
     let yaml = run_ok(&mut cmd);
     let docs = parse_docs(&yaml, "output of `berth render -f deploy/examples/`");
-    assert!(
-        !docs.is_empty(),
-        "`berth render -f deploy/examples/` printed no objects"
-    );
+    assert!(!docs.is_empty(), "`berth render -f deploy/examples/` printed no objects");
     for d in &docs {
         assert!(
             d["apiVersion"].is_string() && !kind_of(d).is_empty() && !name_of(d).is_empty(),
@@ -878,47 +658,20 @@ fn kustomize_base_builds_validates_and_matches_the_chart() {
     validate(&[file.path()], "kubectl kustomize deploy/base").unwrap();
 
     let docs = parse_docs(&yaml, "kubectl kustomize deploy/base");
-    let key = |d: &Value| {
-        (
-            kind_of(d),
-            d["metadata"]["namespace"].as_str().unwrap_or("").to_owned(),
-            name_of(d),
-        )
-    };
-    let ns = docs
-        .iter()
-        .find(|d| kind_of(d) == "Namespace")
-        .expect("the base creates its namespace");
+    let key = |d: &Value| (kind_of(d), d["metadata"]["namespace"].as_str().unwrap_or("").to_owned(), name_of(d));
+    let ns = docs.iter().find(|d| kind_of(d) == "Namespace").expect("the base creates its namespace");
     assert_eq!(name_of(ns), "berth-system");
-    assert_eq!(
-        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
-        "restricted"
-    );
+    assert_eq!(ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
     for d in docs.iter().filter(|d| {
-        !matches!(
-            kind_of(d).as_str(),
-            "Namespace" | "CustomResourceDefinition" | "ClusterRole" | "ClusterRoleBinding"
-        )
+        !matches!(kind_of(d).as_str(), "Namespace" | "CustomResourceDefinition" | "ClusterRole" | "ClusterRoleBinding")
     }) {
-        assert_eq!(
-            d["metadata"]["namespace"],
-            "berth-system",
-            "{} {}",
-            kind_of(d),
-            name_of(d)
-        );
+        assert_eq!(d["metadata"]["namespace"], "berth-system", "{} {}", kind_of(d), name_of(d));
     }
 
     // The CRDs are those of crds/.
-    let crds: BTreeSet<String> = docs
-        .iter()
-        .filter(|d| kind_of(d) == "CustomResourceDefinition")
-        .map(name_of)
-        .collect();
-    let expected: BTreeSet<String> = CRD_FILES
-        .iter()
-        .map(|f| f.trim_end_matches(".yaml").to_owned())
-        .collect();
+    let crds: BTreeSet<String> =
+        docs.iter().filter(|d| kind_of(d) == "CustomResourceDefinition").map(name_of).collect();
+    let expected: BTreeSet<String> = CRD_FILES.iter().map(|f| f.trim_end_matches(".yaml").to_owned()).collect();
     assert_eq!(crds, expected, "deploy/base must include every CRD");
 
     // Everything else equals the chart with default values (release name `berth`).
@@ -928,11 +681,7 @@ fn kustomize_base_builds_validates_and_matches_the_chart() {
         .filter(|d| !matches!(kind_of(d).as_str(), "Namespace" | "CustomResourceDefinition"))
         .map(|d| (key(d), normalise(d.clone())))
         .collect();
-    let helm: BTreeMap<_, _> = chart
-        .docs
-        .iter()
-        .map(|d| (key(d), normalise(d.clone())))
-        .collect();
+    let helm: BTreeMap<_, _> = chart.docs.iter().map(|d| (key(d), normalise(d.clone()))).collect();
     assert_eq!(
         base.keys().collect::<Vec<_>>(),
         helm.keys().collect::<Vec<_>>(),
@@ -981,18 +730,12 @@ fn gitops_examples_are_consistent() {
         let rel = f.strip_prefix(repo()).unwrap().display().to_string();
         for doc in parse_docs(&fs::read_to_string(f).unwrap(), &rel) {
             let (api, kind) = (doc["apiVersion"].as_str().unwrap_or(""), kind_of(&doc));
-            assert!(
-                known.contains(&(api, kind.as_str())),
-                "{rel}: unexpected {api} {kind}"
-            );
+            assert!(known.contains(&(api, kind.as_str())), "{rel}: unexpected {api} {kind}");
             match kind.as_str() {
                 "Application" => {
                     let src = &doc["spec"]["source"];
                     let path = src["path"].as_str().expect("Application source.path");
-                    assert!(
-                        repo().join(path).is_dir(),
-                        "{rel}: source.path {path} does not exist"
-                    );
+                    assert!(repo().join(path).is_dir(), "{rel}: source.path {path} does not exist");
                     assert_eq!(doc["spec"]["destination"]["namespace"], "berth-system", "{rel}");
                     if let Some(values) = src["helm"].get("valuesObject") {
                         assert_eq!(path, "charts/berth", "{rel}");
@@ -1016,24 +759,13 @@ fn gitops_examples_are_consistent() {
             }
         }
     }
-    assert!(
-        helm_values.len() >= 2,
-        "expected Helm values in the Argo CD and Flux examples"
-    );
+    assert!(helm_values.len() >= 2, "expected Helm values in the Argo CD and Flux examples");
 
     // The values in the examples are accepted by values.schema.json and render.
     for (rel, values) in helm_values {
         let file = temp_yaml(&serde_json::to_string(&values).unwrap()); // JSON is YAML
         let mut cmd = Command::new(tool("helm"));
-        cmd.args([
-            "template",
-            "berth",
-            "charts/berth",
-            "--namespace",
-            "berth-system",
-            "--values",
-        ])
-        .arg(file.path());
+        cmd.args(["template", "berth", "charts/berth", "--namespace", "berth-system", "--values"]).arg(file.path());
         let out = output(&mut cmd);
         assert!(
             out.status.success(),

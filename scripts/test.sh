@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine with the Rust toolchain:
+#   1. Debian packages the data-path tests run for real (PostgreSQL 15, RabbitMQ), if missing;
+#   2. kubectl, helm, kubernetes-validate and checkov into .tools/ (scripts/install-tools.sh);
+#   3. every test with cargo-nextest (installed from crates.io if missing).
+# Servers the tests need are started by the tests themselves on free loopback ports.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '[test] %s\n' "$*"; }
+
+APT_PACKAGES=(postgresql-15 rabbitmq-server unzip)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  # apt on a machine without systemd starts nothing; the tests start their own servers.
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+scripts/install-tools.sh
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+log "running the test suite"
+exec cargo nextest run --all-targets --no-fail-fast "$@"
