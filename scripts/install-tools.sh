@@ -36,8 +36,10 @@ TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
 # ---- kubectl + helm ---------------------------------------------------------------------------
-kubectl_ok() { [[ -x "$BIN_DIR/kubectl" ]] && "$BIN_DIR/kubectl" version --client 2>/dev/null | grep -q "Client Version: $KUBECTL_EXPECTED\$"; }
-helm_ok()    { [[ -x "$BIN_DIR/helm" ]] && "$BIN_DIR/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_EXPECTED"; }
+# Output is captured before matching: `cmd | grep -q` fails under pipefail when grep exits
+# early and cmd gets SIGPIPE.
+kubectl_ok() { [[ -x "$BIN_DIR/kubectl" ]] && [[ "$("$BIN_DIR/kubectl" version --client 2>/dev/null)" == *"Client Version: $KUBECTL_EXPECTED"* ]]; }
+helm_ok()    { [[ -x "$BIN_DIR/helm" ]] && [[ "$("$BIN_DIR/helm" version --template '{{.Version}}' 2>/dev/null)" == "$HELM_EXPECTED" ]]; }
 
 if kubectl_ok && helm_ok; then
   log "kubectl $KUBECTL_EXPECTED and helm $HELM_EXPECTED already installed — skipped"

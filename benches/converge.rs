@@ -1,0 +1,103 @@
+//! Convergence benchmark: the real `berth operator` (release build recommended) against the
+//! test API server. For N AppEnvironments (production tier with ingress, TLS and autoscaling:
+//! 8 children each) it reports the time until all are Ready, API requests per
+//! AppEnvironment, writes during a steady-state resync, and the operator's peak RSS.
+//!
+//!   cargo bench --bench converge                 # N = 100 and 1000
+//!   BERTH_BENCH_SIZES=5000 cargo bench --bench converge
+//!
+//! A measurement, not a test: it prints figures and asserts nothing about time.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth::api::AppEnvironment;
+use kube::api::{Api, ListParams, PostParams};
+use support::apiserver::TestApiServer;
+use support::operator::Operator;
+
+fn app(i: usize) -> AppEnvironment {
+    let yaml = format!(
+        "apiVersion: berth.dev/v1alpha1\nkind: AppEnvironment\nmetadata:\n  name: app-{i}\n  namespace: bench\nspec:\n  tier: production\n  image: ghcr.io/example/app:{i}\n  ingress:\n    hosts: [app-{i}.example.com]\n    tls:\n      issuerRef:\n        name: letsencrypt\n  autoscaling:\n    maxReplicas: 6\n"
+    );
+    serde_saphyr::from_str(&yaml).unwrap()
+}
+
+fn ready(app: &AppEnvironment) -> bool {
+    app.status.as_ref().is_some_and(|s| {
+        s.observed_generation == app.metadata.generation
+            && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+async fn run(n: usize) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let server = TestApiServer::start().await;
+    server.install_crds_from_dir(&repo.join("crds")).await;
+    server.install_crds_from_file(&repo.join("tests/fixtures/apiserver/cert-manager-certificate-crd.yaml")).await;
+    let client = server.client().await;
+    let resync = 5;
+    let mut operator =
+        Operator::start(server.kubeconfig_path(), &["--leader-election=false", "--resync-seconds", &resync.to_string()]);
+    operator.wait_ready(Duration::from_secs(60));
+    let api: Api<AppEnvironment> = Api::namespaced(client, "bench");
+    server.reset_counts();
+
+    let started = Instant::now();
+    // Create concurrently, like `kubectl apply -f dir/` or Argo CD syncing an app of apps.
+    let creates = futures::future::join_all((0..n).map(|i| {
+        let api = api.clone();
+        async move { api.create(&PostParams::default(), &app(i)).await.map(|_| ()) }
+    }));
+    for r in creates.await {
+        r.expect("create");
+    }
+    let created = started.elapsed();
+    loop {
+        let list = api.list(&ListParams::default()).await.unwrap();
+        if list.items.len() == n && list.items.iter().all(ready) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "not converged after 10 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let converged = started.elapsed();
+    let counts = server.counts();
+    let operator_requests = counts.total() as f64;
+    let writes = server.write_requests(true) as f64;
+
+    // Steady state: two full resync periods.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.reset_counts();
+    let reconciles_before = operator.counter("berth_reconciles_total");
+    tokio::time::sleep(Duration::from_secs(2 * resync + 1)).await;
+    let steady_writes = server.write_requests(true);
+    let steady_reconciles = operator.counter("berth_reconciles_total") - reconciles_before;
+    let rss = operator.peak_rss().unwrap_or(0) as f64 / (1024.0 * 1024.0);
+
+    println!(
+        "n={n:5}  created in {:6.2}s  all Ready after {:6.2}s  requests/app {:5.1} (writes/app {:4.1}, incl. the bench's own creates and polls)  steady-state: {steady_writes} writes over {steady_reconciles:.0} reconciles  operator peak RSS {rss:.1} MiB",
+        created.as_secs_f64(),
+        converged.as_secs_f64(),
+        operator_requests / n as f64,
+        writes / n as f64,
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` runs this once with no args: keep
+    // that fast.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let sizes: Vec<usize> = match std::env::var("BERTH_BENCH_SIZES") {
+        Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+        Err(_) if quick => vec![10],
+        Err(_) => vec![100, 1000],
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    for n in sizes {
+        rt.block_on(run(n));
+    }
+}
