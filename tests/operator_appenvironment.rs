@@ -231,3 +231,24 @@ async fn health_endpoints_and_leader_lease() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_only_the_namespaces_it_is_given() {
+    let server = server().await;
+    let client = server.client().await;
+    let mut operator =
+        Operator::start(server.kubeconfig_path(), &["--namespaces", "team-a,team-b", "--leader-election=false"]);
+    operator.wait_ready(Duration::from_secs(30));
+    for ns in ["team-a", "team-b", "elsewhere"] {
+        let mut app = example("appenvironment-development.yaml");
+        app.metadata.namespace = Some(ns.into());
+        Api::<AppEnvironment>::namespaced(client.clone(), ns).create(&PostParams::default(), &app).await.unwrap();
+    }
+    for ns in ["team-a", "team-b"] {
+        wait_condition(&Api::namespaced(client.clone(), ns), "shop-dev", "Ready", "True", None).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ignored = Api::<AppEnvironment>::namespaced(client.clone(), "elsewhere").get("shop-dev").await.unwrap();
+    assert!(ignored.status.is_none(), "an unwatched namespace was reconciled");
+    assert!(Api::<Deployment>::namespaced(client.clone(), "elsewhere").get_opt("shop-dev").await.unwrap().is_none());
+}

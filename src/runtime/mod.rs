@@ -67,8 +67,14 @@ fn init_tracing(format: LogFormat) {
 
 /// Whether cert-manager's Certificate API is served (TLS needs it; without it Berth reports a
 /// condition instead of failing watches forever).
-async fn cert_manager_installed(client: &kube::Client) -> bool {
-    match Api::<Certificate>::all(client.clone()).list_metadata(&ListParams::default().limit(1)).await {
+/// Asked in the first watched namespace when namespaces are given: the operator may only have
+/// namespaced permissions then.
+async fn cert_manager_installed(client: &kube::Client, namespace: Option<&str>) -> bool {
+    let api: Api<Certificate> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => true,
         Err(kube::Error::Api(s)) if s.code == 404 => false,
         Err(e) => {
@@ -138,7 +144,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     health.leading.store(true, Ordering::SeqCst);
     metrics.leader.set(1);
 
-    let cert_manager = cert_manager_installed(&client).await;
+    let first_namespace = args.namespaces.iter().find(|n| !n.is_empty()).map(String::as_str);
+    let cert_manager = cert_manager_installed(&client, first_namespace).await;
     if !cert_manager {
         info!("cert-manager is not installed: AppEnvironments with TLS will report CertManagerMissing");
     }
