@@ -12,22 +12,20 @@ use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use super::apply::{apply_if_changed, owned_by};
+use super::apply::Applier;
 use super::{Context, Error};
 use crate::api::appenvironment::{AppEnvironment, AppEnvironmentStatus};
 use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::resources::appenvironment::status::{Observed, health};
-use crate::resources::appenvironment::{AppChildren, ValidApp, build, typed, url, validate};
+use crate::resources::appenvironment::{AppChildren, ValidApp, build, url, validate};
 use crate::resources::certificate::Certificate;
 use crate::resources::meta::owner_label_key;
 
@@ -282,81 +280,32 @@ async fn apply_children(app: &AppEnvironment, ctx: &Ctx, children: &AppChildren)
         network_policy,
     } = children;
     let s = &ctx.stores;
+    let name = app.name_any();
+    let applier = Applier {
+        client: &ctx.shared.client,
+        metrics: &ctx.shared.metrics,
+        controller: NAME,
+        manager: MANAGER,
+        namespace: app.namespace().unwrap_or_default(),
+        owner_uid: app.uid().unwrap_or_default(),
+        owner_label: (owner_label_key("AppEnvironment"), name.clone()),
+    };
     let mut writes = 0;
-    writes += apply_one(app, ctx, &s.service_accounts, service_account).await? as u32;
-    writes += apply_one(app, ctx, &s.services, service).await? as u32;
-    let deployment_changed = apply_one(app, ctx, &s.deployments, deployment).await?;
+    writes += applier.apply(&s.service_accounts, service_account).await? as u32;
+    writes += applier.apply(&s.services, service).await? as u32;
+    let deployment_changed = applier.apply(&s.deployments, deployment).await?;
     writes += deployment_changed as u32;
-    writes += apply_optional(app, ctx, &s.ingresses, ingress.as_ref()).await? as u32;
+    writes += applier.apply_optional(&s.ingresses, &name, ingress.as_ref()).await? as u32;
     if let Some(certs) = &s.certificates {
-        writes += apply_optional(app, ctx, certs, certificate.as_ref()).await? as u32;
+        writes += applier.apply_optional(certs, &name, certificate.as_ref()).await? as u32;
     }
-    writes += apply_optional(app, ctx, &s.autoscalers, autoscaler.as_ref()).await? as u32;
-    writes += apply_optional(app, ctx, &s.disruption_budgets, disruption_budget.as_ref()).await? as u32;
-    writes += apply_optional(app, ctx, &s.network_policies, network_policy.as_ref()).await? as u32;
+    writes += applier.apply_optional(&s.autoscalers, &name, autoscaler.as_ref()).await? as u32;
+    writes += applier.apply_optional(&s.disruption_budgets, &name, disruption_budget.as_ref()).await? as u32;
+    writes += applier.apply_optional(&s.network_policies, &name, network_policy.as_ref()).await? as u32;
     if writes > 0 {
         info!(appenvironment = %key(app), writes, "converged children");
     }
     Ok(deployment_changed)
-}
-
-async fn apply_one<K>(app: &AppEnvironment, ctx: &Ctx, store: &Store<K>, desired: &K) -> Result<bool, Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let ns = app.namespace().unwrap_or_default();
-    let cached = store.get(&ObjectRef::new(&desired.name_any()).within(&ns));
-    let api: Api<K> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    let wrote = apply_if_changed(&api, cached.as_deref(), typed(desired), MANAGER).await?;
-    if wrote {
-        ctx.shared.metrics.applies.get_or_create(&crate::runtime::metrics::ControllerLabels { controller: NAME }).inc();
-    }
-    Ok(wrote)
-}
-
-/// Applies an optional child, or deletes it (when Berth owns it) if the spec dropped it.
-async fn apply_optional<K>(
-    app: &AppEnvironment,
-    ctx: &Ctx,
-    store: &Store<K>,
-    desired: Option<&K>,
-) -> Result<bool, Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    if let Some(desired) = desired {
-        return apply_one(app, ctx, store, desired).await;
-    }
-    let ns = app.namespace().unwrap_or_default();
-    let name = app.name_any();
-    let Some(existing) = store.get(&ObjectRef::new(&name).within(&ns)) else { return Ok(false) };
-    let uid = app.uid().unwrap_or_default();
-    if !owned_by(existing.as_ref(), &uid, (&owner_label_key("AppEnvironment"), &name)) {
-        return Ok(false);
-    }
-    let api: Api<K> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    match api.delete(&name, &DeleteParams::background()).await {
-        Ok(_) => {
-            info!(appenvironment = %key(app), kind = %K::kind(&()), "deleted a child the spec no longer asks for");
-            Ok(true)
-        }
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Writes the status when it differs from the current one (conditions compared without

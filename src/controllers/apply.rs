@@ -2,13 +2,96 @@
 //! carries the hash of the desired object (so removed fields are noticed) and every desired
 //! field is present with the desired value (so edits by others are noticed).
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tracing::info;
 
 use super::Error;
+use crate::resources::meta::typed;
+use crate::runtime::metrics::{ControllerLabels, Metrics};
+
+/// A namespaced child kind Berth applies and caches.
+pub trait Child:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Child for T where
+    T: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Applies the children of one owner: only what changed, with the controller's field manager,
+/// and deletes optional children the owner's spec dropped.
+pub struct Applier<'a> {
+    pub client: &'a kube::Client,
+    pub metrics: &'a Metrics,
+    /// Controller name (metrics label).
+    pub controller: &'static str,
+    /// Field manager, `berth/<controller>`.
+    pub manager: &'static str,
+    pub namespace: String,
+    pub owner_uid: String,
+    /// The owner label (`berth.dev/<kind>`, owner name) that orphans must carry.
+    pub owner_label: (String, String),
+}
+
+impl Applier<'_> {
+    /// Applies `desired` unless the cached copy in `store` is already up to date.
+    pub async fn apply<K: Child>(&self, store: &Store<K>, desired: &K) -> Result<bool, Error> {
+        let cached = store.get(&ObjectRef::new(&desired.name_any()).within(&self.namespace));
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
+        let wrote = apply_if_changed(&api, cached.as_deref(), typed(desired), self.manager).await?;
+        if wrote {
+            self.metrics.applies.get_or_create(&ControllerLabels { controller: self.controller }).inc();
+        }
+        Ok(wrote)
+    }
+
+    /// Applies an optional child, or deletes the child `name` (when this owner owns it) if the
+    /// spec no longer asks for it.
+    pub async fn apply_optional<K: Child>(
+        &self,
+        store: &Store<K>,
+        name: &str,
+        desired: Option<&K>,
+    ) -> Result<bool, Error> {
+        if let Some(desired) = desired {
+            return self.apply(store, desired).await;
+        }
+        let Some(existing) = store.get(&ObjectRef::new(name).within(&self.namespace)) else { return Ok(false) };
+        if !owned_by(existing.as_ref(), &self.owner_uid, (&self.owner_label.0, &self.owner_label.1)) {
+            return Ok(false);
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {
+                info!(namespace = %self.namespace, %name, kind = %K::kind(&()), "deleted a child the spec no longer asks for");
+                Ok(true)
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
 
 /// Annotation holding the hash of the last desired state Berth applied.
 pub const HASH_ANNOTATION: &str = "berth.dev/applied-hash";

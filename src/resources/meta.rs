@@ -74,6 +74,16 @@ pub fn label_value(text: &str) -> Option<String> {
     (!trimmed.is_empty()).then(|| trimmed.to_string())
 }
 
+/// Serializes `obj` with its apiVersion and kind set (k8s-openapi types leave them to serde).
+pub fn typed<K: kube::Resource<DynamicType = ()> + serde::Serialize>(obj: &K) -> serde_json::Value {
+    let mut v = serde_json::to_value(obj).expect("Kubernetes objects serialize");
+    if let Some(map) = v.as_object_mut() {
+        map.insert("apiVersion".into(), K::api_version(&()).into());
+        map.insert("kind".into(), K::kind(&()).into());
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

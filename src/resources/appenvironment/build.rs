@@ -25,7 +25,7 @@ use kube::ResourceExt;
 use super::validate::{ResolvedBudget, ValidApp};
 use crate::api::appenvironment::{AppEnvironment, PullPolicy, ServiceType};
 use crate::resources::certificate::{Certificate, CertificateIssuerRef, CertificateSpec};
-use crate::resources::meta;
+use crate::resources::meta::{self, typed};
 
 /// Component label of application pods.
 pub const COMPONENT: &str = "app";
@@ -69,16 +69,6 @@ impl AppChildren {
         out.extend(network_policy.as_ref().map(typed));
         out
     }
-}
-
-/// Serializes `obj` with its apiVersion and kind set (k8s-openapi types leave them to serde).
-pub fn typed<K: kube::Resource<DynamicType = ()> + serde::Serialize>(obj: &K) -> serde_json::Value {
-    let mut v = serde_json::to_value(obj).expect("Kubernetes objects serialize");
-    if let Some(map) = v.as_object_mut() {
-        map.insert("apiVersion".into(), K::api_version(&()).into());
-        map.insert("kind".into(), K::kind(&()).into());
-    }
-    v
 }
 
 /// Builds every child of `valid`.

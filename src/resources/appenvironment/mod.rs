@@ -4,7 +4,7 @@ pub mod build;
 pub mod status;
 pub mod validate;
 
-pub use build::{AppChildren, build, typed, url};
+pub use build::{AppChildren, build, url};
 pub use validate::{ValidApp, validate};
 
 #[cfg(test)]
