@@ -40,7 +40,7 @@ pub fn validate_object(
     schema: &Value,
     obj: &mut Value,
     old: Option<&Value>,
-    has_cel: bool,
+    cel: Option<&kube_cel::CompiledSchema>,
 ) -> Outcome {
     let mut out = Outcome::default();
     let Some(o) = obj.as_object_mut() else {
@@ -90,10 +90,10 @@ pub fn validate_object(
                 .push(Cause::new("FieldValueRequired", r, "Required value"));
         }
     }
-    if has_cel && out.causes.is_empty() {
+    if let Some(cel) = cel.filter(|_| out.causes.is_empty()) {
         // Status-only or metadata-only changes still run all rules, like the API server
         // (which ratchets unchanged fields; we do not).
-        if let Err(errs) = kube_cel::validate(schema, obj, old) {
+        if let Err(errs) = kube_cel::validate_compiled(cel, obj, old) {
             for e in errs.into_vec() {
                 let field = e.field_path.trim_start_matches('.').to_string();
                 out.causes.push(Cause::new(

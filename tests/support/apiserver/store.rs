@@ -43,8 +43,8 @@ pub struct ResourceType {
     pub schemas: HashMap<String, Value>,
     /// CRD: additionalPrinterColumns per version.
     pub columns: HashMap<String, Vec<Value>>,
-    /// CRD: schema has x-kubernetes-validations somewhere.
-    pub has_cel: bool,
+    /// CRD: compiled CEL rules per version (only for schemas with x-kubernetes-validations).
+    pub cel: HashMap<String, Arc<kube_cel::CompiledSchema>>,
     pub crd: bool,
 }
 
@@ -755,7 +755,7 @@ impl Inner {
         let Some(schema) = rt.schemas.get(version) else {
             return Ok(());
         };
-        let out = schema::validate_object(schema, obj, old, rt.has_cel);
+        let out = schema::validate_object(schema, obj, old, rt.cel.get(version).map(|c| &**c));
         if !out.unknown.is_empty() {
             match ctx.field_validation {
                 FieldValidation::Strict => {
@@ -1347,7 +1347,7 @@ fn crd_to_type(crd: &Value) -> Option<ResourceType> {
     let mut columns = HashMap::new();
     let mut status = false;
     let mut storage_version = None;
-    let mut has_cel = false;
+    let mut cel = HashMap::new();
     for v in spec["versions"].as_array()? {
         let Some(name) = v["name"].as_str() else {
             continue;
@@ -1363,7 +1363,9 @@ fn crd_to_type(crd: &Value) -> Option<ResourceType> {
             status = true;
         }
         if let Some(s) = v["schema"].get("openAPIV3Schema") {
-            has_cel |= s.to_string().contains("x-kubernetes-validations");
+            if s.to_string().contains("x-kubernetes-validations") {
+                cel.insert(name.to_string(), Arc::new(kube_cel::compile_schema(s)));
+            }
             schemas.insert(name.to_string(), s.clone());
         }
         if let Some(c) = v["additionalPrinterColumns"].as_array() {
@@ -1395,7 +1397,7 @@ fn crd_to_type(crd: &Value) -> Option<ResourceType> {
         status,
         schemas,
         columns,
-        has_cel,
+        cel,
         crd: true,
     })
 }
@@ -1636,7 +1638,7 @@ fn builtin_types() -> Vec<ResourceType> {
                 status,
                 schemas: HashMap::new(),
                 columns: HashMap::new(),
-                has_cel: false,
+                cel: HashMap::new(),
                 crd: false,
             },
         )
