@@ -790,3 +790,16 @@ async fn discovery_lists_crds_with_short_names_and_categories() {
     let e = api_err(widgets(&c, "default").list(&ListParams::default()).await.unwrap_err());
     assert_eq!(e.code, 404);
 }
+
+#[tokio::test]
+async fn kubeconfig_file_works_for_kube_clients() {
+    let s = TestApiServer::start().await;
+    let kc = kube::config::Kubeconfig::read_from(s.kubeconfig_path()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.unwrap();
+    assert_eq!(config.default_namespace, "default");
+    let c = Client::try_from(config).unwrap();
+    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c);
+    let names: Vec<String> =
+        ns.list(&ListParams::default()).await.unwrap().items.into_iter().map(|n| n.metadata.name.unwrap()).collect();
+    assert!(names.contains(&"default".to_string()), "{names:?}");
+}

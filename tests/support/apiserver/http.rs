@@ -45,6 +45,15 @@ fn json_response(code: u16, v: &Value, warnings: &[String]) -> Response {
     r
 }
 
+/// An object response, serialized straight from the shared object when no rewrite is needed.
+fn obj_response(code: u16, o: &Obj, rt: &ResourceType, version: &str, warnings: &[String]) -> Response {
+    if o["apiVersion"].as_str() == Some(rt.api_version(version).as_str()) {
+        json_response(code, o, warnings)
+    } else {
+        json_response(code, &present(o, rt, version), warnings)
+    }
+}
+
 fn error_response(e: &ApiError) -> Response {
     let mut r = json_response(e.code, &e.to_status(), &[]);
     if let Some(s) = e.retry_after
@@ -214,7 +223,7 @@ async fn handle_inner(sh: Arc<Shared>, req: Request) -> Response {
             let o = sh.store.lock().get(&rt.key(), &ns_s, name.unwrap());
             match o {
                 Some(o) if table => Ok(json_response(200, &to_table(&rt, version, &[o], &query, None), &[])),
-                Some(o) => Ok(json_response(200, &present(&o, &rt, version), &[])),
+                Some(o) => Ok(obj_response(200, &o, &rt, version, &[])),
                 None => Err(ApiError::not_found(&rt, name.unwrap())),
             }
         }
@@ -224,17 +233,17 @@ async fn handle_inner(sh: Arc<Shared>, req: Request) -> Response {
         }
         "create" => parse_body(&body).and_then(|obj| {
             let o = sh.store.lock().create(&rt, &ns_s, obj, &mut ctx)?;
-            Ok(json_response(201, &present(&o, &rt, version), &ctx.warnings))
+            Ok(obj_response(201, &o, &rt, version, &ctx.warnings))
         }),
         "update" => parse_body(&body).and_then(|obj| {
             let o = sh.store.lock().update(&rt, &ns_s, name.unwrap(), obj, status_sub, &mut ctx)?;
-            Ok(json_response(200, &present(&o, &rt, version), &ctx.warnings))
+            Ok(obj_response(200, &o, &rt, version, &ctx.warnings))
         }),
         "patch" => patch(&sh, &rt, &ns_s, name.unwrap(), &parts.headers, &body, &query, status_sub, &mut ctx)
-            .map(|o| json_response(200, &present(&o, &rt, version), &ctx.warnings)),
+            .map(|o| obj_response(200, &o, &rt, version, &ctx.warnings)),
         "delete" => delete_opts(&body, &query).and_then(|opts| {
             let o = sh.store.lock().delete(&rt, &ns_s, name.unwrap(), &opts)?;
-            Ok(json_response(200, &present(&o, &rt, version), &[]))
+            Ok(obj_response(200, &o, &rt, version, &[]))
         }),
         "deletecollection" => delete_opts(&body, &query).and_then(|opts| {
             let sel = selectors(&query)?;

@@ -13,7 +13,23 @@
 //! a test blocks (e.g. on `std::process::Command` running kubectl) and works from any runtime
 //! flavour. It stops when the [`TestApiServer`] is dropped.
 //!
-//! Deliberate approximations (documented in README-like detail in `store.rs`/`http.rs`):
+//! Usage:
+//! ```ignore
+//! mod support;
+//! use support::apiserver::{Options, TestApiServer};
+//! let server = TestApiServer::start().await;          // stand-ins on
+//! server.install_crds_from_dir(Path::new("crds")).await;
+//! let client = server.client().await;                  // or KUBECONFIG=server.kubeconfig_path()
+//! server.reset_counts();
+//! // ... run the operator ...
+//! assert_eq!(server.counts().write_requests(true), 0);  // leases/events excluded
+//! server.faults().fail_next("patch", "deployments", 2, 500);
+//! server.set_job_runner(|job| async move { JobOutcome::Succeeded });
+//! ```
+//! Benches can include it with `#[path = "../tests/support/apiserver/mod.rs"] mod apiserver;`.
+//! `BERTH_TEST_APISERVER_LOG=1` logs every request to stderr.
+//!
+//! Deliberate approximations (details in `store.rs`, `http.rs`, `patch.rs`, `schema.rs`):
 //! - `limit`/`continue` are ignored: lists always return every item in one page (allowed by
 //!   the API: clients must cope with a server that does not paginate).
 //! - `resourceVersion`/`resourceVersionMatch` on GET/LIST are ignored: reads are always served
@@ -335,6 +351,11 @@ impl TestApiServer {
                     let standin_task = tokio::spawn(standins::run(shared.clone()));
                     let app = http::router(shared.clone());
                     let _ = ready_tx.send(shared);
+                    // Small watch chunks must not wait for Nagle / delayed ACKs.
+                    use axum::serve::ListenerExt;
+                    let listener = listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
                     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
                         let _ = shutdown_rx.await;
                     });

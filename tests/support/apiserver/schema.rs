@@ -32,7 +32,12 @@ pub struct Outcome {
 }
 
 /// Prune, default and validate a whole custom resource against its openAPIV3Schema.
-pub fn validate_object(schema: &Value, obj: &mut Value, old: Option<&Value>, has_cel: bool) -> Outcome {
+pub fn validate_object(
+    schema: &Value,
+    obj: &mut Value,
+    old: Option<&Value>,
+    cel: Option<&kube_cel::CompiledSchema>,
+) -> Outcome {
     let mut out = Outcome::default();
     let Some(o) = obj.as_object_mut() else {
         out.causes.push(Cause::new("FieldValueInvalid", "", "object expected"));
@@ -79,10 +84,10 @@ pub fn validate_object(schema: &Value, obj: &mut Value, old: Option<&Value>, has
             out.causes.push(Cause::new("FieldValueRequired", r, "Required value"));
         }
     }
-    if has_cel && out.causes.is_empty() {
+    if let Some(cel) = cel.filter(|_| out.causes.is_empty()) {
         // Status-only or metadata-only changes still run all rules, like the API server
         // (which ratchets unchanged fields; we do not).
-        if let Err(errs) = kube_cel::validate(schema, obj, old) {
+        if let Err(errs) = kube_cel::validate_compiled(cel, obj, old) {
             for e in errs.into_vec() {
                 let field = e.field_path.trim_start_matches('.').to_string();
                 out.causes.push(Cause::new(

@@ -43,8 +43,8 @@ pub struct ResourceType {
     pub schemas: HashMap<String, Value>,
     /// CRD: additionalPrinterColumns per version.
     pub columns: HashMap<String, Vec<Value>>,
-    /// CRD: schema has x-kubernetes-validations somewhere.
-    pub has_cel: bool,
+    /// CRD: compiled CEL rules per version (only for schemas with x-kubernetes-validations).
+    pub cel: HashMap<String, Arc<kube_cel::CompiledSchema>>,
     pub crd: bool,
 }
 
@@ -639,7 +639,7 @@ impl Inner {
         let Some(schema) = rt.schemas.get(version) else {
             return Ok(());
         };
-        let out = schema::validate_object(schema, obj, old, rt.has_cel);
+        let out = schema::validate_object(schema, obj, old, rt.cel.get(version).map(|c| &**c));
         if !out.unknown.is_empty() {
             match ctx.field_validation {
                 FieldValidation::Strict => {
@@ -1168,7 +1168,7 @@ fn crd_to_type(crd: &Value) -> Option<ResourceType> {
     let mut columns = HashMap::new();
     let mut status = false;
     let mut storage_version = None;
-    let mut has_cel = false;
+    let mut cel = HashMap::new();
     for v in spec["versions"].as_array()? {
         let Some(name) = v["name"].as_str() else {
             continue;
@@ -1184,7 +1184,9 @@ fn crd_to_type(crd: &Value) -> Option<ResourceType> {
             status = true;
         }
         if let Some(s) = v["schema"].get("openAPIV3Schema") {
-            has_cel |= s.to_string().contains("x-kubernetes-validations");
+            if s.to_string().contains("x-kubernetes-validations") {
+                cel.insert(name.to_string(), Arc::new(kube_cel::compile_schema(s)));
+            }
             schemas.insert(name.to_string(), s.clone());
         }
         if let Some(c) = v["additionalPrinterColumns"].as_array() {
@@ -1210,7 +1212,7 @@ fn crd_to_type(crd: &Value) -> Option<ResourceType> {
         status,
         schemas,
         columns,
-        has_cel,
+        cel,
         crd: true,
     })
 }
@@ -1270,7 +1272,7 @@ fn builtin_types() -> Vec<ResourceType> {
             status,
             schemas: HashMap::new(),
             columns: HashMap::new(),
-            has_cel: false,
+            cel: HashMap::new(),
             crd: false,
         })
         .collect()
