@@ -8,60 +8,13 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::json;
 use support::apiserver::{Options, TestApiServer};
-
-fn kubectl_bin() -> PathBuf {
-    let tools = std::env::var_os("BERTH_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools"));
-    let bin = tools.join("bin").join("kubectl");
-    assert!(
-        bin.is_file(),
-        "kubectl not found at {}: run scripts/install-tools.sh (installs kubectl into <repo>/.tools/bin; BERTH_TOOLS_DIR overrides <repo>/.tools)",
-        bin.display()
-    );
-    bin
-}
-
-struct Kubectl {
-    bin: PathBuf,
-    kubeconfig: PathBuf,
-    home: tempfile::TempDir,
-}
-
-impl Kubectl {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", self.home.path())
-            .env("KUBECACHEDIR", self.home.path().join("cache"))
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.command(args).output().expect("run kubectl");
-        eprintln!(
-            "$ kubectl {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
+use support::kubectl::Kubectl;
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apiserver/kubectl")
@@ -73,9 +26,8 @@ fn columns(line: &str) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_get_wait_delete() {
-    let bin = kubectl_bin();
     let s = TestApiServer::start_with(Options::without_standins()).await;
-    let k = Kubectl { bin, kubeconfig: s.kubeconfig_path().to_path_buf(), home: tempfile::tempdir().unwrap() };
+    let k = Kubectl::new(s.kubeconfig_path());
     let dir: &Path = &fixture_dir();
     let dir_s = dir.to_str().unwrap();
 
