@@ -154,10 +154,14 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// bytes_total / bytes_uploaded (∞ shown as bytes_total when nothing was uploaded).
+    /// bytes_total / bytes_uploaded (infinite when data existed but nothing was uploaded).
     pub fn dedup_ratio(&self) -> f64 {
         if self.bytes_uploaded == 0 {
-            self.bytes_total as f64
+            if self.bytes_total == 0 {
+                1.0
+            } else {
+                f64::INFINITY
+            }
         } else {
             self.bytes_total as f64 / self.bytes_uploaded as f64
         }
