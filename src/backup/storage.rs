@@ -376,6 +376,15 @@ impl Storage {
                     };
                     match out.body.collect().await {
                         Ok(b) => return Ok(b.into_bytes()),
+                        Err(e) if range.is_some() && self.shorter_than(key, range).await => {
+                            let (start, len) = range.expect("range");
+                            return Err(BackupError::corrupt(
+                                format!("object {key}"),
+                                format!(
+                                    "object truncated: shorter than the {len} bytes needed at offset {start} ({e})"
+                                ),
+                            ));
+                        }
                         Err(e) if attempt < 5 => {
                             tracing::warn!(key = %full, attempt, error = %e, "S3 body read failed, retrying");
                             tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
@@ -391,6 +400,14 @@ impl Storage {
                 }
             }
         }
+    }
+
+    /// True when the object is shorter than the end of `range` (a truncated object).
+    async fn shorter_than(&self, key: &str, range: Option<(u64, u64)>) -> bool {
+        let Some((start, len)) = range else {
+            return false;
+        };
+        matches!(self.head(key).await, Ok(Some(size)) if size < start + len)
     }
 
     /// Size of an object, `None` when it does not exist.
