@@ -307,7 +307,12 @@ pub async fn restore(
             "--exit-on-error",
             "--no-password",
             "--dbname",
-            "postgres",
+            // pg_restore --create connects here to drop and recreate the target database.
+            if name == "postgres" {
+                "template1"
+            } else {
+                "postgres"
+            },
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
