@@ -50,6 +50,41 @@ struct Walker<'a> {
     repo: &'a Repository,
     handle: &'a Handle,
     stats: Arc<WriterStats>,
+    /// Every tree of the parent snapshot, fetched up front in parallel.
+    parent_trees: HashMap<Id, Tree>,
+    small_file: u64,
+}
+
+/// Loads every tree below `root` level by level, `parallel` requests at a time.
+pub async fn load_all_trees(
+    repo: &Repository,
+    root: Id,
+    parallel: usize,
+) -> Result<HashMap<Id, Tree>> {
+    let mut out = HashMap::new();
+    let mut level = vec![root];
+    while !level.is_empty() {
+        let trees: Vec<(Id, Tree)> = futures::stream::iter(std::mem::take(&mut level))
+            .map(|id| async move { Ok::<_, BackupError>((id, repo.load_tree(&id).await?)) })
+            .buffer_unordered(parallel.max(1))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        for (id, t) in trees {
+            for n in &t.nodes {
+                if let Some(sub) = n.subtree
+                    && !out.contains_key(&sub)
+                {
+                    level.push(sub);
+                }
+            }
+            out.insert(id, t);
+        }
+        level.sort();
+        level.dedup();
+    }
+    Ok(out)
 }
 
 /// Backs up the directory `path`; returns its root node (name `/`). `parent` is the root node
@@ -69,15 +104,20 @@ pub fn backup_dir(
             path.display()
         )));
     }
+    let parent_trees = match parent.and_then(|p| p.subtree) {
+        Some(id) => handle.block_on(load_all_trees(repo, id, 16))?,
+        None => HashMap::new(),
+    };
+    let parent_tree = parent
+        .and_then(|p| p.subtree)
+        .and_then(|id| parent_trees.get(&id).cloned());
     let w = Walker {
         writer,
         repo,
         handle,
         stats: writer.stats().clone(),
-    };
-    let parent_tree = match parent.and_then(|p| p.subtree) {
-        Some(id) => Some(handle.block_on(repo.load_tree(&id))?),
-        None => None,
+        parent_trees,
+        small_file: repo.config().chunker.min_size as u64,
     };
     let mut root = node_from_meta(b"/", &meta, NodeKind::Dir);
     root.subtree = Some(w.dir(path, parent_tree)?);
@@ -130,6 +170,25 @@ impl Walker<'_> {
                     n.content = o.content.clone();
                     n.size = o.size;
                     self.stats.files_unchanged.fetch_add(1, Ordering::Relaxed);
+                } else if meta.len() < self.small_file {
+                    // Below the minimum chunk size the chunker would return the whole file.
+                    let data = match std::fs::read(&p) {
+                        Ok(d) => d,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            tracing::warn!(path = %p.display(), "vanished during backup; skipped");
+                            continue;
+                        }
+                        Err(e) => {
+                            return Err(BackupError::io(format!("reading {}", p.display()), e));
+                        }
+                    };
+                    n.size = data.len() as u64;
+                    self.stats.bytes_read.fetch_add(n.size, Ordering::Relaxed);
+                    n.content = if data.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![self.writer.add(BlobKind::Data, data)?]
+                    };
                 } else {
                     let f = match std::fs::File::open(&p) {
                         Ok(f) => f,
@@ -157,7 +216,10 @@ impl Walker<'_> {
                     .filter(|o| o.kind == NodeKind::Dir)
                     .and_then(|o| o.subtree)
                 {
-                    Some(id) => Some(self.handle.block_on(self.repo.load_tree(&id))?),
+                    Some(id) => match self.parent_trees.get(&id) {
+                        Some(t) => Some(t.clone()),
+                        None => Some(self.handle.block_on(self.repo.load_tree(&id))?),
+                    },
                     None => None,
                 };
                 n.subtree = Some(self.dir(&p, sub)?);
