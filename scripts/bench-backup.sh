@@ -63,7 +63,7 @@ api_bind_addr = "127.0.0.1:$ADM"
 EOF
 chmod 600 "$W/garage.toml"
 G() { "$GARAGE" -c "$W/garage.toml" "$@"; }
-G server > "$W/garage.log" 2>&1 &
+"$GARAGE" -c "$W/garage.toml" server > "$W/garage.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do G status >/dev/null 2>&1 && break; sleep 0.2; done
 NODE=$(G status 2>/dev/null | awk '/^[0-9a-f]{16}/ {print $1; exit}')
@@ -77,8 +77,14 @@ for b in berth restic; do
   G bucket create "$b" >/dev/null
   G bucket allow --read --write --owner "$b" --key bench >/dev/null
 done
-bucket_size() { G bucket info "$1" | awk '/^Size:/ {print $2, $3}'; }
-bucket_bytes() { G bucket info "$1" | awk '/^Size:/ {gsub(/[()]/,"",$4); print $4}'; }
+# "Size: 664.6 MB (633.8 MiB)" -> bytes
+bucket_bytes() {
+  G bucket info "$1" | python3 -c '
+import re, sys
+m = re.search(r"^Size:.*\(([0-9.]+) (B|KiB|MiB|GiB|TiB)\)", sys.stdin.read(), re.M)
+u = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+print(int(float(m.group(1)) * u[m.group(2)]) if m else 0)'
+}
 
 export BERTH_REPOSITORY=s3://berth/repo BERTH_S3_ENDPOINT=http://127.0.0.1:$S3P
 export BERTH_REPOSITORY_KEY=bench-key BERTH_PROGRESS=none BERTH_LOG=warn
@@ -195,8 +201,8 @@ for _ in $(seq 100); do $PGBIN/pg_isready -q && break; sleep 0.2; done
 $PGBIN/createdb bench
 $PGBIN/pgbench -i -s "$PG_SCALE" -q bench > /dev/null 2>&1
 $PGBIN/psql -XAtq -d bench -c "VACUUM ANALYZE" > /dev/null
-run pgdump_z0 $PGBIN/pg_dump -Fc -Z0 -f /dev/null bench
-run pgdump_default $PGBIN/pg_dump -Fc -f /dev/null bench
+run pgdump_z0 $PGBIN/pg_dump -Fc -Z0 --no-sync -f /dev/null bench
+run pgdump_default $PGBIN/pg_dump -Fc --no-sync -f /dev/null bench
 run berth_pg1 "$AGENT" --json backup-postgres --database bench --no-globals
 # < 5 % of the rows: 4 % of pgbench_accounts (a contiguous range) plus pgbench transactions.
 ROWS=$((PG_SCALE * 100000 * 4 / 100))

@@ -64,14 +64,12 @@ pub async fn load_all_trees(
     let mut out = HashMap::new();
     let mut level = vec![root];
     while !level.is_empty() {
-        let trees: Vec<(Id, Tree)> = futures::stream::iter(std::mem::take(&mut level))
-            .map(|id| async move { Ok::<_, BackupError>((id, repo.load_tree(&id).await?)) })
-            .buffer_unordered(parallel.max(1))
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_>>()?;
-        for (id, t) in trees {
+        let blobs = repo
+            .read_blobs(&std::mem::take(&mut level), parallel)
+            .await?;
+        for (id, data) in blobs {
+            let t: Tree = serde_json::from_slice(&data)
+                .map_err(|e| BackupError::corrupt(format!("tree {id}"), e))?;
             for n in &t.nodes {
                 if let Some(sub) = n.subtree
                     && !out.contains_key(&sub)
@@ -405,10 +403,17 @@ pub async fn restore_dir(
     // pack -> blob -> targets
     let mut by_pack: HashMap<u32, HashMap<Id, Vec<Target>>> = HashMap::new();
     let mut packs: HashMap<u32, PackMeta> = HashMap::new();
+    let mut trees = match root.subtree {
+        Some(id) => load_all_trees(repo, id, parallel).await?,
+        None => HashMap::new(),
+    };
     let mut stack = vec![(target.to_path_buf(), root.subtree, 0usize)];
     while let Some((dir, sub, depth)) = stack.pop() {
         let Some(sub) = sub else { continue };
-        let tree = repo.load_tree(&sub).await?;
+        let tree = match trees.remove(&sub) {
+            Some(t) => t,
+            None => repo.load_tree(&sub).await?,
+        };
         for n in tree.nodes {
             let name = OsString::from_vec(n.name_bytes());
             if name.is_empty() || name == "." || name == ".." || name.as_bytes().contains(&b'/') {

@@ -47,7 +47,8 @@ struct Shared {
     repo: Repository,
     handle: Handle,
     pending: Mutex<HashSet<Id>>,
-    pack: Mutex<PackBuilder>,
+    /// Open packs: data and trees apart, so that trees can be fetched pack-wise.
+    packs: [Mutex<PackBuilder>; 2],
     uploads: Arc<Semaphore>,
     unindexed: Mutex<Vec<PackInfo>>,
     last_index: Mutex<Instant>,
@@ -79,7 +80,7 @@ impl BlobWriter {
             repo: repo.clone(),
             handle,
             pending: Mutex::default(),
-            pack: Mutex::default(),
+            packs: Default::default(),
             uploads: Arc::new(Semaphore::new(opts.upload_concurrency.max(1))),
             unindexed: Mutex::default(),
             last_index: Mutex::new(Instant::now()),
@@ -196,9 +197,11 @@ impl BlobWriter {
                 return Err(BackupError::Aborted("a pack worker panicked".into()));
             }
         }
-        let last = std::mem::take(&mut *self.shared.pack.lock().expect("lock"));
-        if !last.is_empty() {
-            upload_pack(&self.shared, last);
+        for open in &self.shared.packs {
+            let last = std::mem::take(&mut *open.lock().expect("lock"));
+            if !last.is_empty() {
+                upload_pack(&self.shared, last);
+            }
         }
         let permits = self.shared.repo.write_options().upload_concurrency.max(1) as u32;
         let all = self
@@ -257,7 +260,7 @@ fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Job>>>) {
             opts.compression_level,
         );
         let full = {
-            let mut p = shared.pack.lock().expect("lock");
+            let mut p = shared.packs[job.kind as usize].lock().expect("lock");
             p.add(job.kind, job.id, &sealed, job.data.len() as u32);
             if p.len() >= opts.pack_size {
                 Some(std::mem::take(&mut *p))
