@@ -1,1 +1,42 @@
 //! Repository format on S3, retention, resource export/import.
+//!
+//! A content-addressed, deduplicated, encrypted repository (see DESIGN.md "Backups"):
+//! FastCDC chunks with keyed BLAKE3 ids, zstd, AES-256-GCM, packs + index on S3
+//! ([`storage`]). The Backup controller and `berth agent` use it through:
+//!
+//! * [`StorageConfig`] / [`Storage::connect`] → [`Repository::init`] / [`Repository::open`]
+//! * [`resources::store_objects`] / [`resources::load_objects`] / [`resources::list_manifests`]
+//! * [`ops::backup_directory`], [`ops::run_backup`] (any producer of files)
+//! * [`ops::forget`] with a [`RetentionPolicy`], [`ops::prune`], [`ops::check`]
+//! * [`archiver::restore_dir`], [`archiver::stream_file`]
+
+pub mod archiver;
+pub mod crypto;
+pub mod error;
+pub mod lock;
+pub mod ops;
+pub mod pack;
+pub mod repo;
+pub mod resources;
+pub mod retention;
+pub mod snapshot;
+pub mod storage;
+pub mod writer;
+
+pub use crypto::Id;
+pub use error::{BackupError, Result};
+pub use repo::{Repository, WriteOptions};
+pub use retention::RetentionPolicy;
+pub use snapshot::{Node, Snapshot, Summary};
+pub use storage::{S3Config, Storage, StorageConfig};
+pub use writer::WriterStats;
+
+/// This machine's host name (pod name in Kubernetes).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Benchmark of the backup data path: `berth-agent` (= `berth agent`) against restic (Debian
+# package) on the same Garage S3 server on loopback, in the same run.
+#
+#   scripts/bench-backup.sh [--size-mib N] [--pgbench-scale N] [--skip-pg] [--keep]
+#
+# Needs: garage 2.5.0 (`cargo install garage@2.5.0 --locked`; GARAGE=/path overrides),
+# restic, python3, postgresql-15 (for the pg_dump part). Builds berth-agent in release mode.
+# Prints a table of wall-clock times, rates, uploaded bytes and repository sizes.
+set -euo pipefail
+
+SIZE_MIB=1024
+PG_SCALE=50
+SKIP_PG=0
+KEEP=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --size-mib) SIZE_MIB=$2; shift 2 ;;
+    --pgbench-scale) PG_SCALE=$2; shift 2 ;;
+    --skip-pg) SKIP_PG=1; shift ;;
+    --keep) KEEP=1; shift ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+GARAGE=${GARAGE:-$(command -v garage || echo /work/garage-build/bin/garage)}
+[ -x "$GARAGE" ] || { echo "garage not found: cargo install garage@2.5.0 --locked (or set GARAGE)" >&2; exit 1; }
+command -v restic >/dev/null || { echo "restic not found: apt-get install -y restic" >&2; exit 1; }
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+(cd "$ROOT" && cargo build --release --bin berth-agent -q)
+AGENT=$CARGO_TARGET_DIR/release/berth-agent
+
+W=$(mktemp -d /tmp/berth-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  if [ "$KEEP" = 0 ]; then rm -rf "$W"; else echo "kept $W"; fi
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+elapsed() { python3 -c "print(f'{$2-$1:.2f}')"; }
+
+# ---------------------------------------------------------------- Garage (single node)
+S3P=$(free_port); RPC=$(free_port); ADM=$(free_port)
+mkdir -p "$W/garage/meta" "$W/garage/data"
+cat > "$W/garage.toml" <<EOF
+metadata_dir = "$W/garage/meta"
+data_dir = "$W/garage/data"
+db_engine = "lmdb"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$RPC"
+rpc_public_addr = "127.0.0.1:$RPC"
+rpc_secret = "$(openssl rand -hex 32 2>/dev/null || python3 -c 'import secrets; print(secrets.token_hex(32))')"
+[s3_api]
+s3_region = "us-east-1"
+api_bind_addr = "127.0.0.1:$S3P"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:$ADM"
+EOF
+chmod 600 "$W/garage.toml"
+G() { "$GARAGE" -c "$W/garage.toml" "$@"; }
+G server > "$W/garage.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do G status >/dev/null 2>&1 && break; sleep 0.2; done
+NODE=$(G status 2>/dev/null | awk '/^[0-9a-f]{16}/ {print $1; exit}')
+G layout assign -z dc1 -c 20G "$NODE" >/dev/null
+G layout apply --version 1 >/dev/null
+KEYOUT=$(G key create bench)
+export AWS_ACCESS_KEY_ID=$(echo "$KEYOUT" | awk '/Key ID:/ {print $3}')
+export AWS_SECRET_ACCESS_KEY=$(echo "$KEYOUT" | awk '/Secret key:/ {print $3}')
+export AWS_REGION=us-east-1
+for b in berth restic; do
+  G bucket create "$b" >/dev/null
+  G bucket allow --read --write --owner "$b" --key bench >/dev/null
+done
+bucket_size() { G bucket info "$1" | awk '/^Size:/ {print $2, $3}'; }
+bucket_bytes() { G bucket info "$1" | awk '/^Size:/ {gsub(/[()]/,"",$4); print $4}'; }
+
+export BERTH_REPOSITORY=s3://berth/repo BERTH_S3_ENDPOINT=http://127.0.0.1:$S3P
+export BERTH_REPOSITORY_KEY=bench-key BERTH_PROGRESS=none BERTH_LOG=warn
+export RESTIC_REPOSITORY=s3:http://127.0.0.1:$S3P/restic RESTIC_PASSWORD=bench-key
+"$AGENT" init >/dev/null
+restic init --repository-version 2 -q >/dev/null
+
+# ---------------------------------------------------------------- seeded mixed dataset
+python3 - "$W/data" "$SIZE_MIB" <<'PY'
+import os, random, sys
+root, size_mib = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(20261121)
+words = [bytes(rnd.choice(b"abcdefghijklmnopqrstuvwxyz_") for _ in range(rnd.randint(2, 12))) for _ in range(5000)]
+def text(n):
+    out = bytearray()
+    while len(out) < n:
+        line = b" ".join(rnd.choice(words) for _ in range(rnd.randint(3, 14)))
+        out += b"    " * rnd.randint(0, 3) + line + b";\n"
+    return bytes(out[:n])
+budget = size_mib * 1024 * 1024
+# 15 %: 20 000-ish small source-like files in a deep tree.
+small, i = budget * 15 // 100, 0
+while small > 0:
+    d = os.path.join(root, "src", f"pkg{i % 97}", f"mod{i % 13}")
+    os.makedirs(d, exist_ok=True)
+    n = rnd.randint(500, 15000)
+    open(os.path.join(d, f"file{i}.rs"), "wb").write(text(n)); small -= n; i += 1
+# 35 %: medium binary-ish files (half random, half compressible).
+med, i = budget * 35 // 100, 0
+os.makedirs(os.path.join(root, "assets"), exist_ok=True)
+while med > 0:
+    n = rnd.randint(256 << 10, 4 << 20)
+    open(os.path.join(root, "assets", f"blob{i}.bin"), "wb").write(rnd.randbytes(n // 2) + text(n - n // 2)); med -= n; i += 1
+# 50 %: a few large files (database-file-like: repetitive pages with random parts).
+large = budget * 50 // 100
+os.makedirs(os.path.join(root, "volumes"), exist_ok=True)
+for k in range(4):
+    with open(os.path.join(root, "volumes", f"disk{k}.img"), "wb") as f:
+        left = large // 4
+        while left > 0:
+            page = (rnd.randbytes(2048) + text(6144)) if rnd.random() < 0.7 else bytes(8192)
+            f.write(page); left -= len(page)
+PY
+DATA_BYTES=$(du -sb "$W/data" | cut -f1)
+FILES=$(find "$W/data" -type f | wc -l)
+sync
+
+change_one_percent() {
+  python3 - "$W/data" <<'PY'
+import os, random, sys
+root = sys.argv[1]; rnd = random.Random(7)
+files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+total = sum(os.path.getsize(f) for f in files); target = total // 100; done = 0
+for f in rnd.sample(files, len(files) // 100):   # rewrite 1 % of the files entirely
+    n = os.path.getsize(f); open(f, "wb").write(rnd.randbytes(n)); done += n
+big = [f for f in files if os.path.getsize(f) > 64 << 20]
+while done < target:                              # and scattered 64 KiB regions in large files
+    f = rnd.choice(big); n = os.path.getsize(f)
+    with open(f, "r+b") as h:
+        h.seek(rnd.randrange(0, n - 65536)); h.write(rnd.randbytes(65536)); done += 65536
+print(done)
+PY
+}
+
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+
+declare -A T
+run() { local k=$1; shift; drop_caches; local s; s=$(now); "$@" > "$W/$k.out" 2>"$W/$k.err" || { cat "$W/$k.err" >&2; exit 1; }; T[$k]=$(elapsed "$s" "$(now)"); }
+
+echo "dataset: $((DATA_BYTES / 1048576)) MiB in $FILES files ($W/data)" >&2
+run berth_initial "$AGENT" --json backup-dir "$W/data"
+run restic_initial restic backup -q "$W/data"
+SIZE_B1=$(bucket_bytes berth); SIZE_R1=$(bucket_bytes restic)
+CHANGED=$(change_one_percent)
+run berth_incr "$AGENT" --json backup-dir "$W/data"
+run restic_incr restic backup -q "$W/data"
+rm -rf "$W/r-berth" "$W/r-restic"
+run berth_restore "$AGENT" restore latest --target "$W/r-berth"
+run restic_restore restic restore latest -q --target "$W/r-restic"
+# Verify both restores against the source.
+diff -r "$W/data" "$W/r-berth" > /dev/null || { echo "berth restore differs from the source" >&2; exit 1; }
+diff -r "$W/data" "$W/r-restic/$W/data" > /dev/null || { echo "restic restore differs from the source" >&2; exit 1; }
+SIZE_B=$(bucket_bytes berth); SIZE_R=$(bucket_bytes restic)
+UP_B=$(python3 -c "import json;print(json.load(open('$W/berth_incr.out'))['snapshot']['summary']['bytesUploaded'])")
+
+mib() { python3 -c "print(f'{$1/1048576:.1f}')"; }
+rate() { python3 -c "print(f'{$DATA_BYTES/1048576/$1:.0f}')"; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+echo
+echo "## berth agent vs restic $(restic version | awk '{print $2}') on Garage 2.5.0 (loopback), $(nproc) cores"
+echo "dataset $(mib "$DATA_BYTES") MiB, $FILES files; change: $(mib "$CHANGED") MiB (1 %)"
+printf '%-22s %10s %10s %9s\n' step berth restic speedup
+printf '%-22s %9ss %9ss %8sx\n' "initial backup" "${T[berth_initial]}" "${T[restic_initial]}" "$(ratio "${T[restic_initial]}" "${T[berth_initial]}")"
+printf '%-22s %9ss %9ss %8sx\n' "backup after 1% change" "${T[berth_incr]}" "${T[restic_incr]}" "$(ratio "${T[restic_incr]}" "${T[berth_incr]}")"
+printf '%-22s %9ss %9ss %8sx\n' "restore" "${T[berth_restore]}" "${T[restic_restore]}" "$(ratio "${T[restic_restore]}" "${T[berth_restore]}")"
+printf '%-22s %8sMi %8sMi %8sx\n' "repository size" "$(mib "$SIZE_B")" "$(mib "$SIZE_R")" "$(ratio "$SIZE_B" "$SIZE_R")"
+echo "initial rate: berth $(rate "${T[berth_initial]}") MiB/s, restic $(rate "${T[restic_initial]}") MiB/s; berth incremental upload $(mib "$UP_B") MiB; size after initial: berth $(mib "$SIZE_B1") MiB, restic $(mib "$SIZE_R1") MiB"
+
+[ "$SKIP_PG" = 1 ] && exit 0
+
+# ---------------------------------------------------------------- pgbench dump
+PGBIN=/usr/lib/postgresql/15/bin
+[ -x $PGBIN/postgres ] || { echo "postgresql-15 missing: apt-get install -y postgresql-15" >&2; exit 1; }
+PGD=$W/pg; mkdir -p "$PGD/data" "$PGD/sock"; chmod 755 "$W" "$PGD"
+AS_PG=()
+if [ "$(id -u)" = 0 ]; then chown -R postgres:postgres "$PGD"; AS_PG=(runuser -u postgres --); fi
+"${AS_PG[@]}" $PGBIN/initdb -D "$PGD/data" -U postgres --auth=trust -E UTF8 --locale=C > /dev/null
+PGPORT=$(free_port)
+"${AS_PG[@]}" $PGBIN/postgres -D "$PGD/data" -p "$PGPORT" -c listen_addresses=127.0.0.1 \
+  -c unix_socket_directories="$PGD/sock" -c fsync=off -c synchronous_commit=off > "$PGD/log" 2>&1 &
+PIDS+=($!)
+export PGHOST=127.0.0.1 PGPORT PGUSER=postgres
+for _ in $(seq 100); do $PGBIN/pg_isready -q && break; sleep 0.2; done
+$PGBIN/createdb bench
+$PGBIN/pgbench -i -s "$PG_SCALE" -q bench > /dev/null 2>&1
+$PGBIN/psql -XAtq -d bench -c "VACUUM ANALYZE" > /dev/null
+run pgdump_z0 $PGBIN/pg_dump -Fc -Z0 -f /dev/null bench
+run pgdump_default $PGBIN/pg_dump -Fc -f /dev/null bench
+run berth_pg1 "$AGENT" --json backup-postgres --database bench --no-globals
+# < 5 % of the rows: 4 % of pgbench_accounts (a contiguous range) plus pgbench transactions.
+ROWS=$((PG_SCALE * 100000 * 4 / 100))
+$PGBIN/psql -XAtq -d bench -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $ROWS" > /dev/null
+$PGBIN/pgbench -n -t 2000 -c 2 bench > /dev/null 2>&1
+run berth_pg2 "$AGENT" --json backup-postgres --database bench --no-globals
+P1=$(python3 -c "import json;print(json.load(open('$W/berth_pg1.out'))['snapshot']['summary']['bytesUploaded'])")
+P2=$(python3 -c "import json;print(json.load(open('$W/berth_pg2.out'))['snapshot']['summary']['bytesUploaded'])")
+DUMP=$(python3 -c "import json;print(json.load(open('$W/berth_pg1.out'))['snapshot']['summary']['bytesTotal'])")
+echo
+echo "## pgbench scale $PG_SCALE (dump $(mib "$DUMP") MiB, custom format -Z0)"
+echo "pg_dump -Fc -Z0 > /dev/null: ${T[pgdump_z0]}s; pg_dump -Fc (default compression) > /dev/null: ${T[pgdump_default]}s"
+echo "berth backup-postgres: ${T[berth_pg1]}s = $(ratio "${T[berth_pg1]}" "${T[pgdump_z0]}")x of bare pg_dump -Z0 ($(ratio "${T[berth_pg1]}" "${T[pgdump_default]}")x of default pg_dump); uploaded $(mib "$P1") MiB"
+echo "after updating $ROWS rows (+2000 pgbench transactions): ${T[berth_pg2]}s, uploaded $(mib "$P2") MiB = $(python3 -c "print(f'{100*$P2/$P1:.1f}')") % of the first"

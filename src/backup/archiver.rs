@@ -1,0 +1,606 @@
+//! Directory trees in and out of a repository.
+//!
+//! Backup walks a directory depth-first in name order, reuses the chunk list of every file
+//! whose size, mtime, ctime and inode match the parent snapshot (no read at all), and chunks
+//! the others. Restore creates the tree, then downloads each needed pack once (in parallel),
+//! verifies every blob and writes it at its offsets, then sets modes, owners and times
+//! (directories last, deepest first).
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::StreamExt;
+use tokio::runtime::Handle;
+
+use super::crypto::Id;
+use super::error::{BackupError, Result};
+use super::pack::{self, BlobKind, PackMeta};
+use super::repo::Repository;
+use super::snapshot::{Node, NodeKind, Tree, encode_raw};
+use super::writer::{BlobWriter, WriterStats};
+
+/// Stores a tree and returns its id.
+pub fn save_tree(writer: &BlobWriter, tree: &Tree) -> Result<Id> {
+    let json = serde_json::to_vec(tree).expect("tree json");
+    writer.add(BlobKind::Tree, json)
+}
+
+fn node_from_meta(name: &[u8], meta: &std::fs::Metadata, kind: NodeKind) -> Node {
+    let (name, name_raw) = encode_raw(name);
+    let mut n = Node::new(name, kind);
+    n.name_raw = name_raw;
+    n.mode = meta.mode() & 0o7777;
+    n.uid = meta.uid();
+    n.gid = meta.gid();
+    n.mtime_sec = meta.mtime();
+    n.mtime_nsec = meta.mtime_nsec() as u32;
+    n.inode = meta.ino();
+    n.ctime_sec = meta.ctime();
+    n.ctime_nsec = meta.ctime_nsec() as u32;
+    n
+}
+
+struct Walker<'a> {
+    writer: &'a BlobWriter,
+    repo: &'a Repository,
+    handle: &'a Handle,
+    stats: Arc<WriterStats>,
+    /// Every tree of the parent snapshot, fetched up front in parallel.
+    parent_trees: HashMap<Id, Tree>,
+    small_file: u64,
+}
+
+/// Loads every tree below `root` level by level, `parallel` requests at a time.
+pub async fn load_all_trees(
+    repo: &Repository,
+    root: Id,
+    parallel: usize,
+) -> Result<HashMap<Id, Tree>> {
+    let mut out = HashMap::new();
+    let mut level = vec![root];
+    while !level.is_empty() {
+        let trees: Vec<(Id, Tree)> = futures::stream::iter(std::mem::take(&mut level))
+            .map(|id| async move { Ok::<_, BackupError>((id, repo.load_tree(&id).await?)) })
+            .buffer_unordered(parallel.max(1))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        for (id, t) in trees {
+            for n in &t.nodes {
+                if let Some(sub) = n.subtree
+                    && !out.contains_key(&sub)
+                {
+                    level.push(sub);
+                }
+            }
+            out.insert(id, t);
+        }
+        level.sort();
+        level.dedup();
+    }
+    Ok(out)
+}
+
+/// Backs up the directory `path`; returns its root node (name `/`). `parent` is the root node
+/// of the previous snapshot of the same source, for change detection.
+pub fn backup_dir(
+    writer: &BlobWriter,
+    repo: &Repository,
+    handle: &Handle,
+    path: &Path,
+    parent: Option<&Node>,
+) -> Result<Node> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| BackupError::io(format!("cannot read {}", path.display()), e))?;
+    if !meta.is_dir() {
+        return Err(BackupError::Invalid(format!(
+            "{} is not a directory",
+            path.display()
+        )));
+    }
+    let parent_trees = match parent.and_then(|p| p.subtree) {
+        Some(id) => handle.block_on(load_all_trees(repo, id, 16))?,
+        None => HashMap::new(),
+    };
+    let parent_tree = parent
+        .and_then(|p| p.subtree)
+        .and_then(|id| parent_trees.get(&id).cloned());
+    let w = Walker {
+        writer,
+        repo,
+        handle,
+        stats: writer.stats().clone(),
+        parent_trees,
+        small_file: repo.config().chunker.min_size as u64,
+    };
+    let mut root = node_from_meta(b"/", &meta, NodeKind::Dir);
+    root.subtree = Some(w.dir(path, parent_tree)?);
+    root.inode = 0;
+    root.ctime_sec = 0;
+    root.ctime_nsec = 0;
+    Ok(root)
+}
+
+impl Walker<'_> {
+    fn dir(&self, path: &Path, parent: Option<Tree>) -> Result<Id> {
+        self.stats.dirs.fetch_add(1, Ordering::Relaxed);
+        let mut names: Vec<OsString> = std::fs::read_dir(path)
+            .map_err(|e| BackupError::io(format!("reading directory {}", path.display()), e))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| BackupError::io(format!("reading directory {}", path.display()), e))?;
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let old: HashMap<Vec<u8>, Node> = parent
+            .map(|t| t.nodes.into_iter().map(|n| (n.name_bytes(), n)).collect())
+            .unwrap_or_default();
+        let mut tree = Tree::default();
+        for name in names {
+            let p = path.join(&name);
+            let meta = match std::fs::symlink_metadata(&p) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %p.display(), "vanished during backup; skipped");
+                    continue;
+                }
+                Err(e) => return Err(BackupError::io(format!("stat {}", p.display()), e)),
+            };
+            let ft = meta.file_type();
+            let prev = old.get(name.as_bytes());
+            let node = if ft.is_file() {
+                let mut n = node_from_meta(name.as_bytes(), &meta, NodeKind::File);
+                let unchanged = prev.filter(|o| {
+                    o.kind == NodeKind::File
+                        && o.size == meta.len()
+                        && o.mtime_sec == n.mtime_sec
+                        && o.mtime_nsec == n.mtime_nsec
+                        && o.ctime_sec == n.ctime_sec
+                        && o.ctime_nsec == n.ctime_nsec
+                        && o.inode == n.inode
+                        && o.content
+                            .iter()
+                            .all(|id| self.repo.index().read().expect("index").contains(id))
+                });
+                if let Some(o) = unchanged {
+                    n.content = o.content.clone();
+                    n.size = o.size;
+                    self.stats.files_unchanged.fetch_add(1, Ordering::Relaxed);
+                } else if meta.len() < self.small_file {
+                    // Below the minimum chunk size the chunker would return the whole file.
+                    let data = match std::fs::read(&p) {
+                        Ok(d) => d,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            tracing::warn!(path = %p.display(), "vanished during backup; skipped");
+                            continue;
+                        }
+                        Err(e) => {
+                            return Err(BackupError::io(format!("reading {}", p.display()), e));
+                        }
+                    };
+                    n.size = data.len() as u64;
+                    self.stats.bytes_read.fetch_add(n.size, Ordering::Relaxed);
+                    n.content = if data.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![self.writer.add(BlobKind::Data, data)?]
+                    };
+                } else {
+                    let f = match std::fs::File::open(&p) {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            tracing::warn!(path = %p.display(), "vanished during backup; skipped");
+                            continue;
+                        }
+                        Err(e) => return Err(BackupError::io(format!("open {}", p.display()), e)),
+                    };
+                    let (ids, len) = self.writer.add_stream(f).map_err(|e| match e {
+                        BackupError::Io { source, .. } => {
+                            BackupError::io(format!("reading {}", p.display()), source)
+                        }
+                        other => other,
+                    })?;
+                    n.content = ids;
+                    n.size = len;
+                }
+                self.stats.files.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes_total.fetch_add(n.size, Ordering::Relaxed);
+                n
+            } else if ft.is_dir() {
+                let mut n = node_from_meta(name.as_bytes(), &meta, NodeKind::Dir);
+                let sub = match prev
+                    .filter(|o| o.kind == NodeKind::Dir)
+                    .and_then(|o| o.subtree)
+                {
+                    Some(id) => match self.parent_trees.get(&id) {
+                        Some(t) => Some(t.clone()),
+                        None => Some(self.handle.block_on(self.repo.load_tree(&id))?),
+                    },
+                    None => None,
+                };
+                n.subtree = Some(self.dir(&p, sub)?);
+                n
+            } else if ft.is_symlink() {
+                let mut n = node_from_meta(name.as_bytes(), &meta, NodeKind::Symlink);
+                let target = std::fs::read_link(&p)
+                    .map_err(|e| BackupError::io(format!("readlink {}", p.display()), e))?;
+                let (t, raw) = encode_raw(target.as_os_str().as_bytes());
+                n.target = Some(t);
+                n.target_raw = raw;
+                n
+            } else if std::os::unix::fs::FileTypeExt::is_fifo(&ft) {
+                node_from_meta(name.as_bytes(), &meta, NodeKind::Fifo)
+            } else {
+                tracing::warn!(path = %p.display(), "sockets and device files are not backed up; skipped");
+                continue;
+            };
+            tree.nodes.push(node);
+        }
+        save_tree(self.writer, &tree)
+    }
+}
+
+/// Builds nested trees from in-memory files (`a/b/c.json` → bytes) and returns the root node.
+/// Used for database dumps and Kubernetes objects.
+pub fn backup_virtual(writer: &BlobWriter, files: Vec<(String, Vec<u8>)>) -> Result<Node> {
+    #[derive(Default)]
+    struct Dir {
+        files: Vec<(String, Vec<u8>)>,
+        dirs: std::collections::BTreeMap<String, Dir>,
+    }
+    let mut root = Dir::default();
+    for (path, data) in files {
+        let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let Some((file, dirs)) = parts.split_last() else {
+            return Err(BackupError::Invalid(format!("empty path {path:?}")));
+        };
+        let mut d = &mut root;
+        for part in dirs {
+            d = d.dirs.entry((*part).to_string()).or_default();
+        }
+        d.files.push(((*file).to_string(), data));
+    }
+    fn save(writer: &BlobWriter, d: Dir) -> Result<Id> {
+        let mut nodes = Vec::new();
+        for (name, sub) in d.dirs {
+            let mut n = Node::new(name, NodeKind::Dir);
+            n.subtree = Some(save(writer, sub)?);
+            writer.stats().dirs.fetch_add(1, Ordering::Relaxed);
+            nodes.push(n);
+        }
+        for (name, data) in d.files {
+            let mut n = Node::new(name, NodeKind::File);
+            n.mode = 0o600;
+            let (ids, len) = writer.add_stream(&data[..])?;
+            n.content = ids;
+            n.size = len;
+            writer.stats().files.fetch_add(1, Ordering::Relaxed);
+            writer.stats().bytes_total.fetch_add(len, Ordering::Relaxed);
+            nodes.push(n);
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        save_tree(writer, &Tree { nodes })
+    }
+    let mut node = Node::new("/", NodeKind::Dir);
+    node.subtree = Some(save(writer, root)?);
+    Ok(node)
+}
+
+/// Reads a whole file of a snapshot into memory (small files: manifests, definitions).
+pub async fn read_file(repo: &Repository, node: &Node) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(node.size as usize);
+    for id in &node.content {
+        out.extend_from_slice(&repo.read_blob(id).await?);
+    }
+    Ok(out)
+}
+
+/// Streams a file of a snapshot to `sink` in order, prefetching `parallel` chunks.
+pub async fn stream_file<W>(
+    repo: &Repository,
+    node: &Node,
+    sink: &mut W,
+    parallel: usize,
+) -> Result<u64>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let mut blobs = futures::stream::iter(node.content.clone())
+        .map(|id| async move { repo.read_blob(&id).await })
+        .buffered(parallel.max(1));
+    let mut n = 0u64;
+    while let Some(b) = blobs.next().await {
+        let b = b?;
+        sink.write_all(&b)
+            .await
+            .map_err(|e| BackupError::io("writing restored data", e))?;
+        n += b.len() as u64;
+    }
+    sink.flush()
+        .await
+        .map_err(|e| BackupError::io("writing restored data", e))?;
+    Ok(n)
+}
+
+/// Finds a node by slash-separated path below a root node.
+pub async fn lookup(repo: &Repository, root: &Node, path: &str) -> Result<Node> {
+    let mut node = root.clone();
+    for part in path.split('/').filter(|s| !s.is_empty()) {
+        let sub = node.subtree.ok_or_else(|| {
+            BackupError::Invalid(format!("{path}: {} is not a directory", node.name))
+        })?;
+        let tree = repo.load_tree(&sub).await?;
+        node = tree
+            .nodes
+            .into_iter()
+            .find(|n| n.name == part)
+            .ok_or_else(|| {
+                BackupError::Invalid(format!("{path}: no entry {part:?} in the snapshot"))
+            })?;
+    }
+    Ok(node)
+}
+
+/// Lists the files below a node: (relative path, node).
+pub async fn walk_files(repo: &Repository, root: &Node) -> Result<Vec<(String, Node)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![(String::new(), root.clone())];
+    while let Some((prefix, node)) = stack.pop() {
+        let Some(sub) = node.subtree else { continue };
+        for n in repo.load_tree(&sub).await?.nodes {
+            let p = if prefix.is_empty() {
+                n.name.clone()
+            } else {
+                format!("{prefix}/{}", n.name)
+            };
+            match n.kind {
+                NodeKind::Dir => stack.push((p, n)),
+                _ => out.push((p, n)),
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Counters of a restore.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+}
+
+struct FilePlan {
+    path: PathBuf,
+}
+
+struct Target {
+    file: usize,
+    offset: u64,
+}
+
+/// Restores the tree below `root` into `target` (created if missing). Every chunk is
+/// verified (authenticated decryption and id hash) before it is written. `on_bytes` is
+/// called with the number of bytes written as the restore progresses.
+pub async fn restore_dir(
+    repo: &Repository,
+    root: &Node,
+    target: &Path,
+    parallel: usize,
+    on_bytes: &(dyn Fn(u64) + Sync),
+) -> Result<RestoreStats> {
+    let is_root = unsafe { libc::geteuid() } == 0;
+    std::fs::create_dir_all(target)
+        .map_err(|e| BackupError::io(format!("creating {}", target.display()), e))?;
+    let mut stats = RestoreStats::default();
+    let mut files: Vec<FilePlan> = Vec::new();
+    let mut file_nodes: Vec<(PathBuf, Node)> = Vec::new();
+    let mut dirs: Vec<(PathBuf, Node, usize)> = vec![(target.to_path_buf(), root.clone(), 0)];
+    // pack -> blob -> targets
+    let mut by_pack: HashMap<u32, HashMap<Id, Vec<Target>>> = HashMap::new();
+    let mut packs: HashMap<u32, PackMeta> = HashMap::new();
+    let mut stack = vec![(target.to_path_buf(), root.subtree, 0usize)];
+    while let Some((dir, sub, depth)) = stack.pop() {
+        let Some(sub) = sub else { continue };
+        let tree = repo.load_tree(&sub).await?;
+        for n in tree.nodes {
+            let name = OsString::from_vec(n.name_bytes());
+            if name.is_empty() || name == "." || name == ".." || name.as_bytes().contains(&b'/') {
+                return Err(BackupError::corrupt(
+                    format!("tree {sub}"),
+                    format!("invalid file name {name:?}"),
+                ));
+            }
+            let p = dir.join(&name);
+            match n.kind {
+                NodeKind::Dir => {
+                    match std::fs::create_dir(&p) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
+                        Err(e) => return Err(BackupError::io(format!("mkdir {}", p.display()), e)),
+                    }
+                    let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700));
+                    stats.dirs += 1;
+                    stack.push((p.clone(), n.subtree, depth + 1));
+                    dirs.push((p, n, depth + 1));
+                }
+                NodeKind::Symlink => {
+                    let _ = std::fs::remove_file(&p);
+                    let t = OsString::from_vec(n.target_bytes());
+                    std::os::unix::fs::symlink(&t, &p)
+                        .map_err(|e| BackupError::io(format!("symlink {}", p.display()), e))?;
+                    file_nodes.push((p, n));
+                }
+                NodeKind::Fifo => {
+                    let _ = std::fs::remove_file(&p);
+                    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+                        .map_err(|_| BackupError::Invalid("NUL in path".into()))?;
+                    // SAFETY: valid NUL-terminated path.
+                    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+                        return Err(BackupError::io(
+                            format!("mkfifo {}", p.display()),
+                            std::io::Error::last_os_error(),
+                        ));
+                    }
+                    file_nodes.push((p, n));
+                }
+                NodeKind::File => {
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&p)
+                        .map_err(|e| BackupError::io(format!("create {}", p.display()), e))?;
+                    f.set_len(n.size)
+                        .map_err(|e| BackupError::io(format!("truncate {}", p.display()), e))?;
+                    let idx = files.len();
+                    files.push(FilePlan { path: p.clone() });
+                    let index = repo.index().read().expect("index");
+                    let mut offset = 0u64;
+                    for id in &n.content {
+                        let (meta, e) = index.get(id).ok_or_else(|| {
+                            BackupError::corrupt(
+                                format!("blob {id}"),
+                                format!("not in the index (needed by {})", p.display()),
+                            )
+                        })?;
+                        packs.insert(e.pack, meta);
+                        by_pack
+                            .entry(e.pack)
+                            .or_default()
+                            .entry(*id)
+                            .or_default()
+                            .push(Target { file: idx, offset });
+                        offset += e.raw_len as u64;
+                    }
+                    drop(index);
+                    if offset != n.size {
+                        return Err(BackupError::corrupt(
+                            format!("file {}", p.display()),
+                            format!("chunks add up to {offset} bytes, node says {}", n.size),
+                        ));
+                    }
+                    stats.files += 1;
+                    stats.bytes += n.size;
+                    file_nodes.push((p, n));
+                }
+            }
+        }
+    }
+
+    // Download each needed pack once, verify and write its blobs.
+    let files = Arc::new(files);
+    let key_repo = repo.clone();
+    let jobs: Vec<(PackMeta, HashMap<Id, Vec<Target>>)> = by_pack
+        .into_iter()
+        .map(|(pos, blobs)| (packs[&pos], blobs))
+        .collect();
+    let mut results = futures::stream::iter(jobs)
+        .map(|(meta, blobs)| {
+            let repo = key_repo.clone();
+            let files = files.clone();
+            async move { restore_pack(&repo, meta, blobs, files).await }
+        })
+        .buffer_unordered(parallel.max(1));
+    while let Some(r) = results.next().await {
+        on_bytes(r?);
+    }
+
+    // Metadata: files and links first, then directories deepest first.
+    for (p, n) in &file_nodes {
+        apply_meta(p, n, is_root)?;
+    }
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.2));
+    for (p, n, _) in &dirs {
+        apply_meta(p, n, is_root)?;
+    }
+    Ok(stats)
+}
+
+async fn restore_pack(
+    repo: &Repository,
+    meta: PackMeta,
+    blobs: HashMap<Id, Vec<Target>>,
+    files: Arc<Vec<FilePlan>>,
+) -> Result<u64> {
+    let index_entries: Vec<(Id, pack::IndexEntry, Vec<Target>)> = {
+        let index = repo.index().read().expect("index");
+        blobs
+            .into_iter()
+            .map(|(id, t)| {
+                let (_, e) = index.get(&id).expect("planned from the index");
+                (id, e, t)
+            })
+            .collect()
+    };
+    let start = index_entries
+        .iter()
+        .map(|(_, e, _)| e.offset as u64)
+        .min()
+        .unwrap_or(0);
+    let end = index_entries
+        .iter()
+        .map(|(_, e, _)| e.offset as u64 + e.length as u64)
+        .max()
+        .unwrap_or(0);
+    let data = repo
+        .storage()
+        .get_range(&pack::pack_key(&meta.id), start, end - start)
+        .await
+        .map_err(|e| match e {
+            BackupError::Corrupt { detail, .. } => {
+                BackupError::corrupt(format!("pack {}", pack::pack_key(&meta.id)), detail)
+            }
+            other => other,
+        })?;
+    let repo = repo.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut written = 0u64;
+        for (id, e, targets) in index_entries {
+            let s = (e.offset as u64 - start) as usize;
+            let sealed = &data[s..s + e.length as usize];
+            let plain = pack::open_blob(repo.key(), e.kind, &id, sealed, e.raw_len)?;
+            for t in targets {
+                let path = &files[t.file].path;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|err| BackupError::io(format!("open {}", path.display()), err))?;
+                f.write_all_at(&plain, t.offset)
+                    .map_err(|err| BackupError::io(format!("write {}", path.display()), err))?;
+                written += plain.len() as u64;
+            }
+        }
+        Ok(written)
+    })
+    .await
+    .map_err(|e| BackupError::Aborted(e.to_string()))?
+}
+
+fn apply_meta(p: &Path, n: &Node, is_root: bool) -> Result<()> {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| BackupError::Invalid("NUL in path".into()))?;
+    if is_root {
+        // SAFETY: valid NUL-terminated path.
+        if unsafe { libc::lchown(c.as_ptr(), n.uid, n.gid) } != 0 {
+            return Err(BackupError::io(
+                format!("chown {}", p.display()),
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    if n.kind != NodeKind::Symlink {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(n.mode))
+            .map_err(|e| BackupError::io(format!("chmod {}", p.display()), e))?;
+    }
+    let mtime = filetime::FileTime::from_unix_time(n.mtime_sec, n.mtime_nsec);
+    filetime::set_symlink_file_times(p, mtime, mtime)
+        .map_err(|e| BackupError::io(format!("set times {}", p.display()), e))?;
+    Ok(())
+}

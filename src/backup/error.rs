@@ -1,0 +1,79 @@
+//! The error type of the backup repository.
+
+/// Everything that can go wrong while reading or writing a repository.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The bucket does not exist (or is not visible with these credentials).
+    #[error("bucket {bucket:?} does not exist or is not accessible at {endpoint}")]
+    NoSuchBucket { bucket: String, endpoint: String },
+    /// An object the repository needs is missing.
+    #[error("object {0} not found in the repository storage")]
+    NotFound(String),
+    /// The storage answered with an error (after retries).
+    #[error("storage {op} {key}: {message}")]
+    Storage {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
+    /// There is no repository at that location.
+    #[error("no repository at {0} (run `berth agent init` first)")]
+    NotARepository(String),
+    /// `init` found an existing repository.
+    #[error("a repository already exists at {0}")]
+    AlreadyExists(String),
+    /// The key does not open the repository.
+    #[error(
+        "wrong repository key: the key given does not open any of the {count} key(s) of repository {url}"
+    )]
+    WrongKey { url: String, count: usize },
+    /// Data failed authentication, hashing or parsing.
+    #[error("repository data is corrupt: {what}: {detail}")]
+    Corrupt { what: String, detail: String },
+    /// Another process holds a conflicting lock.
+    #[error("repository is locked: {0}")]
+    Locked(String),
+    /// A repository format newer than this binary understands.
+    #[error("unsupported repository format version {found} (this berth supports {supported})")]
+    UnsupportedVersion { found: u32, supported: u32 },
+    /// Bad input from the caller (configuration, arguments).
+    #[error("{0}")]
+    Invalid(String),
+    /// Local file-system error.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The operation was interrupted (a worker died or the pipeline was cancelled).
+    #[error("operation aborted: {0}")]
+    Aborted(String),
+}
+
+impl BackupError {
+    pub(crate) fn corrupt(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        Self::Corrupt {
+            what: what.into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// True when retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Storage { .. } | Self::Locked(_) | Self::Aborted(_)
+        )
+    }
+}
+
+/// Result alias of the backup module.
+pub type Result<T, E = BackupError> = std::result::Result<T, E>;

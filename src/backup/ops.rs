@@ -1,0 +1,577 @@
+//! Whole operations on a repository: backup runs, forget, prune and check.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use tokio::runtime::Handle;
+
+use super::archiver;
+use super::crypto::Id;
+use super::error::{BackupError, Result};
+use super::lock::RepoLock;
+use super::pack::{self, BlobKind, PackBuilder, PackInfo};
+use super::repo::Repository;
+use super::retention::{self, Decision, RetentionPolicy};
+use super::snapshot::{Node, NodeKind, SNAPSHOT_VERSION, Snapshot, Summary};
+use super::writer::{BlobWriter, WriterStats};
+
+/// What a backup run is about.
+#[derive(Debug, Clone)]
+pub struct BackupSpec {
+    /// `dir`, `postgres`, `rabbitmq`, `kubernetes`.
+    pub kind: String,
+    /// Path or server description (no credentials).
+    pub source: String,
+    pub tags: Vec<String>,
+    /// Use this snapshot as the parent instead of the newest one of the same series;
+    /// `Some(None)` disables the parent.
+    pub parent: Option<Option<Id>>,
+}
+
+/// Runs a backup: takes a shared lock, finds the parent snapshot, runs `produce` in a blocking
+/// thread with a writer, waits for all data and index files, then writes the snapshot.
+pub async fn run_backup<F>(
+    repo: &Repository,
+    spec: BackupSpec,
+    stats: Arc<WriterStats>,
+    produce: F,
+) -> Result<(Id, Snapshot)>
+where
+    F: FnOnce(&BlobWriter, &Handle, Option<&Node>) -> Result<Node> + Send + 'static,
+{
+    let started = Instant::now();
+    let time = jiff::Timestamp::now();
+    let lock = RepoLock::acquire(repo, false, &format!("backup {}", spec.kind)).await?;
+    let result = async {
+        let parent = match spec.parent {
+            Some(Some(id)) => Some((id, repo.load_snapshot(&id).await?)),
+            Some(None) => None,
+            None => {
+                let probe = Snapshot {
+                    version: SNAPSHOT_VERSION,
+                    time: String::new(),
+                    hostname: String::new(),
+                    kind: spec.kind.clone(),
+                    source: spec.source.clone(),
+                    tags: vec![],
+                    root: Node::new("/", NodeKind::Dir),
+                    parent: None,
+                    summary: Summary::default(),
+                    program: String::new(),
+                };
+                let key = probe.group_key();
+                repo.list_snapshots()
+                    .await?
+                    .into_iter()
+                    .rfind(|(_, s)| s.group_key() == key)
+            }
+        };
+        let parent_root = parent.as_ref().map(|(_, s)| s.root.clone());
+        let handle = Handle::current();
+        let r = repo.clone();
+        let st = stats.clone();
+        let root = tokio::task::spawn_blocking(move || {
+            let writer = BlobWriter::new(&r, handle.clone(), st);
+            let root = produce(&writer, &handle, parent_root.as_ref())?;
+            writer.finish()?;
+            Ok::<_, BackupError>(root)
+        })
+        .await
+        .map_err(|e| BackupError::Aborted(format!("backup thread: {e}")))??;
+        let s = &stats;
+        let summary = Summary {
+            files: s.files.load(Ordering::Relaxed),
+            dirs: s.dirs.load(Ordering::Relaxed),
+            files_unchanged: s.files_unchanged.load(Ordering::Relaxed),
+            bytes_read: s.bytes_read.load(Ordering::Relaxed),
+            bytes_total: s.bytes_total.load(Ordering::Relaxed),
+            blobs_new: s.blobs_new.load(Ordering::Relaxed),
+            bytes_new: s.bytes_new.load(Ordering::Relaxed),
+            bytes_uploaded: s.bytes_uploaded.load(Ordering::Relaxed),
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        let snap = Snapshot {
+            version: SNAPSHOT_VERSION,
+            time: time.to_string(),
+            hostname: super::hostname(),
+            kind: spec.kind,
+            source: spec.source,
+            tags: spec.tags,
+            root,
+            parent: parent.map(|(id, _)| id),
+            summary,
+            program: format!("berth {}", env!("CARGO_PKG_VERSION")),
+        };
+        let id = repo.save_snapshot(&snap).await?;
+        Ok((id, snap))
+    }
+    .await;
+    let released = lock.release().await;
+    let out = result?;
+    released?;
+    Ok(out)
+}
+
+/// Backs up a directory.
+pub async fn backup_directory(
+    repo: &Repository,
+    path: &Path,
+    tags: Vec<String>,
+    stats: Arc<WriterStats>,
+) -> Result<(Id, Snapshot)> {
+    let abs: PathBuf = std::fs::canonicalize(path)
+        .map_err(|e| BackupError::io(format!("cannot read {}", path.display()), e))?;
+    let spec = BackupSpec {
+        kind: "dir".into(),
+        source: abs.display().to_string(),
+        tags,
+        parent: None,
+    };
+    let r = repo.clone();
+    run_backup(repo, spec, stats, move |w, h, parent| {
+        archiver::backup_dir(w, &r, h, &abs, parent)
+    })
+    .await
+}
+
+/// Result of `forget`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForgetReport {
+    pub kept: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// Applies a retention policy to every series (kind + source) and deletes the snapshot
+/// manifests it does not keep (data stays until [`prune`]). The newest snapshot of each series
+/// is always kept. With `dry_run` nothing is deleted.
+pub async fn forget(
+    repo: &Repository,
+    policy: &RetentionPolicy,
+    dry_run: bool,
+) -> Result<(ForgetReport, BTreeMap<String, Vec<Decision>>)> {
+    if policy.is_empty() {
+        return Err(BackupError::Invalid(
+            "no retention rule given (use --keep-last/--keep-daily/--keep-weekly/--keep-monthly)"
+                .into(),
+        ));
+    }
+    let snaps = repo.list_snapshots().await?;
+    let mut series: BTreeMap<String, Vec<(Id, jiff::Timestamp)>> = BTreeMap::new();
+    for (id, s) in &snaps {
+        series
+            .entry(s.group_key())
+            .or_default()
+            .push((*id, s.timestamp()));
+    }
+    let decisions = retention::apply_grouped(policy, &series, &jiff::tz::TimeZone::UTC);
+    let mut report = ForgetReport {
+        kept: vec![],
+        removed: vec![],
+    };
+    for d in decisions.values().flatten() {
+        if d.keep {
+            report.kept.push(d.id.to_hex());
+        } else {
+            report.removed.push(d.id.to_hex());
+            if !dry_run {
+                repo.delete_snapshot(&d.id).await?;
+            }
+        }
+    }
+    Ok((report, decisions))
+}
+
+/// Collects every blob reachable from the snapshots (trees and data). Fails when a tree
+/// cannot be read.
+async fn used_blobs(repo: &Repository, snaps: &[(Id, Snapshot)]) -> Result<HashSet<Id>> {
+    let mut used = HashSet::new();
+    let mut todo: Vec<Id> = snaps.iter().filter_map(|(_, s)| s.root.subtree).collect();
+    while !todo.is_empty() {
+        let batch: Vec<Id> = todo.drain(..).filter(|id| used.insert(*id)).collect();
+        let trees: Vec<_> = futures::stream::iter(batch)
+            .map(|id| async move { repo.load_tree(&id).await })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        for t in trees {
+            for n in t.nodes {
+                used.extend(n.content);
+                if let Some(s) = n.subtree {
+                    todo.push(s);
+                }
+            }
+        }
+    }
+    Ok(used)
+}
+
+/// Options of [`prune`].
+#[derive(Debug, Clone, Copy)]
+pub struct PruneOptions {
+    /// Repack a pack when more than this fraction of it is unused.
+    pub repack_threshold: f64,
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        Self {
+            repack_threshold: 0.25,
+            dry_run: false,
+        }
+    }
+}
+
+/// Result of `prune`.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneReport {
+    pub packs_before: usize,
+    pub packs_deleted: usize,
+    pub packs_repacked: usize,
+    pub packs_written: usize,
+    pub orphan_packs_deleted: usize,
+    pub blobs_removed: usize,
+    pub bytes_freed: u64,
+    pub index_files_replaced: usize,
+    pub uploads_aborted: usize,
+}
+
+/// Removes data no snapshot references. Holds an exclusive lock, so it cannot run beside a
+/// backup. Crash-safe by ordering: repacked data and the new index are written before the old
+/// index files are deleted, and packs are deleted last; an interrupted prune leaves only
+/// unreferenced packs, which the next prune removes.
+pub async fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
+    let lock = RepoLock::acquire(repo, true, "prune").await?;
+    let result = prune_locked(repo, opts).await;
+    let released = lock.release().await;
+    let r = result?;
+    released?;
+    Ok(r)
+}
+
+async fn prune_locked(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
+    let old_index_files = repo.load_index().await?;
+    let snaps = repo.list_snapshots().await?;
+    let used = used_blobs(repo, &snaps).await?;
+    let contents = repo.index().read().expect("index").pack_contents();
+    {
+        let index = repo.index().read().expect("index");
+        if let Some(missing) = used.iter().find(|id| !index.contains(id)) {
+            return Err(BackupError::corrupt(
+                format!("blob {missing}"),
+                "referenced by a snapshot but not in the index; nothing pruned (run `check`)",
+            ));
+        }
+    }
+    let stored: HashMap<String, u64> = repo
+        .storage()
+        .list("data")
+        .await?
+        .into_iter()
+        .map(|o| (o.name.rsplit('/').next().unwrap_or("").to_string(), o.size))
+        .collect();
+    let mut report = PruneReport {
+        packs_before: stored.len(),
+        ..Default::default()
+    };
+    let mut keep: Vec<PackInfo> = Vec::new();
+    let mut delete: Vec<PackInfo> = Vec::new();
+    let mut repack: Vec<PackInfo> = Vec::new();
+    let mut seen_blobs: HashSet<Id> = HashSet::new();
+    for p in contents {
+        if !stored.contains_key(&p.id.to_hex()) {
+            if p.blobs.iter().any(|b| used.contains(&b.id)) {
+                return Err(BackupError::corrupt(
+                    format!("pack {}", pack::pack_key(&p.id)),
+                    "indexed and needed but missing from storage; nothing pruned (run `check`)",
+                ));
+            }
+            continue;
+        }
+        let used_bytes: u64 = p
+            .blobs
+            .iter()
+            .filter(|b| used.contains(&b.id))
+            .map(|b| b.length as u64)
+            .sum();
+        let dup = p.blobs.iter().any(|b| seen_blobs.contains(&b.id));
+        if used_bytes == 0 {
+            report.blobs_removed += p.blobs.len();
+            delete.push(p);
+        } else if dup || (1.0 - used_bytes as f64 / p.size as f64) > opts.repack_threshold {
+            repack.push(p);
+        } else {
+            seen_blobs.extend(p.blobs.iter().map(|b| b.id));
+            keep.push(p);
+        }
+    }
+    let known: HashSet<String> = keep
+        .iter()
+        .chain(&delete)
+        .chain(&repack)
+        .map(|p| p.id.to_hex())
+        .collect();
+    let orphans: Vec<(String, u64)> = stored
+        .iter()
+        .filter(|(k, _)| !known.contains(*k))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    report.orphan_packs_deleted = orphans.len();
+    report.packs_deleted = delete.len();
+    report.packs_repacked = repack.len();
+    report.bytes_freed =
+        delete.iter().map(|p| p.size).sum::<u64>() + orphans.iter().map(|(_, s)| *s).sum::<u64>();
+    if opts.dry_run {
+        return Ok(report);
+    }
+
+    // 1. Repack: copy still-used blobs (verified) into new packs.
+    let mut new_packs: Vec<PackInfo> = Vec::new();
+    let mut builder = PackBuilder::default();
+    let pack_size = repo.write_options().pack_size;
+    for p in &repack {
+        let data = repo.storage().get(&pack::pack_key(&p.id)).await?;
+        for b in &p.blobs {
+            if !used.contains(&b.id) || seen_blobs.contains(&b.id) {
+                if !used.contains(&b.id) {
+                    report.blobs_removed += 1;
+                }
+                continue;
+            }
+            let sealed = data
+                .get(b.offset as usize..(b.offset + b.length) as usize)
+                .ok_or_else(|| BackupError::corrupt(format!("pack {}", p.id), "blob beyond end"))?;
+            pack::open_blob(repo.key(), b.kind, &b.id, sealed, b.raw_len)?;
+            builder.add(b.kind, b.id, sealed, b.raw_len);
+            seen_blobs.insert(b.id);
+            if builder.len() >= pack_size {
+                let (bytes, info) = std::mem::take(&mut builder).finish(repo.key());
+                repo.storage().put(&pack::pack_key(&info.id), bytes).await?;
+                new_packs.push(info);
+            }
+        }
+        report.bytes_freed += p.size;
+    }
+    if !builder.is_empty() {
+        let (bytes, info) = builder.finish(repo.key());
+        repo.storage().put(&pack::pack_key(&info.id), bytes).await?;
+        new_packs.push(info);
+    }
+    report.packs_written = new_packs.len();
+
+    // 2. New index covering every pack that stays.
+    let all: Vec<PackInfo> = keep.into_iter().chain(new_packs).collect();
+    for chunk in all.chunks(4096) {
+        repo.write_index(chunk).await?;
+    }
+    // 3. Old index files, 4. unreferenced packs.
+    report.index_files_replaced = old_index_files.len();
+    repo.storage()
+        .delete_many(
+            old_index_files
+                .iter()
+                .map(|n| format!("index/{n}"))
+                .collect(),
+        )
+        .await?;
+    let mut doomed: Vec<String> = delete
+        .iter()
+        .chain(&repack)
+        .map(|p| pack::pack_key(&p.id))
+        .collect();
+    doomed.extend(
+        orphans
+            .iter()
+            .map(|(k, _)| format!("data/{}/{}", &k[..2.min(k.len())], k)),
+    );
+    repo.storage().delete_many(doomed).await?;
+    report.uploads_aborted = repo
+        .storage()
+        .abort_stale_uploads("data", Duration::from_secs(0))
+        .await?;
+    repo.load_index().await?;
+    Ok(report)
+}
+
+/// Result of `check`.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    pub snapshots: usize,
+    pub packs: usize,
+    pub blobs: usize,
+    pub trees_checked: usize,
+    pub packs_read: usize,
+    pub bytes_read: u64,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Verifies the repository structure: every snapshot readable, every tree readable and
+/// authentic, every referenced blob indexed, every indexed pack present with the right size.
+/// With `read_data`, also downloads every pack and verifies every blob.
+pub async fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
+    let lock = RepoLock::acquire(repo, false, "check").await?;
+    let result = check_locked(repo, read_data).await;
+    let released = lock.release().await;
+    let r = result?;
+    released?;
+    Ok(r)
+}
+
+async fn check_locked(repo: &Repository, read_data: bool) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    repo.load_index().await?;
+    let stored: HashMap<String, u64> = repo
+        .storage()
+        .list("data")
+        .await?
+        .into_iter()
+        .map(|o| (o.name.rsplit('/').next().unwrap_or("").to_string(), o.size))
+        .collect();
+    let contents = repo.index().read().expect("index").pack_contents();
+    report.packs = contents.len();
+    report.blobs = repo.index().read().expect("index").blob_count();
+    let mut indexed: HashSet<String> = HashSet::new();
+    for p in &contents {
+        let name = p.id.to_hex();
+        match stored.get(&name) {
+            None => report.errors.push(format!(
+                "pack {} is indexed but missing from storage",
+                pack::pack_key(&p.id)
+            )),
+            Some(size) if *size != p.size => report.errors.push(format!(
+                "pack {}: {} bytes in storage, the index says {} (truncated or damaged)",
+                pack::pack_key(&p.id),
+                size,
+                p.size
+            )),
+            Some(_) => {}
+        }
+        indexed.insert(name);
+    }
+    for name in stored.keys() {
+        if !indexed.contains(name) {
+            report.warnings.push(format!(
+                "pack {name} is not indexed (left by an interrupted backup or prune; `prune` removes it)"
+            ));
+        }
+    }
+    // Snapshots and trees.
+    let names = repo.storage().list("snapshots").await?;
+    let mut roots = Vec::new();
+    for n in names {
+        match Id::from_hex(&n.name) {
+            Ok(id) => match repo.load_snapshot(&id).await {
+                Ok(s) => {
+                    report.snapshots += 1;
+                    roots.extend(s.root.subtree);
+                }
+                Err(e) => report.errors.push(format!("snapshot {}: {e}", n.name)),
+            },
+            Err(_) => report
+                .warnings
+                .push(format!("unexpected object snapshots/{}", n.name)),
+        }
+    }
+    let mut visited: HashSet<Id> = HashSet::new();
+    let mut todo = roots;
+    while !todo.is_empty() {
+        let batch: Vec<Id> = todo.drain(..).filter(|id| visited.insert(*id)).collect();
+        let trees: Vec<(Id, Result<super::snapshot::Tree>)> = futures::stream::iter(batch)
+            .map(|id| async move { (id, repo.load_tree(&id).await) })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for (id, t) in trees {
+            report.trees_checked += 1;
+            match t {
+                Err(e) => report.errors.push(format!("tree {id}: {e}")),
+                Ok(t) => {
+                    let index = repo.index().read().expect("index");
+                    for n in t.nodes {
+                        for c in &n.content {
+                            match index.get(c) {
+                                None => report.errors.push(format!(
+                                    "file {:?} in tree {id}: chunk {c} is not in the index",
+                                    n.name
+                                )),
+                                Some((_, e)) if e.kind != BlobKind::Data => report
+                                    .errors
+                                    .push(format!("chunk {c} is indexed as a tree")),
+                                Some(_) => {}
+                            }
+                        }
+                        todo.extend(n.subtree);
+                    }
+                }
+            }
+        }
+    }
+    if read_data {
+        let results: Vec<(String, u64, Vec<String>)> = futures::stream::iter(contents)
+            .filter(|p| std::future::ready(stored.get(&p.id.to_hex()) == Some(&p.size)))
+            .map(|p| async move {
+                let key = pack::pack_key(&p.id);
+                let data = match repo.storage().get(&key).await {
+                    Ok(d) => d,
+                    Err(e) => return (key, 0, vec![e.to_string()]),
+                };
+                let len = data.len() as u64;
+                let r = repo.clone();
+                let errs = tokio::task::spawn_blocking(move || verify_pack(&r, &p, &data))
+                    .await
+                    .unwrap_or_else(|e| vec![format!("verifier panicked: {e}")]);
+                (key, len, errs)
+            })
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        for (key, len, errs) in results {
+            report.packs_read += 1;
+            report.bytes_read += len;
+            report
+                .errors
+                .extend(errs.into_iter().map(|e| format!("{key}: {e}")));
+        }
+    }
+    Ok(report)
+}
+
+fn verify_pack(repo: &Repository, p: &PackInfo, data: &Bytes) -> Vec<String> {
+    let mut errs = Vec::new();
+    let header = match pack::parse_pack(repo.key(), &p.id, data) {
+        Ok(h) => h,
+        Err(e) => return vec![e.to_string()],
+    };
+    let by_id: HashMap<Id, &pack::PackedBlob> = header.iter().map(|b| (b.id, b)).collect();
+    for b in &p.blobs {
+        match by_id.get(&b.id) {
+            Some(h) if **h == *b => {}
+            _ => errs.push(format!(
+                "blob {} in the index does not match the pack header",
+                b.id
+            )),
+        }
+    }
+    for b in &header {
+        let sealed = &data[b.offset as usize..(b.offset + b.length) as usize];
+        if let Err(e) = pack::open_blob(repo.key(), b.kind, &b.id, sealed, b.raw_len) {
+            errs.push(e.to_string());
+        }
+    }
+    errs
+}

@@ -1,0 +1,449 @@
+//! Pack files and the index.
+//!
+//! A pack (`data/<2 hex>/<64 hex>`, named by the BLAKE3 hash of its bytes) is
+//!
+//! ```text
+//! blob_0 … blob_n   each: seal(aad = kind || id, flag || payload), flag 0 = raw, 1 = zstd
+//! header            seal(aad = "berth pack header", entries), entry = kind u8, id [32],
+//!                   sealed length u32 LE, plaintext length u32 LE (offsets are implicit)
+//! header length     u32 LE
+//! magic             "BERTHPK1"
+//! ```
+//!
+//! An index file (`index/<random>`) is `seal("berth index", zstd(records))` listing, per pack,
+//! its id, size and blobs with offsets. Index files are written only after their packs are
+//! stored, and snapshots only after their index files, so a crash never leaves a snapshot that
+//! points at missing data.
+
+use std::collections::HashMap;
+
+use super::crypto::{Id, MasterKey, OVERHEAD};
+use super::error::{BackupError, Result};
+
+const PACK_MAGIC: &[u8; 8] = b"BERTHPK1";
+const INDEX_MAGIC: &[u8; 8] = b"BERTHIX1";
+const HEADER_AAD: &[u8] = b"berth pack header";
+const INDEX_AAD: &[u8] = b"berth index";
+const ENTRY_LEN: usize = 1 + 32 + 4 + 4;
+
+/// What a blob holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BlobKind {
+    /// File content chunk.
+    Data = 0,
+    /// A serialised directory tree.
+    Tree = 1,
+}
+
+impl BlobKind {
+    fn from_u8(b: u8) -> Result<Self> {
+        match b {
+            0 => Ok(Self::Data),
+            1 => Ok(Self::Tree),
+            other => Err(BackupError::corrupt(
+                "blob",
+                format!("unknown blob kind {other}"),
+            )),
+        }
+    }
+}
+
+/// Associated data that binds a sealed blob to its id and kind.
+pub fn blob_aad(kind: BlobKind, id: &Id) -> [u8; 33] {
+    let mut aad = [0u8; 33];
+    aad[0] = kind as u8;
+    aad[1..].copy_from_slice(&id.0);
+    aad
+}
+
+/// Compresses (when it pays) and encrypts one blob.
+pub fn seal_blob(key: &MasterKey, kind: BlobKind, id: &Id, plain: &[u8], level: i32) -> Vec<u8> {
+    let mut body = Vec::with_capacity(plain.len() / 2 + 64);
+    body.push(1u8);
+    let compressed = zstd::bulk::Compressor::new(level)
+        .and_then(|mut c| {
+            let bound = zstd::zstd_safe::compress_bound(plain.len());
+            body.reserve(bound);
+            let mut out = vec![0u8; bound];
+            let n = c.compress_to_buffer(plain, &mut out)?;
+            out.truncate(n);
+            Ok(out)
+        })
+        .ok();
+    match compressed {
+        Some(c) if c.len() + 16 < plain.len() => body.extend_from_slice(&c),
+        _ => {
+            body[0] = 0;
+            body.extend_from_slice(plain);
+        }
+    }
+    key.seal(&blob_aad(kind, id), &body)
+}
+
+/// Decrypts, decompresses and verifies one blob against its id.
+pub fn open_blob(
+    key: &MasterKey,
+    kind: BlobKind,
+    id: &Id,
+    sealed: &[u8],
+    raw_len: u32,
+) -> Result<Vec<u8>> {
+    let what = || format!("blob {}", id.to_hex());
+    let body = key.open(&blob_aad(kind, id), sealed, &what())?;
+    let plain = match body.first() {
+        Some(0) => body[1..].to_vec(),
+        Some(1) => zstd::bulk::decompress(&body[1..], raw_len as usize)
+            .map_err(|e| BackupError::corrupt(what(), format!("zstd: {e}")))?,
+        _ => return Err(BackupError::corrupt(what(), "bad compression flag")),
+    };
+    if plain.len() != raw_len as usize || key.blob_id(&plain) != *id {
+        return Err(BackupError::corrupt(
+            what(),
+            "content does not match its id",
+        ));
+    }
+    Ok(plain)
+}
+
+/// One blob inside a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedBlob {
+    pub kind: BlobKind,
+    pub id: Id,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_len: u32,
+}
+
+/// A finished pack: its bytes and what it contains.
+#[derive(Debug, Clone)]
+pub struct PackInfo {
+    pub id: Id,
+    pub size: u64,
+    pub blobs: Vec<PackedBlob>,
+}
+
+/// Storage key of a pack.
+pub fn pack_key(id: &Id) -> String {
+    let h = id.to_hex();
+    format!("data/{}/{}", &h[..2], h)
+}
+
+/// Accumulates sealed blobs into a pack.
+#[derive(Default)]
+pub struct PackBuilder {
+    buf: Vec<u8>,
+    blobs: Vec<PackedBlob>,
+}
+
+impl PackBuilder {
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+    pub fn count(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Appends an already sealed blob.
+    pub fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: u32) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(18 * 1024 * 1024);
+        }
+        self.blobs.push(PackedBlob {
+            kind,
+            id,
+            offset: self.buf.len() as u32,
+            length: sealed.len() as u32,
+            raw_len,
+        });
+        self.buf.extend_from_slice(sealed);
+    }
+
+    /// Appends the header and returns the pack bytes and its description.
+    pub fn finish(mut self, key: &MasterKey) -> (bytes::Bytes, PackInfo) {
+        let mut header = Vec::with_capacity(self.blobs.len() * ENTRY_LEN);
+        for b in &self.blobs {
+            header.push(b.kind as u8);
+            header.extend_from_slice(&b.id.0);
+            header.extend_from_slice(&b.length.to_le_bytes());
+            header.extend_from_slice(&b.raw_len.to_le_bytes());
+        }
+        let sealed = key.seal(HEADER_AAD, &header);
+        self.buf.extend_from_slice(&sealed);
+        self.buf
+            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(PACK_MAGIC);
+        let id = Id(*blake3::hash(&self.buf).as_bytes());
+        let info = PackInfo {
+            id,
+            size: self.buf.len() as u64,
+            blobs: self.blobs,
+        };
+        (bytes::Bytes::from(self.buf), info)
+    }
+}
+
+/// Reads the header of a complete pack and checks its hash.
+pub fn parse_pack(key: &MasterKey, expected: &Id, data: &[u8]) -> Result<Vec<PackedBlob>> {
+    let what = format!("pack {}", pack_key(expected));
+    if Id(*blake3::hash(data).as_bytes()) != *expected {
+        return Err(BackupError::corrupt(
+            what,
+            format!(
+                "content hash mismatch ({} bytes; truncated or modified)",
+                data.len()
+            ),
+        ));
+    }
+    if data.len() < 12 || &data[data.len() - 8..] != PACK_MAGIC {
+        return Err(BackupError::corrupt(
+            what,
+            "missing pack trailer (truncated?)",
+        ));
+    }
+    let hlen =
+        u32::from_le_bytes(data[data.len() - 12..data.len() - 8].try_into().unwrap()) as usize;
+    if hlen + 12 > data.len() || hlen < OVERHEAD {
+        return Err(BackupError::corrupt(what, "bad header length"));
+    }
+    let hstart = data.len() - 12 - hlen;
+    let header = key.open(HEADER_AAD, &data[hstart..data.len() - 12], &what)?;
+    if header.len() % ENTRY_LEN != 0 {
+        return Err(BackupError::corrupt(what, "bad header size"));
+    }
+    let mut offset = 0u32;
+    let mut out = Vec::with_capacity(header.len() / ENTRY_LEN);
+    for e in header.chunks_exact(ENTRY_LEN) {
+        let kind = BlobKind::from_u8(e[0])?;
+        let id = Id(e[1..33].try_into().unwrap());
+        let length = u32::from_le_bytes(e[33..37].try_into().unwrap());
+        let raw_len = u32::from_le_bytes(e[37..41].try_into().unwrap());
+        out.push(PackedBlob {
+            kind,
+            id,
+            offset,
+            length,
+            raw_len,
+        });
+        offset = offset
+            .checked_add(length)
+            .ok_or_else(|| BackupError::corrupt(&what, "offset overflow"))?;
+    }
+    if offset as usize != hstart {
+        return Err(BackupError::corrupt(
+            what,
+            "header does not match the blob area",
+        ));
+    }
+    Ok(out)
+}
+
+/// Where a blob lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Position in [`Index::packs`].
+    pub pack: u32,
+    pub kind: BlobKind,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_len: u32,
+}
+
+/// A pack known to the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackMeta {
+    pub id: Id,
+    pub size: u64,
+}
+
+/// The in-memory index of a repository: blob id → pack and position.
+#[derive(Debug, Default)]
+pub struct Index {
+    pub packs: Vec<PackMeta>,
+    pack_pos: HashMap<Id, u32>,
+    blobs: HashMap<Id, IndexEntry>,
+}
+
+impl Index {
+    pub fn contains(&self, id: &Id) -> bool {
+        self.blobs.contains_key(id)
+    }
+    pub fn get(&self, id: &Id) -> Option<(PackMeta, IndexEntry)> {
+        self.blobs
+            .get(id)
+            .map(|e| (self.packs[e.pack as usize], *e))
+    }
+    pub fn blob_count(&self) -> usize {
+        self.blobs.len()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&Id, &IndexEntry)> {
+        self.blobs.iter()
+    }
+    pub fn has_pack(&self, id: &Id) -> bool {
+        self.pack_pos.contains_key(id)
+    }
+
+    /// Adds the blobs of a pack (a blob already known elsewhere keeps its first location).
+    pub fn add_pack(&mut self, info: &PackInfo) {
+        let pos = *self.pack_pos.entry(info.id).or_insert_with(|| {
+            self.packs.push(PackMeta {
+                id: info.id,
+                size: info.size,
+            });
+            (self.packs.len() - 1) as u32
+        });
+        for b in &info.blobs {
+            self.blobs.entry(b.id).or_insert(IndexEntry {
+                pack: pos,
+                kind: b.kind,
+                offset: b.offset,
+                length: b.length,
+                raw_len: b.raw_len,
+            });
+        }
+    }
+
+    /// Every pack with its blobs (as in the index, including duplicates' first location only).
+    pub fn pack_contents(&self) -> Vec<PackInfo> {
+        let mut out: Vec<PackInfo> = self
+            .packs
+            .iter()
+            .map(|p| PackInfo {
+                id: p.id,
+                size: p.size,
+                blobs: Vec::new(),
+            })
+            .collect();
+        for (id, e) in &self.blobs {
+            out[e.pack as usize].blobs.push(PackedBlob {
+                kind: e.kind,
+                id: *id,
+                offset: e.offset,
+                length: e.length,
+                raw_len: e.raw_len,
+            });
+        }
+        for p in &mut out {
+            p.blobs.sort_by_key(|b| b.offset);
+        }
+        out
+    }
+}
+
+/// Serialises packs into one sealed index file.
+pub fn encode_index(key: &MasterKey, packs: &[PackInfo]) -> Vec<u8> {
+    let mut raw =
+        Vec::with_capacity(8 + packs.iter().map(|p| 44 + p.blobs.len() * 49).sum::<usize>());
+    raw.extend_from_slice(INDEX_MAGIC);
+    for p in packs {
+        raw.extend_from_slice(&p.id.0);
+        raw.extend_from_slice(&p.size.to_le_bytes());
+        raw.extend_from_slice(&(p.blobs.len() as u32).to_le_bytes());
+        for b in &p.blobs {
+            raw.push(b.kind as u8);
+            raw.extend_from_slice(&b.id.0);
+            raw.extend_from_slice(&b.offset.to_le_bytes());
+            raw.extend_from_slice(&b.length.to_le_bytes());
+            raw.extend_from_slice(&b.raw_len.to_le_bytes());
+        }
+    }
+    let compressed = zstd::bulk::compress(&raw, 3).expect("zstd compress");
+    key.seal(INDEX_AAD, &compressed)
+}
+
+/// Parses a sealed index file.
+pub fn decode_index(key: &MasterKey, name: &str, sealed: &[u8]) -> Result<Vec<PackInfo>> {
+    let what = format!("index {name}");
+    let compressed = key.open(INDEX_AAD, sealed, &what)?;
+    let raw = zstd::stream::decode_all(&compressed[..])
+        .map_err(|e| BackupError::corrupt(&what, format!("zstd: {e}")))?;
+    if raw.len() < 8 || &raw[..8] != INDEX_MAGIC {
+        return Err(BackupError::corrupt(&what, "bad magic"));
+    }
+    let mut r = &raw[8..];
+    let mut take = |n: usize| -> Result<&[u8]> {
+        if r.len() < n {
+            return Err(BackupError::corrupt(&what, "truncated"));
+        }
+        let (a, b) = r.split_at(n);
+        r = b;
+        Ok(a)
+    };
+    let mut out = Vec::new();
+    while let Ok(idb) = take(32) {
+        let id = Id(idb.try_into().unwrap());
+        let size = u64::from_le_bytes(take(8)?.try_into().unwrap());
+        let count = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
+        let mut blobs = Vec::with_capacity(count);
+        for _ in 0..count {
+            let e = take(45)?;
+            blobs.push(PackedBlob {
+                kind: BlobKind::from_u8(e[0])?,
+                id: Id(e[1..33].try_into().unwrap()),
+                offset: u32::from_le_bytes(e[33..37].try_into().unwrap()),
+                length: u32::from_le_bytes(e[37..41].try_into().unwrap()),
+                raw_len: u32::from_le_bytes(e[41..45].try_into().unwrap()),
+            });
+        }
+        out.push(PackInfo { id, size, blobs });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_roundtrip_and_corruption() {
+        let key = MasterKey::generate();
+        let mut b = PackBuilder::default();
+        let datas: Vec<Vec<u8>> = vec![
+            vec![7u8; 100_000],
+            b"tiny".to_vec(),
+            (0..5000u32).flat_map(|x| x.to_le_bytes()).collect(),
+        ];
+        let mut ids = Vec::new();
+        for d in &datas {
+            let id = key.blob_id(d);
+            let sealed = seal_blob(&key, BlobKind::Data, &id, d, 3);
+            b.add(BlobKind::Data, id, &sealed, d.len() as u32);
+            ids.push(id);
+        }
+        let (bytes, info) = b.finish(&key);
+        assert_eq!(info.size as usize, bytes.len());
+        assert!(bytes.len() < 100_000, "compressed");
+        let parsed = parse_pack(&key, &info.id, &bytes).unwrap();
+        assert_eq!(parsed, info.blobs);
+        for (blob, d) in parsed.iter().zip(&datas) {
+            let s = &bytes[blob.offset as usize..(blob.offset + blob.length) as usize];
+            assert_eq!(
+                &open_blob(&key, blob.kind, &blob.id, s, blob.raw_len).unwrap(),
+                d
+            );
+            // A blob presented under another id is refused.
+            assert!(
+                open_blob(&key, blob.kind, &ids[0], s, blob.raw_len).is_err() || blob.id == ids[0]
+            );
+        }
+        let truncated = &bytes[..bytes.len() - 10];
+        let err = parse_pack(&key, &info.id, truncated)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("truncated"), "{err}");
+
+        let idx = encode_index(&key, std::slice::from_ref(&info));
+        let back = decode_index(&key, "x", &idx).unwrap();
+        assert_eq!(back[0].blobs, info.blobs);
+        assert_eq!(back[0].size, info.size);
+        let mut index = Index::default();
+        index.add_pack(&back[0]);
+        assert!(index.contains(&ids[1]));
+        assert_eq!(index.pack_contents()[0].blobs, info.blobs);
+        assert!(decode_index(&MasterKey::generate(), "x", &idx).is_err());
+    }
+}

@@ -1,0 +1,392 @@
+//! Opening, initialising and reading a repository.
+//!
+//! Layout under `s3://bucket/prefix/`:
+//!
+//! ```text
+//! config                    plain JSON: format, version, id, chunker parameters
+//! keys/<id>                 master key wrapped by a user secret (JSON)
+//! data/<ab>/<pack id>       pack files
+//! index/<id>                encrypted index files
+//! snapshots/<id>            encrypted snapshot manifests (JSON)
+//! locks/<id>                lock objects (JSON)
+//! backups/<name>/backup.json  plain, person-readable manifests of Kubernetes backups
+//! ```
+
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::crypto::{Id, KeyFile, MasterKey};
+use super::error::{BackupError, Result};
+use super::pack::{self, BlobKind, Index, PackInfo};
+use super::snapshot::{SNAPSHOT_VERSION, Snapshot, Tree};
+use super::storage::Storage;
+
+/// Repository format version written by this build.
+pub const REPO_VERSION: u32 = 1;
+
+/// Chunker parameters, fixed at `init` (changing them would defeat deduplication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        Self {
+            min_size: 256 * 1024,
+            avg_size: 1024 * 1024,
+            max_size: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// The `config` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Always `berth-repository`.
+    pub format: String,
+    pub version: u32,
+    pub id: String,
+    pub created: String,
+    pub chunker: ChunkerParams,
+}
+
+/// Tunables of writers (not stored in the repository).
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOptions {
+    /// Target pack size in bytes.
+    pub pack_size: usize,
+    /// zstd level for blobs.
+    pub compression_level: i32,
+    /// Packs uploaded in parallel.
+    pub upload_concurrency: usize,
+    /// Compression/encryption threads (0 = number of CPUs).
+    pub workers: usize,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        Self {
+            pack_size: 16 * 1024 * 1024,
+            compression_level: 1,
+            upload_concurrency: 4,
+            workers: 0,
+        }
+    }
+}
+
+/// An open repository. Cheap to clone; the index is shared.
+#[derive(Clone)]
+pub struct Repository {
+    storage: Storage,
+    key: Arc<MasterKey>,
+    config: Arc<RepoConfig>,
+    index: Arc<RwLock<Index>>,
+    pub(crate) write_options: WriteOptions,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("url", &self.storage.url())
+            .field("id", &self.config.id)
+            .finish()
+    }
+}
+
+fn snapshot_aad(id: &Id) -> Vec<u8> {
+    let mut a = b"berth snapshot ".to_vec();
+    a.extend_from_slice(&id.0);
+    a
+}
+
+impl Repository {
+    /// Creates a new repository protected by `secret`. Fails when one exists already.
+    pub async fn init(storage: Storage, secret: &[u8]) -> Result<Self> {
+        if secret.is_empty() {
+            return Err(BackupError::Invalid("the repository key is empty".into()));
+        }
+        storage.ensure_bucket().await?;
+        if storage.head("config").await?.is_some() {
+            return Err(BackupError::AlreadyExists(storage.url().to_string()));
+        }
+        let key = MasterKey::generate();
+        let keyfile = key.wrap(secret);
+        let key_id = Id::random();
+        storage
+            .put(
+                &format!("keys/{key_id}"),
+                Bytes::from(serde_json::to_vec_pretty(&keyfile).expect("json")),
+            )
+            .await?;
+        let config = RepoConfig {
+            format: "berth-repository".into(),
+            version: REPO_VERSION,
+            id: Id::random().to_hex(),
+            created: jiff::Timestamp::now().to_string(),
+            chunker: ChunkerParams::default(),
+        };
+        // `config` last: a repository is complete once it exists.
+        storage
+            .put(
+                "config",
+                Bytes::from(serde_json::to_vec_pretty(&config).expect("json")),
+            )
+            .await?;
+        Ok(Self {
+            storage,
+            key: Arc::new(key),
+            config: Arc::new(config),
+            index: Arc::default(),
+            write_options: WriteOptions::default(),
+        })
+    }
+
+    /// Opens an existing repository and loads its index.
+    pub async fn open(storage: Storage, secret: &[u8]) -> Result<Self> {
+        storage.ensure_bucket().await?;
+        let config_bytes = match storage.get("config").await {
+            Ok(b) => b,
+            Err(BackupError::NotFound(_)) => {
+                return Err(BackupError::NotARepository(storage.url().to_string()));
+            }
+            Err(e) => return Err(e),
+        };
+        let config: RepoConfig =
+            serde_json::from_slice(&config_bytes).map_err(|e| BackupError::corrupt("config", e))?;
+        if config.format != "berth-repository" {
+            return Err(BackupError::NotARepository(storage.url().to_string()));
+        }
+        if config.version > REPO_VERSION {
+            return Err(BackupError::UnsupportedVersion {
+                found: config.version,
+                supported: REPO_VERSION,
+            });
+        }
+        let keys = storage.list("keys").await?;
+        let mut found = None;
+        for k in &keys {
+            let data = storage.get(&format!("keys/{}", k.name)).await?;
+            let file: KeyFile = serde_json::from_slice(&data)
+                .map_err(|e| BackupError::corrupt(format!("keys/{}", k.name), e))?;
+            let secret = secret.to_vec();
+            let opened = tokio::task::spawn_blocking(move || MasterKey::unwrap_key(&file, &secret))
+                .await
+                .map_err(|e| BackupError::Aborted(e.to_string()))??;
+            if let Some(key) = opened {
+                found = Some(key);
+                break;
+            }
+        }
+        let Some(key) = found else {
+            return Err(BackupError::WrongKey {
+                url: storage.url().to_string(),
+                count: keys.len(),
+            });
+        };
+        let repo = Self {
+            storage,
+            key: Arc::new(key),
+            config: Arc::new(config),
+            index: Arc::default(),
+            write_options: WriteOptions::default(),
+        };
+        repo.load_index().await?;
+        Ok(repo)
+    }
+
+    /// Adds another key (for rotation); returns its id.
+    pub async fn add_key(&self, secret: &[u8]) -> Result<Id> {
+        let id = Id::random();
+        let file = self.key.wrap(secret);
+        self.storage
+            .put(
+                &format!("keys/{id}"),
+                Bytes::from(serde_json::to_vec_pretty(&file).expect("json")),
+            )
+            .await?;
+        Ok(id)
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+    pub fn key(&self) -> &MasterKey {
+        &self.key
+    }
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+    pub fn url(&self) -> &str {
+        self.storage.url()
+    }
+    /// Shared in-memory index.
+    pub fn index(&self) -> &RwLock<Index> {
+        &self.index
+    }
+    /// Replaces the writer tunables.
+    pub fn set_write_options(&mut self, o: WriteOptions) {
+        self.write_options = o;
+    }
+    pub fn write_options(&self) -> WriteOptions {
+        self.write_options
+    }
+
+    /// (Re)loads all index files; returns their names.
+    pub async fn load_index(&self) -> Result<Vec<String>> {
+        let files = self.storage.list("index").await?;
+        let key = self.key.clone();
+        let loaded: Vec<(String, Vec<PackInfo>)> = futures::stream::iter(files)
+            .map(|f| {
+                let key = key.clone();
+                async move {
+                    let data = self.storage.get(&format!("index/{}", f.name)).await?;
+                    let name = f.name.clone();
+                    let packs =
+                        tokio::task::spawn_blocking(move || pack::decode_index(&key, &name, &data))
+                            .await
+                            .map_err(|e| BackupError::Aborted(e.to_string()))??;
+                    Ok::<_, BackupError>((f.name, packs))
+                }
+            })
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+        let mut index = Index::default();
+        let mut names = Vec::new();
+        for (name, packs) in loaded {
+            for p in &packs {
+                index.add_pack(p);
+            }
+            names.push(name);
+        }
+        *self.index.write().expect("index lock") = index;
+        Ok(names)
+    }
+
+    /// Writes an index file for packs already stored; returns its name.
+    pub async fn write_index(&self, packs: &[PackInfo]) -> Result<String> {
+        let name = Id::random().to_hex();
+        let data = pack::encode_index(&self.key, packs);
+        self.storage
+            .put(&format!("index/{name}"), Bytes::from(data))
+            .await?;
+        Ok(name)
+    }
+
+    /// Reads, decrypts and verifies one blob.
+    pub async fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let (meta, e) = self
+            .index
+            .read()
+            .expect("index lock")
+            .get(id)
+            .ok_or_else(|| BackupError::corrupt(format!("blob {id}"), "not in the index"))?;
+        let sealed = self
+            .storage
+            .get_range(&pack::pack_key(&meta.id), e.offset as u64, e.length as u64)
+            .await?;
+        let key = self.key.clone();
+        let id = *id;
+        tokio::task::spawn_blocking(move || pack::open_blob(&key, e.kind, &id, &sealed, e.raw_len))
+            .await
+            .map_err(|e| BackupError::Aborted(e.to_string()))?
+    }
+
+    /// Loads a tree blob.
+    pub async fn load_tree(&self, id: &Id) -> Result<Tree> {
+        let data = self.read_blob(id).await?;
+        serde_json::from_slice(&data).map_err(|e| BackupError::corrupt(format!("tree {id}"), e))
+    }
+
+    /// Kind check for a blob id (used by `check`).
+    pub fn blob_kind(&self, id: &Id) -> Option<BlobKind> {
+        self.index
+            .read()
+            .expect("index lock")
+            .get(id)
+            .map(|(_, e)| e.kind)
+    }
+
+    /// Stores a snapshot manifest; returns its id.
+    pub async fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        let id = Id::random();
+        let json = serde_json::to_vec(snap).expect("json");
+        let sealed = self.key.seal(&snapshot_aad(&id), &json);
+        self.storage
+            .put(&format!("snapshots/{id}"), Bytes::from(sealed))
+            .await?;
+        Ok(id)
+    }
+
+    /// Loads one snapshot manifest.
+    pub async fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let data = match self.storage.get(&format!("snapshots/{id}")).await {
+            Err(BackupError::NotFound(_)) => {
+                return Err(BackupError::Invalid(format!("snapshot {id} not found")));
+            }
+            other => other?,
+        };
+        let json = self
+            .key
+            .open(&snapshot_aad(id), &data, &format!("snapshot {id}"))?;
+        let snap: Snapshot = serde_json::from_slice(&json)
+            .map_err(|e| BackupError::corrupt(format!("snapshot {id}"), e))?;
+        if snap.version > SNAPSHOT_VERSION {
+            return Err(BackupError::UnsupportedVersion {
+                found: snap.version,
+                supported: SNAPSHOT_VERSION,
+            });
+        }
+        Ok(snap)
+    }
+
+    /// All snapshots, oldest first.
+    pub async fn list_snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let names = self.storage.list("snapshots").await?;
+        let mut out: Vec<(Id, Snapshot)> = futures::stream::iter(names)
+            .map(|n| async move {
+                let id = Id::from_hex(&n.name)?;
+                Ok::<_, BackupError>((id, self.load_snapshot(&id).await?))
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        out.sort_by(|a, b| a.1.timestamp().cmp(&b.1.timestamp()).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Resolves `latest`, a full id or a unique id prefix.
+    pub async fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        let all = self.list_snapshots().await?;
+        if spec == "latest" {
+            return all
+                .into_iter()
+                .last()
+                .ok_or_else(|| BackupError::Invalid("the repository has no snapshots".into()));
+        }
+        let matches: Vec<_> = all
+            .into_iter()
+            .filter(|(id, _)| id.to_hex().starts_with(&spec.to_lowercase()))
+            .collect();
+        match matches.len() {
+            0 => Err(BackupError::Invalid(format!(
+                "no snapshot matches {spec:?}"
+            ))),
+            1 => Ok(matches.into_iter().next().expect("one")),
+            n => Err(BackupError::Invalid(format!(
+                "{n} snapshots match {spec:?}; give more digits"
+            ))),
+        }
+    }
+
+    /// Deletes a snapshot manifest (its data stays until `prune`).
+    pub async fn delete_snapshot(&self, id: &Id) -> Result<()> {
+        self.storage.delete(&format!("snapshots/{id}")).await
+    }
+}

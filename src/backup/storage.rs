@@ -1,0 +1,787 @@
+//! Object storage under a repository root: S3 (any S3-compatible server) or a local directory.
+//!
+//! Keys given to [`Storage`] are relative to the repository prefix (`config`, `data/ab/…`).
+//! Every S3 call is retried by the SDK with exponential backoff (standard retry mode); large
+//! objects are written with multipart uploads whose parts go up in parallel and which are
+//! aborted when any part fails.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use super::error::{BackupError, Result};
+
+/// Default size of one multipart part; objects up to this size use a single PUT.
+pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// Where a repository lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageConfig {
+    /// `s3://bucket/prefix` on AWS or any S3-compatible server.
+    S3(S3Config),
+    /// `file:///path` (or a plain absolute path): a local directory, for tests and NFS mounts.
+    Local(PathBuf),
+}
+
+/// Settings of an S3 location. Credentials not given here come from the usual AWS chain
+/// (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE` and its files, web identity).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Key prefix without leading or trailing slash; empty for the bucket root.
+    pub prefix: String,
+    /// Custom endpoint (`http://127.0.0.1:3900`); `None` for AWS.
+    pub endpoint: Option<String>,
+    /// Region; falls back to the AWS chain, then `us-east-1`.
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most non-AWS servers.
+    pub path_style: bool,
+    /// PEM file with additional CA certificates to trust.
+    pub ca_file: Option<PathBuf>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    /// Multipart part size in bytes (minimum 5 MiB on AWS); 0 means the default.
+    pub part_size: usize,
+    /// Parallel requests per multipart upload; 0 means 4.
+    pub upload_concurrency: usize,
+}
+
+impl StorageConfig {
+    /// Parses `s3://bucket/prefix`, `file:///path` or an absolute path.
+    pub fn parse(url: &str) -> Result<Self> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(BackupError::Invalid(format!(
+                    "repository URL {url:?} has no bucket (expected s3://bucket/prefix)"
+                )));
+            }
+            Ok(Self::S3(S3Config {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+                path_style: true,
+                ..S3Config::default()
+            }))
+        } else if let Some(path) = url.strip_prefix("file://") {
+            Ok(Self::Local(PathBuf::from(path)))
+        } else if url.starts_with('/') {
+            Ok(Self::Local(PathBuf::from(url)))
+        } else {
+            Err(BackupError::Invalid(format!(
+                "unsupported repository URL {url:?} (expected s3://bucket/prefix or file:///path)"
+            )))
+        }
+    }
+
+    /// The location as a URL, for messages.
+    pub fn url(&self) -> String {
+        match self {
+            Self::S3(c) if c.prefix.is_empty() => format!("s3://{}", c.bucket),
+            Self::S3(c) => format!("s3://{}/{}", c.bucket, c.prefix),
+            Self::Local(p) => format!("file://{}", p.display()),
+        }
+    }
+}
+
+/// One listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the listed directory.
+    pub name: String,
+    pub size: u64,
+}
+
+/// A handle on the storage of one repository; cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Backend>,
+    url: String,
+}
+
+enum Backend {
+    S3 {
+        client: aws_sdk_s3::Client,
+        bucket: String,
+        prefix: String,
+        endpoint: String,
+        part_size: usize,
+        concurrency: usize,
+    },
+    Local {
+        root: PathBuf,
+    },
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("url", &self.url).finish()
+    }
+}
+
+fn s3_err<E, R>(op: &'static str, key: &str, err: aws_sdk_s3::error::SdkError<E, R>) -> BackupError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    let code = err.code().map(str::to_string);
+    match code.as_deref() {
+        Some("NoSuchKey") | Some("NotFound") => BackupError::NotFound(key.to_string()),
+        _ => BackupError::Storage {
+            op,
+            key: key.to_string(),
+            message: format!("{}", DisplayErrorContext(&err)),
+        },
+    }
+}
+
+impl Storage {
+    /// Connects to the configured location (no request is made yet).
+    pub async fn connect(config: &StorageConfig) -> Result<Self> {
+        let url = config.url();
+        match config {
+            StorageConfig::Local(root) => Ok(Self {
+                inner: Arc::new(Backend::Local { root: root.clone() }),
+                url,
+            }),
+            StorageConfig::S3(c) => {
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .retry_config(
+                        aws_config::retry::RetryConfig::standard()
+                            .with_max_attempts(8)
+                            .with_initial_backoff(Duration::from_millis(200))
+                            .with_max_backoff(Duration::from_secs(20)),
+                    )
+                    .timeout_config(
+                        aws_config::timeout::TimeoutConfig::builder()
+                            .connect_timeout(Duration::from_secs(10))
+                            .read_timeout(Duration::from_secs(120))
+                            .build(),
+                    );
+                if let Some(region) = &c.region {
+                    loader = loader.region(aws_config::Region::new(region.clone()));
+                }
+                if let (Some(ak), Some(sk)) = (&c.access_key_id, &c.secret_access_key) {
+                    loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                        ak.clone(),
+                        sk.clone(),
+                        c.session_token.clone(),
+                        None,
+                        "berth",
+                    ));
+                }
+                if let Some(ca) = &c.ca_file {
+                    let pem = std::fs::read(ca).map_err(|e| {
+                        BackupError::io(format!("reading CA file {}", ca.display()), e)
+                    })?;
+                    use aws_smithy_http_client::tls;
+                    let trust = tls::TrustStore::default().with_pem_certificate(pem);
+                    let ctx = tls::TlsContext::builder()
+                        .with_trust_store(trust)
+                        .build()
+                        .map_err(|e| {
+                            BackupError::Invalid(format!("CA file {}: {e}", ca.display()))
+                        })?;
+                    let http = aws_smithy_http_client::Builder::new()
+                        .tls_provider(tls::Provider::Rustls(
+                            tls::rustls_provider::CryptoMode::AwsLc,
+                        ))
+                        .tls_context(ctx)
+                        .build_https();
+                    loader = loader.http_client(http);
+                }
+                let shared = loader.load().await;
+                let mut b =
+                    aws_sdk_s3::config::Builder::from(&shared).force_path_style(c.path_style);
+                if shared.region().is_none() {
+                    b = b.region(aws_config::Region::new("us-east-1"));
+                }
+                if let Some(ep) = &c.endpoint {
+                    b = b.endpoint_url(ep.clone());
+                }
+                let client = aws_sdk_s3::Client::from_conf(b.build());
+                Ok(Self {
+                    inner: Arc::new(Backend::S3 {
+                        client,
+                        bucket: c.bucket.clone(),
+                        prefix: c.prefix.clone(),
+                        endpoint: c.endpoint.clone().unwrap_or_else(|| "AWS S3".into()),
+                        part_size: if c.part_size == 0 {
+                            DEFAULT_PART_SIZE
+                        } else {
+                            c.part_size.max(5 * 1024 * 1024)
+                        },
+                        concurrency: if c.upload_concurrency == 0 {
+                            4
+                        } else {
+                            c.upload_concurrency
+                        },
+                    }),
+                    url,
+                })
+            }
+        }
+    }
+
+    /// The location as a URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn full_key(prefix: &str, key: &str) -> String {
+        if prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{prefix}/{key}")
+        }
+    }
+
+    /// Fails with [`BackupError::NoSuchBucket`] when the bucket is missing.
+    pub async fn ensure_bucket(&self) -> Result<()> {
+        match &*self.inner {
+            Backend::Local { root } => {
+                let parent = root.parent().unwrap_or(Path::new("/"));
+                if parent.is_dir() {
+                    Ok(())
+                } else {
+                    Err(BackupError::NoSuchBucket {
+                        bucket: parent.display().to_string(),
+                        endpoint: "local file system".into(),
+                    })
+                }
+            }
+            Backend::S3 {
+                client,
+                bucket,
+                endpoint,
+                ..
+            } => match client.head_bucket().bucket(bucket).send().await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let status = e.raw_response().map(|r| r.status().as_u16());
+                    if status == Some(404) || e.code() == Some("NoSuchBucket") {
+                        Err(BackupError::NoSuchBucket {
+                            bucket: bucket.clone(),
+                            endpoint: endpoint.clone(),
+                        })
+                    } else {
+                        Err(s3_err("HeadBucket", bucket, e))
+                    }
+                }
+            },
+        }
+    }
+
+    /// Writes an object (replacing any existing one).
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        match &*self.inner {
+            Backend::Local { root } => {
+                let path = root.join(key);
+                let data2 = data.clone();
+                tokio::task::spawn_blocking(move || local_put(&path, &data2))
+                    .await
+                    .map_err(|e| BackupError::Aborted(e.to_string()))?
+            }
+            Backend::S3 {
+                client,
+                bucket,
+                prefix,
+                part_size,
+                concurrency,
+                ..
+            } => {
+                let full = Self::full_key(prefix, key);
+                if data.len() <= *part_size {
+                    client
+                        .put_object()
+                        .bucket(bucket)
+                        .key(&full)
+                        .body(ByteStream::from(data))
+                        .send()
+                        .await
+                        .map_err(|e| s3_err("PutObject", &full, e))?;
+                    Ok(())
+                } else {
+                    multipart_put(client, bucket, &full, data, *part_size, *concurrency).await
+                }
+            }
+        }
+    }
+
+    /// Reads a whole object.
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        self.get_inner(key, None).await
+    }
+
+    /// Reads `len` bytes at `start`; fails with a corruption error when the object is shorter.
+    pub async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes> {
+        let data = self.get_inner(key, Some((start, len))).await?;
+        if (data.len() as u64) != len {
+            return Err(BackupError::corrupt(
+                format!("object {key}"),
+                format!(
+                    "wanted {len} bytes at offset {start}, got {} (object truncated?)",
+                    data.len()
+                ),
+            ));
+        }
+        Ok(data)
+    }
+
+    async fn get_inner(&self, key: &str, range: Option<(u64, u64)>) -> Result<Bytes> {
+        match &*self.inner {
+            Backend::Local { root } => {
+                let path = root.join(key);
+                let key = key.to_string();
+                tokio::task::spawn_blocking(move || local_get(&path, &key, range))
+                    .await
+                    .map_err(|e| BackupError::Aborted(e.to_string()))?
+            }
+            Backend::S3 {
+                client,
+                bucket,
+                prefix,
+                ..
+            } => {
+                let full = Self::full_key(prefix, key);
+                // The SDK retries the request; a body that breaks off mid-way is retried here.
+                let mut attempt = 0u32;
+                loop {
+                    attempt += 1;
+                    let mut req = client.get_object().bucket(bucket).key(&full);
+                    if let Some((start, len)) = range {
+                        if len == 0 {
+                            return Ok(Bytes::new());
+                        }
+                        req = req.range(format!("bytes={}-{}", start, start + len - 1));
+                    }
+                    let out = match req.send().await {
+                        Ok(o) => o,
+                        Err(e) => {
+                            let status = e.raw_response().map(|r| r.status().as_u16());
+                            if status == Some(416) {
+                                return Err(BackupError::corrupt(
+                                    format!("object {key}"),
+                                    "requested range lies beyond its end (object truncated?)",
+                                ));
+                            }
+                            return Err(s3_err("GetObject", &full, e));
+                        }
+                    };
+                    match out.body.collect().await {
+                        Ok(b) => return Ok(b.into_bytes()),
+                        Err(e) if range.is_some() && self.shorter_than(key, range).await => {
+                            let (start, len) = range.expect("range");
+                            return Err(BackupError::corrupt(
+                                format!("object {key}"),
+                                format!(
+                                    "object truncated: shorter than the {len} bytes needed at offset {start} ({e})"
+                                ),
+                            ));
+                        }
+                        Err(e) if attempt < 5 => {
+                            tracing::warn!(key = %full, attempt, error = %e, "S3 body read failed, retrying");
+                            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                        }
+                        Err(e) => {
+                            return Err(BackupError::Storage {
+                                op: "GetObject",
+                                key: full,
+                                message: e.to_string(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// True when the object is shorter than the end of `range` (a truncated object).
+    async fn shorter_than(&self, key: &str, range: Option<(u64, u64)>) -> bool {
+        let Some((start, len)) = range else {
+            return false;
+        };
+        matches!(self.head(key).await, Ok(Some(size)) if size < start + len)
+    }
+
+    /// Size of an object, `None` when it does not exist.
+    pub async fn head(&self, key: &str) -> Result<Option<u64>> {
+        match &*self.inner {
+            Backend::Local { root } => match std::fs::metadata(root.join(key)) {
+                Ok(m) => Ok(Some(m.len())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(BackupError::io(format!("stat {key}"), e)),
+            },
+            Backend::S3 {
+                client,
+                bucket,
+                prefix,
+                ..
+            } => {
+                let full = Self::full_key(prefix, key);
+                match client.head_object().bucket(bucket).key(&full).send().await {
+                    Ok(o) => Ok(Some(o.content_length().unwrap_or(0).max(0) as u64)),
+                    Err(e) => {
+                        let status = e.raw_response().map(|r| r.status().as_u16());
+                        if status == Some(404) {
+                            Ok(None)
+                        } else {
+                            Err(s3_err("HeadObject", &full, e))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lists every object below `dir` (recursively), names relative to `dir`.
+    pub async fn list(&self, dir: &str) -> Result<Vec<ObjectInfo>> {
+        let dir = dir.trim_end_matches('/');
+        match &*self.inner {
+            Backend::Local { root } => {
+                let base = root.join(dir);
+                tokio::task::spawn_blocking(move || local_list(&base))
+                    .await
+                    .map_err(|e| BackupError::Aborted(e.to_string()))?
+            }
+            Backend::S3 {
+                client,
+                bucket,
+                prefix,
+                ..
+            } => {
+                let full = format!("{}/", Self::full_key(prefix, dir));
+                let mut out = Vec::new();
+                let mut pages = client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(&full)
+                    .into_paginator()
+                    .send();
+                while let Some(page) = pages.next().await {
+                    let page = page.map_err(|e| s3_err("ListObjectsV2", &full, e))?;
+                    for obj in page.contents() {
+                        if let Some(k) = obj.key()
+                            && let Some(name) = k.strip_prefix(&full)
+                            && !name.is_empty()
+                        {
+                            out.push(ObjectInfo {
+                                name: name.to_string(),
+                                size: obj.size().unwrap_or(0).max(0) as u64,
+                            });
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Deletes an object; a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match &*self.inner {
+            Backend::Local { root } => match std::fs::remove_file(root.join(key)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(BackupError::io(format!("deleting {key}"), e)),
+            },
+            Backend::S3 {
+                client,
+                bucket,
+                prefix,
+                ..
+            } => {
+                let full = Self::full_key(prefix, key);
+                match client
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(&full)
+                    .send()
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(e) => match s3_err("DeleteObject", &full, e) {
+                        BackupError::NotFound(_) => Ok(()),
+                        other => Err(other),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Deletes many objects with bounded parallelism.
+    pub async fn delete_many(&self, keys: Vec<String>) -> Result<()> {
+        futures::stream::iter(keys)
+            .map(|k| async move { self.delete(&k).await })
+            .buffer_unordered(8)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Aborts unfinished multipart uploads below `dir` started more than `older_than` ago
+    /// (left behind by a killed process). Servers without `ListMultipartUploads` are skipped.
+    pub async fn abort_stale_uploads(&self, dir: &str, older_than: Duration) -> Result<usize> {
+        let Backend::S3 {
+            client,
+            bucket,
+            prefix,
+            ..
+        } = &*self.inner
+        else {
+            return Ok(0);
+        };
+        let full = format!("{}/", Self::full_key(prefix, dir));
+        let out = match client
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .prefix(&full)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!(error = %DisplayErrorContext(&e), "ListMultipartUploads unsupported; skipping");
+                return Ok(0);
+            }
+        };
+        let cutoff = std::time::SystemTime::now() - older_than;
+        let mut aborted = 0;
+        for up in out.uploads() {
+            let started = up
+                .initiated()
+                .and_then(|t| std::time::SystemTime::try_from(*t).ok());
+            if started.is_some_and(|s| s > cutoff) {
+                continue;
+            }
+            if let (Some(key), Some(id)) = (up.key(), up.upload_id()) {
+                client
+                    .abort_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| s3_err("AbortMultipartUpload", key, e))?;
+                aborted += 1;
+            }
+        }
+        Ok(aborted)
+    }
+}
+
+async fn multipart_put(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    data: Bytes,
+    part_size: usize,
+    concurrency: usize,
+) -> Result<()> {
+    let created = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| s3_err("CreateMultipartUpload", key, e))?;
+    let upload_id = created
+        .upload_id()
+        .ok_or_else(|| BackupError::Storage {
+            op: "CreateMultipartUpload",
+            key: key.to_string(),
+            message: "server returned no upload id".into(),
+        })?
+        .to_string();
+    let parts: Vec<(i32, Bytes)> = (0..data.len().div_ceil(part_size))
+        .map(|i| {
+            let end = ((i + 1) * part_size).min(data.len());
+            (i as i32 + 1, data.slice(i * part_size..end))
+        })
+        .collect();
+    let uploaded: Result<Vec<CompletedPart>> = futures::stream::iter(parts)
+        .map(|(n, body)| {
+            let upload_id = upload_id.clone();
+            async move {
+                let out = client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .part_number(n)
+                    .body(ByteStream::from(body))
+                    .send()
+                    .await
+                    .map_err(|e| s3_err("UploadPart", key, e))?;
+                Ok(CompletedPart::builder()
+                    .part_number(n)
+                    .set_e_tag(out.e_tag().map(str::to_string))
+                    .build())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await;
+    let result = match uploaded {
+        Ok(mut parts) => {
+            parts.sort_by_key(|p| p.part_number());
+            client
+                .complete_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| s3_err("CompleteMultipartUpload", key, e))
+        }
+        Err(e) => Err(e),
+    };
+    if result.is_err()
+        && let Err(e) = client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .send()
+            .await
+    {
+        tracing::warn!(key, error = %DisplayErrorContext(&e), "aborting multipart upload failed");
+    }
+    result
+}
+
+fn local_put(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().expect("object path has a parent");
+    std::fs::create_dir_all(dir)
+        .map_err(|e| BackupError::io(format!("mkdir {}", dir.display()), e))?;
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        super::crypto::random_hex(8)
+    ));
+    let res = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.map_err(|e| BackupError::io(format!("writing {}", path.display()), e))
+}
+
+fn local_get(path: &Path, key: &str, range: Option<(u64, u64)>) -> Result<Bytes> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(BackupError::NotFound(key.to_string()));
+        }
+        Err(e) => return Err(BackupError::io(format!("reading {key}"), e)),
+    };
+    let mut buf = Vec::new();
+    let res = match range {
+        None => f.read_to_end(&mut buf).map(|_| ()),
+        Some((start, len)) => f
+            .seek(SeekFrom::Start(start))
+            .and_then(|_| f.take(len).read_to_end(&mut buf).map(|_| ())),
+    };
+    res.map_err(|e| BackupError::io(format!("reading {key}"), e))?;
+    Ok(Bytes::from(buf))
+}
+
+fn local_list(base: &Path) -> Result<Vec<ObjectInfo>> {
+    let mut out = Vec::new();
+    let mut stack = vec![base.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(BackupError::io(format!("listing {}", dir.display()), e)),
+        };
+        for entry in rd {
+            let entry = entry.map_err(|e| BackupError::io("listing", e))?;
+            let ft = entry
+                .file_type()
+                .map_err(|e| BackupError::io("listing", e))?;
+            let path = entry.path();
+            if ft.is_dir() {
+                stack.push(path);
+            } else if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                let name = path
+                    .strip_prefix(base)
+                    .expect("listed below base")
+                    .to_string_lossy()
+                    .into_owned();
+                out.push(ObjectInfo { name, size });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let StorageConfig::S3(c) = StorageConfig::parse("s3://bkt/a/b/").unwrap() else {
+            panic!("not s3")
+        };
+        assert_eq!((c.bucket.as_str(), c.prefix.as_str()), ("bkt", "a/b"));
+        assert_eq!(
+            StorageConfig::parse("s3://bkt").unwrap().url(),
+            "s3://bkt".to_string()
+        );
+        assert!(StorageConfig::parse("s3:///x").is_err());
+        assert!(StorageConfig::parse("ftp://x").is_err());
+        assert_eq!(
+            StorageConfig::parse("/tmp/r").unwrap(),
+            StorageConfig::Local(PathBuf::from("/tmp/r"))
+        );
+    }
+
+    #[tokio::test]
+    async fn local_backend_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::connect(&StorageConfig::Local(dir.path().join("repo")))
+            .await
+            .unwrap();
+        s.ensure_bucket().await.unwrap();
+        s.put("data/ab/x", Bytes::from_static(b"hello world"))
+            .await
+            .unwrap();
+        assert_eq!(&s.get("data/ab/x").await.unwrap()[..], b"hello world");
+        assert_eq!(&s.get_range("data/ab/x", 6, 5).await.unwrap()[..], b"world");
+        assert!(s.get_range("data/ab/x", 6, 50).await.is_err());
+        let l = s.list("data").await.unwrap();
+        assert_eq!(
+            l,
+            vec![ObjectInfo {
+                name: "ab/x".into(),
+                size: 11
+            }]
+        );
+        assert!(matches!(s.get("nope").await, Err(BackupError::NotFound(_))));
+        s.delete("data/ab/x").await.unwrap();
+        s.delete("data/ab/x").await.unwrap();
+        assert!(s.list("data").await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,325 @@
+//! The write pipeline: chunk → id → (dedup) → compress + encrypt → pack → upload → index.
+//!
+//! Callers run in blocking threads and hand plaintext blobs to [`BlobWriter::add`]. New blobs
+//! go over a bounded channel to worker threads (compression and encryption), which append
+//! them to the current pack; a full pack is uploaded by a tokio task, at most
+//! `upload_concurrency` at a time. Memory is bounded by the channel (2 × workers blobs), the
+//! open pack and the packs in flight. After upload the pack's blobs enter the shared index and
+//! an index file is written every few packs, so that a killed backup leaves reusable data.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+
+use super::crypto::Id;
+use super::error::{BackupError, Result};
+use super::pack::{self, BlobKind, PackBuilder, PackInfo};
+use super::repo::Repository;
+
+/// Live counters of a writer, readable while it runs (progress output).
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub bytes_read: AtomicU64,
+    pub blobs_new: AtomicU64,
+    pub bytes_new: AtomicU64,
+    pub blobs_dedup: AtomicU64,
+    pub bytes_uploaded: AtomicU64,
+    pub files: AtomicU64,
+    pub dirs: AtomicU64,
+    pub files_unchanged: AtomicU64,
+    pub bytes_total: AtomicU64,
+}
+
+struct Job {
+    kind: BlobKind,
+    id: Id,
+    data: Vec<u8>,
+}
+
+struct Shared {
+    repo: Repository,
+    handle: Handle,
+    pending: Mutex<HashSet<Id>>,
+    pack: Mutex<PackBuilder>,
+    uploads: Arc<Semaphore>,
+    unindexed: Mutex<Vec<PackInfo>>,
+    last_index: Mutex<Instant>,
+    error: Mutex<Option<BackupError>>,
+    stats: Arc<WriterStats>,
+}
+
+/// Writes blobs into a repository. Create one per backup run, call [`finish`](Self::finish).
+pub struct BlobWriter {
+    shared: Arc<Shared>,
+    tx: Option<SyncSender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+const INDEX_EVERY_PACKS: usize = 8;
+const INDEX_EVERY: Duration = Duration::from_secs(30);
+
+impl BlobWriter {
+    /// Starts the worker threads. `handle` is the runtime that runs uploads; call from a
+    /// blocking thread (not from inside an async task).
+    pub fn new(repo: &Repository, handle: Handle, stats: Arc<WriterStats>) -> Self {
+        let opts = repo.write_options();
+        let workers = if opts.workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            opts.workers
+        };
+        let shared = Arc::new(Shared {
+            repo: repo.clone(),
+            handle,
+            pending: Mutex::default(),
+            pack: Mutex::default(),
+            uploads: Arc::new(Semaphore::new(opts.upload_concurrency.max(1))),
+            unindexed: Mutex::default(),
+            last_index: Mutex::new(Instant::now()),
+            error: Mutex::default(),
+            stats,
+        });
+        let (tx, rx) = sync_channel::<Job>(workers * 2);
+        let rx = Arc::new(Mutex::new(rx));
+        let handles = (0..workers)
+            .map(|i| {
+                let shared = shared.clone();
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("berth-pack-{i}"))
+                    .spawn(move || worker(shared, rx))
+                    .expect("spawn worker thread")
+            })
+            .collect();
+        Self {
+            shared,
+            tx: Some(tx),
+            workers: handles,
+        }
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &Arc<WriterStats> {
+        &self.shared.stats
+    }
+
+    fn check_error(&self) -> Result<()> {
+        if let Some(e) = self.shared.error.lock().expect("lock").take() {
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Stores a blob unless it exists already; returns its id.
+    pub fn add(&self, kind: BlobKind, data: Vec<u8>) -> Result<Id> {
+        let id = self.shared.repo.key().blob_id(&data);
+        self.add_with_id(kind, id, data)?;
+        Ok(id)
+    }
+
+    fn add_with_id(&self, kind: BlobKind, id: Id, data: Vec<u8>) -> Result<()> {
+        self.check_error()?;
+        let known = self
+            .shared
+            .repo
+            .index()
+            .read()
+            .expect("index lock")
+            .contains(&id);
+        if known || !self.shared.pending.lock().expect("lock").insert(id) {
+            self.shared
+                .stats
+                .blobs_dedup
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let s = &self.shared.stats;
+        s.blobs_new.fetch_add(1, Ordering::Relaxed);
+        s.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.tx
+            .as_ref()
+            .expect("writer open")
+            .send(Job { kind, id, data })
+            .map_err(|_| {
+                self.shared
+                    .error
+                    .lock()
+                    .expect("lock")
+                    .take()
+                    .unwrap_or_else(|| BackupError::Aborted("pack workers stopped".into()))
+            })
+    }
+
+    /// Chunks a stream with content-defined chunking and stores the chunks; returns their ids
+    /// and the total length.
+    pub fn add_stream<R: Read>(&self, reader: R) -> Result<(Vec<Id>, u64)> {
+        let c = self.shared.repo.config().chunker;
+        let seed = self.shared.repo.key().chunker_seed;
+        let chunker = fastcdc::v2020::StreamCDC::with_level_and_seed(
+            reader,
+            c.min_size as usize,
+            c.avg_size as usize,
+            c.max_size as usize,
+            fastcdc::v2020::Normalization::Level1,
+            seed,
+        );
+        let mut ids = Vec::new();
+        let mut total = 0u64;
+        for chunk in chunker {
+            let chunk = chunk.map_err(|e| match e {
+                fastcdc::v2020::Error::IoError(io) => BackupError::io("reading input", io),
+                other => BackupError::io("reading input", std::io::Error::other(other.to_string())),
+            })?;
+            total += chunk.data.len() as u64;
+            self.shared
+                .stats
+                .bytes_read
+                .fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
+            ids.push(self.add(BlobKind::Data, chunk.data)?);
+        }
+        Ok((ids, total))
+    }
+
+    /// Flushes everything, waits for all uploads and writes the last index file. Only after
+    /// this returns `Ok` may a snapshot refer to the blobs.
+    pub fn finish(mut self) -> Result<()> {
+        drop(self.tx.take());
+        for w in self.workers.drain(..) {
+            if w.join().is_err() {
+                return Err(BackupError::Aborted("a pack worker panicked".into()));
+            }
+        }
+        let last = std::mem::take(&mut *self.shared.pack.lock().expect("lock"));
+        if !last.is_empty() {
+            upload_pack(&self.shared, last);
+        }
+        let permits = self.shared.repo.write_options().upload_concurrency.max(1) as u32;
+        let all = self
+            .shared
+            .handle
+            .block_on(self.shared.uploads.clone().acquire_many_owned(permits))
+            .map_err(|_| BackupError::Aborted("upload semaphore closed".into()))?;
+        drop(all);
+        self.check_error()?;
+        let rest = std::mem::take(&mut *self.shared.unindexed.lock().expect("lock"));
+        if !rest.is_empty() {
+            let repo = self.shared.repo.clone();
+            let data_len = self
+                .shared
+                .handle
+                .block_on(async move { repo.write_index(&rest).await.map(|_| ()) });
+            data_len?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+fn set_error(shared: &Shared, e: BackupError) {
+    let mut slot = shared.error.lock().expect("lock");
+    if slot.is_none() {
+        *slot = Some(e);
+    }
+}
+
+fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Job>>>) {
+    let opts = shared.repo.write_options();
+    loop {
+        let job = {
+            let rx = rx.lock().expect("lock");
+            rx.recv()
+        };
+        let Ok(job) = job else { return };
+        if shared.error.lock().expect("lock").is_some() {
+            // Drain without work so that senders do not block; the error surfaces in add/finish.
+            continue;
+        }
+        let sealed = pack::seal_blob(
+            shared.repo.key(),
+            job.kind,
+            &job.id,
+            &job.data,
+            opts.compression_level,
+        );
+        let full = {
+            let mut p = shared.pack.lock().expect("lock");
+            p.add(job.kind, job.id, &sealed, job.data.len() as u32);
+            if p.len() >= opts.pack_size {
+                Some(std::mem::take(&mut *p))
+            } else {
+                None
+            }
+        };
+        if let Some(p) = full {
+            upload_pack(&shared, p);
+        }
+    }
+}
+
+fn upload_pack(shared: &Arc<Shared>, builder: PackBuilder) {
+    let (bytes, info) = builder.finish(shared.repo.key());
+    let permit = match shared
+        .handle
+        .block_on(shared.uploads.clone().acquire_owned())
+    {
+        Ok(p) => p,
+        Err(_) => {
+            set_error(
+                shared,
+                BackupError::Aborted("upload semaphore closed".into()),
+            );
+            return;
+        }
+    };
+    let shared2 = shared.clone();
+    shared.handle.spawn(async move {
+        let _permit = permit;
+        let key = pack::pack_key(&info.id);
+        let len = bytes.len() as u64;
+        if let Err(e) = shared2.repo.storage().put(&key, bytes).await {
+            set_error(&shared2, e);
+            return;
+        }
+        shared2
+            .stats
+            .bytes_uploaded
+            .fetch_add(len, Ordering::Relaxed);
+        shared2
+            .repo
+            .index()
+            .write()
+            .expect("index lock")
+            .add_pack(&info);
+        let batch = {
+            let mut un = shared2.unindexed.lock().expect("lock");
+            un.push(info);
+            let mut last = shared2.last_index.lock().expect("lock");
+            if un.len() >= INDEX_EVERY_PACKS || last.elapsed() >= INDEX_EVERY {
+                *last = Instant::now();
+                Some(std::mem::take(&mut *un))
+            } else {
+                None
+            }
+        };
+        if let Some(batch) = batch
+            && let Err(e) = shared2.repo.write_index(&batch).await
+        {
+            set_error(&shared2, e);
+        }
+    });
+}

@@ -1,0 +1,294 @@
+//! `berth agent backup-dir` / `restore` / `check` / `forget` / `prune` against a real
+//! S3-compatible server (s3s-fs in-process).
+
+mod agent_support;
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use agent_support::{Agent, files_below, pseudo_random};
+
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: (i64, i64),
+    content: Option<Vec<u8>>,
+    target: Option<Vec<u8>>,
+}
+
+/// Everything a restore must reproduce, keyed by relative path.
+fn describe(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let ft = m.file_type();
+            let kind = if ft.is_dir() {
+                stack.push(p.clone());
+                "dir"
+            } else if ft.is_symlink() {
+                "symlink"
+            } else if ft.is_file() {
+                "file"
+            } else {
+                "other"
+            };
+            out.insert(
+                p.strip_prefix(root)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
+                Entry {
+                    kind,
+                    mode: m.mode(),
+                    uid: m.uid(),
+                    gid: m.gid(),
+                    mtime: (m.mtime(), m.mtime_nsec()),
+                    content: ft.is_file().then(|| std::fs::read(&p).unwrap()),
+                    target: ft.is_symlink().then(|| {
+                        std::fs::read_link(&p)
+                            .unwrap()
+                            .as_os_str()
+                            .as_bytes()
+                            .to_vec()
+                    }),
+                },
+            );
+        }
+    }
+    let m = std::fs::metadata(root).unwrap();
+    out.insert(
+        b".".to_vec(),
+        Entry {
+            kind: "root",
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            content: None,
+            target: None,
+        },
+    );
+    out
+}
+
+fn make_tree(root: &Path) {
+    let is_root = unsafe { libc::geteuid() } == 0;
+    std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+    std::fs::create_dir_all(root.join("empty-dir")).unwrap();
+    std::fs::write(
+        root.join("a/big.bin"),
+        pseudo_random(1, 9 * 1024 * 1024 + 17),
+    )
+    .unwrap();
+    std::fs::write(root.join("a/b/small.txt"), b"hello\n").unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    // Highly compressible and internally repetitive.
+    std::fs::write(
+        root.join("a/b/c/log.txt"),
+        "line of log text\n".repeat(200_000),
+    )
+    .unwrap();
+    // Same content twice: deduplicated.
+    std::fs::write(
+        root.join("a/copy.bin"),
+        pseudo_random(1, 9 * 1024 * 1024 + 17),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join(std::ffi::OsStr::from_bytes(b"latin1-\xe9t\xe9")),
+        b"non-UTF-8 name",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("b/small.txt", root.join("a/link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    std::fs::set_permissions(
+        root.join("a/b/small.txt"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    std::fs::set_permissions(root.join("empty"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::set_permissions(root.join("a/b"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    if is_root {
+        std::os::unix::fs::chown(root.join("a/b/small.txt"), Some(1234), Some(5678)).unwrap();
+        std::os::unix::fs::lchown(root.join("a/link"), Some(42), Some(43)).unwrap();
+        std::os::unix::fs::chown(root.join("empty-dir"), Some(1000), Some(1000)).unwrap();
+    }
+    let t = |s, ns| filetime::FileTime::from_unix_time(s, ns);
+    filetime::set_file_mtime(root.join("a/big.bin"), t(1_600_000_000, 123_456_789)).unwrap();
+    filetime::set_symlink_file_times(
+        root.join("a/link"),
+        t(1_500_000_000, 5),
+        t(1_500_000_000, 5),
+    )
+    .unwrap();
+    filetime::set_file_mtime(root.join("empty-dir"), t(1_400_000_000, 0)).unwrap();
+    filetime::set_file_mtime(root.join("a/b/c"), t(1_300_000_000, 999)).unwrap();
+    filetime::set_file_mtime(root, t(1_200_000_000, 1)).unwrap();
+}
+
+#[test]
+fn directory_roundtrip_incremental_and_retention() {
+    let agent = Agent::new();
+    let src = agent.dir.path().join("src");
+    make_tree(&src);
+    let before = describe(&src);
+
+    let first = agent.json(&["backup-dir", src.to_str().unwrap(), "--tag", "t1"]);
+    let s1 = &first["snapshot"]["summary"];
+    let total = s1["bytesTotal"].as_u64().unwrap();
+    let uploaded1 = s1["bytesUploaded"].as_u64().unwrap();
+    assert!(total > 21_000_000, "{s1}");
+    // The duplicate 9 MiB file and the repetitive log compress/deduplicate away.
+    assert!(uploaded1 < total - 9_000_000, "{s1}");
+
+    let out = agent.dir.path().join("restore1");
+    agent.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(describe(&out), before, "restored tree differs");
+
+    // Change one file slightly and add one: the second backup uploads little.
+    let mut big = std::fs::read(src.join("a/big.bin")).unwrap();
+    big[4_000_000..4_000_100].copy_from_slice(&[7u8; 100]);
+    std::fs::write(src.join("a/big.bin"), &big).unwrap();
+    std::fs::write(src.join("new.txt"), b"new file").unwrap();
+    let second = agent.json(&["backup-dir", src.to_str().unwrap()]);
+    let s2 = &second["snapshot"]["summary"];
+    assert!(s2["filesUnchanged"].as_u64().unwrap() >= 4, "{s2}");
+    assert!(
+        s2["bytesUploaded"].as_u64().unwrap() < uploaded1 / 3,
+        "incremental upload too large: {s2} vs {uploaded1}"
+    );
+    let out2 = agent.dir.path().join("restore2");
+    agent.ok(&["restore", "latest", "--target", out2.to_str().unwrap()]);
+    assert_eq!(describe(&out2), describe(&src));
+
+    // The first snapshot still restores the old state.
+    let id1 = first["id"].as_str().unwrap();
+    let out3 = agent.dir.path().join("restore3");
+    agent.ok(&["restore", &id1[..10], "--target", out3.to_str().unwrap()]);
+    assert_eq!(describe(&out3), before);
+
+    let list = agent.json(&["snapshots"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    agent.ok(&["check", "--read-data"]);
+
+    // Retention: keep the last one, then prune; the newest still restores and checks.
+    std::fs::remove_file(src.join("a/copy.bin")).unwrap();
+    std::fs::write(src.join("a/big.bin"), pseudo_random(9, 3_000_000)).unwrap();
+    agent.ok(&["backup-dir", src.to_str().unwrap()]);
+    let forget = agent.json(&["forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(
+        forget["forget"]["removed"].as_array().unwrap().len(),
+        2,
+        "{forget}"
+    );
+    assert!(
+        forget["prune"]["bytesFreed"].as_u64().unwrap() > 9_000_000,
+        "{forget}"
+    );
+    agent.ok(&["check", "--read-data"]);
+    let out4 = agent.dir.path().join("restore4");
+    agent.ok(&["restore", "latest", "--target", out4.to_str().unwrap()]);
+    assert_eq!(describe(&out4), describe(&src));
+    let stderr = agent.fails(&["forget"]);
+    assert!(stderr.contains("no retention rule"), "{stderr}");
+}
+
+#[test]
+fn clear_errors_for_wrong_key_missing_bucket_and_truncated_pack() {
+    let agent = Agent::new();
+    let src = agent.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), pseudo_random(3, 3_000_000)).unwrap();
+    agent.ok(&["backup-dir", src.to_str().unwrap()]);
+
+    // Wrong key.
+    let mut cmd = agent.cmd(&["snapshots"]);
+    let bad = agent.dir.path().join("bad.key");
+    std::fs::write(&bad, "not the key").unwrap();
+    let o = cmd.env("BERTH_REPOSITORY_KEY_FILE", &bad).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("wrong repository key"), "{err}");
+
+    // Missing bucket.
+    let o = agent
+        .cmd(&["snapshots"])
+        .env("BERTH_REPOSITORY", "s3://no-such-bucket/x")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no-such-bucket") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    // No repository at that prefix.
+    let err = {
+        let o = agent
+            .cmd(&["snapshots"])
+            .env("BERTH_REPOSITORY", "s3://backups/elsewhere")
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    assert!(err.contains("no repository"), "{err}");
+
+    // Truncated pack: check names it, restore refuses with a clear error.
+    let packs: Vec<_> = files_below(&agent.repo_dir().join("data"));
+    assert!(!packs.is_empty());
+    let victim = packs
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let len = std::fs::metadata(victim).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(victim)
+        .unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    let err = agent.fails(&["check"]);
+    assert!(err.contains("truncated"), "{err}");
+    let out = agent.dir.path().join("restore");
+    let err = agent.fails(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert!(
+        err.contains("truncated") || err.contains("beyond its end"),
+        "{err}"
+    );
+}
+
+#[test]
+fn prune_refuses_while_another_process_holds_a_lock() {
+    let agent = Agent::new();
+    let src = agent.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    // A fresh shared lock of a backup running elsewhere.
+    let now = jiff::Timestamp::now().to_string();
+    let lock = serde_json::json!({
+        "exclusive": false, "hostname": "other-pod", "pid": 1, "operation": "backup dir",
+        "created": now, "refreshed": now
+    });
+    let locks = agent.repo_dir().join("locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    std::fs::write(locks.join("a".repeat(64)), lock.to_string()).unwrap();
+    // Backups share the lock; prune needs it exclusively.
+    agent.ok(&["backup-dir", src.to_str().unwrap()]);
+    let err = agent.fails(&["prune"]);
+    assert!(err.contains("locked") && err.contains("other-pod"), "{err}");
+    agent.ok(&["unlock", "--all"]);
+    agent.ok(&["prune"]);
+    agent.ok(&["check", "--read-data"]);
+}

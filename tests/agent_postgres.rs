@@ -1,0 +1,122 @@
+//! `berth agent backup-postgres` → drop → `restore` against a real PostgreSQL 15.
+
+mod agent_support;
+mod support;
+
+use agent_support::Agent;
+use support::servers::Postgres;
+
+fn checksums(pg: &Postgres, db: &str) -> Vec<String> {
+    let tables = pg.psql(
+        db,
+        "SELECT schemaname || '.' || tablename FROM pg_tables \
+         WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+    );
+    tables
+        .lines()
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            let sum = pg.psql(
+                db,
+                &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM {t} x"),
+            );
+            format!("{t}={}", sum.trim())
+        })
+        .collect()
+}
+
+#[test]
+fn dump_drop_restore_gives_same_tables_and_roles() {
+    let pg = Postgres::start();
+    let agent = {
+        let mut a = Agent::new();
+        a.extra_env = pg.env();
+        a
+    };
+    pg.psql(
+        "postgres",
+        "CREATE ROLE shop_app LOGIN PASSWORD 'app-secret'",
+    );
+    pg.psql("postgres", "CREATE DATABASE shop OWNER shop_app");
+    pg.psql("postgres", "CREATE DATABASE inventory");
+    pg.psql(
+        "shop",
+        "CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, email text UNIQUE, created timestamptz DEFAULT now());
+         CREATE TABLE orders (id bigserial PRIMARY KEY, customer int REFERENCES customers(id), total numeric(12,2), note jsonb);
+         CREATE INDEX ON orders (customer);
+         INSERT INTO customers (name, email) SELECT 'customer ' || g, 'c' || g || '@example.test' FROM generate_series(1, 20000) g;
+         INSERT INTO orders (customer, total, note) SELECT 1 + g % 20000, (g * 37 % 100000) / 100.0, jsonb_build_object('g', g) FROM generate_series(1, 100000) g;
+         CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 900;
+         ALTER TABLE customers OWNER TO shop_app;",
+    );
+    let pgbench = pg
+        .tool("pgbench")
+        .args(["-i", "-s", "2", "-q", "inventory"])
+        .output()
+        .unwrap();
+    assert!(
+        pgbench.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pgbench.stderr)
+    );
+    let shop_before = checksums(&pg, "shop");
+    let inv_before = checksums(&pg, "inventory");
+    assert!(
+        shop_before.len() >= 2 && inv_before.len() >= 4,
+        "{shop_before:?} {inv_before:?}"
+    );
+
+    let first = agent.json(&["backup-postgres", "--pg-bin-dir", Postgres::BIN_DIR]);
+    let s1 = &first["snapshot"]["summary"];
+    assert!(s1["files"].as_u64().unwrap() >= 3, "{s1}"); // globals + shop + inventory + postgres
+
+    // A second dump after changing a few rows uploads much less than the first.
+    pg.psql(
+        "inventory",
+        "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 4000",
+    );
+    let inv_changed = checksums(&pg, "inventory");
+    let second = agent.json(&["backup-postgres"]);
+    let s2 = &second["snapshot"]["summary"];
+    assert!(
+        s2["bytesNew"].as_u64().unwrap() * 2 < s1["bytesNew"].as_u64().unwrap(),
+        "no deduplication between dumps: {s1} vs {s2}"
+    );
+
+    pg.psql("postgres", "DROP DATABASE shop");
+    pg.psql("postgres", "DROP DATABASE inventory");
+    pg.psql("postgres", "DROP ROLE shop_app");
+
+    let out = agent.ok(&["restore", "latest"]);
+    assert!(out.contains("shop") && out.contains("inventory"), "{out}");
+    assert_eq!(checksums(&pg, "shop"), shop_before);
+    assert_eq!(checksums(&pg, "inventory"), inv_changed);
+    assert_eq!(
+        pg.psql(
+            "shop",
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'shop'"
+        )
+        .trim(),
+        "shop_app"
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'shop_app'"
+        )
+        .trim(),
+        "1"
+    );
+
+    // The older snapshot restores the older data over the existing database.
+    let id1 = first["id"].as_str().unwrap();
+    agent.ok(&["restore", &id1[..12], "--database", "inventory"]);
+    assert_eq!(checksums(&pg, "inventory"), inv_before);
+
+    // Restoring to a directory yields the dump files.
+    let dir = agent.dir.path().join("dumps");
+    agent.ok(&["restore", "latest", "--target", dir.to_str().unwrap()]);
+    assert!(dir.join("globals.sql").is_file());
+    assert!(dir.join("databases/shop.dump").is_file());
+    agent.ok(&["check", "--read-data"]);
+}
