@@ -40,8 +40,10 @@ async fn run(n: usize) {
     server.install_crds_from_file(&repo.join("tests/fixtures/apiserver/cert-manager-certificate-crd.yaml")).await;
     let client = server.client().await;
     let resync = 5;
-    let mut operator =
-        Operator::start(server.kubeconfig_path(), &["--leader-election=false", "--resync-seconds", &resync.to_string()]);
+    let mut operator = Operator::start(
+        server.kubeconfig_path(),
+        &["--leader-election=false", "--resync-seconds", &resync.to_string()],
+    );
     operator.wait_ready(Duration::from_secs(60));
     let api: Api<AppEnvironment> = Api::namespaced(client, "bench");
     server.reset_counts();
@@ -90,6 +92,10 @@ async fn run(n: usize) {
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` runs this once with no args: keep
     // that fast.
+    // Test runners list targets with `--list`: this is a measurement, not a test.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
     let quick = !std::env::args().any(|a| a == "--bench");
     let sizes: Vec<usize> = match std::env::var("BERTH_BENCH_SIZES") {
         Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),

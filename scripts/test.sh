@@ -32,4 +32,4 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 log "running the test suite"
-exec cargo nextest run --all-targets --no-fail-fast "$@"
+exec cargo nextest run --no-fail-fast "$@"

@@ -22,7 +22,7 @@ async fn kubectl_apply_get_and_wait_for_the_examples() {
     // The operator starts before its CRDs exist (as when a chart upgrade races); it must
     // recover once they are installed.
     let crds = repo.join("crds");
-    let out = k.ok(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
+    let out = k.ok(&["apply", "--server-side", "-k", crds.to_str().unwrap()]);
     assert!(out.contains("appenvironments.berth.dev serverside-applied"), "{out}");
     k.ok(&["wait", "--for=condition=Established", "crd/appenvironments.berth.dev", "--timeout=30s"]);
     operator.wait_ready(Duration::from_secs(60));
