@@ -15,7 +15,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run every controller against the cluster of the current kubeconfig or service account.
-    Operator(berth::runtime::OperatorArgs),
+    Operator(Box<berth::runtime::OperatorArgs>),
     /// Print every CRD as YAML, or write one file per kind into a directory.
     Crds {
         /// Directory to write `<plural>.berth.dev.yaml` files into (created if missing).
@@ -32,7 +32,7 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Data-path commands that run inside backup and restore Jobs.
-    Agent(berth::agent::AgentArgs),
+    Agent(Box<berth::agent::AgentArgs>),
 }
 
 fn main() -> ExitCode {
@@ -57,8 +57,8 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Operator(args) => run_async(berth::runtime::run(args)),
-        Command::Agent(args) => run_async(berth::agent::run(args)),
+        Command::Operator(args) => run_async(berth::runtime::run(*args)),
+        Command::Agent(args) => run_async(berth::agent::run(*args)),
     }
 }
 

@@ -9,7 +9,11 @@ use serde_json::Value;
 
 use crate::api::validation::{self, FieldError};
 use crate::api::{self as berth_api, AppEnvironment};
-use crate::resources::appenvironment;
+use crate::resources::{appenvironment, databaseinstance};
+
+/// Namespace `render` assumes the operator runs in (the kustomize base installs it there); the
+/// DatabaseInstance NetworkPolicy admits it.
+pub const RENDER_OPERATOR_NAMESPACE: &str = "berth-system";
 
 /// One problem in one input document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +176,13 @@ fn render_document(doc: &Document) -> Result<Vec<Value>, Vec<FieldError>> {
             let app: AppEnvironment = typed(value)?;
             let valid = appenvironment::validate(&app)?;
             Ok(appenvironment::build(&valid).to_json())
+        }
+        "DatabaseInstance" => {
+            let db: berth_api::DatabaseInstance = typed(value)?;
+            let valid = databaseinstance::validate(&db)?;
+            // Placeholders only: render never prints a real secret.
+            let credentials = databaseinstance::Credentials::placeholder(&valid);
+            Ok(databaseinstance::build(&valid, &credentials, RENDER_OPERATOR_NAMESPACE).to_json())
         }
         // The other kinds have no children that render can show without a cluster yet; their
         // specs are still validated above.

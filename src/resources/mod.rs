@@ -3,4 +3,5 @@
 
 pub mod appenvironment;
 pub mod certificate;
+pub mod databaseinstance;
 pub mod meta;
