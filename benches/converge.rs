@@ -77,6 +77,9 @@ async fn run(n: usize) {
     let reconciles_before = operator.counter("berth_reconciles_total");
     tokio::time::sleep(Duration::from_secs(2 * resync + 1)).await;
     let steady_writes = server.write_requests(true);
+    if steady_writes > 0 {
+        println!("  steady-state writes by (verb, resource): {:?}", server.counts().writes(true));
+    }
     let steady_reconciles = operator.counter("berth_reconciles_total") - reconciles_before;
     let rss = operator.peak_rss().unwrap_or(0) as f64 / (1024.0 * 1024.0);
 

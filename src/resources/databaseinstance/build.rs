@@ -30,8 +30,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::credentials::Credentials;
 use super::validate::{AMQP_PORT, MANAGEMENT_PORT, POSTGRES_PORT, ValidDatabase};
 use crate::api::databaseinstance::{DatabaseInstance, DeletionPolicy};
-use crate::resources::meta::typed;
 use crate::resources::meta;
+use crate::resources::meta::typed;
 
 /// Component label of database pods.
 pub const COMPONENT: &str = "database";
