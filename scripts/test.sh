@@ -32,4 +32,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 log "running the test suite"
+# A fresh clone builds once: incremental state would only double the disk used.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 exec cargo nextest run --no-fail-fast "$@"
