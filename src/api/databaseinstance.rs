@@ -207,4 +207,28 @@ pub struct DatabaseInstanceStatus {
     /// Version the pods currently run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_version: Option<String>,
+    /// What exists in the server because the spec declares it, as `kind/name` (`role/app`,
+    /// `database/orders`, `vhost/orders`, `user/app`), after the last successful provisioning.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provisioned: Vec<String>,
+    /// The last provisioning failure, kept until provisioning succeeds again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<ProvisioningError>,
+    /// The value of the `berth.dev/rotate-credentials` annotation whose rotation is complete.
+    /// AppEnvironments that use the instance put it on their pod template, so a rotation rolls
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_revision: Option<String>,
+}
+
+/// A provisioning failure.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisioningError {
+    /// Machine-readable cause: `ServerUnreachable` or `ProvisioningFailed`.
+    pub reason: String,
+    /// What failed, as the server said it.
+    pub message: String,
+    /// When it failed (RFC 3339).
+    pub time: String,
 }
