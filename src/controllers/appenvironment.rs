@@ -21,7 +21,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::apply::Applier;
-use super::{Context, Error};
+use super::{Context, Error, api, synced_store};
 use crate::api::appenvironment::{AppEnvironment, AppEnvironmentStatus};
 use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::resources::appenvironment::status::{Observed, health};
@@ -49,16 +49,6 @@ pub struct Stores {
 struct Ctx {
     shared: Arc<Context>,
     stores: Stores,
-}
-
-fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 /// Runs the controller for one namespace (or all when `None`) until shutdown. `synced` is
@@ -161,21 +151,6 @@ pub async fn run(
             }
         })
         .await;
-}
-
-/// Waits until `store` has its first full list. kube-runtime's `Store::wait_until_ready` wakes
-/// only the most recent of several concurrent waiters (the controller itself waits on the main
-/// store too), so the wait is re-polled instead of trusted to wake us.
-async fn synced_store<K: Resource + Clone + 'static>(store: &Store<K>) -> bool
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    loop {
-        match tokio::time::timeout(std::time::Duration::from_millis(100), store.wait_until_ready()).await {
-            Ok(result) => return result.is_ok(),
-            Err(_elapsed) => continue,
-        }
-    }
 }
 
 fn key(app: &AppEnvironment) -> String {

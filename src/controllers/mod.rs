@@ -4,14 +4,18 @@
 
 pub mod appenvironment;
 pub mod apply;
+pub mod databaseinstance;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::Client;
+use futures::Stream;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
 
 use crate::runtime::metrics::{ErrorCategory, Metrics};
 
@@ -25,6 +29,8 @@ pub enum Error {
     Serialize { kind: &'static str, source: serde_json::Error },
     #[error("{0}")]
     DependencyMissing(String),
+    #[error(transparent)]
+    Provision(#[from] crate::provision::ProvisionError),
 }
 
 impl Error {
@@ -32,6 +38,7 @@ impl Error {
         match self {
             Error::Kube(_) | Error::Serialize { .. } => ErrorCategory::Transient,
             Error::DependencyMissing(_) => ErrorCategory::DependencyMissing,
+            Error::Provision(_) => ErrorCategory::Transient,
         }
     }
 }
@@ -45,6 +52,11 @@ pub struct Context {
     pub resync: Duration,
     /// Whether cert-manager's Certificate API exists in the cluster.
     pub cert_manager: bool,
+    /// Namespace the operator runs in (database NetworkPolicies admit it).
+    pub operator_namespace: String,
+    /// In-cluster `host:port` addresses mapped to reachable ones, for an operator that runs
+    /// outside the cluster network (development, tests).
+    pub endpoint_overrides: HashMap<String, String>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -57,7 +69,25 @@ impl Context {
         resync: Duration,
         cert_manager: bool,
     ) -> Self {
-        Self { client, metrics, recorder, resync, cert_manager, failures: Mutex::default() }
+        Self {
+            client,
+            metrics,
+            recorder,
+            resync,
+            cert_manager,
+            operator_namespace: "berth-system".into(),
+            endpoint_overrides: HashMap::new(),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Where to connect to the in-cluster address `host:port`.
+    pub fn endpoint(&self, host: &str, port: u16) -> (String, u16) {
+        let wanted = format!("{host}:{port}");
+        match self.endpoint_overrides.get(&wanted).and_then(|to| to.rsplit_once(':')) {
+            Some((h, p)) => (h.to_string(), p.parse().unwrap_or(port)),
+            None => (host.to_string(), port),
+        }
     }
 
     /// Backoff after a failure of `key`: 1 s doubling to 5 min, with ±25 % jitter so that
@@ -73,6 +103,45 @@ impl Context {
     /// Forgets the failures of `key` after a success.
     pub fn succeeded(&self, key: &str) {
         self.failures.lock().expect("backoff map poisoned").remove(key);
+    }
+}
+
+/// An `Api` for one namespace, or all when `None`.
+pub fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A watch cache of `K` (scoped like the controller, filtered by `config`) and the stream
+/// that feeds it; the stream must be polled (by a controller's `owns_stream`/`watches_stream`).
+pub fn cache<K: apply::Child>(
+    client: &Client,
+    namespace: Option<&str>,
+    config: watcher::Config,
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static) {
+    let (reader, writer) = reflector::store::<K>();
+    let stream =
+        reflector::reflector(writer, watcher(api::<K>(client, namespace), config)).default_backoff().touched_objects();
+    (reader, stream)
+}
+
+/// Waits until `store` has its first full list. kube-runtime's `Store::wait_until_ready` wakes
+/// only the most recent of several concurrent waiters (the controller itself waits on the main
+/// store too), so the wait is re-polled instead of trusted to wake us.
+pub async fn synced_store<K: Resource + Clone + 'static>(store: &Store<K>) -> bool
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
+            Ok(result) => return result.is_ok(),
+            Err(_elapsed) => continue,
+        }
     }
 }
 

@@ -54,6 +54,23 @@ pub struct OperatorArgs {
     /// Seconds between looks at an up-to-date object (drift correction).
     #[arg(long, env = "BERTH_RESYNC_SECONDS", default_value_t = 600)]
     pub resync_seconds: u64,
+    /// In-cluster addresses to reach elsewhere, comma-separated `host:port=host:port` (e.g.
+    /// `orders-db.team-a.svc:5432=127.0.0.1:15432`), for an operator that runs outside the
+    /// cluster network: development with port-forwards, and tests.
+    #[arg(long, env = "BERTH_ENDPOINT_OVERRIDES", value_delimiter = ',', value_parser = parse_override)]
+    pub endpoint_overrides: Vec<(String, String)>,
+}
+
+/// Parses `host:port=host:port`.
+fn parse_override(s: &str) -> Result<(String, String), String> {
+    let (from, to) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected host:port=host:port"))?;
+    for side in [from, to] {
+        let port = side.rsplit_once(':').map(|(_, p)| p);
+        if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+            return Err(format!("{s:?}: {side:?} is not host:port"));
+        }
+    }
+    Ok((from.to_string(), to.to_string()))
 }
 
 fn init_tracing(format: LogFormat) {
@@ -151,19 +168,18 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     }
     let recorder =
         Recorder::new(client.clone(), Reporter { controller: "berth".into(), instance: Some(identity.clone()) });
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        recorder,
-        Duration::from_secs(args.resync_seconds),
-        cert_manager,
-    ));
+    let mut context =
+        Context::new(client.clone(), metrics.clone(), recorder, Duration::from_secs(args.resync_seconds), cert_manager);
+    context.operator_namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "berth-system".into());
+    context.endpoint_overrides = args.endpoint_overrides.iter().cloned().collect();
+    let ctx = Arc::new(context);
 
     let scopes: Vec<Option<String>> = {
         let named: Vec<String> = args.namespaces.iter().filter(|n| !n.is_empty()).cloned().collect();
         if named.is_empty() { vec![None] } else { named.into_iter().map(Some).collect() }
     };
-    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));
+    // Two controllers per scope: AppEnvironment and DatabaseInstance.
+    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len() * 2));
     let mut controllers = tokio::task::JoinSet::new();
     for scope in scopes {
         let (h, p) = (health.clone(), pending.clone());
@@ -173,7 +189,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
                 info!("caches synced; ready");
             }
         };
-        controllers.spawn(controllers::appenvironment::run(ctx.clone(), scope, stopped(stop_rx.clone()), on_synced));
+        controllers.spawn(controllers::appenvironment::run(
+            ctx.clone(),
+            scope.clone(),
+            stopped(stop_rx.clone()),
+            on_synced.clone(),
+        ));
+        controllers.spawn(controllers::databaseinstance::run(ctx.clone(), scope, stopped(stop_rx.clone()), on_synced));
     }
 
     let lost = async {

@@ -6,3 +6,4 @@ pub mod apiserver;
 pub mod kubectl;
 pub mod operator;
 pub mod servers;
+pub mod wait;

@@ -116,6 +116,14 @@ Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
 - apiGroups: [apps]
   resources: [deployments, statefulsets]
   verbs: {{ toJson $crud }}
+# RabbitMQ peer discovery: the Role and RoleBinding of each cluster. Granting "get endpoints"
+# needs the operator to hold it (RBAC escalation prevention).
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: ["get","list","watch","create","update","patch","delete"]
+- apiGroups: [""]
+  resources: [endpoints]
+  verbs: [get]
 # Backup agent Jobs (database dumps, volume data).
 - apiGroups: [batch]
   resources: [jobs]

@@ -27,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::credentials::Credentials;
+use super::credentials::{Credentials, PREVIOUS_PASSWORD_KEY, REVISION_ANNOTATION};
 use super::validate::{AMQP_PORT, MANAGEMENT_PORT, POSTGRES_PORT, ValidDatabase};
 use crate::api::databaseinstance::{DatabaseInstance, DeletionPolicy};
 use crate::resources::meta;
@@ -237,8 +237,19 @@ fn secret(valid: &ValidDatabase, name: &str, data: BTreeMap<String, String>) -> 
 
 fn credentials_secret(valid: &ValidDatabase, credentials: &Credentials) -> Secret {
     let target = if valid.is_rabbitmq() { "/" } else { "postgres" };
-    let data = connection_data(valid, valid.admin_user(), &credentials.admin_password, target);
-    secret(valid, &valid.secret_name(), data)
+    let mut data = connection_data(valid, valid.admin_user(), &credentials.admin_password, target);
+    if let Some(previous) = &credentials.previous_admin_password {
+        data.insert(PREVIOUS_PASSWORD_KEY.into(), previous.clone());
+    }
+    with_revision(secret(valid, &valid.secret_name(), data), credentials)
+}
+
+/// Marks a Secret with the rotation its passwords answer.
+fn with_revision(mut secret: Secret, credentials: &Credentials) -> Secret {
+    if let Some(revision) = &credentials.revision {
+        secret.metadata.annotations.get_or_insert_default().insert(REVISION_ANNOTATION.into(), revision.clone());
+    }
+    secret
 }
 
 fn user_secrets(valid: &ValidDatabase, credentials: &Credentials) -> Vec<Secret> {
@@ -259,7 +270,8 @@ fn user_secrets(valid: &ValidDatabase, credentials: &Credentials) -> Vec<Secret>
                     .map(|d| d.name.clone())
                     .unwrap_or_else(|| "postgres".into())
             };
-            secret(valid, &valid.user_secret_name(user), connection_data(valid, user, password, &target))
+            let data = connection_data(valid, user, password, &target);
+            with_revision(secret(valid, &valid.user_secret_name(user), data), credentials)
         })
         .collect()
 }

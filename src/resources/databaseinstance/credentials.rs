@@ -3,7 +3,18 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Secret;
+
 use super::validate::ValidDatabase;
+
+/// Annotation on the DatabaseInstance that asks for new passwords: set it to a new value
+/// (e.g. a date) and every password of the instance is rotated once.
+pub const ROTATE_ANNOTATION: &str = "berth.dev/rotate-credentials";
+/// Annotation on the Secrets: the `ROTATE_ANNOTATION` value their passwords were made for.
+pub const REVISION_ANNOTATION: &str = "berth.dev/credentials-revision";
+/// Key of the administrative password being replaced while a rotation is under way, so that
+/// the operator can still log in if it stops between writing the Secret and the server.
+pub const PREVIOUS_PASSWORD_KEY: &str = "previous-password";
 
 /// Length of generated passwords (alphanumeric: about 238 bits of entropy, and no character
 /// that needs escaping in a URI, a connection string or a config file).
@@ -42,6 +53,10 @@ pub struct Credentials {
     pub erlang_cookie: String,
     /// Password per declared login role (PostgreSQL) or user (RabbitMQ), by name.
     pub user_passwords: BTreeMap<String, String>,
+    /// The rotation request these passwords answer (`None` before the first rotation).
+    pub revision: Option<String>,
+    /// The administrative password before an unfinished rotation.
+    pub previous_admin_password: Option<String>,
 }
 
 impl Credentials {
@@ -51,6 +66,46 @@ impl Credentials {
             admin_password: PLACEHOLDER.into(),
             erlang_cookie: PLACEHOLDER.into(),
             user_passwords: valid.login_users().map(|u| (u.to_string(), PLACEHOLDER.to_string())).collect(),
+            revision: None,
+            previous_admin_password: None,
+        }
+    }
+
+    /// The credentials stored in the instance's Secrets (as read from the API): the main
+    /// Secret, the Secret of each login user (looked up by name) and the RabbitMQ server
+    /// Secret. `None` when the main Secret does not exist yet.
+    pub fn from_secrets<'a>(
+        valid: &ValidDatabase,
+        main: Option<&Secret>,
+        user_secret: impl Fn(&str) -> Option<&'a Secret>,
+        server: Option<&Secret>,
+    ) -> Option<Self> {
+        let main = main?;
+        let user_passwords = valid
+            .login_users()
+            .filter_map(|u| Some((u.to_string(), secret_value(user_secret(&valid.user_secret_name(u))?, "password")?)))
+            .collect();
+        Some(Self {
+            admin_password: secret_value(main, "password").unwrap_or_default(),
+            erlang_cookie: server.and_then(|s| secret_value(s, "erlang-cookie")).unwrap_or_default(),
+            user_passwords,
+            revision: main.metadata.annotations.as_ref().and_then(|a| a.get(REVISION_ANNOTATION).cloned()),
+            previous_admin_password: secret_value(main, PREVIOUS_PASSWORD_KEY),
+        })
+    }
+
+    /// New passwords for the administrative user and every login user, for rotation request
+    /// `revision`; the old administrative password is kept until the server has the new one.
+    /// The Erlang cookie is not a password clients know and is kept.
+    pub fn rotated(&self, valid: &ValidDatabase, revision: &str) -> Self {
+        Self {
+            admin_password: generate_password(),
+            erlang_cookie: self.erlang_cookie.clone(),
+            user_passwords: valid.login_users().map(|u| (u.to_string(), generate_password())).collect(),
+            revision: Some(revision.to_string()),
+            previous_admin_password: Some(
+                self.previous_admin_password.clone().unwrap_or_else(|| self.admin_password.clone()),
+            ),
         }
     }
 
@@ -66,6 +121,8 @@ impl Credentials {
             admin_password: String::new(),
             erlang_cookie: String::new(),
             user_passwords: BTreeMap::new(),
+            revision: None,
+            previous_admin_password: None,
         });
         let admin_password = if existing.admin_password.is_empty() { fresh() } else { existing.admin_password.clone() };
         let erlang_cookie = if existing.erlang_cookie.is_empty() && valid.is_rabbitmq() {
@@ -80,8 +137,15 @@ impl Credentials {
                 (u.to_string(), pw)
             })
             .collect();
-        (Self { admin_password, erlang_cookie, user_passwords }, generated)
+        let (revision, previous_admin_password) = (existing.revision, existing.previous_admin_password);
+        (Self { admin_password, erlang_cookie, user_passwords, revision, previous_admin_password }, generated)
     }
+}
+
+/// A value of a Secret, from `data` (as the API returns it) or `stringData`.
+fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    let from_data = secret.data.as_ref().and_then(|d| d.get(key)).and_then(|b| String::from_utf8(b.0.clone()).ok());
+    from_data.or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key).cloned())).filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod credentials;
+pub mod day2;
 pub mod validate;
 
 pub use build::{DatabaseChildren, USES_LABEL_PREFIX, build, uses_label};

@@ -26,6 +26,8 @@ fn creds(valid: &ValidDatabase) -> Credentials {
         admin_password: "adminpw".into(),
         erlang_cookie: "cookie".into(),
         user_passwords: valid.login_users().map(|u| (u.to_string(), format!("{u}-pw"))).collect(),
+        revision: None,
+        previous_admin_password: None,
     }
 }
 
@@ -186,6 +188,8 @@ fn existing_credentials_are_kept() {
         admin_password: "keep".into(),
         erlang_cookie: String::new(),
         user_passwords: [("app".to_string(), "keep-app".to_string())].into(),
+        revision: None,
+        previous_admin_password: None,
     };
     let (c, generated) = Credentials::complete(&v, Some(old));
     assert!(generated, "`other` had no password yet");
@@ -203,4 +207,35 @@ fn render_placeholders_are_not_secrets() {
     let c = build(&v, &Credentials::placeholder(&v), "ops");
     assert_eq!(data(&c.credentials)["password"], PLACEHOLDER);
     assert_eq!(data(&c.user_secrets[0])["password"], PLACEHOLDER);
+}
+
+#[test]
+fn credentials_round_trip_through_the_built_secrets_and_rotate() {
+    let v = valid(&format!("{PG}  roles:\n    - name: app\n"));
+    let (c, _) = Credentials::complete(&v, None);
+    // What the API returns: stringData folded into data.
+    let stored = |s: &Secret| {
+        let mut s = s.clone();
+        let data = s.string_data.take().unwrap();
+        s.data = Some(data.into_iter().map(|(k, v)| (k, k8s_openapi::ByteString(v.into_bytes()))).collect());
+        s
+    };
+    let children = build(&v, &c, "berth-system");
+    let main = stored(&children.credentials);
+    let users: Vec<Secret> = children.user_secrets.iter().map(stored).collect();
+    let lookup = |name: &str| users.iter().find(|s| s.metadata.name.as_deref() == Some(name));
+    let read = Credentials::from_secrets(&v, Some(&main), lookup, None).unwrap();
+    assert_eq!(read, c);
+
+    let rotated = c.rotated(&v, "2026-11-22");
+    assert_ne!(rotated.admin_password, c.admin_password);
+    assert_ne!(rotated.user_passwords["app"], c.user_passwords["app"]);
+    assert_eq!(rotated.previous_admin_password.as_deref(), Some(c.admin_password.as_str()));
+    let children = build(&v, &rotated, "berth-system");
+    let main = stored(&children.credentials);
+    assert_eq!(main.metadata.annotations.as_ref().unwrap()["berth.dev/credentials-revision"], "2026-11-22");
+    let users: Vec<Secret> = children.user_secrets.iter().map(stored).collect();
+    let lookup = |name: &str| users.iter().find(|s| s.metadata.name.as_deref() == Some(name));
+    assert_eq!(Credentials::from_secrets(&v, Some(&main), lookup, None).unwrap(), rotated);
+    assert!(Credentials::from_secrets(&v, None, |_| None, None).is_none());
 }

@@ -1,0 +1,265 @@
+//! The real `berth operator` process against the test API server, provisioning a real
+//! PostgreSQL 15 and a real RabbitMQ on loopback. The operator reaches them through
+//! `--endpoint-overrides`, which maps the in-cluster Service address to the loopback server:
+//! the operator's own networking setting, not a mock. The test plays the part of the
+//! container image's entrypoint: it gives the server's administrative user the password the
+//! operator generated into the credentials Secret.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use berth::api::DatabaseInstance;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::apiserver::TestApiServer;
+use support::operator::Operator;
+use support::servers::{Postgres, RabbitMq};
+use support::wait::eventually;
+
+const NS: &str = "team-a";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+async fn server() -> TestApiServer {
+    let server = TestApiServer::start().await;
+    server.install_crds_from_dir(&repo().join("crds")).await;
+    server
+}
+
+fn secret_data(secret: &Secret) -> BTreeMap<String, String> {
+    secret.data.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, String::from_utf8(v.0).unwrap())).collect()
+}
+
+async fn secret(client: &kube::Client, name: &str) -> Secret {
+    let api: Api<Secret> = Api::namespaced(client.clone(), NS);
+    eventually(&format!("Secret {name}"), WAIT, || async { api.get_opt(name).await.ok().flatten() }).await
+}
+
+/// Waits until the instance's condition `type_` has `status` and `reason` for its current
+/// generation.
+async fn wait_condition(
+    api: &Api<DatabaseInstance>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> DatabaseInstance {
+    eventually(&format!("{name} {type_}={status} ({reason})"), WAIT, || async {
+        let db = api.get(name).await.ok()?;
+        let st = db.status.as_ref()?;
+        let c = st.conditions.iter().find(|c| c.type_ == type_)?;
+        (st.observed_generation == db.metadata.generation && c.status == status && c.reason == reason).then_some(db)
+    })
+    .await
+}
+
+async fn can_login(pg: &Postgres, user: &str, password: &str, db: &str) -> bool {
+    let url = format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", pg.port);
+    tokio_postgres::connect(&url, tokio_postgres::NoTls).await.is_ok()
+}
+
+fn patch(value: serde_json::Value) -> Patch<serde_json::Value> {
+    Patch::Merge(value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_instance_provisions_keeps_its_secret_grows_refuses_and_rotates() {
+    let mut pg = Postgres::start();
+    let server = server().await;
+    let client = server.client().await;
+    let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(client.clone());
+    let class = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "expandable"},
+        "provisioner": "ebs.csi.aws.com", "allowVolumeExpansion": true});
+    classes.create(&PostParams::default(), &serde_json::from_value(class).unwrap()).await.unwrap();
+
+    let overrides = format!("orders-db.{NS}.svc:5432=127.0.0.1:{}", pg.port);
+    let args = ["--resync-seconds", "1", "--endpoint-overrides", &overrides];
+    let mut operator = Operator::start(server.kubeconfig_path(), &args);
+    operator.wait_ready(WAIT);
+
+    let api: Api<DatabaseInstance> = Api::namespaced(client.clone(), NS);
+    let instance: DatabaseInstance = serde_json::from_value(json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "DatabaseInstance",
+        "metadata": {"name": "orders-db", "namespace": NS},
+        "spec": {"engine": "postgres", "version": "15",
+                 "storage": {"size": "1Gi", "storageClassName": "expandable"},
+                 "roles": [{"name": "app"}],
+                 "databases": [{"name": "orders", "owner": "app"}]}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &instance).await.unwrap();
+
+    // The image's entrypoint would initialise the server with the generated password.
+    let admin = secret_data(&secret(&client, "orders-db-credentials").await);
+    assert!(admin["password"].len() >= 32);
+    assert_eq!(admin["username"], "postgres");
+    assert_eq!(admin["host"], format!("orders-db.{NS}.svc"));
+    pg.psql("postgres", &format!("ALTER ROLE postgres PASSWORD '{}'", admin["password"]));
+    pg.password = admin["password"].clone();
+
+    let ready = wait_condition(&api, "orders-db", "Ready", "True", "Provisioned").await;
+    let status = ready.status.unwrap();
+    assert_eq!(status.provisioned, ["role/app", "database/orders"]);
+    assert_eq!(status.endpoint.as_deref(), Some("orders-db.team-a.svc:5432"));
+    assert_eq!(status.secret_name.as_deref(), Some("orders-db-credentials"));
+    assert_eq!(status.current_version.as_deref(), Some("15"));
+    assert_eq!(
+        pg.psql("postgres", "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'orders'").trim(),
+        "app"
+    );
+    let app = secret_data(&secret(&client, "orders-db-user-app").await);
+    assert_eq!(app["dbname"], "orders");
+    assert!(can_login(&pg, "app", &app["password"], "orders").await, "the app role logs in with its Secret");
+
+    // A restarted operator keeps every credential: same data, not even rewritten.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let before = secrets.get("orders-db-credentials").await.unwrap();
+    assert_eq!(operator.terminate().code(), Some(0));
+    let mut operator = Operator::start(server.kubeconfig_path(), &args);
+    operator.wait_ready(WAIT);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = secrets.get("orders-db-credentials").await.unwrap();
+    assert_eq!(secret_data(&after), secret_data(&before));
+    assert_eq!(after.metadata.resource_version, before.metadata.resource_version);
+    assert!(can_login(&pg, "postgres", &admin["password"], "postgres").await);
+
+    // Growing the volume patches the PVC; the StatefulSet's claim template cannot change.
+    api.patch("orders-db", &PatchParams::default(), &patch(json!({"spec": {"storage": {"size": "2Gi"}}})))
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
+    eventually("PVC grown to 2Gi", WAIT, || async {
+        let pvc = claims.get("data-orders-db-0").await.ok()?;
+        let size = pvc.spec?.resources?.requests?.get("storage")?.0.clone();
+        (size == "2Gi").then_some(())
+    })
+    .await;
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
+    let template = sts.get("orders-db").await.unwrap().spec.volume_claim_templates.unwrap();
+    assert_eq!(
+        template[0].spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+        "1Gi"
+    );
+
+    // Shrinking is refused, and so is growing on a class that cannot expand.
+    api.patch("orders-db", &PatchParams::default(), &patch(json!({"spec": {"storage": {"size": "1Gi"}}})))
+        .await
+        .unwrap();
+    let refused = wait_condition(&api, "orders-db", "Degraded", "True", "StorageShrinkRefused").await;
+    let message = &refused.status.unwrap().conditions.iter().find(|c| c.type_ == "Degraded").unwrap().message.clone();
+    assert!(message.contains("spec.storage.size") && message.contains("2Gi"), "{message}");
+    classes.patch("expandable", &PatchParams::default(), &patch(json!({"allowVolumeExpansion": false}))).await.unwrap();
+    api.patch("orders-db", &PatchParams::default(), &patch(json!({"spec": {"storage": {"size": "3Gi"}}})))
+        .await
+        .unwrap();
+    wait_condition(&api, "orders-db", "Degraded", "True", "VolumeExpansionUnsupported").await;
+    let pvc = claims.get("data-orders-db-0").await.unwrap();
+    assert_eq!(pvc.spec.unwrap().resources.unwrap().requests.unwrap()["storage"].0, "2Gi");
+    api.patch("orders-db", &PatchParams::default(), &patch(json!({"spec": {"storage": {"size": "2Gi"}}})))
+        .await
+        .unwrap();
+    wait_condition(&api, "orders-db", "Degraded", "False", "AsExpected").await;
+
+    // A major upgrade is refused; the pods keep running 15.
+    api.patch("orders-db", &PatchParams::default(), &patch(json!({"spec": {"version": "16"}}))).await.unwrap();
+    let refused = wait_condition(&api, "orders-db", "Degraded", "True", "MajorUpgradeRefused").await;
+    assert_eq!(refused.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().status, "True");
+    let image = sts.get("orders-db").await.unwrap().spec.template.spec.unwrap().containers[0].image.clone();
+    assert_eq!(image.as_deref(), Some("postgres:15"));
+    api.patch("orders-db", &PatchParams::default(), &patch(json!({"spec": {"version": "15"}}))).await.unwrap();
+    wait_condition(&api, "orders-db", "Degraded", "False", "AsExpected").await;
+
+    // Rotation: new passwords in the Secrets and in the server; the old ones stop working.
+    let rotate = json!({"metadata": {"annotations": {"berth.dev/rotate-credentials": "2026-11-22"}}});
+    api.patch("orders-db", &PatchParams::default(), &patch(rotate)).await.unwrap();
+    eventually("rotation complete", WAIT, || async {
+        let db = api.get("orders-db").await.ok()?;
+        (db.status?.credentials_revision.as_deref() == Some("2026-11-22")).then_some(())
+    })
+    .await;
+    let new_admin = secret_data(&secrets.get("orders-db-credentials").await.unwrap());
+    let new_app = secret_data(&secrets.get("orders-db-user-app").await.unwrap());
+    assert_ne!(new_admin["password"], admin["password"]);
+    assert_ne!(new_app["password"], app["password"]);
+    assert!(
+        !new_admin.contains_key("previous-password"),
+        "the old password is dropped once the server has the new one"
+    );
+    assert!(can_login(&pg, "app", &new_app["password"], "orders").await);
+    assert!(!can_login(&pg, "app", &app["password"], "orders").await);
+    assert!(can_login(&pg, "postgres", &new_admin["password"], "postgres").await);
+    assert!(!can_login(&pg, "postgres", &admin["password"], "postgres").await);
+    pg.password = new_admin["password"].clone();
+
+    // Deleting the instance (default deletionPolicy Retain) keeps its data volume.
+    api.delete("orders-db", &DeleteParams::default()).await.unwrap();
+    eventually("StatefulSet gone with its owner", WAIT, || async {
+        sts.get_opt("orders-db").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(claims.get_opt("data-orders-db-0").await.unwrap().is_some(), "the PVC outlives the instance");
+    assert_eq!(operator.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_cluster_provisions_vhosts_and_users_and_refuses_scale_down() {
+    let mut mq = RabbitMq::start();
+    let server = server().await;
+    let client = server.client().await;
+    let overrides = format!("events.{NS}.svc:15672=127.0.0.1:{}", mq.mgmt_port);
+    let mut operator =
+        Operator::start(server.kubeconfig_path(), &["--resync-seconds", "1", "--endpoint-overrides", &overrides]);
+    operator.wait_ready(WAIT);
+
+    let api: Api<DatabaseInstance> = Api::namespaced(client.clone(), NS);
+    let instance: DatabaseInstance = serde_json::from_value(json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "DatabaseInstance",
+        "metadata": {"name": "events", "namespace": NS},
+        "spec": {"engine": "rabbitmq", "version": "4.1", "replicas": 3, "storage": {"size": "1Gi"},
+                 "vhosts": ["orders"],
+                 "users": [{"name": "orders-app", "permissions": [{"vhost": "orders", "read": "^orders\\."}]}]}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &instance).await.unwrap();
+
+    // The image would create the default user from the server Secret's config fragment.
+    let admin = secret_data(&secret(&client, "events-credentials").await);
+    let user = json!({"password": admin["password"], "tags": "administrator"}).to_string();
+    mq.api_ok("PUT", "/api/users/admin", Some(&user));
+    mq.api_ok("PUT", "/api/permissions/%2F/admin", Some(r#"{"configure":".*","write":".*","read":".*"}"#));
+    let cookie = secret_data(&secret(&client, "events-server").await);
+    assert!(cookie["erlang-cookie"].len() >= 32);
+
+    let ready = wait_condition(&api, "events", "Ready", "True", "Provisioned").await;
+    assert_eq!(ready.status.unwrap().provisioned, ["vhost/orders", "user/orders-app"]);
+    mq.user = "admin".into();
+    mq.password = admin["password"].clone();
+    let app = secret_data(&secret(&client, "events-user-orders-app").await);
+    assert!(app["uri"].starts_with("amqp://orders-app:") && app["uri"].ends_with("@events.team-a.svc:5672/orders"));
+    let stored: serde_json::Value = serde_json::from_str(&mq.api_ok("GET", "/api/users/orders-app", None)).unwrap();
+    assert!(berth::provision::rabbitmq::password_matches(
+        stored["password_hash"].as_str().unwrap(),
+        stored["hashing_algorithm"].as_str().unwrap(),
+        &app["password"],
+    ));
+    let perms: serde_json::Value =
+        serde_json::from_str(&mq.api_ok("GET", "/api/permissions/orders/orders-app", None)).unwrap();
+    assert_eq!(perms["read"], "^orders\\.");
+
+    // Scaling a cluster down is refused and the StatefulSet keeps its three nodes.
+    api.patch("events", &PatchParams::default(), &patch(json!({"spec": {"replicas": 1}}))).await.unwrap();
+    let refused = wait_condition(&api, "events", "Degraded", "True", "ScaleDownRefused").await;
+    let message = refused.status.unwrap().conditions.iter().find(|c| c.type_ == "Degraded").unwrap().message.clone();
+    assert!(message.contains("spec.replicas"), "{message}");
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
+    assert_eq!(sts.get("events").await.unwrap().spec.replicas, Some(3));
+    assert_eq!(operator.terminate().code(), Some(0));
+}
