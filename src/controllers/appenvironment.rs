@@ -21,7 +21,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::apply::Applier;
-use super::{Context, Error, api, synced_store};
+use super::{CachesSynced, Context, Error, api, synced_store};
 use crate::api::appenvironment::{AppEnvironment, AppEnvironmentStatus};
 use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::resources::appenvironment::status::{Observed, health};
@@ -49,6 +49,7 @@ pub struct Stores {
 struct Ctx {
     shared: Arc<Context>,
     stores: Stores,
+    caches: CachesSynced,
 }
 
 /// Runs the controller for one namespace (or all when `None`) until shutdown. `synced` is
@@ -136,10 +137,12 @@ pub async fn run(
         controller = controller.owns_stream(stream);
     }
     let main_store = controller.store();
-    let ctx = Arc::new(Ctx { shared, stores });
+    let (caches_synced, caches) = CachesSynced::new();
+    let ctx = Arc::new(Ctx { shared, stores, caches });
     tokio::spawn(async move {
         readiness.await;
         synced_store(&main_store).await;
+        let _ = caches_synced.send(true);
         synced();
     });
     controller
@@ -158,6 +161,7 @@ fn key(app: &AppEnvironment) -> String {
 }
 
 async fn reconcile(app: Arc<AppEnvironment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    ctx.caches.wait().await;
     let started = Instant::now();
     let result = reconcile_app(&app, &ctx).await;
     ctx.shared.metrics.observe(NAME, started.elapsed(), result.as_ref().err().map(Error::category));

@@ -27,7 +27,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::apply::Applier;
-use super::{Context, Error, api, cache, synced_store};
+use super::{CachesSynced, Context, Error, api, cache, synced_store};
 use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::api::databaseinstance::{DatabaseInstance, DatabaseInstanceStatus, ProvisioningError};
 use crate::provision::{self, ProvisionError, Target};
@@ -61,6 +61,7 @@ struct Stores {
 struct Ctx {
     shared: Arc<Context>,
     stores: Stores,
+    caches: CachesSynced,
 }
 
 /// Runs the controller for one namespace (or all when `None`) until shutdown. `synced` is
@@ -146,10 +147,12 @@ pub async fn run(
             Some(ObjectRef::new(&instance).within(&pvc.namespace()?))
         });
     let main_store = controller.store();
-    let ctx = Arc::new(Ctx { shared, stores });
+    let (caches_synced, caches) = CachesSynced::new();
+    let ctx = Arc::new(Ctx { shared, stores, caches });
     tokio::spawn(async move {
         readiness.await;
         synced_store(&main_store).await;
+        let _ = caches_synced.send(true);
         synced();
     });
     controller
@@ -168,6 +171,7 @@ fn key(db: &DatabaseInstance) -> String {
 }
 
 async fn reconcile(db: Arc<DatabaseInstance>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    ctx.caches.wait().await;
     let started = Instant::now();
     let result = reconcile_instance(&db, &ctx).await;
     ctx.shared.metrics.observe(NAME, started.elapsed(), result.as_ref().err().map(Error::category));
@@ -342,7 +346,6 @@ async fn reconcile_instance(db: &DatabaseInstance, ctx: &Ctx) -> Result<Action, 
 async fn stored_credentials(valid: &ValidDatabase, ctx: &Ctx) -> Result<Option<Credentials>, Error> {
     let ns = valid.namespace();
     let secrets = &ctx.stores.secrets;
-    synced_store(secrets).await;
     let get = |name: &str| secrets.get(&ObjectRef::new(name).within(&ns));
     let mut main = get(&valid.secret_name());
     if main.is_none() {
@@ -560,6 +563,7 @@ async fn update_status(
     if unchanged {
         return Ok(());
     }
+    tracing::debug!(databaseinstance = %key(db), before = ?current, after = ?new_status, "status changed");
     let patch = serde_json::json!({
         "apiVersion": DatabaseInstance::api_version(&()),
         "kind": DatabaseInstance::kind(&()),

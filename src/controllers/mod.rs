@@ -145,6 +145,26 @@ where
     }
 }
 
+/// Whether every watch cache of a controller has its first full list. Reconciles wait for it:
+/// a child missing from a cache that is still filling would look absent, and acting on that
+/// would rewrite it (or, for a StatefulSet, skip the day-2 checks).
+#[derive(Clone)]
+pub struct CachesSynced(tokio::sync::watch::Receiver<bool>);
+
+impl CachesSynced {
+    /// A flag and the sender that raises it.
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Self(rx))
+    }
+
+    /// Resolves once the caches are synced (at once afterwards).
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|synced| *synced).await;
+    }
+}
+
 /// `base` scaled by a factor in [0.75, 1.25), derived from the clock and the key.
 fn jitter(base: Duration, key: &str) -> Duration {
     let nanos =
