@@ -19,9 +19,15 @@ fn valid(spec: &str) -> ValidApp {
     validate(&app(spec)).expect("fixture is valid")
 }
 
+static NO_DATABASES: DatabaseLinks = DatabaseLinks { linked: Vec::new(), missing: Vec::new(), not_ready: Vec::new() };
+
+fn build_plain(valid: &ValidApp) -> AppChildren {
+    build(valid, &NO_DATABASES)
+}
+
 #[test]
 fn development_defaults() {
-    let c = build(&valid("  tier: development\n  image: x:1\n"));
+    let c = build_plain(&valid("  tier: development\n  image: x:1\n"));
     assert_eq!(c.deployment.spec.replicas, Some(1));
     assert!(c.disruption_budget.is_none());
     assert!(c.ingress.is_none() && c.certificate.is_none() && c.autoscaler.is_none());
@@ -37,7 +43,7 @@ fn development_defaults() {
 
 #[test]
 fn production_defaults_and_explicit_fields_win() {
-    let c = build(&valid("  tier: production\n  image: x:1\n"));
+    let c = build_plain(&valid("  tier: production\n  image: x:1\n"));
     assert_eq!(c.deployment.spec.replicas, Some(2));
     let ru = c.deployment.spec.strategy.clone().unwrap().rolling_update.unwrap();
     assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
@@ -47,7 +53,7 @@ fn production_defaults_and_explicit_fields_win() {
         2
     );
 
-    let c = build(&valid(
+    let c = build_plain(&valid(
         "  tier: production\n  image: x:1\n  replicas: 5\n  topologySpread: false\n  disruptionBudget:\n    enabled: false\n  rollout:\n    maxUnavailable: 1\n",
     ));
     assert_eq!(c.deployment.spec.replicas, Some(5));
@@ -58,7 +64,7 @@ fn production_defaults_and_explicit_fields_win() {
 
 #[test]
 fn autoscaling_leaves_replicas_to_the_autoscaler() {
-    let c = build(&valid("  tier: production\n  image: x:1\n  autoscaling:\n    maxReplicas: 6\n"));
+    let c = build_plain(&valid("  tier: production\n  image: x:1\n  autoscaling:\n    maxReplicas: 6\n"));
     assert_eq!(c.deployment.spec.replicas, None);
     let hpa = c.autoscaler.unwrap().spec;
     assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(3), 6));
@@ -69,7 +75,7 @@ fn autoscaling_leaves_replicas_to_the_autoscaler() {
 
 #[test]
 fn tls_yields_certificate_for_every_host() {
-    let c = build(&valid(
+    let c = build_plain(&valid(
         "  tier: staging\n  image: x:1\n  ingress:\n    hosts: [a.example.com, b.example.com]\n    tls:\n      issuerRef:\n        name: le\n        kind: Issuer\n",
     ));
     let cert = c.certificate.unwrap();
@@ -82,7 +88,7 @@ fn tls_yields_certificate_for_every_host() {
 
 #[test]
 fn children_carry_owner_reference_and_labels() {
-    let c = build(&valid("  tier: staging\n  image: x:1\n"));
+    let c = build_plain(&valid("  tier: staging\n  image: x:1\n"));
     let meta = &c.service.metadata;
     let owner = &meta.owner_references.as_ref().unwrap()[0];
     assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("AppEnvironment", "u-1", Some(true)));
@@ -93,7 +99,7 @@ fn children_carry_owner_reference_and_labels() {
 
 #[test]
 fn restricted_security_context_by_default() {
-    let c = build(&valid("  tier: staging\n  image: x:1\n"));
+    let c = build_plain(&valid("  tier: staging\n  image: x:1\n"));
     let pod = c.deployment.spec.template.spec.unwrap();
     let sc = pod.containers[0].security_context.clone().unwrap();
     assert_eq!(sc.allow_privilege_escalation, Some(false));
@@ -141,7 +147,15 @@ fn condition(h: &super::status::AppHealth, type_: &str) -> (bool, String) {
 fn status_follows_the_rollout() {
     let v = valid("  tier: staging\n  image: x:1\n");
     let obs = |d: &Deployment, changed| {
-        health(&v, &Observed { deployment: Some(d), certificate: None, deployment_just_changed: changed })
+        health(
+            &v,
+            &Observed {
+                deployment: Some(d),
+                certificate: None,
+                deployment_just_changed: changed,
+                databases: &NO_DATABASES,
+            },
+        )
     };
     let done = obs(&deployment(2, 2, 2, 2, 2, false), false);
     assert_eq!(condition(&done, "Ready"), (true, "Available".into()));
@@ -155,7 +169,10 @@ fn status_follows_the_rollout() {
     );
     let stalled = obs(&deployment(2, 2, 2, 1, 1, true), false);
     assert_eq!(condition(&stalled, "Degraded"), (true, "RolloutFailed".into()));
-    let missing = health(&v, &Observed { deployment: None, certificate: None, deployment_just_changed: false });
+    let missing = health(
+        &v,
+        &Observed { deployment: None, certificate: None, deployment_just_changed: false, databases: &NO_DATABASES },
+    );
     assert!(!condition(&missing, "Ready").0);
 }
 
@@ -178,13 +195,37 @@ fn status_waits_for_the_certificate() {
         }),
     };
     let pending = cert("False", "Issuing");
-    let h = health(&v, &Observed { deployment: Some(&d), certificate: Some(&pending), deployment_just_changed: false });
+    let h = health(
+        &v,
+        &Observed {
+            deployment: Some(&d),
+            certificate: Some(&pending),
+            deployment_just_changed: false,
+            databases: &NO_DATABASES,
+        },
+    );
     assert_eq!(condition(&h, "Ready"), (false, "CertificatePending".into()));
     let failed = cert("False", "Failed");
-    let h = health(&v, &Observed { deployment: Some(&d), certificate: Some(&failed), deployment_just_changed: false });
+    let h = health(
+        &v,
+        &Observed {
+            deployment: Some(&d),
+            certificate: Some(&failed),
+            deployment_just_changed: false,
+            databases: &NO_DATABASES,
+        },
+    );
     assert_eq!(condition(&h, "Degraded"), (true, "CertificateFailed".into()));
     let ready = cert("True", "Ready");
-    let h = health(&v, &Observed { deployment: Some(&d), certificate: Some(&ready), deployment_just_changed: false });
+    let h = health(
+        &v,
+        &Observed {
+            deployment: Some(&d),
+            certificate: Some(&ready),
+            deployment_just_changed: false,
+            databases: &NO_DATABASES,
+        },
+    );
     assert!(condition(&h, "Ready").0);
 }
 
