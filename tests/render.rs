@@ -172,8 +172,8 @@ fn orders_example_gets_the_connection_secrets_of_both_instances() {
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&out).expect("output is a YAML stream");
     let deployment = docs
         .iter()
-        .find(|d| d["kind"] == "Deployment" && d.pointer("/metadata/name") == Some(&"orders".into()))
-        .expect("the orders Deployment");
+        .find(|d| d["kind"] == "Deployment" && d.pointer("/metadata/name") == Some(&"shop-orders".into()))
+        .expect("the shop-orders Deployment");
     let template = &deployment["spec"]["template"];
     assert_eq!(template["metadata"]["labels"]["berth.dev/uses-orders-db"], "true");
     assert_eq!(template["metadata"]["labels"]["berth.dev/uses-events-mq"], "true");
