@@ -1,10 +1,15 @@
 //! `berth render`: reads custom resources from YAML files and prints, in apply order, every
 //! child object the operator would create. No cluster is involved: the same validation and
 //! the same pure builders as the controllers.
+//!
+//! AppEnvironments are linked against the DatabaseInstances of the same input (same
+//! namespace), which render treats as ready; a reference to an instance that is not in the
+//! input is an error.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use kube::ResourceExt;
 use serde_json::Value;
 
 use crate::api::validation::{self, FieldError};
@@ -52,9 +57,16 @@ pub fn render(paths: &[PathBuf]) -> Result<String, Vec<Problem>> {
             Err(e) => problems.push(Problem { file: path.clone(), document: 0, error: FieldError::new("file", e) }),
         }
     }
+    // Every DatabaseInstance of the input, for the AppEnvironments that reference one. Those
+    // that do not parse are reported by their own document below.
+    let instances: Vec<berth_api::DatabaseInstance> = documents
+        .iter()
+        .filter(|d| d.value.get("kind").and_then(Value::as_str) == Some("DatabaseInstance"))
+        .filter_map(|d| serde_json::from_value(d.value.clone()).ok())
+        .collect();
     let mut objects = Vec::new();
     for doc in &documents {
-        match render_document(doc) {
+        match render_document(doc, &instances) {
             Ok(children) => objects.extend(children),
             Err(errors) => problems.extend(errors.into_iter().map(|error| Problem {
                 file: doc.file.clone(),
@@ -142,7 +154,7 @@ fn read_documents(file: &Path, out: &mut Vec<Document>, problems: &mut Vec<Probl
     }
 }
 
-fn render_document(doc: &Document) -> Result<Vec<Value>, Vec<FieldError>> {
+fn render_document(doc: &Document, instances: &[berth_api::DatabaseInstance]) -> Result<Vec<Value>, Vec<FieldError>> {
     let value = &doc.value;
     if !value.is_object() {
         return Err(vec![FieldError::new("document", "must be a YAML mapping (a Kubernetes object)")]);
@@ -175,7 +187,8 @@ fn render_document(doc: &Document) -> Result<Vec<Value>, Vec<FieldError>> {
         "AppEnvironment" => {
             let app: AppEnvironment = typed(value)?;
             let valid = appenvironment::validate(&app)?;
-            Ok(appenvironment::build(&valid).to_json())
+            let links = link_databases(&app, instances)?;
+            Ok(appenvironment::build(&valid, &links).to_json())
         }
         "DatabaseInstance" => {
             let db: berth_api::DatabaseInstance = typed(value)?;
@@ -188,6 +201,46 @@ fn render_document(doc: &Document) -> Result<Vec<Value>, Vec<FieldError>> {
         // specs are still validated above.
         _ => Ok(Vec::new()),
     }
+}
+
+/// `spec.databases` of `app` resolved against the DatabaseInstances of the input in the
+/// app's namespace (a missing namespace meaning `default`, as for kubectl without `-n`).
+fn link_databases(
+    app: &AppEnvironment,
+    instances: &[berth_api::DatabaseInstance],
+) -> Result<appenvironment::DatabaseLinks, Vec<FieldError>> {
+    let namespace = app.namespace().unwrap_or_else(|| "default".into());
+    let same_namespace: Vec<berth_api::DatabaseInstance> = instances
+        .iter()
+        .filter(|i| i.namespace().unwrap_or_else(|| "default".into()) == namespace)
+        .cloned()
+        .map(|mut i| {
+            // Namespace-less input counts as `default` on both sides. Readiness does not
+            // matter: the builders treat a not-ready instance like a ready one.
+            i.metadata.namespace = Some(namespace.clone());
+            i
+        })
+        .collect();
+    let mut app = app.clone();
+    app.metadata.namespace = Some(namespace.clone());
+    let links = appenvironment::link(&app, &same_namespace);
+    let errors: Vec<FieldError> = app
+        .spec
+        .databases
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| links.missing.contains(&r.name))
+        .map(|(i, r)| {
+            FieldError::new(
+                format!("spec.databases[{i}].name"),
+                format!(
+                    "DatabaseInstance {:?} is not in the rendered input (namespace {namespace:?}); pass its manifest with -f as well, or correct the name",
+                    r.name
+                ),
+            )
+        })
+        .collect();
+    if errors.is_empty() { Ok(links) } else { Err(errors) }
 }
 
 fn typed<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, Vec<FieldError>> {

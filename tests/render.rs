@@ -159,3 +159,59 @@ fn garbage_never_panics() {
     let (code, _, err) = render(&[&dir.path().join("missing.yaml")]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn orders_example_gets_the_connection_secrets_of_both_instances() {
+    let examples = repo().join("deploy/examples");
+    let (code, out, err) = render(&[
+        &examples.join("appenvironment-orders.yaml"),
+        &examples.join("databaseinstance-postgres.yaml"),
+        &examples.join("databaseinstance-rabbitmq.yaml"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&out).expect("output is a YAML stream");
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d.pointer("/metadata/name") == Some(&"shop-orders".into()))
+        .expect("the shop-orders Deployment");
+    let template = &deployment["spec"]["template"];
+    assert_eq!(template["metadata"]["labels"]["berth.dev/uses-orders-db"], "true");
+    assert_eq!(template["metadata"]["labels"]["berth.dev/uses-events-mq"], "true");
+    let env = template["spec"]["containers"][0]["env"].as_array().expect("env");
+    let secret_of = |name: &str| {
+        let var = env.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("{name} in {env:?}"));
+        let r = &var["valueFrom"]["secretKeyRef"];
+        (r["name"].as_str().unwrap().to_string(), r["key"].as_str().unwrap().to_string())
+    };
+    assert_eq!(secret_of("DATABASE_URL"), ("orders-db-credentials".into(), "uri".into()));
+    assert_eq!(secret_of("DATABASE_NAME"), ("orders-db-credentials".into(), "dbname".into()));
+    assert_eq!(secret_of("AMQP_URL"), ("events-mq-credentials".into(), "uri".into()));
+    assert_eq!(secret_of("AMQP_PASSWORD"), ("events-mq-credentials".into(), "password".into()));
+}
+
+#[test]
+fn a_database_missing_from_the_input_is_an_error_naming_the_reference() {
+    let (code, out, err) = render(&[&repo().join("deploy/examples/appenvironment-orders.yaml")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty(), "nothing on stdout for invalid input, got {out}");
+    assert!(
+        err.contains("spec.databases[0].name: DatabaseInstance \"orders-db\" is not in the rendered input (namespace \"shop\"); pass its manifest with -f"),
+        "{err}"
+    );
+    assert!(err.contains("spec.databases[1].name: DatabaseInstance \"events-mq\""), "{err}");
+
+    // An instance of the same name in another namespace does not count.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("deploy/examples/databaseinstance-postgres.yaml"))
+        .unwrap()
+        .replace("namespace: shop", "namespace: elsewhere");
+    let other = write(dir.path(), "other.yaml", &text);
+    let app = write(
+        dir.path(),
+        "app.yaml",
+        "apiVersion: berth.dev/v1alpha1\nkind: AppEnvironment\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  tier: development\n  image: x\n  databases:\n  - name: orders-db\n",
+    );
+    let (code, _, err) = render(&[&app, &other]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("{}:1: spec.databases[0].name", app.display())), "{err}");
+}

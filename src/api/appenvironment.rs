@@ -72,6 +72,16 @@ pub struct AppEnvironmentSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_from: Vec<EnvFromSource>,
 
+    /// DatabaseInstances (in this namespace) the app uses. For each, the instance's connection
+    /// Secret (`<instance>-credentials`) is injected as environment variables
+    /// `<PREFIX>_URL`, `_HOST`, `_PORT`, `_USERNAME`, `_PASSWORD` (and `_NAME`, the database,
+    /// for PostgreSQL); the pods get the `berth.dev/uses-<instance>` label the instance's
+    /// NetworkPolicy admits; and the app stays Progressing until the instance is Ready. A
+    /// variable also declared in `env` keeps the value from `env`. Names are unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub databases: Vec<DatabaseRef>,
+
     /// Ports the application listens on. The first port is the one the Service and the
     /// Ingress route to. Defaults to one port named `http` on 8080.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -186,6 +196,22 @@ impl Tier {
             Tier::Production => "production",
         }
     }
+}
+
+/// A DatabaseInstance the app uses, and the prefix of the environment variables it gets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseRef {
+    /// Name of a DatabaseInstance in the AppEnvironment's namespace.
+    #[schemars(length(min = 1, max = 52), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Prefix of the injected variables (`<PREFIX>_URL`, `<PREFIX>_HOST`, …): uppercase
+    /// letters, digits and `_`. Defaults to `DATABASE` for the app's only PostgreSQL instance
+    /// and `AMQP` for its only RabbitMQ instance (so `DATABASE_URL` and `AMQP_URL`), otherwise
+    /// to the instance name upper-cased with `-` as `_` (`orders-db` → `ORDERS_DB_URL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Z_][A-Z0-9_]*$"))]
+    pub env_prefix: Option<String>,
 }
 
 /// Image pull policy.

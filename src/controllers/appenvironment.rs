@@ -25,7 +25,7 @@ use super::{CachesSynced, Context, Error, api, synced_store};
 use crate::api::appenvironment::{AppEnvironment, AppEnvironmentStatus};
 use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::resources::appenvironment::status::{Observed, health};
-use crate::resources::appenvironment::{AppChildren, ValidApp, build, url, validate};
+use crate::resources::appenvironment::{AppChildren, DatabaseLinks, ValidApp, build, url, validate};
 use crate::resources::certificate::Certificate;
 use crate::resources::meta::owner_label_key;
 
@@ -209,7 +209,7 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
             return Ok(Action::await_change());
         }
     };
-    let children = build(&valid);
+    let children = build(&valid, &DatabaseLinks::default());
     if children.certificate.is_some() && !ctx.shared.cert_manager {
         let missing = "spec.ingress.tls needs cert-manager, whose Certificate API (cert-manager.io/v1) is not installed in the cluster; install cert-manager or remove spec.ingress.tls";
         let conditions = [
@@ -229,6 +229,7 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
         deployment: deployment.as_deref(),
         certificate: certificate.as_deref(),
         deployment_just_changed: deployment_changed,
+        databases: &DatabaseLinks::default(),
     };
     let app_health = health(&valid, &observed);
     update_status(app, ctx, &app_health.conditions, app_health.ready_replicas, Some(&valid)).await?;

@@ -22,6 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
+use super::databases::{self, DatabaseLinks};
 use super::validate::{ResolvedBudget, ValidApp};
 use crate::api::appenvironment::{AppEnvironment, PullPolicy, ServiceType};
 use crate::resources::certificate::{Certificate, CertificateIssuerRef, CertificateSpec};
@@ -71,12 +72,14 @@ impl AppChildren {
     }
 }
 
-/// Builds every child of `valid`.
-pub fn build(valid: &ValidApp) -> AppChildren {
+/// Builds every child of `valid`. `links` are its `spec.databases` resolved by
+/// [`databases::link`]: their variables, labels and annotations go into the Deployment's pods
+/// (whether or not the instances are ready yet; readiness only affects the status).
+pub fn build(valid: &ValidApp, links: &DatabaseLinks) -> AppChildren {
     AppChildren {
         service_account: service_account(valid),
         service: service(valid),
-        deployment: deployment(valid),
+        deployment: deployment(valid, links),
         ingress: ingress(valid),
         certificate: certificate(valid),
         autoscaler: autoscaler(valid),
@@ -165,7 +168,7 @@ fn restricted_container_context() -> SecurityContext {
     }
 }
 
-fn pod_annotations(valid: &ValidApp) -> BTreeMap<String, String> {
+fn pod_annotations(valid: &ValidApp, links: &DatabaseLinks) -> BTreeMap<String, String> {
     let spec = &app(valid).spec;
     let mut annotations = BTreeMap::new();
     if let Some(linkerd) = spec.linkerd {
@@ -191,10 +194,12 @@ fn pod_annotations(valid: &ValidApp) -> BTreeMap<String, String> {
         }
     }
     annotations.extend(spec.pod_annotations.clone());
+    // After the user's: a credential rotation must roll the pods.
+    annotations.extend(databases::pod_annotations(links));
     annotations
 }
 
-fn deployment(valid: &ValidApp) -> Deployment {
+fn deployment(valid: &ValidApp, links: &DatabaseLinks) -> Deployment {
     let spec = &app(valid).spec;
     let name = app(valid).name_any();
     let mut pod_labels = labels(valid);
@@ -204,6 +209,9 @@ fn deployment(valid: &ValidApp) -> Deployment {
         pod_labels.insert("app.kubernetes.io/version".into(), version);
     }
     pod_labels.extend(spec.pod_labels.clone());
+    // After the user's: the instances' NetworkPolicies admit pods by these labels.
+    pod_labels.extend(databases::pod_labels(links));
+    let env = databases::env_vars(links, &spec.env);
     let probes = spec.probes.clone().unwrap_or_default();
     let container = Container {
         name: CONTAINER.into(),
@@ -218,7 +226,7 @@ fn deployment(valid: &ValidApp) -> Deployment {
         }),
         command: (!spec.command.is_empty()).then(|| spec.command.clone()),
         args: (!spec.args.is_empty()).then(|| spec.args.clone()),
-        env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+        env: (!env.is_empty()).then_some(env),
         env_from: (!spec.env_from.is_empty()).then(|| spec.env_from.clone()),
         ports: Some(
             valid
@@ -259,7 +267,7 @@ fn deployment(valid: &ValidApp) -> Deployment {
             })
             .collect()
     });
-    let annotations = pod_annotations(valid);
+    let annotations = pod_annotations(valid, links);
     Deployment {
         metadata: child_meta(valid, BTreeMap::new()),
         spec: DeploymentSpec {
@@ -426,6 +434,10 @@ fn disruption_budget(valid: &ValidApp) -> Option<PodDisruptionBudget> {
     })
 }
 
+/// Ingress only: which pods may reach the app. Egress is not restricted, so the app reaches
+/// the DatabaseInstances of `spec.databases` without a rule here (their own NetworkPolicies
+/// admit it by the `berth.dev/uses-<instance>` pod label). A policy that adds the `Egress`
+/// type must include [`databases::egress_rules`].
 fn network_policy(valid: &ValidApp) -> Option<NetworkPolicy> {
     let np = valid.network_policy.as_ref()?;
     let ns_peer = |ns: &str| NetworkPolicyPeer {

@@ -1,8 +1,11 @@
-//! Conditions of an AppEnvironment, computed from what was observed of its Deployment and
-//! Certificate. Pure, so every rollout situation is a unit test.
+//! Conditions of an AppEnvironment, computed from what was observed of its Deployment,
+//! Certificate and referenced DatabaseInstances. Pure, so every rollout situation is a unit test.
 
 use k8s_openapi::api::apps::v1::Deployment;
 
+use kube::ResourceExt;
+
+use super::databases::DatabaseLinks;
 use super::validate::ValidApp;
 use crate::api::conditions::{DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::resources::certificate::Certificate;
@@ -13,7 +16,14 @@ pub struct Observed<'a> {
     pub deployment: Option<&'a Deployment>,
     pub certificate: Option<&'a Certificate>,
     pub deployment_just_changed: bool,
+    /// `spec.databases` resolved against the namespace's DatabaseInstances: while one is
+    /// missing or not ready, the app is not Ready but Progressing (`WaitingForDatabase`).
+    pub databases: &'a DatabaseLinks,
 }
+
+/// Reason of `Ready=False` and `Progressing=True` while a referenced DatabaseInstance is
+/// missing or not ready.
+pub const WAITING_FOR_DATABASE: &str = "WaitingForDatabase";
 
 /// The computed part of the status.
 #[derive(Debug, PartialEq)]
@@ -22,7 +32,7 @@ pub struct AppHealth {
     pub ready_replicas: Option<i32>,
 }
 
-/// Ready, Progressing and Degraded from the rollout and the certificate.
+/// Ready, Progressing and Degraded from the rollout, the certificate and the databases.
 pub fn health(valid: &ValidApp, observed: &Observed) -> AppHealth {
     let wants_tls = valid.ingress.as_ref().is_some_and(|i| i.tls.is_some());
     let ready_replicas = observed.deployment.and_then(|d| d.status.as_ref()).and_then(|s| s.ready_replicas);
@@ -30,16 +40,24 @@ pub fn health(valid: &ValidApp, observed: &Observed) -> AppHealth {
     let rollout = rollout_state(observed);
     let cert = if wants_tls { certificate_state(observed.certificate) } else { Part::Done };
 
-    let (ready, ready_reason, ready_message) = match (&rollout, &cert) {
-        (Part::Done, Part::Done) => (true, "Available", "all replicas run the current spec".to_string()),
-        (Part::Failed(m), _) => (false, "RolloutFailed", m.clone()),
-        (_, Part::Failed(m)) => (false, "CertificateFailed", m.clone()),
-        (Part::Pending(m), _) => (false, "RollingOut", m.clone()),
-        (_, Part::Pending(m)) => (false, "CertificatePending", m.clone()),
+    let namespace = valid.app.namespace().unwrap_or_else(|| "default".into());
+    let waiting_for_database = observed.databases.waiting_message(&namespace);
+
+    let (ready, ready_reason, ready_message) = match (&rollout, &cert, &waiting_for_database) {
+        // An app without its database does not work, whatever the rollout says; a rollout or
+        // certificate failure still shows as Degraded below.
+        (_, _, Some(m)) => (false, WAITING_FOR_DATABASE, m.clone()),
+        (Part::Done, Part::Done, None) => (true, "Available", "all replicas run the current spec".to_string()),
+        (Part::Failed(m), _, None) => (false, "RolloutFailed", m.clone()),
+        (_, Part::Failed(m), None) => (false, "CertificateFailed", m.clone()),
+        (Part::Pending(m), _, None) => (false, "RollingOut", m.clone()),
+        (_, Part::Pending(m), None) => (false, "CertificatePending", m.clone()),
     };
-    let progressing = matches!(rollout, Part::Pending(_)) || matches!(cert, Part::Pending(_));
+    let progressing =
+        matches!(rollout, Part::Pending(_)) || matches!(cert, Part::Pending(_)) || waiting_for_database.is_some();
     let degraded = match (&rollout, &cert) {
-        (Part::Failed(m), _) | (_, Part::Failed(m)) => Some(m.clone()),
+        (Part::Failed(m), _) => Some(("RolloutFailed", m.clone())),
+        (_, Part::Failed(m)) => Some(("CertificateFailed", m.clone())),
         _ => None,
     };
     AppHealth {
@@ -50,13 +68,15 @@ pub fn health(valid: &ValidApp, observed: &Observed) -> AppHealth {
                     PROGRESSING,
                     true,
                     ready_reason,
-                    "waiting for the rollout and certificate to finish",
+                    waiting_for_database
+                        .clone()
+                        .unwrap_or_else(|| "waiting for the rollout and certificate to finish".to_string()),
                 )
             } else {
                 DesiredCondition::new(PROGRESSING, false, "Idle", "nothing in flight")
             },
             match degraded {
-                Some(m) => DesiredCondition::new(DEGRADED, true, ready_reason, m),
+                Some((reason, m)) => DesiredCondition::new(DEGRADED, true, reason, m),
                 None => DesiredCondition::new(DEGRADED, false, "Healthy", "no failure observed"),
             },
         ],

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use crate::api::appenvironment::{AppEnvironment, AppPort, IssuerKind, PathType, Protocol, Tier};
+use super::databases::name_prefix;
+use crate::api::appenvironment::{AppEnvironment, AppPort, DatabaseRef, IssuerKind, PathType, Protocol, Tier};
 use crate::api::validation::FieldError;
 
 /// Port used when `spec.ports` is empty.
@@ -100,6 +101,7 @@ pub fn validate(app: &AppEnvironment) -> Result<ValidApp, Vec<FieldError>> {
     }
 
     let ports = resolve_ports(&spec.ports, &mut errors);
+    check_databases(&spec.databases, &mut errors);
     let tier = spec.tier;
 
     let autoscaling = spec.autoscaling.as_ref().map(|a| {
@@ -297,6 +299,64 @@ fn resolve_ports(ports: &[AppPort], errors: &mut Vec<FieldError>) -> Vec<Resolve
             ResolvedPort { name: p.name.clone(), container_port: p.container_port, protocol }
         })
         .collect()
+}
+
+/// `spec.databases`: each instance once, valid prefixes, and no prefix shared by two
+/// references. The defaults `DATABASE`/`AMQP` depend on the instances' engines and are
+/// resolved without collisions by [`super::databases::link`]; what can collide regardless of
+/// the engines is checked here.
+fn check_databases(refs: &[DatabaseRef], errors: &mut Vec<FieldError>) {
+    let mut names = BTreeMap::new();
+    for (i, r) in refs.iter().enumerate() {
+        if let Some(&first) = names.get(r.name.as_str()) {
+            errors.push(FieldError::new(
+                format!("spec.databases[{i}].name"),
+                format!(
+                    "{:?} is already referenced by spec.databases[{first}]; list each DatabaseInstance once",
+                    r.name
+                ),
+            ));
+        } else {
+            names.insert(r.name.as_str(), i);
+        }
+    }
+    // Explicit prefixes, in order, against explicit prefixes and name-derived defaults.
+    let mut claimed: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, r) in refs.iter().enumerate() {
+        if r.env_prefix.is_none() {
+            claimed.entry(name_prefix(&r.name)).or_insert(i);
+        }
+    }
+    for (i, r) in refs.iter().enumerate() {
+        let Some(prefix) = &r.env_prefix else { continue };
+        let field = format!("spec.databases[{i}].envPrefix");
+        if !is_env_prefix(prefix) {
+            errors.push(FieldError::new(
+                field,
+                format!("{prefix:?} must consist of uppercase letters, digits and '_' and not start with a digit (^[A-Z_][A-Z0-9_]*$), e.g. ORDERS_DB"),
+            ));
+            continue;
+        }
+        match claimed.get(prefix) {
+            Some(&j) if refs[j].env_prefix.is_some() => errors.push(FieldError::new(
+                field,
+                format!("{prefix:?} is also the envPrefix of spec.databases[{j}] ({:?}); give each database its own prefix", refs[j].name),
+            )),
+            Some(&j) => errors.push(FieldError::new(
+                field,
+                format!("{prefix:?} is the default prefix of spec.databases[{j}] ({:?}); choose another envPrefix or set spec.databases[{j}].envPrefix", refs[j].name),
+            )),
+            _ => {
+                claimed.insert(prefix.clone(), i);
+            }
+        }
+    }
+}
+
+fn is_env_prefix(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn is_dns_label(s: &str) -> bool {
