@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use berth::api::DatabaseInstance;
-use k8s_openapi::api::apps::v1::StatefulSet;
+use berth::api::{AppEnvironment, DatabaseInstance};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -61,6 +61,16 @@ async fn wait_condition(
     .await
 }
 
+async fn wait_app(api: &Api<AppEnvironment>, type_: &str, status: &str, reason: &str) -> AppEnvironment {
+    eventually(&format!("app {type_}={status} ({reason})"), WAIT, || async {
+        let app = api.get("orders").await.ok()?;
+        let st = app.status.as_ref()?;
+        let c = st.conditions.iter().find(|c| c.type_ == type_)?;
+        (c.status == status && c.reason == reason).then_some(app)
+    })
+    .await
+}
+
 async fn can_login(pg: &Postgres, user: &str, password: &str, db: &str) -> bool {
     let url = format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", pg.port);
     tokio_postgres::connect(&url, tokio_postgres::NoTls).await.is_ok()
@@ -97,6 +107,27 @@ async fn postgres_instance_provisions_keeps_its_secret_grows_refuses_and_rotates
     .unwrap();
     api.create(&PostParams::default(), &instance).await.unwrap();
 
+    // An app that uses the instance waits for it (the server does not accept the operator's
+    // password yet, so the instance cannot be Ready).
+    let apps: Api<AppEnvironment> = Api::namespaced(client.clone(), NS);
+    let app: AppEnvironment = serde_json::from_value(json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "AppEnvironment",
+        "metadata": {"name": "orders", "namespace": NS},
+        "spec": {"tier": "development", "image": "ghcr.io/example/orders:1.0", "databases": [{"name": "orders-db"}]}
+    }))
+    .unwrap();
+    apps.create(&PostParams::default(), &app).await.unwrap();
+    let waiting = wait_app(&apps, "Progressing", "True", "WaitingForDatabase").await;
+    let message = &waiting.status.unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().message.clone();
+    assert!(message.contains("orders-db"), "{message}");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let pod = deployments.get("orders").await.unwrap().spec.template;
+    let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
+    let url = env.iter().find(|e| e.name == "DATABASE_URL").expect("DATABASE_URL injected");
+    let key = url.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+    assert_eq!((key.name.as_str(), key.key.as_str()), ("orders-db-credentials", "uri"));
+    assert_eq!(pod.metadata.unwrap().labels.unwrap()["berth.dev/uses-orders-db"], "true");
+
     // The image's entrypoint would initialise the server with the generated password.
     let admin = secret_data(&secret(&client, "orders-db-credentials").await);
     assert!(admin["password"].len() >= 32);
@@ -118,6 +149,8 @@ async fn postgres_instance_provisions_keeps_its_secret_grows_refuses_and_rotates
     let app = secret_data(&secret(&client, "orders-db-user-app").await);
     assert_eq!(app["dbname"], "orders");
     assert!(can_login(&pg, "app", &app["password"], "orders").await, "the app role logs in with its Secret");
+    // The instance's readiness wakes the app (a watch: the app's resync is far away).
+    wait_app(&apps, "Ready", "True", "Available").await;
 
     // A restarted operator keeps every credential: same data, not even rewritten.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
@@ -201,6 +234,12 @@ async fn postgres_instance_provisions_keeps_its_secret_grows_refuses_and_rotates
     assert!(can_login(&pg, "postgres", &new_admin["password"], "postgres").await);
     assert!(!can_login(&pg, "postgres", &admin["password"], "postgres").await);
     pg.password = new_admin["password"].clone();
+    // The app's pods roll onto the new credentials.
+    eventually("app pods annotated with the rotation", WAIT, || async {
+        let pod = deployments.get("orders").await.ok()?.spec.template.metadata?;
+        (pod.annotations?.get("berth.dev/credentials-orders-db")? == "2026-11-22").then_some(())
+    })
+    .await;
 
     // Deleting the instance (default deletionPolicy Retain) keeps its data volume.
     api.delete("orders-db", &DeleteParams::default()).await.unwrap();

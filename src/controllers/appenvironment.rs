@@ -21,11 +21,12 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::apply::Applier;
-use super::{CachesSynced, Context, Error, api, synced_store};
+use super::{CachesSynced, Context, Error, api, cache, synced_store};
 use crate::api::appenvironment::{AppEnvironment, AppEnvironmentStatus};
 use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
+use crate::api::databaseinstance::DatabaseInstance;
 use crate::resources::appenvironment::status::{Observed, health};
-use crate::resources::appenvironment::{AppChildren, DatabaseLinks, ValidApp, build, url, validate};
+use crate::resources::appenvironment::{AppChildren, ValidApp, build, link, url, validate};
 use crate::resources::certificate::Certificate;
 use crate::resources::meta::owner_label_key;
 
@@ -44,6 +45,9 @@ pub struct Stores {
     pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub disruption_budgets: Store<PodDisruptionBudget>,
     pub network_policies: Store<NetworkPolicy>,
+    /// DatabaseInstances the apps may reference (not children: watched for their readiness
+    /// and credentials revision).
+    pub database_instances: Store<DatabaseInstance>,
 }
 
 struct Ctx {
@@ -89,6 +93,7 @@ pub async fn run(
         (None, None)
     };
 
+    let (database_instances, dbi_stream) = cache::<DatabaseInstance>(&client, ns, watcher::Config::default());
     let stores = Stores {
         service_accounts,
         services,
@@ -98,6 +103,7 @@ pub async fn run(
         autoscalers,
         disruption_budgets,
         network_policies,
+        database_instances,
     };
     let readiness = {
         let s = (
@@ -109,6 +115,7 @@ pub async fn run(
             stores.disruption_budgets.clone(),
             stores.network_policies.clone(),
             stores.certificates.clone(),
+            stores.database_instances.clone(),
         );
         async move {
             synced_store(&s.0).await;
@@ -121,6 +128,7 @@ pub async fn run(
             if let Some(c) = s.7 {
                 synced_store(&c).await;
             }
+            synced_store(&s.8).await;
         }
     };
 
@@ -137,6 +145,16 @@ pub async fn run(
         controller = controller.owns_stream(stream);
     }
     let main_store = controller.store();
+    // A DatabaseInstance that changes (ready, rotated) wakes the apps that reference it.
+    let apps = main_store.clone();
+    let controller = controller.watches_stream(dbi_stream, move |db: DatabaseInstance| {
+        let (name, ns) = (db.name_any(), db.namespace());
+        apps.state()
+            .into_iter()
+            .filter(|app| app.namespace() == ns && app.spec.databases.iter().any(|d| d.name == name))
+            .map(|app| ObjectRef::from_obj(app.as_ref()))
+            .collect::<Vec<_>>()
+    });
     let (caches_synced, caches) = CachesSynced::new();
     let ctx = Arc::new(Ctx { shared, stores, caches });
     tokio::spawn(async move {
@@ -209,7 +227,8 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
             return Ok(Action::await_change());
         }
     };
-    let children = build(&valid, &DatabaseLinks::default());
+    let links = link(app, &referenced_instances(app, &ctx.stores.database_instances));
+    let children = build(&valid, &links);
     if children.certificate.is_some() && !ctx.shared.cert_manager {
         let missing = "spec.ingress.tls needs cert-manager, whose Certificate API (cert-manager.io/v1) is not installed in the cluster; install cert-manager or remove spec.ingress.tls";
         let conditions = [
@@ -229,11 +248,22 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
         deployment: deployment.as_deref(),
         certificate: certificate.as_deref(),
         deployment_just_changed: deployment_changed,
-        databases: &DatabaseLinks::default(),
+        databases: &links,
     };
     let app_health = health(&valid, &observed);
     update_status(app, ctx, &app_health.conditions, app_health.ready_replicas, Some(&valid)).await?;
     Ok(Action::requeue(ctx.shared.resync))
+}
+
+/// The cached DatabaseInstances `app` references (its namespace only).
+fn referenced_instances(app: &AppEnvironment, store: &Store<DatabaseInstance>) -> Vec<DatabaseInstance> {
+    let ns = app.namespace().unwrap_or_default();
+    app.spec
+        .databases
+        .iter()
+        .filter_map(|d| store.get(&ObjectRef::new(&d.name).within(&ns)))
+        .map(|db| (*db).clone())
+        .collect()
 }
 
 /// Keeps the current condition of `type_` while paused (pausing does not make an app unready).
