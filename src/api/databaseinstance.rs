@@ -82,6 +82,28 @@ pub struct DatabaseInstanceSpec {
     /// RabbitMQ users to create.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<RabbitUser>,
+    /// Prometheus metrics: a postgres_exporter sidecar (PostgreSQL) or RabbitMQ's built-in
+    /// `rabbitmq_prometheus` endpoint, exposed on the client Service as port `metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<DatabaseMetrics>,
+}
+
+/// Metrics settings of a DatabaseInstance.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseMetrics {
+    /// Expose metrics. Defaults to false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// postgres_exporter image override (PostgreSQL only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub exporter_image: Option<String>,
+    /// Namespace of the Prometheus that scrapes the endpoint; the NetworkPolicy admits it on
+    /// the metrics port. Defaults to `monitoring`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub scraper_namespace: Option<String>,
 }
 
 /// Database engine.

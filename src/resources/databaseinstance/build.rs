@@ -45,6 +45,11 @@ pub const BACKUP_ROLE_LABEL: (&str, &str) = ("berth.dev/role", "backup");
 pub const USES_LABEL_PREFIX: &str = "berth.dev/uses-";
 /// Pod annotation holding a hash of the configuration, so that a config change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "berth.dev/config-hash";
+/// Default postgres_exporter image of the PostgreSQL metrics sidecar.
+pub const POSTGRES_EXPORTER_IMAGE: &str = "quay.io/prometheuscommunity/postgres-exporter:v0.17.1";
+/// Metrics ports: postgres_exporter and RabbitMQ's `rabbitmq_prometheus`.
+pub const POSTGRES_METRICS_PORT: i32 = 9187;
+pub const RABBITMQ_METRICS_PORT: i32 = 15692;
 /// Default user and group of the official postgres and rabbitmq images.
 const IMAGE_UID: i64 = 999;
 const PGDATA_MOUNT: &str = "/var/lib/postgresql/data";
@@ -349,6 +354,13 @@ fn config_map(valid: &ValidDatabase) -> ConfigMap {
     ConfigMap { metadata: child_meta(valid, &config_name(valid)), data: Some(data), ..ConfigMap::default() }
 }
 
+/// The metrics port when metrics are enabled, and the namespace allowed to scrape it.
+fn metrics(valid: &ValidDatabase) -> Option<(i32, String)> {
+    let m = db(valid).spec.metrics.as_ref().filter(|m| m.enabled)?;
+    let port = if valid.is_rabbitmq() { RABBITMQ_METRICS_PORT } else { POSTGRES_METRICS_PORT };
+    Some((port, m.scraper_namespace.clone().unwrap_or_else(|| "monitoring".into())))
+}
+
 fn service_ports(valid: &ValidDatabase, peers: bool) -> Vec<ServicePort> {
     let port = |name: &str, p: i32| ServicePort {
         name: Some(name.into()),
@@ -357,7 +369,7 @@ fn service_ports(valid: &ValidDatabase, peers: bool) -> Vec<ServicePort> {
         protocol: Some("TCP".into()),
         ..ServicePort::default()
     };
-    if valid.is_rabbitmq() {
+    let mut ports = if valid.is_rabbitmq() {
         let mut ports = vec![port("amqp", AMQP_PORT), port("management", MANAGEMENT_PORT)];
         if peers {
             ports.extend([port("epmd", 4369), port("clustering", 25672)]);
@@ -365,7 +377,11 @@ fn service_ports(valid: &ValidDatabase, peers: bool) -> Vec<ServicePort> {
         ports
     } else {
         vec![port("postgres", POSTGRES_PORT)]
+    };
+    if let Some((p, _)) = metrics(valid) {
+        ports.push(port("metrics", p));
     }
+    ports
 }
 
 fn headless_service(valid: &ValidDatabase) -> Service {
@@ -404,6 +420,49 @@ fn exec_probe(command: &[&str], period: i32, failures: i32) -> Probe {
         failure_threshold: Some(failures),
         ..Probe::default()
     }
+}
+
+/// The postgres_exporter sidecar (PostgreSQL with metrics enabled); it logs in as the
+/// administrative user over the pod's loopback. RabbitMQ serves metrics itself.
+fn exporter_container(valid: &ValidDatabase) -> Option<Container> {
+    let (port, _) = metrics(valid)?;
+    if valid.is_rabbitmq() {
+        return None;
+    }
+    let image = db(valid).spec.metrics.as_ref().and_then(|m| m.exporter_image.clone());
+    let secret = valid.secret_name();
+    Some(Container {
+        name: "metrics".into(),
+        image: Some(image.unwrap_or_else(|| POSTGRES_EXPORTER_IMAGE.into())),
+        env: Some(vec![
+            env("DATA_SOURCE_URI", &format!("127.0.0.1:{POSTGRES_PORT}/postgres?sslmode=disable")),
+            env_from_secret("DATA_SOURCE_USER", &secret, "username"),
+            env_from_secret("DATA_SOURCE_PASS", &secret, "password"),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".into()),
+            container_port: port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("10m".into())),
+                ("memory".to_string(), Quantity("32Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".to_string(), Quantity("64Mi".into()))])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: Some(true),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    })
 }
 
 fn env(name: &str, value: &str) -> EnvVar {
@@ -512,7 +571,7 @@ fn server_container(valid: &ValidDatabase) -> (Container, Vec<Volume>) {
             ports: Some(vec![
                 container_port("amqp", AMQP_PORT),
                 container_port("management", MANAGEMENT_PORT),
-                container_port("prometheus", 15692),
+                container_port("metrics", RABBITMQ_METRICS_PORT),
                 container_port("epmd", 4369),
                 container_port("clustering", 25672),
             ]),
@@ -636,7 +695,7 @@ fn stateful_set(valid: &ValidDatabase, config_hash: &str) -> StatefulSet {
                         ..PodSecurityContext::default()
                     }),
                     termination_grace_period_seconds: Some(if valid.is_rabbitmq() { 600 } else { 60 }),
-                    containers: vec![container],
+                    containers: std::iter::once(container).chain(exporter_container(valid)).collect(),
                     volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
@@ -666,8 +725,10 @@ fn network_policy(valid: &ValidDatabase, operator_namespace: &str) -> NetworkPol
         pod_selector: Some(LabelSelector { match_labels: Some(labels), ..LabelSelector::default() }),
         ..NetworkPolicyPeer::default()
     };
+    let metrics = metrics(valid);
     let client_ports: Vec<NetworkPolicyPort> = service_ports(valid, false)
         .into_iter()
+        .filter(|p| metrics.as_ref().is_none_or(|(m, _)| p.port != *m))
         .map(|p| NetworkPolicyPort {
             port: Some(IntOrString::Int(p.port)),
             protocol: Some("TCP".into()),
@@ -699,6 +760,23 @@ fn network_policy(valid: &ValidDatabase, operator_namespace: &str) -> NetworkPol
             ports: Some(client_ports),
         },
     ];
+    let mut rules = rules;
+    if let Some((port, scraper)) = metrics {
+        rules.push(NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([("kubernetes.io/metadata.name".to_string(), scraper)])),
+                    ..LabelSelector::default()
+                }),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: Some(vec![NetworkPolicyPort {
+                port: Some(IntOrString::Int(port)),
+                protocol: Some("TCP".into()),
+                ..NetworkPolicyPort::default()
+            }]),
+        });
+    }
     NetworkPolicy {
         metadata: child_meta(valid, &valid.name()),
         spec: Some(NetworkPolicySpec {

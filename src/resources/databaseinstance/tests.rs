@@ -239,3 +239,29 @@ fn credentials_round_trip_through_the_built_secrets_and_rotate() {
     assert_eq!(Credentials::from_secrets(&v, Some(&main), lookup, None).unwrap(), rotated);
     assert!(Credentials::from_secrets(&v, None, |_| None, None).is_none());
 }
+
+#[test]
+fn metrics_add_an_exporter_a_service_port_and_a_scrape_rule() {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let v = valid(&format!("{PG}  metrics:\n    enabled: true\n"));
+    let children = build(&v, &creds(&v), "berth-system");
+    let pod = children.stateful_set.spec.template.spec.unwrap();
+    let exporter = pod.containers.iter().find(|c| c.name == "metrics").expect("exporter sidecar");
+    assert_eq!(exporter.ports.as_ref().unwrap()[0].container_port, 9187);
+    let pass = exporter.env.as_ref().unwrap().iter().find(|e| e.name == "DATA_SOURCE_PASS").unwrap();
+    assert_eq!(pass.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name, "db-credentials");
+    let ports = children.service.spec.unwrap().ports.unwrap();
+    assert!(ports.iter().any(|p| p.name.as_deref() == Some("metrics") && p.port == 9187));
+    let rules = children.network_policy.spec.unwrap().ingress.unwrap();
+    let scrape = rules.last().unwrap();
+    assert_eq!(scrape.ports.as_ref().unwrap()[0].port, Some(IntOrString::Int(9187)));
+    let ns = scrape.from.as_ref().unwrap()[0].namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+    assert_eq!(ns["kubernetes.io/metadata.name"], "monitoring");
+    // Clients are not admitted to the metrics port.
+    assert!(rules[1].ports.as_ref().unwrap().iter().all(|p| p.port != Some(IntOrString::Int(9187))));
+
+    let plain = valid(PG);
+    let children = build(&plain, &creds(&plain), "berth-system");
+    assert_eq!(children.stateful_set.spec.template.spec.unwrap().containers.len(), 1);
+    assert!(children.service.spec.unwrap().ports.unwrap().iter().all(|p| p.name.as_deref() != Some("metrics")));
+}

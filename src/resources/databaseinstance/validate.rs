@@ -158,6 +158,12 @@ pub fn validate(db: &DatabaseInstance) -> Result<ValidDatabase, Vec<FieldError>>
             }
             check_config(&spec.config, &mut errors);
             check_rabbit_objects(&spec.vhosts, &spec.users, &mut errors);
+            if spec.metrics.as_ref().is_some_and(|m| m.exporter_image.is_some()) {
+                errors.push(FieldError::new(
+                    "spec.metrics.exporterImage",
+                    "RabbitMQ serves metrics itself (rabbitmq_prometheus) and runs no exporter; remove the field",
+                ));
+            }
         }
     }
 
