@@ -6,3 +6,4 @@ pub mod backuppolicy;
 pub mod certificate;
 pub mod databaseinstance;
 pub mod meta;
+pub mod restore;
