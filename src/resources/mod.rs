@@ -2,6 +2,8 @@
 //! Nothing here performs I/O; the controllers apply what these functions return.
 
 pub mod appenvironment;
+pub mod backuppolicy;
 pub mod certificate;
 pub mod databaseinstance;
 pub mod meta;
+pub mod restore;

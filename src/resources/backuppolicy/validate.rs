@@ -1,0 +1,360 @@
+//! Turns a raw BackupPolicy into a [`ValidPolicy`]: the cron schedule parsed, the time zone
+//! looked up in the tz database, and every rule the CRD schema cannot express checked. The
+//! scheduling, freshness and retention functions only ever see a `ValidPolicy`.
+//!
+//! # Schedules
+//! `spec.schedule` has the five fields of crontab(5): minute, hour, day of month, month, day of
+//! week (`0 3 * * *` is 03:00 every day). Parsing and the search for fire times use the
+//! [`croner`] crate rather than `cron`:
+//! - croner follows Vixie cron where `cron` does not: day of week `0`/`7` is Sunday and `1` is
+//!   Monday (in `cron`, `1` is Sunday, so `0 3 * * 1` would silently run on Sundays), and a
+//!   restricted day of month *or* day of week matches (the `cron` crate requires both);
+//! - it works on [`jiff::Zoned`] directly (feature `jiff`, no chrono in the build), so the zone
+//!   comes from jiff's tz database and daylight-saving transitions follow Vixie cron: a fixed
+//!   time that falls into a skipped hour fires right after the gap, once; a fixed time in a
+//!   repeated hour fires once, on its first pass; wildcard/step schedules (`*/15 * * * *`)
+//!   skip the missing hour and fire in both passes of a repeated one;
+//! - it also accepts the usual extensions (`@daily`, names like `MON`/`JAN`, `L`, `#`, `W`).
+//!
+//! Seconds are not accepted: six fields is an error, not a different meaning.
+//!
+//! # Retention
+//! All retention fields absent (the default) keeps every backup: nothing is ever removed
+//! automatically. Fields that are all set to 0 are rejected: that would keep only the newest
+//! backup, which is almost certainly not what was meant.
+
+use std::collections::BTreeSet;
+
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+use jiff::tz::TimeZone;
+
+use crate::api::backuppolicy::{BackupPolicy, Retention, StorageLocation};
+use crate::api::validation::FieldError;
+
+/// A schedule users can copy when theirs is rejected.
+pub const SCHEDULE_EXAMPLE: &str = "\"0 3 * * *\" (every day at 03:00) or \"30 1 * * 0\" (Sundays at 01:30)";
+
+/// A BackupPolicy whose spec passed validation, with its schedule parsed and zone resolved.
+#[derive(Clone, Debug)]
+pub struct ValidPolicy {
+    /// The resource itself (metadata for names, owner references and labels).
+    pub policy: BackupPolicy,
+    /// The parsed five-field schedule.
+    pub schedule: Cron,
+    /// `spec.timeZone` from the tz database, UTC when absent.
+    pub time_zone: TimeZone,
+}
+
+impl ValidPolicy {
+    /// Whether `spec.suspend` stops the schedule.
+    pub fn suspended(&self) -> bool {
+        self.policy.spec.suspend
+    }
+    /// The retention rules of the policy.
+    pub fn retention(&self) -> &Retention {
+        &self.policy.spec.retention
+    }
+}
+
+/// Validates `policy`; every problem found is returned, not only the first, so that a user
+/// fixes them in one round.
+pub fn validate(policy: &BackupPolicy) -> Result<ValidPolicy, Vec<FieldError>> {
+    let spec = &policy.spec;
+    let mut errors = Vec::new();
+
+    let schedule = match parse_schedule(&spec.schedule) {
+        Ok(s) => Some(s),
+        Err(message) => {
+            errors.push(FieldError::new("spec.schedule", message));
+            None
+        }
+    };
+
+    let time_zone = match spec.time_zone.as_deref() {
+        None => Some(TimeZone::UTC),
+        Some(name) => match TimeZone::get(name) {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                errors.push(FieldError::new(
+                    "spec.timeZone",
+                    format!("{name:?} is not a time zone of the IANA tz database; use a name like \"Europe/Berlin\", \"America/New_York\" or \"UTC\""),
+                ));
+                None
+            }
+        },
+    };
+
+    check_location(&spec.storage, "spec.storage", &mut errors);
+    if let Some(offsite) = &spec.offsite {
+        check_location(offsite, "spec.offsite", &mut errors);
+        if offsite.bucket == spec.storage.bucket
+            && offsite.endpoint == spec.storage.endpoint
+            && normalized_prefix(offsite) == normalized_prefix(&spec.storage)
+        {
+            errors.push(FieldError::new(
+                "spec.offsite",
+                "is the same location as spec.storage; an offsite copy must go to another bucket, prefix or endpoint",
+            ));
+        }
+    }
+
+    let mut seen = BTreeSet::new();
+    for (i, resource) in spec.scope.extra_resources.iter().enumerate() {
+        let field = format!("spec.scope.extraResources[{i}]");
+        if !is_resource_name(resource) {
+            errors.push(FieldError::new(
+                field,
+                format!("{resource:?} must be a lowercase plural resource name, optionally with its API group: e.g. \"configmaps\" or \"ingresses.networking.k8s.io\""),
+            ));
+        } else if !seen.insert(resource.as_str()) {
+            errors.push(FieldError::new(field, format!("{resource:?} is listed twice")));
+        }
+    }
+
+    let r = &spec.retention;
+    let rules = [r.keep_last, r.keep_daily, r.keep_weekly, r.keep_monthly];
+    if rules.iter().any(Option::is_some) && rules.iter().all(|v| v.unwrap_or(0) == 0) {
+        errors.push(FieldError::new(
+            "spec.retention",
+            "every rule is 0, which would remove all backups but the newest; set at least one rule above 0, or remove spec.retention to keep every backup",
+        ));
+    }
+
+    match (schedule, time_zone) {
+        (Some(schedule), Some(time_zone)) if errors.is_empty() => {
+            // A pattern such as `0 0 30 2 *` parses but never fires.
+            let probe = jiff::Timestamp::UNIX_EPOCH.to_zoned(time_zone.clone());
+            if schedule.find_next_occurrence(&probe, false).is_err() {
+                return Err(vec![FieldError::new(
+                    "spec.schedule",
+                    format!("{:?} never fires (no such date); use e.g. {SCHEDULE_EXAMPLE}", spec.schedule),
+                )]);
+            }
+            Ok(ValidPolicy { policy: policy.clone(), schedule, time_zone })
+        }
+        _ => Err(errors),
+    }
+}
+
+/// Parses a five-field cron schedule; the error is a message for the user.
+pub fn parse_schedule(schedule: &str) -> Result<Cron, String> {
+    let trimmed = schedule.trim();
+    let fields = trimmed.split_whitespace().count();
+    if !trimmed.starts_with('@') && fields != 5 {
+        let hint = match fields {
+            6 | 7 => "; seconds (and years) are not supported",
+            _ => "",
+        };
+        return Err(format!(
+            "{schedule:?} has {fields} fields, a schedule needs 5 (minute hour day-of-month month day-of-week){hint}; e.g. {SCHEDULE_EXAMPLE}"
+        ));
+    }
+    CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build()
+        .parse(trimmed)
+        .map_err(|e| format!("{schedule:?} is not a valid cron schedule ({e}); e.g. {SCHEDULE_EXAMPLE}"))
+}
+
+fn normalized_prefix(location: &StorageLocation) -> &str {
+    location.prefix.as_deref().unwrap_or("").trim_matches('/')
+}
+
+fn check_location(location: &StorageLocation, path: &str, errors: &mut Vec<FieldError>) {
+    let bucket = &location.bucket;
+    if let Some(rest) = bucket.strip_prefix("s3://") {
+        errors.push(FieldError::new(
+            format!("{path}.bucket"),
+            format!(
+                "{bucket:?} must be the bare bucket name: write {:?} and put any path into {path}.prefix",
+                rest.split('/').next().unwrap_or("")
+            ),
+        ));
+    } else if !is_bucket_name(bucket) {
+        errors.push(FieldError::new(
+            format!("{path}.bucket"),
+            format!("{bucket:?} is not a valid bucket name: 3-63 lowercase letters, digits, '.' and '-', starting and ending with a letter or digit, no \"..\", not an IP address"),
+        ));
+    }
+    if let Some(prefix) = &location.prefix {
+        let field = format!("{path}.prefix");
+        if prefix.starts_with('/') {
+            errors.push(FieldError::new(
+                field,
+                format!(
+                    "{prefix:?} must not start with '/': S3 keys are relative to the bucket (write {:?})",
+                    prefix.trim_start_matches('/')
+                ),
+            ));
+        } else if prefix.trim_end_matches('/').split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+            errors.push(FieldError::new(
+                field,
+                format!("{prefix:?} must be a path like \"team/prod\": no empty, \".\" or \"..\" segments"),
+            ));
+        }
+    }
+}
+
+/// AWS's rules for bucket names (which S3-compatible servers accept too).
+fn is_bucket_name(b: &str) -> bool {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (3..=63).contains(&b.len())
+        && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && edge_ok(b.chars().next())
+        && edge_ok(b.chars().last())
+        && !b.contains("..")
+        && b.parse::<std::net::Ipv4Addr>().is_err()
+}
+
+/// `plural` or `plural.group`: dot-separated DNS labels.
+fn is_resource_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn policy(yaml: &str) -> BackupPolicy {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn base() -> String {
+        "apiVersion: berth.dev/v1alpha1\nkind: BackupPolicy\nmetadata: {name: nightly, namespace: shop}\nspec:\n  storage: {bucket: backups, encryptionKeySecret: key}\n".into()
+    }
+
+    fn with(extra: &str) -> BackupPolicy {
+        policy(&format!("{}{extra}", base()))
+    }
+
+    fn errors(p: &BackupPolicy) -> Vec<FieldError> {
+        validate(p).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_five_field_schedule_in_a_zone_is_valid() {
+        let v = validate(&with("  schedule: \"0 3 * * 1-5\"\n  timeZone: Europe/Berlin\n")).unwrap();
+        assert_eq!(v.time_zone.iana_name(), Some("Europe/Berlin"));
+        assert!(!v.suspended());
+    }
+
+    #[test]
+    fn utc_is_the_default_zone() {
+        let v = validate(&with("  schedule: \"0 3 * * *\"\n")).unwrap();
+        assert_eq!(v.time_zone, TimeZone::UTC);
+    }
+
+    #[test]
+    fn six_fields_name_the_schedule_and_show_an_example() {
+        let e = errors(&with("  schedule: \"0 0 3 * * *\"\n"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].field, "spec.schedule");
+        assert!(e[0].message.contains("6 fields"), "{}", e[0].message);
+        assert!(e[0].message.contains("seconds"), "{}", e[0].message);
+        assert!(e[0].message.contains("0 3 * * *"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn four_fields_and_garbage_are_rejected() {
+        for bad in ["0 3 * *", "61 3 * * *", "0 25 * * *", "0 3 * * MOX", "every day"] {
+            let e = errors(&with(&format!("  schedule: \"{bad}\"\n")));
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert_eq!(e[0].field, "spec.schedule", "{bad}");
+            assert!(e[0].message.contains("e.g. \"0 3 * * *\""), "{bad}: {}", e[0].message);
+        }
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_is_rejected() {
+        let e = errors(&with("  schedule: \"0 0 30 2 *\"\n"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].field, "spec.schedule");
+        assert!(e[0].message.contains("never fires"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn unknown_zone_names_the_field() {
+        let e = errors(&with("  schedule: \"0 3 * * *\"\n  timeZone: Europe/Berlln\n"));
+        assert_eq!(e.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["spec.timeZone"]);
+        assert!(e[0].message.contains("Europe/Berlln"));
+    }
+
+    #[test]
+    fn bucket_and_prefix_sanity() {
+        let p = policy(&format!(
+            "{}  schedule: \"0 3 * * *\"\n  offsite: {{bucket: \"s3://other/x\", prefix: \"/abs\", encryptionKeySecret: k}}\n",
+            base().replace("bucket: backups", "bucket: My_Bucket, prefix: \"a//b\"")
+        ));
+        let e = errors(&p);
+        let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["spec.storage.bucket", "spec.storage.prefix", "spec.offsite.bucket", "spec.offsite.prefix"]
+        );
+        assert!(e[2].message.contains("\"other\""), "{}", e[2].message);
+        assert!(e[3].message.contains("\"abs\""), "{}", e[3].message);
+    }
+
+    #[test]
+    fn good_buckets_and_prefixes_pass() {
+        for b in ["backups", "my.bucket-01", "abc"] {
+            assert!(is_bucket_name(b), "{b}");
+        }
+        for b in ["ab", "-abc", "abc-", "a..b", "192.168.1.1", "ABC", "a_b"] {
+            assert!(!is_bucket_name(b), "{b}");
+        }
+        assert!(
+            validate(&policy(&format!(
+                "{}  schedule: \"0 3 * * *\"\n",
+                base().replace("bucket: backups", "bucket: backups, prefix: team/prod/")
+            )))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn offsite_must_differ_from_storage() {
+        let e = errors(&with("  schedule: \"0 3 * * *\"\n  offsite: {bucket: backups, encryptionKeySecret: key}\n"));
+        assert_eq!(e.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["spec.offsite"]);
+    }
+
+    #[test]
+    fn extra_resources_must_be_plural_or_plural_group() {
+        let e = errors(&with(
+            "  schedule: \"0 3 * * *\"\n  scope:\n    extraResources: [configmaps, ingresses.networking.k8s.io, ConfigMap, \"secrets.\", configmaps]\n",
+        ));
+        let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["spec.scope.extraResources[2]", "spec.scope.extraResources[3]", "spec.scope.extraResources[4]"]
+        );
+        assert!(e[2].message.contains("twice"));
+    }
+
+    #[test]
+    fn empty_retention_is_allowed_all_zero_is_not() {
+        assert!(validate(&with("  schedule: \"0 3 * * *\"\n")).is_ok());
+        assert!(validate(&with("  schedule: \"0 3 * * *\"\n  retention: {keepDaily: 7, keepLast: 0}\n")).is_ok());
+        let e = errors(&with("  schedule: \"0 3 * * *\"\n  retention: {keepLast: 0, keepDaily: 0}\n"));
+        assert_eq!(e.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["spec.retention"]);
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let e = errors(&policy(&format!(
+            "{}  schedule: \"* *\"\n  timeZone: Nowhere/Else\n",
+            base().replace("bucket: backups", "bucket: \"x\"")
+        )));
+        let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.schedule", "spec.timeZone", "spec.storage.bucket"]);
+    }
+}

@@ -1,0 +1,671 @@
+//! Restore: the pure plan of a restore — which of a Backup's exported objects come back, how
+//! they are rewritten for the target namespaces, and in which app-aware order — computed from
+//! the Restore spec and the objects read from the repository. No I/O: the controller reads
+//! the objects, creates them stage by stage (honouring `spec.existingResourcePolicy` and
+//! `spec.dryRun`, which do not change the plan), and runs the data Jobs in the
+//! [`Stage::DatabaseData`] and [`Stage::VolumeData`] stages.
+//!
+//! What never comes back:
+//! - objects that only exist as the output of a controller: Pods, ReplicaSets,
+//!   ControllerRevisions, Endpoints, EndpointSlices, Events, Leases, PersistentVolumes (a
+//!   restored claim binds a new volume; its data comes back in the volume-data stage);
+//! - children Berth manages (`app.kubernetes.io/managed-by: berth`): their operator recreates
+//!   them from the restored AppEnvironments and DatabaseInstances. The exception is the
+//!   Secrets of a DatabaseInstance (labelled `berth.dev/databaseinstance`): the restored
+//!   database data carries the old passwords, so the Secrets must carry them too, and the
+//!   DatabaseInstance controller keeps existing credentials rather than generating new ones;
+//! - service-account token Secrets (the token controller issues new ones);
+//! - Backups and Restores (Backups are found again in the bucket; a restored Restore would
+//!   run again); BackupPolicies unless `spec.includeKinds` names them, because a restored
+//!   policy would start writing into the same repository as the original.
+//!
+//! What is rewritten:
+//! - namespaces by `spec.namespaceMapping`: `metadata.namespace`, the name of a Namespace
+//!   object, an AppEnvironment's `spec.networkPolicy.allowFromNamespaces`, and ServiceAccount
+//!   subjects of RoleBindings (DatabaseInstance specs name no namespace);
+//! - metadata the API server fills in is removed: `uid`, `resourceVersion`, `generation`,
+//!   `creationTimestamp`, `deletionTimestamp`, `deletionGracePeriodSeconds`, `selfLink`,
+//!   `managedFields`, and `status`;
+//! - **all** `ownerReferences`: a reference names its owner by uid, and a restored owner gets
+//!   a new uid, so a kept reference would point at an object that no longer exists and the
+//!   garbage collector would delete the restored object. Owners that matter re-adopt their
+//!   dependents (Berth's controllers set owner references on every apply);
+//! - allocated addresses of Services (`clusterIP`/`clusterIPs` unless headless, `nodePort`,
+//!   `healthCheckNodePort`) and the binding of claims (`volumeName` and the binding
+//!   annotations), which belong to the source cluster.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::api::restore::Restore;
+use crate::api::validation::FieldError;
+
+/// The app-aware order of a restore. The controller walks [`Stage::ALL`] in order and waits
+/// for each stage before the next (DatabaseInstances Ready before their data is loaded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    /// Namespaces, ServiceAccounts, Secrets and ConfigMaps.
+    ConfigAndSecrets,
+    /// PersistentVolumeClaims.
+    Volumes,
+    /// DatabaseInstances; the controller waits until they are Ready.
+    Databases,
+    /// No objects: the controller runs the database restore Jobs here.
+    DatabaseData,
+    /// No objects: the controller runs the volume restore Jobs here.
+    VolumeData,
+    /// AppEnvironments (last) and every other object.
+    Apps,
+}
+
+impl Stage {
+    /// Every stage, in the order a restore runs them.
+    pub const ALL: [Stage; 6] = [
+        Stage::ConfigAndSecrets,
+        Stage::Volumes,
+        Stage::Databases,
+        Stage::DatabaseData,
+        Stage::VolumeData,
+        Stage::Apps,
+    ];
+}
+
+/// An object of the backup that the plan leaves out, and why (for `dryRun` and events).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dropped {
+    /// `Kind namespace/name` (or `Kind name` when cluster-scoped), as in the backup.
+    pub object: String,
+    pub reason: &'static str,
+}
+
+/// What a restore creates, stage by stage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestorePlan {
+    /// One entry per stage, in [`Stage::ALL`] order (stages without objects included).
+    pub stages: Vec<(Stage, Vec<Value>)>,
+    /// Objects left out, in backup order.
+    pub dropped: Vec<Dropped>,
+}
+
+impl RestorePlan {
+    /// The objects of one stage.
+    pub fn objects(&self, stage: Stage) -> &[Value] {
+        self.stages.iter().find(|(s, _)| *s == stage).map(|(_, v)| v.as_slice()).unwrap_or(&[])
+    }
+}
+
+/// Why an object is left out.
+pub mod reason {
+    pub const NOT_INCLUDED: &str = "NotInIncludeKinds";
+    pub const EXCLUDED: &str = "InExcludeKinds";
+    pub const RECREATED_BY_CONTROLLER: &str = "RecreatedByItsController";
+    pub const MANAGED_BY_BERTH: &str = "RecreatedByBerth";
+    pub const SERVICE_ACCOUNT_TOKEN: &str = "ServiceAccountToken";
+    pub const BACKUP_MACHINERY: &str = "BackupOrRestore";
+    pub const POLICY_NOT_INCLUDED: &str = "BackupPolicyNotIncluded";
+}
+
+const BERTH_GROUP: &str = "berth.dev";
+const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The label that marks a child of a DatabaseInstance (see `resources::meta::owner_label_key`).
+const DATABASE_LABEL: &str = "berth.dev/databaseinstance";
+
+/// Kinds that are the output of a controller, by (group, Kind).
+const RECREATED: &[(&str, &str)] = &[
+    ("", "Pod"),
+    ("apps", "ReplicaSet"),
+    ("apps", "ControllerRevision"),
+    ("", "Endpoints"),
+    ("discovery.k8s.io", "EndpointSlice"),
+    ("", "Event"),
+    ("events.k8s.io", "Event"),
+    ("coordination.k8s.io", "Lease"),
+    ("", "PersistentVolume"),
+];
+
+/// `kind` or `kind.group` from `spec.includeKinds`/`excludeKinds`, lowercased.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct KindFilter {
+    name: String,
+    group: Option<String>,
+}
+
+impl KindFilter {
+    fn parse(entry: &str) -> Option<Self> {
+        let lower = entry.trim().to_ascii_lowercase();
+        let valid = !lower.is_empty()
+            && lower.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            });
+        if !valid {
+            return None;
+        }
+        Some(match lower.split_once('.') {
+            Some((name, group)) => KindFilter { name: name.into(), group: Some(group.into()) },
+            None => KindFilter { name: lower, group: None },
+        })
+    }
+
+    fn matches(&self, obj: &ObjectKind) -> bool {
+        let kind = obj.kind.to_ascii_lowercase();
+        (self.name == kind || self.name == plural(&kind)) && self.group.as_ref().is_none_or(|g| *g == obj.group)
+    }
+}
+
+/// The plural resource name of a (lowercase) Kind, by the rules Kubernetes' own kinds follow.
+fn plural(kind: &str) -> String {
+    if ["ss", "x", "ch", "sh"].iter().any(|s| kind.ends_with(s)) {
+        format!("{kind}es")
+    } else if kind.ends_with('s') {
+        kind.to_string()
+    } else if let Some(stem) = kind.strip_suffix('y')
+        && !stem.ends_with(['a', 'e', 'i', 'o', 'u'])
+    {
+        format!("{stem}ies")
+    } else {
+        format!("{kind}s")
+    }
+}
+
+/// Order inside a stage: rank, Kind, namespace, name.
+type SortKey = (u8, String, String, String);
+
+struct ObjectKind {
+    group: String,
+    kind: String,
+}
+
+/// Plans the restore of `objects` (as exported by the Backup) for `restore`. Invalid filters or
+/// mappings and malformed objects are all reported at once.
+pub fn plan(restore: &Restore, objects: Vec<Value>) -> Result<RestorePlan, Vec<FieldError>> {
+    let spec = &restore.spec;
+    let mut errors = Vec::new();
+
+    let mut filters = |entries: &[String], field: &str| -> Vec<(usize, KindFilter)> {
+        entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let f = KindFilter::parse(e).map(|f| (i, f));
+                if f.is_none() {
+                    errors.push(FieldError::new(
+                        format!("{field}[{i}]"),
+                        format!("{e:?} must be a kind or resource, optionally with its API group: e.g. \"Secret\", \"configmaps\", \"deployments.apps\""),
+                    ));
+                }
+                f
+            })
+            .collect()
+    };
+    let include = filters(&spec.include_kinds, "spec.includeKinds");
+    let exclude = filters(&spec.exclude_kinds, "spec.excludeKinds");
+    for (i, e) in &exclude {
+        if include.iter().any(|(_, f)| f == e) {
+            errors.push(FieldError::new(
+                format!("spec.excludeKinds[{i}]"),
+                format!("{:?} is also in spec.includeKinds; list it in one of them", spec.exclude_kinds[*i]),
+            ));
+        }
+    }
+    let include: Vec<KindFilter> = include.into_iter().map(|(_, f)| f).collect();
+    let exclude: Vec<KindFilter> = exclude.into_iter().map(|(_, f)| f).collect();
+    for (from, to) in &spec.namespace_mapping {
+        for (what, ns) in [("source", from), ("target", to)] {
+            if !is_dns_label(ns) {
+                errors.push(FieldError::new(
+                    format!("spec.namespaceMapping.{from}"),
+                    format!("{what} namespace {ns:?} must be a DNS label (lowercase letters, digits and '-', at most 63 characters)"),
+                ));
+            }
+        }
+    }
+
+    let mut staged: BTreeMap<Stage, Vec<(SortKey, Value)>> = BTreeMap::new();
+    let mut dropped = Vec::new();
+    for (i, mut obj) in objects.into_iter().enumerate() {
+        let Some(kind) = object_kind(&obj) else {
+            errors.push(FieldError::new(
+                format!("backup.objects[{i}]"),
+                "is not a Kubernetes object (needs apiVersion, kind and metadata.name)",
+            ));
+            continue;
+        };
+        let label =
+            |key: &str| obj.pointer(&format!("/metadata/labels/{}", key.replace('/', "~1"))).and_then(Value::as_str);
+        let gk = (kind.group.as_str(), kind.kind.as_str());
+        let why = if !include.is_empty() && !include.iter().any(|f| f.matches(&kind)) {
+            Some(reason::NOT_INCLUDED)
+        } else if exclude.iter().any(|f| f.matches(&kind)) {
+            Some(reason::EXCLUDED)
+        } else if RECREATED.contains(&gk) {
+            Some(reason::RECREATED_BY_CONTROLLER)
+        } else if gk == ("", "Secret")
+            && obj.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token")
+        {
+            Some(reason::SERVICE_ACCOUNT_TOKEN)
+        } else if label(MANAGED_BY_LABEL) == Some("berth") && !(gk == ("", "Secret") && label(DATABASE_LABEL).is_some())
+        {
+            Some(reason::MANAGED_BY_BERTH)
+        } else if kind.group == BERTH_GROUP && (kind.kind == "Backup" || kind.kind == "Restore") {
+            Some(reason::BACKUP_MACHINERY)
+        } else if gk == (BERTH_GROUP, "BackupPolicy") && !include.iter().any(|f| f.matches(&kind)) {
+            Some(reason::POLICY_NOT_INCLUDED)
+        } else {
+            None
+        };
+        if let Some(reason) = why {
+            dropped.push(Dropped { object: describe(&obj, &kind), reason });
+            continue;
+        }
+
+        clean(&mut obj, &kind);
+        map_namespaces(&mut obj, &kind, &spec.namespace_mapping);
+        let (stage, rank) = stage_of(&kind);
+        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string();
+        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+        staged.entry(stage).or_default().push(((rank, kind.kind, ns, name), obj));
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let stages = Stage::ALL
+        .iter()
+        .map(|stage| {
+            let mut objs = staged.remove(stage).unwrap_or_default();
+            objs.sort_by(|a, b| a.0.cmp(&b.0));
+            (*stage, objs.into_iter().map(|o| o.1).collect())
+        })
+        .collect();
+    Ok(RestorePlan { stages, dropped })
+}
+
+fn object_kind(obj: &Value) -> Option<ObjectKind> {
+    let api_version = obj.get("apiVersion")?.as_str()?;
+    let kind = obj.get("kind")?.as_str()?;
+    obj.pointer("/metadata/name")?.as_str().filter(|n| !n.is_empty())?;
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    Some(ObjectKind { group: group.into(), kind: kind.into() })
+}
+
+fn describe(obj: &Value, kind: &ObjectKind) -> String {
+    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    match obj.pointer("/metadata/namespace").and_then(Value::as_str) {
+        Some(ns) => format!("{} {ns}/{name}", kind.kind),
+        None => format!("{} {name}", kind.kind),
+    }
+}
+
+/// The stage of an object and its rank inside the stage (lower first).
+fn stage_of(kind: &ObjectKind) -> (Stage, u8) {
+    match (kind.group.as_str(), kind.kind.as_str()) {
+        ("", "Namespace") => (Stage::ConfigAndSecrets, 0),
+        ("", "ServiceAccount") => (Stage::ConfigAndSecrets, 1),
+        ("", "Secret") => (Stage::ConfigAndSecrets, 2),
+        ("", "ConfigMap") => (Stage::ConfigAndSecrets, 3),
+        ("", "PersistentVolumeClaim") => (Stage::Volumes, 0),
+        (BERTH_GROUP, "DatabaseInstance") => (Stage::Databases, 0),
+        (BERTH_GROUP, "AppEnvironment") => (Stage::Apps, 1),
+        _ => (Stage::Apps, 0),
+    }
+}
+
+/// Removes what the API server or the source cluster filled in.
+fn clean(obj: &mut Value, kind: &ObjectKind) {
+    let Some(map) = obj.as_object_mut() else { return };
+    map.remove("status");
+    if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+        for key in [
+            "uid",
+            "resourceVersion",
+            "generation",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+            "managedFields",
+            "ownerReferences",
+        ] {
+            meta.remove(key);
+        }
+        if kind.group.is_empty() && kind.kind == "PersistentVolumeClaim" {
+            remove_keys(
+                meta.get_mut("annotations"),
+                &[
+                    "pv.kubernetes.io/bind-completed",
+                    "pv.kubernetes.io/bound-by-controller",
+                    "volume.beta.kubernetes.io/storage-provisioner",
+                    "volume.kubernetes.io/storage-provisioner",
+                    "volume.kubernetes.io/selected-node",
+                ],
+            );
+        }
+    }
+    let Some(spec) = map.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    match (kind.group.as_str(), kind.kind.as_str()) {
+        ("", "Service") => {
+            if spec.get("clusterIP").and_then(Value::as_str) != Some("None") {
+                spec.remove("clusterIP");
+                spec.remove("clusterIPs");
+            }
+            spec.remove("healthCheckNodePort");
+            for port in spec.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+                if let Some(p) = port.as_object_mut() {
+                    p.remove("nodePort");
+                }
+            }
+        }
+        ("", "PersistentVolumeClaim") => {
+            spec.remove("volumeName");
+        }
+        _ => {}
+    }
+}
+
+fn remove_keys(map: Option<&mut Value>, keys: &[&str]) {
+    if let Some(m) = map.and_then(Value::as_object_mut) {
+        for k in keys {
+            m.remove(*k);
+        }
+    }
+}
+
+fn map_namespaces(obj: &mut Value, kind: &ObjectKind, mapping: &BTreeMap<String, String>) {
+    if mapping.is_empty() {
+        return;
+    }
+    let rename = |v: &mut Value| {
+        if let Some(to) = v.as_str().and_then(|ns| mapping.get(ns)) {
+            *v = Value::String(to.clone());
+        }
+    };
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(ns) = meta.get_mut("namespace") {
+            rename(ns);
+        }
+        if kind.group.is_empty()
+            && kind.kind == "Namespace"
+            && let Some(name) = meta.get_mut("name")
+        {
+            rename(name);
+        }
+    }
+    match (kind.group.as_str(), kind.kind.as_str()) {
+        (BERTH_GROUP, "AppEnvironment") => {
+            if let Some(list) = obj.pointer_mut("/spec/networkPolicy/allowFromNamespaces").and_then(Value::as_array_mut)
+            {
+                list.iter_mut().for_each(rename);
+            }
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            for subject in obj.get_mut("subjects").and_then(Value::as_array_mut).into_iter().flatten() {
+                let subject: &mut Map<String, Value> = match subject.as_object_mut() {
+                    Some(s) => s,
+                    None => continue,
+                };
+                if subject.get("kind").and_then(Value::as_str) == Some("ServiceAccount")
+                    && let Some(ns) = subject.get_mut("namespace")
+                {
+                    rename(ns);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn restore(spec: &str) -> Restore {
+        serde_saphyr::from_str(&format!(
+            "apiVersion: berth.dev/v1alpha1\nkind: Restore\nmetadata: {{name: r, namespace: shop}}\nspec:\n  backupName: nightly-20260501030000\n{spec}"
+        ))
+        .unwrap()
+    }
+
+    fn obj(api_version: &str, kind: &str, ns: &str, name: &str) -> Value {
+        json!({
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "uid": "1111",
+                "resourceVersion": "42",
+                "generation": 3,
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "managedFields": [{"manager": "kubectl"}],
+                "labels": {"app": name},
+            },
+            "spec": {},
+            "status": {"phase": "Ready"},
+        })
+    }
+
+    fn names(plan: &RestorePlan, stage: Stage) -> Vec<String> {
+        plan.objects(stage)
+            .iter()
+            .map(|o| format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()))
+            .collect()
+    }
+
+    fn backup() -> Vec<Value> {
+        vec![
+            obj("berth.dev/v1alpha1", "AppEnvironment", "shop", "web"),
+            obj("apps/v1", "Deployment", "shop", "legacy"),
+            obj("v1", "PersistentVolumeClaim", "shop", "uploads"),
+            obj("berth.dev/v1alpha1", "DatabaseInstance", "shop", "db"),
+            obj("v1", "ConfigMap", "shop", "settings"),
+            obj("v1", "Secret", "shop", "api-key"),
+            obj("v1", "Namespace", "", "shop"),
+            obj("v1", "Service", "shop", "legacy"),
+        ]
+    }
+
+    #[test]
+    fn stages_follow_the_app_aware_order() {
+        let plan = plan(&restore(""), backup()).unwrap();
+        let order: Vec<Stage> = plan.stages.iter().map(|(s, _)| *s).collect();
+        assert_eq!(order, Stage::ALL);
+        assert_eq!(names(&plan, Stage::ConfigAndSecrets), ["Namespace/shop", "Secret/api-key", "ConfigMap/settings"]);
+        assert_eq!(names(&plan, Stage::Volumes), ["PersistentVolumeClaim/uploads"]);
+        assert_eq!(names(&plan, Stage::Databases), ["DatabaseInstance/db"]);
+        assert!(plan.objects(Stage::DatabaseData).is_empty());
+        assert!(plan.objects(Stage::VolumeData).is_empty());
+        assert_eq!(names(&plan, Stage::Apps), ["Deployment/legacy", "Service/legacy", "AppEnvironment/web"]);
+        assert!(plan.dropped.is_empty(), "{:?}", plan.dropped);
+    }
+
+    #[test]
+    fn server_populated_metadata_and_status_are_stripped() {
+        let mut dep = obj("apps/v1", "Deployment", "shop", "legacy");
+        dep["metadata"]["ownerReferences"] = json!([{"apiVersion": "x/v1", "kind": "Thing", "name": "t", "uid": "9"}]);
+        dep["metadata"]["annotations"] = json!({"keep": "me"});
+        let plan = plan(&restore(""), vec![dep]).unwrap();
+        let out = &plan.objects(Stage::Apps)[0];
+        let meta = out["metadata"].as_object().unwrap();
+        let mut keys: Vec<&str> = meta.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["annotations", "labels", "name", "namespace"]);
+        assert!(out.get("status").is_none());
+        assert_eq!(out["spec"], json!({}));
+    }
+
+    #[test]
+    fn services_and_claims_lose_what_the_source_cluster_allocated() {
+        let mut svc = obj("v1", "Service", "shop", "web");
+        svc["spec"] = json!({"clusterIP": "10.0.0.1", "clusterIPs": ["10.0.0.1"], "type": "NodePort",
+            "ports": [{"port": 80, "nodePort": 30080}]});
+        let mut headless = obj("v1", "Service", "shop", "db-headless");
+        headless["spec"] = json!({"clusterIP": "None", "clusterIPs": ["None"]});
+        let mut pvc = obj("v1", "PersistentVolumeClaim", "shop", "uploads");
+        pvc["spec"] = json!({"volumeName": "pv-123", "resources": {"requests": {"storage": "1Gi"}}});
+        pvc["metadata"]["annotations"] = json!({"pv.kubernetes.io/bind-completed": "yes", "team": "a"});
+        let plan = plan(&restore(""), vec![svc, headless, pvc]).unwrap();
+        let apps = plan.objects(Stage::Apps);
+        assert_eq!(apps[1]["spec"], json!({"type": "NodePort", "ports": [{"port": 80}]}));
+        assert_eq!(apps[0]["spec"], json!({"clusterIP": "None", "clusterIPs": ["None"]}));
+        let claim = &plan.objects(Stage::Volumes)[0];
+        assert_eq!(claim["spec"], json!({"resources": {"requests": {"storage": "1Gi"}}}));
+        assert_eq!(claim["metadata"]["annotations"], json!({"team": "a"}));
+    }
+
+    #[test]
+    fn namespace_mapping_rewrites_namespaces_everywhere() {
+        let mut app = obj("berth.dev/v1alpha1", "AppEnvironment", "shop", "web");
+        app["spec"] = json!({"networkPolicy": {"allowFromNamespaces": ["shop", "monitoring"]}});
+        let mut rb = obj("rbac.authorization.k8s.io/v1", "RoleBinding", "shop", "rb");
+        rb["subjects"] = json!([{"kind": "ServiceAccount", "name": "web", "namespace": "shop"},
+            {"kind": "User", "name": "alice", "namespace": "shop"}]);
+        let objects = vec![app, rb, obj("v1", "Namespace", "", "shop"), obj("v1", "ConfigMap", "other", "c")];
+        let plan = plan(&restore("  namespaceMapping: {shop: shop-restored}\n"), objects).unwrap();
+        let ns = &plan.objects(Stage::ConfigAndSecrets)[0];
+        assert_eq!(ns["metadata"]["name"], "shop-restored");
+        let cm = &plan.objects(Stage::ConfigAndSecrets)[1];
+        assert_eq!(cm["metadata"]["namespace"], "other", "unmapped namespaces stay");
+        let apps = plan.objects(Stage::Apps);
+        assert_eq!(apps[0]["metadata"]["namespace"], "shop-restored");
+        assert_eq!(apps[0]["subjects"][0]["namespace"], "shop-restored");
+        assert_eq!(apps[0]["subjects"][1]["namespace"], "shop", "only ServiceAccount subjects");
+        assert_eq!(apps[1]["metadata"]["namespace"], "shop-restored");
+        assert_eq!(apps[1]["spec"]["networkPolicy"]["allowFromNamespaces"], json!(["shop-restored", "monitoring"]));
+    }
+
+    #[test]
+    fn include_kinds_accepts_kind_plural_and_group_case_insensitively() {
+        for include in ["[Secret, configmaps]", "[SECRETS, ConfigMap]", "[secret, configmap.]"] {
+            let r = restore(&format!("  includeKinds: {include}\n"));
+            let result = plan(&r, backup());
+            if include.contains("configmap.") {
+                let e = result.unwrap_err();
+                assert_eq!(e[0].field, "spec.includeKinds[1]");
+                continue;
+            }
+            let plan = result.unwrap();
+            assert_eq!(names(&plan, Stage::ConfigAndSecrets), ["Secret/api-key", "ConfigMap/settings"], "{include}");
+            assert!(plan.objects(Stage::Apps).is_empty(), "{include}");
+            assert!(plan.dropped.iter().all(|d| d.reason == reason::NOT_INCLUDED));
+        }
+        let plan = plan(&restore("  includeKinds: [deployments.apps, appenvironments.berth.dev]\n"), backup()).unwrap();
+        assert_eq!(names(&plan, Stage::Apps), ["Deployment/legacy", "AppEnvironment/web"]);
+        let plan_wrong_group = super::plan(&restore("  includeKinds: [deployments.extensions]\n"), backup()).unwrap();
+        assert!(plan_wrong_group.objects(Stage::Apps).is_empty());
+    }
+
+    #[test]
+    fn exclude_kinds_wins_and_must_not_contradict_include() {
+        let plan = plan(&restore("  excludeKinds: [services, Namespace, persistentvolumeclaims]\n"), backup()).unwrap();
+        assert_eq!(names(&plan, Stage::Apps), ["Deployment/legacy", "AppEnvironment/web"]);
+        assert!(plan.objects(Stage::Volumes).is_empty());
+        assert_eq!(plan.dropped.len(), 3);
+        assert!(plan.dropped.iter().all(|d| d.reason == reason::EXCLUDED));
+        let e = super::plan(&restore("  includeKinds: [Secret]\n  excludeKinds: [\"bad!\", secret]\n"), backup())
+            .unwrap_err();
+        assert_eq!(
+            e.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+            ["spec.excludeKinds[0]", "spec.excludeKinds[1]"]
+        );
+        assert!(e[1].message.contains("\"secret\" is also in spec.includeKinds"), "{}", e[1].message);
+    }
+
+    #[test]
+    fn berth_children_are_dropped_but_database_credentials_come_back() {
+        let managed = |kind: &str, api: &str, name: &str, owner_label: &str| {
+            let mut o = obj(api, kind, "shop", name);
+            o["metadata"]["labels"] = json!({"app.kubernetes.io/managed-by": "berth", owner_label: "x"});
+            o
+        };
+        let objects = vec![
+            managed("Deployment", "apps/v1", "web", "berth.dev/appenvironment"),
+            managed("ConfigMap", "v1", "db-config", "berth.dev/databaseinstance"),
+            managed("Secret", "v1", "db-credentials", "berth.dev/databaseinstance"),
+            managed("Secret", "v1", "web-extra", "berth.dev/appenvironment"),
+            managed("StatefulSet", "apps/v1", "db", "berth.dev/databaseinstance"),
+        ];
+        let plan = plan(&restore(""), objects).unwrap();
+        assert_eq!(names(&plan, Stage::ConfigAndSecrets), ["Secret/db-credentials"]);
+        assert!(plan.objects(Stage::Apps).is_empty());
+        assert_eq!(plan.dropped.len(), 4);
+        assert!(plan.dropped.iter().all(|d| d.reason == reason::MANAGED_BY_BERTH));
+        assert_eq!(plan.dropped[0].object, "Deployment shop/web");
+    }
+
+    #[test]
+    fn controller_output_tokens_and_backup_objects_are_dropped() {
+        let mut token = obj("v1", "Secret", "shop", "sa-token");
+        token["type"] = json!("kubernetes.io/service-account-token");
+        let objects = vec![
+            obj("v1", "Pod", "shop", "web-abc"),
+            obj("apps/v1", "ReplicaSet", "shop", "web-123"),
+            obj("v1", "Endpoints", "shop", "web"),
+            obj("discovery.k8s.io/v1", "EndpointSlice", "shop", "web-x"),
+            obj("v1", "Event", "shop", "e1"),
+            obj("events.k8s.io/v1", "Event", "shop", "e2"),
+            token,
+            obj("berth.dev/v1alpha1", "Backup", "shop", "nightly-1"),
+            obj("berth.dev/v1alpha1", "Restore", "shop", "r"),
+            obj("berth.dev/v1alpha1", "BackupPolicy", "shop", "nightly"),
+        ];
+        let plan = plan(&restore(""), objects.clone()).unwrap();
+        assert!(plan.stages.iter().all(|(_, o)| o.is_empty()), "{:?}", plan.stages);
+        let reasons: Vec<&str> = plan.dropped.iter().map(|d| d.reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                reason::RECREATED_BY_CONTROLLER,
+                reason::RECREATED_BY_CONTROLLER,
+                reason::RECREATED_BY_CONTROLLER,
+                reason::RECREATED_BY_CONTROLLER,
+                reason::RECREATED_BY_CONTROLLER,
+                reason::RECREATED_BY_CONTROLLER,
+                reason::SERVICE_ACCOUNT_TOKEN,
+                reason::BACKUP_MACHINERY,
+                reason::BACKUP_MACHINERY,
+                reason::POLICY_NOT_INCLUDED,
+            ]
+        );
+        // Named in includeKinds, a BackupPolicy comes back; Pods never do.
+        let plan = super::plan(&restore("  includeKinds: [backuppolicies, pods]\n"), objects).unwrap();
+        assert_eq!(names(&plan, Stage::Apps), ["BackupPolicy/nightly"]);
+    }
+
+    #[test]
+    fn invalid_spec_and_objects_are_reported_together() {
+        let r = restore("  namespaceMapping: {shop: Shop_Restored}\n  excludeKinds: [\"\"]\n");
+        let e = plan(&r, vec![json!({"kind": "ConfigMap"}), obj("v1", "ConfigMap", "shop", "ok")]).unwrap_err();
+        let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.excludeKinds[0]", "spec.namespaceMapping.shop", "backup.objects[0]"]);
+        assert!(e[1].message.contains("Shop_Restored"));
+    }
+
+    #[test]
+    fn plurals_of_kubernetes_kinds() {
+        for (kind, want) in [
+            ("ingress", "ingresses"),
+            ("networkpolicy", "networkpolicies"),
+            ("endpoints", "endpoints"),
+            ("gateway", "gateways"),
+            ("deployment", "deployments"),
+            ("poddisruptionbudget", "poddisruptionbudgets"),
+            ("backuppolicy", "backuppolicies"),
+        ] {
+            assert_eq!(plural(kind), want);
+        }
+    }
+}
