@@ -5,6 +5,7 @@
 pub mod appenvironment;
 pub mod apply;
 pub mod databaseinstance;
+pub mod repository;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

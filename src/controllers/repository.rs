@@ -1,0 +1,148 @@
+//! Opens the backup repository of a BackupPolicy's storage location from the operator: the
+//! S3 settings of the spec, credentials, CA and encryption key from Secrets of the policy's
+//! namespace. A location without a repository gets one (the agent Jobs expect it to exist).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+
+use crate::api::backuppolicy::StorageLocation;
+use crate::backup::{BackupError, Repository, S3Config, Storage, StorageConfig};
+
+/// How long opening a repository may take before the backup reports the storage unreachable.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a repository could not be opened, with the reason a condition shows.
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    #[error("{field}: {message}")]
+    Secret { field: &'static str, message: String },
+    #[error("cannot reach the backup storage at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("{0}")]
+    Repository(#[from] BackupError),
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl RepositoryError {
+    /// `Reason` of the condition that reports this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Secret { .. } => "SecretMissing",
+            Self::Unreachable { .. } => "StorageUnreachable",
+            Self::Repository(BackupError::WrongKey { .. }) => "WrongKey",
+            Self::Repository(_) => "RepositoryError",
+            Self::Kube(_) => "KubernetesError",
+        }
+    }
+}
+
+async fn secret_value(
+    secrets: &Api<Secret>,
+    field: &'static str,
+    name: &str,
+    key: &str,
+) -> Result<Option<Vec<u8>>, RepositoryError> {
+    let Some(secret) = secrets.get_opt(name).await? else {
+        return Err(RepositoryError::Secret {
+            field,
+            message: format!("Secret {name:?} does not exist in this namespace; create it or fix the name"),
+        });
+    };
+    Ok(secret.data.and_then(|mut d| d.remove(key)).map(|b| b.0))
+}
+
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8_lossy(&bytes).trim().to_string()
+}
+
+/// The storage settings of `location`, with credentials read from its Secrets.
+pub async fn storage_config(
+    client: &kube::Client,
+    namespace: &str,
+    location: &StorageLocation,
+    field: &'static str,
+) -> Result<StorageConfig, RepositoryError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut config = S3Config {
+        bucket: location.bucket.clone(),
+        prefix: location.prefix.clone().unwrap_or_default().trim_matches('/').to_string(),
+        endpoint: location.endpoint.clone(),
+        region: location.region.clone(),
+        path_style: location.force_path_style,
+        ..S3Config::default()
+    };
+    if let Some(name) = &location.credentials_secret {
+        let get = |key| secret_value(&secrets, field, name, key);
+        config.access_key_id = get("AWS_ACCESS_KEY_ID").await?.map(text);
+        config.secret_access_key = get("AWS_SECRET_ACCESS_KEY").await?.map(text);
+        config.session_token = get("AWS_SESSION_TOKEN").await?.map(text);
+        if config.access_key_id.is_none() || config.secret_access_key.is_none() {
+            return Err(RepositoryError::Secret {
+                field,
+                message: format!("Secret {name:?} needs the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+            });
+        }
+    }
+    if let Some(name) = &location.ca_secret {
+        let Some(pem) = secret_value(&secrets, field, name, "ca.crt").await? else {
+            return Err(RepositoryError::Secret { field, message: format!("Secret {name:?} has no key ca.crt") });
+        };
+        let path = std::env::temp_dir().join(format!("berth-ca-{namespace}-{name}.pem"));
+        std::fs::write(&path, pem).map_err(|e| BackupError::Io { context: path.display().to_string(), source: e })?;
+        config.ca_file = Some(path);
+    }
+    Ok(StorageConfig::S3(config))
+}
+
+/// The repository encryption key of `location`.
+pub async fn repository_key(
+    client: &kube::Client,
+    namespace: &str,
+    location: &StorageLocation,
+    field: &'static str,
+) -> Result<Vec<u8>, RepositoryError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let name = &location.encryption_key_secret;
+    match secret_value(&secrets, field, name, "key").await? {
+        Some(key) if !key.is_empty() => Ok(key),
+        _ => Err(RepositoryError::Secret { field, message: format!("Secret {name:?} has no (or an empty) key `key`") }),
+    }
+}
+
+/// Opens the repository at `location`, creating it when the location has none. `field` names
+/// the spec field of the location in error messages (`spec.storage` or `spec.offsite`).
+pub async fn open(
+    client: &kube::Client,
+    namespace: &str,
+    location: &StorageLocation,
+    field: &'static str,
+) -> Result<Repository, RepositoryError> {
+    let config = storage_config(client, namespace, location, field).await?;
+    let key = repository_key(client, namespace, location, field).await?;
+    let url = config.url();
+    let unreachable = |message: String| RepositoryError::Unreachable { url: url.clone(), message };
+    let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
+        let storage = Storage::connect(&config).await?;
+        match storage.head("config").await? {
+            Some(_) => Repository::open(storage, &key).await,
+            None => {
+                storage.ensure_bucket().await?;
+                match Repository::init(storage.clone(), &key).await {
+                    // Another Backup of the same location created it first.
+                    Err(BackupError::AlreadyExists(_)) => Repository::open(storage, &key).await,
+                    other => other,
+                }
+            }
+        }
+    })
+    .await;
+    match opened {
+        Err(_) => Err(unreachable(format!("no answer within {}s", OPEN_TIMEOUT.as_secs()))),
+        Ok(Err(e @ (BackupError::Storage { .. } | BackupError::NoSuchBucket { .. }))) => Err(unreachable(e.to_string())),
+        Ok(Err(e)) => Err(e.into()),
+        Ok(Ok(repo)) => Ok(repo),
+    }
+}
