@@ -2,6 +2,7 @@
 //! Nothing here performs I/O; the controllers apply what these functions return.
 
 pub mod appenvironment;
+pub mod backup;
 pub mod backuppolicy;
 pub mod certificate;
 pub mod databaseinstance;

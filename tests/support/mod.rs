@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod jobs;
 pub mod kubectl;
 pub mod operator;
 pub mod servers;
