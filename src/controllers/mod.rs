@@ -4,6 +4,7 @@
 
 pub mod appenvironment;
 pub mod apply;
+pub mod backup;
 pub mod databaseinstance;
 pub mod repository;
 
@@ -19,6 +20,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 
 use crate::runtime::metrics::{ErrorCategory, Metrics};
+
+/// Image of agent Jobs when none is configured.
+pub const DEFAULT_AGENT_IMAGE: &str = "ghcr.io/berth-dev/berth:latest";
 
 /// Errors a reconcile can end with. Invalid specs are not errors: they become a `Ready=False`
 /// condition and the controller waits for the next change.
@@ -58,6 +62,8 @@ pub struct Context {
     /// In-cluster `host:port` addresses mapped to reachable ones, for an operator that runs
     /// outside the cluster network (development, tests).
     pub endpoint_overrides: HashMap<String, String>,
+    /// Image of the agent Jobs of backups and restores (the operator's own image).
+    pub agent_image: String,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -78,6 +84,7 @@ impl Context {
             cert_manager,
             operator_namespace: "berth-system".into(),
             endpoint_overrides: HashMap::new(),
+            agent_image: DEFAULT_AGENT_IMAGE.into(),
             failures: Mutex::default(),
         }
     }

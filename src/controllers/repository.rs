@@ -141,7 +141,9 @@ pub async fn open(
     .await;
     match opened {
         Err(_) => Err(unreachable(format!("no answer within {}s", OPEN_TIMEOUT.as_secs()))),
-        Ok(Err(e @ (BackupError::Storage { .. } | BackupError::NoSuchBucket { .. }))) => Err(unreachable(e.to_string())),
+        Ok(Err(e @ (BackupError::Storage { .. } | BackupError::NoSuchBucket { .. }))) => {
+            Err(unreachable(e.to_string()))
+        }
         Ok(Err(e)) => Err(e.into()),
         Ok(Ok(repo)) => Ok(repo),
     }

@@ -59,6 +59,10 @@ pub struct OperatorArgs {
     /// cluster network: development with port-forwards, and tests.
     #[arg(long, env = "BERTH_ENDPOINT_OVERRIDES", value_delimiter = ',', value_parser = parse_override)]
     pub endpoint_overrides: Vec<(String, String)>,
+    /// Image of the `berth agent` Jobs that back up and restore data: the operator's own image
+    /// (the Helm chart sets it).
+    #[arg(long, env = "BERTH_AGENT_IMAGE", default_value = controllers::DEFAULT_AGENT_IMAGE)]
+    pub agent_image: String,
 }
 
 /// Parses `host:port=host:port`.
@@ -172,14 +176,15 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         Context::new(client.clone(), metrics.clone(), recorder, Duration::from_secs(args.resync_seconds), cert_manager);
     context.operator_namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "berth-system".into());
     context.endpoint_overrides = args.endpoint_overrides.iter().cloned().collect();
+    context.agent_image = args.agent_image.clone();
     let ctx = Arc::new(context);
 
     let scopes: Vec<Option<String>> = {
         let named: Vec<String> = args.namespaces.iter().filter(|n| !n.is_empty()).cloned().collect();
         if named.is_empty() { vec![None] } else { named.into_iter().map(Some).collect() }
     };
-    // Two controllers per scope: AppEnvironment and DatabaseInstance.
-    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len() * 2));
+    // Controllers per scope: AppEnvironment, DatabaseInstance, Backup.
+    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len() * 3));
     let mut controllers = tokio::task::JoinSet::new();
     for scope in scopes {
         let (h, p) = (health.clone(), pending.clone());
@@ -195,7 +200,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
             stopped(stop_rx.clone()),
             on_synced.clone(),
         ));
-        controllers.spawn(controllers::databaseinstance::run(ctx.clone(), scope, stopped(stop_rx.clone()), on_synced));
+        controllers.spawn(controllers::databaseinstance::run(
+            ctx.clone(),
+            scope.clone(),
+            stopped(stop_rx.clone()),
+            on_synced.clone(),
+        ));
+        controllers.spawn(controllers::backup::run(ctx.clone(), scope, stopped(stop_rx.clone()), on_synced));
     }
 
     let lost = async {

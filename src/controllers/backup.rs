@@ -1,0 +1,628 @@
+//! The Backup controller: one backup run, driven by its status.
+//!
+//! New -> open (or create) the policy's repository and decide the items -> InProgress: one
+//! agent Job per database and volume (children of the Backup) -> when every Job has ended,
+//! export the selected Kubernetes objects through the repository module and write the
+//! manifest -> Completed, PartiallyFailed or Failed. Every failure ends in a terminal phase
+//! with a reason: a Backup is never left InProgress because its storage is unreachable.
+//! Deleting a Backup keeps its data unless `spec.deleteData` is true (finalizer).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{DynamicObject, Selector};
+use kube::discovery::Discovery;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use super::repository::{self, RepositoryError};
+use super::{CachesSynced, Context, Error, api, cache, synced_store};
+use crate::api::backup::{Backup, BackupItem, BackupStatus};
+use crate::api::backuppolicy::BackupPolicy;
+use crate::api::conditions::{self, DesiredCondition, READY};
+use crate::api::databaseinstance::Engine;
+use crate::api::{AppEnvironment, DatabaseInstance};
+use crate::backup::Repository;
+use crate::backup::resources::{SnapshotRef, store_objects};
+use crate::resources::backup::{AgentTask, JobSettings, agent_job};
+use crate::resources::backuppolicy::{ValidPolicy, validate as validate_policy};
+use crate::resources::meta::owner_label_key;
+
+pub const NAME: &str = "backup";
+const STATUS_MANAGER: &str = "berth/backup-status";
+/// Label on Backups naming their BackupPolicy.
+pub const POLICY_LABEL: &str = "berth.dev/backuppolicy";
+/// Label on Backups that were found in the bucket rather than run by this cluster.
+pub const SYNCED_LABEL: &str = "berth.dev/synced";
+/// Finalizer that deletes the data of a Backup with `spec.deleteData`.
+pub const DATA_FINALIZER: &str = "berth.dev/backup-data";
+/// Label on PVCs whose files are backed up with their AppEnvironment (value: the app's name).
+pub const VOLUME_APP_LABEL: &str = "berth.dev/appenvironment";
+/// Seconds an agent Job may run, and its retries.
+const JOB_DEADLINE_SECONDS: i64 = 6 * 3600;
+const JOB_BACKOFF_LIMIT: i32 = 2;
+
+pub mod phase {
+    pub const NEW: &str = "New";
+    pub const IN_PROGRESS: &str = "InProgress";
+    pub const COMPLETED: &str = "Completed";
+    pub const PARTIALLY_FAILED: &str = "PartiallyFailed";
+    pub const FAILED: &str = "Failed";
+    pub const PENDING: &str = "Pending";
+
+    /// Whether a Backup (or item) in `phase` is finished.
+    pub fn is_terminal(phase: Option<&str>) -> bool {
+        matches!(phase, Some(COMPLETED | PARTIALLY_FAILED | FAILED))
+    }
+}
+
+struct Ctx {
+    shared: Arc<Context>,
+    jobs: Store<Job>,
+    caches: CachesSynced,
+}
+
+/// Runs the controller for one namespace (or all when `None`) until shutdown.
+pub async fn run(
+    shared: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    synced: impl FnOnce() + Send + 'static,
+) {
+    let client = shared.client.clone();
+    let ns = namespace.as_deref();
+    let (jobs, job_stream) =
+        cache::<Job>(&client, ns, watcher::Config::default().labels(&owner_label_key("Backup").to_string()));
+    let controller = Controller::new(api::<Backup>(&client, ns), watcher::Config::default()).owns_stream(job_stream);
+    let main_store = controller.store();
+    let (caches_synced, caches) = CachesSynced::new();
+    let job_store = jobs.clone();
+    tokio::spawn(async move {
+        synced_store(&job_store).await;
+        synced_store(&main_store).await;
+        let _ = caches_synced.send(true);
+        synced();
+    });
+    let ctx = Arc::new(Ctx { shared, jobs, caches });
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile trigger failed");
+            }
+        })
+        .await;
+}
+
+fn key(b: &Backup) -> String {
+    format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any())
+}
+
+async fn reconcile(backup: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    ctx.caches.wait().await;
+    let started = std::time::Instant::now();
+    let result = reconcile_backup(&backup, &ctx).await;
+    ctx.shared.metrics.observe(NAME, started.elapsed(), result.as_ref().err().map(Error::category));
+    if result.is_ok() {
+        ctx.shared.succeeded(&key(&backup));
+    }
+    result
+}
+
+fn error_policy(backup: Arc<Backup>, error: &Error, ctx: Arc<Ctx>) -> Action {
+    warn!(backup = %key(&backup), %error, "reconcile failed");
+    ctx.shared.backoff(&key(&backup))
+}
+
+/// A terminal failure of the whole Backup.
+struct Failure {
+    reason: &'static str,
+    message: String,
+}
+
+impl From<RepositoryError> for Failure {
+    fn from(e: RepositoryError) -> Self {
+        Failure { reason: e.reason(), message: e.to_string() }
+    }
+}
+
+async fn reconcile_backup(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
+    if backup.meta().deletion_timestamp.is_some() {
+        return delete_data(backup, ctx).await;
+    }
+    if backup.spec.delete_data && !backup.finalizers().iter().any(|f| f == DATA_FINALIZER) {
+        let api: Api<Backup> = Api::namespaced(ctx.shared.client.clone(), &backup.namespace().unwrap_or_default());
+        let patch = serde_json::json!({"metadata": {"finalizers": [DATA_FINALIZER]}});
+        api.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        return Ok(Action::await_change());
+    }
+    let status = backup.status.clone().unwrap_or_default();
+    match status.phase.as_deref() {
+        Some(phase::IN_PROGRESS) => progress(backup, ctx, status).await,
+        p if phase::is_terminal(p) => Ok(Action::await_change()),
+        _ => start(backup, ctx).await,
+    }
+}
+
+async fn policy(ctx: &Ctx, backup: &Backup) -> Result<Result<ValidPolicy, Failure>, Error> {
+    let ns = backup.namespace().unwrap_or_default();
+    let api: Api<BackupPolicy> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    let Some(policy) = api.get_opt(&backup.spec.policy_name).await? else {
+        return Ok(Err(Failure {
+            reason: "PolicyNotFound",
+            message: format!(
+                "spec.policyName: BackupPolicy {:?} does not exist in namespace {ns:?}; create it or fix the name",
+                backup.spec.policy_name
+            ),
+        }));
+    };
+    Ok(validate_policy(&policy).map_err(|errors| Failure {
+        reason: "InvalidPolicy",
+        message: errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+    }))
+}
+
+/// New: opens the repository and lists the items; InProgress from then on.
+async fn start(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
+    let policy = match policy(ctx, backup).await? {
+        Ok(p) => p,
+        Err(f) => return fail(backup, ctx, BackupStatus::default(), f).await,
+    };
+    let ns = backup.namespace().unwrap_or_default();
+    let started = Time(jiff::Timestamp::now());
+    if let Err(e) = repository::open(&ctx.shared.client, &ns, &policy.policy.spec.storage, "spec.storage").await {
+        let status = BackupStatus { start_time: Some(started), ..BackupStatus::default() };
+        return fail(backup, ctx, status, e.into()).await;
+    }
+    let mut items = vec![pending("resources")];
+    let scope = &policy.policy.spec.scope;
+    if scope.databases.unwrap_or(true) {
+        for db in selected::<DatabaseInstance>(ctx, &ns, &policy).await? {
+            items.push(pending(&format!("database/{}", db.name_any())));
+        }
+    }
+    if scope.volumes.unwrap_or(false) {
+        for pvc in volumes(ctx, &ns, &policy).await? {
+            items.push(pending(&format!("volume/{}", pvc.name_any())));
+        }
+    }
+    let status = BackupStatus { start_time: Some(started), items, ..BackupStatus::default() };
+    info!(backup = %key(backup), items = status.items.len(), "backup started");
+    write_status(backup, ctx, status, phase::IN_PROGRESS, None).await?;
+    Ok(Action::await_change())
+}
+
+fn pending(name: &str) -> BackupItem {
+    BackupItem { name: name.into(), phase: phase::PENDING.into(), snapshot: None, bytes: None, error: None }
+}
+
+/// The objects of kind `K` in `ns` that the policy's selector includes.
+async fn selected<K>(ctx: &Ctx, ns: &str, policy: &ValidPolicy) -> Result<Vec<K>, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let mut params = ListParams::default();
+    if let Some(selector) = &policy.policy.spec.scope.selector {
+        let selector = Selector::try_from(selector.clone())
+            .map_err(|e| Error::DependencyMissing(format!("spec.scope.selector: {e}")))?;
+        params = params.labels_from(&selector);
+    }
+    Ok(Api::<K>::namespaced(ctx.shared.client.clone(), ns).list(&params).await?.items)
+}
+
+/// PVCs labelled with an included AppEnvironment's name.
+async fn volumes(ctx: &Ctx, ns: &str, policy: &ValidPolicy) -> Result<Vec<PersistentVolumeClaim>, Error> {
+    let apps: Vec<String> = selected::<AppEnvironment>(ctx, ns, policy).await?.iter().map(|a| a.name_any()).collect();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.shared.client.clone(), ns);
+    let all = claims.list(&ListParams::default().labels(VOLUME_APP_LABEL)).await?.items;
+    Ok(all.into_iter().filter(|c| c.labels().get(VOLUME_APP_LABEL).is_some_and(|a| apps.contains(a))).collect())
+}
+
+/// A Job name unique per Backup and item, within 63 characters.
+fn job_name(backup: &str, item: &str) -> String {
+    let hash = blake3::hash(item.as_bytes()).to_hex();
+    let prefix: String = backup.chars().take(54).collect();
+    format!("{}-{}", prefix.trim_end_matches('-'), &hash[..8])
+}
+
+fn tags(backup: &str, item: &str) -> Vec<String> {
+    vec![format!("backup={backup}"), format!("item={item}")]
+}
+
+/// InProgress: starts missing Jobs, collects finished ones, and finishes the Backup when
+/// every Job has ended.
+async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Result<Action, Error> {
+    let policy = match policy(ctx, backup).await? {
+        Ok(p) => p,
+        Err(f) => return fail(backup, ctx, status, f).await,
+    };
+    let ns = backup.namespace().unwrap_or_default();
+    let name = backup.name_any();
+    let mut changed = false;
+    let mut finished_jobs = Vec::new();
+    for item in status.items.iter_mut().filter(|i| i.name != "resources" && i.phase == phase::PENDING) {
+        let job_name = job_name(&name, &item.name);
+        match ctx.jobs.get(&ObjectRef::new(&job_name).within(&ns)) {
+            None => {
+                let Some(task) = task_for(ctx, &ns, &item.name).await? else {
+                    item.phase = phase::FAILED.into();
+                    item.error = Some(format!("{} no longer exists", item.name));
+                    changed = true;
+                    continue;
+                };
+                let node_name = match &task {
+                    AgentTask::BackupVolume { pvc } => node_of(ctx, &ns, pvc).await?,
+                    _ => None,
+                };
+                let owner = backup.controller_owner_ref(&()).expect("a Backup from the API has a uid");
+                let settings = JobSettings {
+                    owner: &owner,
+                    namespace: &ns,
+                    name: &job_name,
+                    image: &ctx.shared.agent_image,
+                    storage: &policy.policy.spec.storage,
+                    tags: tags(&name, &item.name),
+                    node_name,
+                    deadline_seconds: JOB_DEADLINE_SECONDS,
+                    backoff_limit: JOB_BACKOFF_LIMIT,
+                };
+                let mut job = agent_job(&task, &settings);
+                job.labels_mut().insert(owner_label_key("Backup"), name.clone());
+                let jobs: Api<Job> = Api::namespaced(ctx.shared.client.clone(), &ns);
+                match jobs.create(&PostParams::default(), &job).await {
+                    Ok(_) => info!(backup = %key(backup), item = %item.name, job = %job_name, "started agent Job"),
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(job) => match job_outcome(&job) {
+                Some(Ok(())) => finished_jobs.push(item.name.clone()),
+                Some(Err(message)) => {
+                    item.phase = phase::FAILED.into();
+                    item.error = Some(message);
+                    changed = true;
+                }
+                None => {}
+            },
+        }
+    }
+    if !finished_jobs.is_empty() {
+        let repo = match repository::open(&ctx.shared.client, &ns, &policy.policy.spec.storage, "spec.storage").await {
+            Ok(repo) => repo,
+            Err(e) => return fail(backup, ctx, status, e.into()).await,
+        };
+        let snapshots = match repo.list_snapshots().await {
+            Ok(s) => s,
+            Err(e) => return fail(backup, ctx, status, RepositoryError::from(e).into()).await,
+        };
+        for item in status.items.iter_mut().filter(|i| finished_jobs.contains(&i.name)) {
+            let wanted = tags(&name, &item.name);
+            let found = snapshots
+                .iter()
+                .filter(|(_, s)| wanted.iter().all(|t| s.tags.contains(t)))
+                .max_by_key(|(_, s)| s.timestamp());
+            match found {
+                Some((id, snap)) => {
+                    item.phase = phase::COMPLETED.into();
+                    item.snapshot = Some(id.to_hex());
+                    item.bytes = Some(snap.summary.bytes_total);
+                }
+                None => {
+                    item.phase = phase::FAILED.into();
+                    item.error = Some("the agent Job succeeded but wrote no snapshot with the Backup's tags".into());
+                }
+            }
+            changed = true;
+        }
+    }
+    let jobs_done = status.items.iter().filter(|i| i.name != "resources").all(|i| i.phase != phase::PENDING);
+    if !jobs_done {
+        if changed {
+            write_status(backup, ctx, status, phase::IN_PROGRESS, None).await?;
+        }
+        // Job status changes wake this controller; the requeue is a safety net.
+        return Ok(Action::requeue(std::time::Duration::from_secs(60)));
+    }
+    finish(backup, ctx, &policy, status).await
+}
+
+/// The agent task of an item, or `None` when its source is gone.
+async fn task_for(ctx: &Ctx, ns: &str, item: &str) -> Result<Option<AgentTask>, Error> {
+    if let Some(instance) = item.strip_prefix("database/") {
+        let api: Api<DatabaseInstance> = Api::namespaced(ctx.shared.client.clone(), ns);
+        return Ok(api.get_opt(instance).await?.map(|db| match db.spec.engine {
+            Engine::Postgres => AgentTask::BackupPostgres { instance: instance.into() },
+            Engine::Rabbitmq => AgentTask::BackupRabbitmq { instance: instance.into() },
+        }));
+    }
+    if let Some(pvc) = item.strip_prefix("volume/") {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.shared.client.clone(), ns);
+        return Ok(api.get_opt(pvc).await?.map(|_| AgentTask::BackupVolume { pvc: pvc.into() }));
+    }
+    Ok(None)
+}
+
+/// The node of a running pod that mounts `pvc`: a ReadWriteOnce volume can only be mounted
+/// there a second time.
+async fn node_of(ctx: &Ctx, ns: &str, pvc: &str) -> Result<Option<String>, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), ns);
+    let list = pods.list(&ListParams::default().fields("status.phase=Running")).await?;
+    Ok(list.items.into_iter().find_map(|pod| {
+        let spec = pod.spec?;
+        let uses = spec
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == pvc));
+        if uses { spec.node_name } else { None }
+    }))
+}
+
+/// `Some(Ok)` when the Job completed, `Some(Err(message))` when it failed, `None` while it runs.
+fn job_outcome(job: &Job) -> Option<Result<(), String>> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    for c in conditions.iter().filter(|c| c.status == "True") {
+        match c.type_.as_str() {
+            "Complete" => return Some(Ok(())),
+            "Failed" => {
+                let reason = c.reason.clone().unwrap_or_default();
+                let message = c.message.clone().unwrap_or_default();
+                return Some(Err(format!("agent Job {} failed: {reason}: {message}", job.name_any())));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Every Job has ended: exports the Kubernetes objects, writes the manifest and ends the
+/// Backup in its terminal phase.
+async fn finish(backup: &Backup, ctx: &Ctx, policy: &ValidPolicy, mut status: BackupStatus) -> Result<Action, Error> {
+    let ns = backup.namespace().unwrap_or_default();
+    let name = backup.name_any();
+    let repo = match repository::open(&ctx.shared.client, &ns, &policy.policy.spec.storage, "spec.storage").await {
+        Ok(repo) => repo,
+        Err(e) => return fail(backup, ctx, status, e.into()).await,
+    };
+    let objects = export(ctx, &ns, policy).await?;
+    let extra: Vec<SnapshotRef> = status
+        .items
+        .iter()
+        .filter(|i| i.phase == phase::COMPLETED)
+        .filter_map(|i| {
+            let (kind, source) = i.name.split_once('/')?;
+            Some(SnapshotRef {
+                kind: if kind == "volume" { "dir".into() } else { kind.into() },
+                snapshot: i.snapshot.clone()?,
+                source: source.into(),
+                bytes: i.bytes.unwrap_or(0),
+            })
+        })
+        .collect();
+    let stored = store(&repo, &name, &ns, &objects, extra, policy).await;
+    let resources = status.items.iter_mut().find(|i| i.name == "resources").expect("resources item");
+    match stored {
+        Ok((snapshot, bytes)) => {
+            resources.phase = phase::COMPLETED.into();
+            resources.snapshot = Some(snapshot);
+            resources.bytes = Some(bytes);
+        }
+        Err(e) => {
+            resources.phase = phase::FAILED.into();
+            resources.error = Some(e.to_string());
+        }
+    }
+    let failed = status.items.iter().filter(|i| i.phase != phase::COMPLETED).count();
+    let final_phase = match failed {
+        0 => phase::COMPLETED,
+        n if n == status.items.len() || resources_failed(&status) => phase::FAILED,
+        _ => phase::PARTIALLY_FAILED,
+    };
+    status.bytes = Some(status.items.iter().filter_map(|i| i.bytes).sum());
+    status.completion_time = Some(Time(jiff::Timestamp::now()));
+    let message = match final_phase {
+        phase::COMPLETED => format!("{} items backed up", status.items.len()),
+        _ => status
+            .items
+            .iter()
+            .filter_map(|i| i.error.as_ref().map(|e| format!("{}: {e}", i.name)))
+            .collect::<Vec<_>>()
+            .join("; "),
+    };
+    info!(backup = %key(backup), phase = final_phase, %message, "backup finished");
+    write_status(backup, ctx, status, final_phase, Some(message)).await?;
+    Ok(Action::await_change())
+}
+
+fn resources_failed(status: &BackupStatus) -> bool {
+    status.items.iter().any(|i| i.name == "resources" && i.phase == phase::FAILED)
+}
+
+async fn store(
+    repo: &Repository,
+    name: &str,
+    ns: &str,
+    objects: &[Value],
+    extra: Vec<SnapshotRef>,
+    policy: &ValidPolicy,
+) -> crate::backup::Result<(String, u64)> {
+    let mut manifest = store_objects(repo, name, vec![ns.to_string()], objects, extra).await?;
+    manifest.labels.insert(POLICY_LABEL.into(), policy.policy.name_any());
+    manifest.labels.insert("berth.dev/namespace".into(), ns.into());
+    crate::backup::resources::save_manifest(repo, &manifest).await?;
+    let kubernetes = manifest.snapshots.iter().find(|s| s.kind == "kubernetes").expect("store_objects records it");
+    Ok((kubernetes.snapshot.clone(), kubernetes.bytes))
+}
+
+/// The Kubernetes objects of the Backup: the selected AppEnvironments and DatabaseInstances,
+/// the instances' Secrets (restored passwords must match restored data), the policy itself and
+/// the extra kinds of `spec.scope.extraResources`.
+async fn export(ctx: &Ctx, ns: &str, policy: &ValidPolicy) -> Result<Vec<Value>, Error> {
+    let mut objects = Vec::new();
+    let typed = |v: Result<Value, serde_json::Error>| v.map_err(|source| Error::Serialize { kind: "object", source });
+    for app in selected::<AppEnvironment>(ctx, ns, policy).await? {
+        objects.push(typed(serde_json::to_value(app))?);
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), ns);
+    for db in selected::<DatabaseInstance>(ctx, ns, policy).await? {
+        let selector = format!("{}={}", owner_label_key("DatabaseInstance"), db.name_any());
+        for secret in secrets.list(&ListParams::default().labels(&selector)).await?.items {
+            objects.push(typed(serde_json::to_value(secret))?);
+        }
+        objects.push(typed(serde_json::to_value(db))?);
+    }
+    let mut own = policy.policy.clone();
+    own.status = None;
+    objects.push(typed(serde_json::to_value(own))?);
+    let extra = &policy.policy.spec.scope.extra_resources;
+    if !extra.is_empty() {
+        let discovery = Discovery::new(ctx.shared.client.clone()).run().await?;
+        for wanted in extra {
+            let (plural, group) = wanted.split_once('.').unwrap_or((wanted.as_str(), ""));
+            let found = discovery
+                .groups()
+                .filter(|g| g.name() == group)
+                .flat_map(|g| g.recommended_resources())
+                .find(|(ar, _)| ar.plural == plural);
+            let Some((ar, _)) = found else {
+                return Err(Error::DependencyMissing(format!(
+                    "spec.scope.extraResources: the API server serves no resource {wanted:?}; use plural.group, e.g. ingresses.networking.k8s.io"
+                )));
+            };
+            let api: Api<DynamicObject> = Api::namespaced_with(ctx.shared.client.clone(), ns, &ar);
+            for mut obj in api.list(&ListParams::default()).await?.items {
+                obj.types = Some(kube::core::TypeMeta { api_version: ar.api_version.clone(), kind: ar.kind.clone() });
+                objects.push(typed(serde_json::to_value(obj))?);
+            }
+        }
+    }
+    // One object per path: an extra kind may repeat what is exported anyway.
+    let mut seen = std::collections::HashSet::new();
+    objects.retain(|o| seen.insert((o["apiVersion"].clone(), o["kind"].clone(), o["metadata"]["name"].clone())));
+    Ok(objects)
+}
+
+async fn fail(backup: &Backup, ctx: &Ctx, mut status: BackupStatus, failure: Failure) -> Result<Action, Error> {
+    warn!(backup = %key(backup), reason = failure.reason, message = %failure.message, "backup failed");
+    status.completion_time = Some(Time(jiff::Timestamp::now()));
+    for item in status.items.iter_mut().filter(|i| !phase::is_terminal(Some(&i.phase))) {
+        item.phase = phase::FAILED.into();
+        item.error = Some(failure.message.clone());
+    }
+    let message = format!("{}: {}", failure.reason, failure.message);
+    write_status(backup, ctx, status, phase::FAILED, Some(message)).await?;
+    Ok(Action::await_change())
+}
+
+/// Writes the status with `phase` and a Ready condition that follows it; an Event on every
+/// phase change.
+async fn write_status(
+    backup: &Backup,
+    ctx: &Ctx,
+    mut status: BackupStatus,
+    new_phase: &str,
+    message: Option<String>,
+) -> Result<(), Error> {
+    let current = backup.status.clone().unwrap_or_default();
+    let generation = backup.meta().generation;
+    let (ready, reason) = match new_phase {
+        phase::COMPLETED => (true, "Completed"),
+        phase::PARTIALLY_FAILED => (false, "PartiallyFailed"),
+        phase::FAILED => (false, "Failed"),
+        _ => (false, "InProgress"),
+    };
+    let message = message.unwrap_or_else(|| format!("{} items", status.items.len()));
+    let desired = [DesiredCondition::new(READY, ready, reason, message.clone())];
+    status.conditions = conditions::merge(&current.conditions, &desired, generation, &Time(jiff::Timestamp::now()));
+    status.observed_generation = generation;
+    status.phase = Some(new_phase.to_string());
+    let patch = serde_json::json!({
+        "apiVersion": Backup::api_version(&()),
+        "kind": Backup::kind(&()),
+        "status": status,
+    });
+    let api: Api<Backup> = Api::namespaced(ctx.shared.client.clone(), &backup.namespace().unwrap_or_default());
+    api.patch_status(&backup.name_any(), &PatchParams::apply(STATUS_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    if current.phase.as_deref() != Some(new_phase) {
+        let event = Event {
+            type_: if matches!(new_phase, phase::FAILED | phase::PARTIALLY_FAILED) {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: new_phase.to_string(),
+            note: Some(message.chars().take(1024).collect()),
+            action: "Backup".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.shared.recorder.publish(&event, &backup.object_ref(&())).await {
+            warn!(backup = %key(backup), error = %e, "could not record an event");
+        }
+    }
+    Ok(())
+}
+
+/// A Backup with `spec.deleteData` that is being deleted: forget its snapshots and manifest
+/// (the data goes at the next prune), then let the object go.
+async fn delete_data(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
+    if !backup.finalizers().iter().any(|f| f == DATA_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let ns = backup.namespace().unwrap_or_default();
+    let api: Api<Backup> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    if let Ok(Ok(policy)) = policy(ctx, backup).await {
+        let repo = repository::open(&ctx.shared.client, &ns, &policy.policy.spec.storage, "spec.storage")
+            .await
+            .map_err(|e| Error::DependencyMissing(format!("cannot delete the data of {}: {e}", key(backup))))?;
+        forget_backup(&repo, backup).await.map_err(|e| Error::DependencyMissing(e.to_string()))?;
+        info!(backup = %key(backup), "deleted the backup's snapshots and manifest");
+    } else {
+        warn!(backup = %key(backup), "its BackupPolicy is gone: the data stays in the bucket");
+    }
+    let remaining: Vec<String> = backup.finalizers().iter().filter(|f| *f != DATA_FINALIZER).cloned().collect();
+    let patch =
+        serde_json::json!({"metadata": {"finalizers": remaining, "resourceVersion": backup.resource_version()}});
+    api.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(Action::await_change())
+}
+
+/// Removes the snapshots a Backup wrote and its manifest from `repo`.
+pub async fn forget_backup(repo: &Repository, backup: &Backup) -> crate::backup::Result<()> {
+    let ids: Vec<String> =
+        backup.status.iter().flat_map(|s| s.items.iter()).filter_map(|i| i.snapshot.clone()).collect();
+    for id in ids {
+        if let Ok((id, _)) = repo.find_snapshot(&id).await {
+            repo.delete_snapshot(&id).await?;
+        }
+    }
+    crate::backup::resources::delete_manifest(repo, &backup.name_any()).await
+}
+
+/// Deletes a Backup object (used by retention).
+pub async fn delete_object(client: &kube::Client, ns: &str, name: &str) -> Result<(), Error> {
+    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Labels of a Backup created for `policy`.
+pub fn labels(policy: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(POLICY_LABEL.to_string(), policy.to_string())])
+}
