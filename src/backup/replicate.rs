@@ -191,9 +191,6 @@ fn deletion_refused(source: &BTreeMap<Class, Listing>, target: &BTreeMap<Class, 
 /// Makes `target` hold the same repository as `source`; see the module documentation for the
 /// order, the safety rules and the memory bound.
 pub async fn replicate(source: &Storage, target: &Storage, opts: ReplicateOptions) -> Result<ReplicateReport> {
-    if source.url() == target.url() {
-        return Err(BackupError::Invalid(format!("cannot replicate {} onto itself", source.url())));
-    }
     source.ensure_bucket().await?;
     target.ensure_bucket().await?;
     let source_config = match source.get("config").await {
