@@ -9,6 +9,7 @@
 //! * [`ops::backup_directory`], [`ops::run_backup`] (any producer of files)
 //! * [`ops::forget`] with a [`RetentionPolicy`], [`ops::prune`], [`ops::check`]
 //! * [`archiver::restore_dir`], [`archiver::stream_file`]
+//! * [`replicate::replicate`] to an offsite copy
 
 pub mod archiver;
 pub mod crypto;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod lock;
 pub mod ops;
 pub mod pack;
+pub mod replicate;
 pub mod repo;
 pub mod resources;
 pub mod retention;
