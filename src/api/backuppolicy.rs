@@ -151,4 +151,7 @@ pub struct BackupPolicyStatus {
     /// Name of the newest Completed Backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_backup: Option<String>,
+    /// The newest Completed Backup whose data is also at `spec.offsite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_replicated_backup: Option<String>,
 }

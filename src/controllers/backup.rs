@@ -147,6 +147,17 @@ async fn reconcile_backup(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
         api.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
         return Ok(Action::await_change());
     }
+    if backup.labels().get(SYNCED_LABEL).is_some_and(|v| v == "true") {
+        // Found in the bucket: its data was written elsewhere; nothing to run.
+        return Ok(Action::await_change());
+    }
+    if backup.labels().get(POLICY_LABEL) != Some(&backup.spec.policy_name) {
+        // Created by hand: labelled so that its policy sees it (freshness, retention).
+        let api: Api<Backup> = Api::namespaced(ctx.shared.client.clone(), &backup.namespace().unwrap_or_default());
+        let patch = serde_json::json!({"metadata": {"labels": {POLICY_LABEL: backup.spec.policy_name}}});
+        api.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        return Ok(Action::await_change());
+    }
     let status = backup.status.clone().unwrap_or_default();
     match status.phase.as_deref() {
         Some(phase::IN_PROGRESS) => progress(backup, ctx, status).await,

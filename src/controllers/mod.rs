@@ -5,6 +5,7 @@
 pub mod appenvironment;
 pub mod apply;
 pub mod backup;
+pub mod backuppolicy;
 pub mod databaseinstance;
 pub mod repository;
 

@@ -31,6 +31,12 @@ pub struct FailureLabels {
     pub category: ErrorCategory,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub namespace: String,
+    pub policy: String,
+}
+
 /// Every metric the operator exports, registered under the `berth` prefix.
 pub struct Metrics {
     pub registry: Registry,
@@ -39,6 +45,10 @@ pub struct Metrics {
     pub duration: Family<ControllerLabels, Histogram>,
     pub applies: Family<ControllerLabels, Counter>,
     pub leader: Gauge,
+    /// 1 while a BackupPolicy's newest successful backup is within two schedule intervals.
+    pub backup_fresh: Family<PolicyLabels, Gauge>,
+    /// Unix time of a BackupPolicy's newest successful backup.
+    pub backup_last_success: Family<PolicyLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -60,7 +70,19 @@ impl Default for Metrics {
             applies.clone(),
         );
         registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
-        Self { registry, reconciles, failures, duration, applies, leader }
+        let backup_fresh = Family::<PolicyLabels, Gauge>::default();
+        let backup_last_success = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "backup_fresh",
+            "1 while the newest successful backup of a BackupPolicy is within two schedule intervals (0: RPO breached)",
+            backup_fresh.clone(),
+        );
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "Unix time of the newest successful backup of a BackupPolicy",
+            backup_last_success.clone(),
+        );
+        Self { registry, reconciles, failures, duration, applies, leader, backup_fresh, backup_last_success }
     }
 }
 
