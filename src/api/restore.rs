@@ -88,4 +88,15 @@ pub struct RestoreStatus {
     /// Errors, one per failed object.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// The Backup being restored (resolved from `spec.policyName` when that is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_name: Option<String>,
+    /// The stage reached, in order: ConfigAndSecrets, Volumes, Databases, DatabaseData,
+    /// VolumeData, Apps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// What the restore creates, updates or skips (`create Secret shop/orders-db-credentials`);
+    /// with `spec.dryRun`, all it does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub planned: Vec<String>,
 }

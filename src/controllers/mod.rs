@@ -8,6 +8,7 @@ pub mod backup;
 pub mod backuppolicy;
 pub mod databaseinstance;
 pub mod repository;
+pub mod restore;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -183,8 +183,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         let named: Vec<String> = args.namespaces.iter().filter(|n| !n.is_empty()).cloned().collect();
         if named.is_empty() { vec![None] } else { named.into_iter().map(Some).collect() }
     };
-    // Controllers per scope: AppEnvironment, DatabaseInstance, Backup, BackupPolicy.
-    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len() * 4));
+    // Controllers per scope: AppEnvironment, DatabaseInstance, Backup, BackupPolicy, Restore.
+    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len() * 5));
     let mut controllers = tokio::task::JoinSet::new();
     for scope in scopes {
         let (h, p) = (health.clone(), pending.clone());
@@ -212,7 +212,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
             stopped(stop_rx.clone()),
             on_synced.clone(),
         ));
-        controllers.spawn(controllers::backuppolicy::run(ctx.clone(), scope, stopped(stop_rx.clone()), on_synced));
+        controllers.spawn(controllers::backuppolicy::run(
+            ctx.clone(),
+            scope.clone(),
+            stopped(stop_rx.clone()),
+            on_synced.clone(),
+        ));
+        controllers.spawn(controllers::restore::run(ctx.clone(), scope, stopped(stop_rx.clone()), on_synced));
     }
 
     let lost = async {

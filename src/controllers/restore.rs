@@ -1,0 +1,523 @@
+//! The Restore controller: brings back one Backup in the app-aware order of
+//! [`crate::resources::restore::Stage`], one stage per step, recording the stage reached in
+//! the status (so a restarted operator resumes where it stopped):
+//! Secrets/ConfigMaps -> PVCs -> DatabaseInstances (then wait until Ready) -> database data
+//! Jobs -> volume data Jobs -> AppEnvironments and the rest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{DynamicObject, GroupVersionKind};
+use kube::discovery::ApiResource;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use super::backup::{POLICY_LABEL, phase};
+use super::repository;
+use super::{CachesSynced, Context, Error, api, cache, synced_store};
+use crate::api::DatabaseInstance;
+use crate::api::backup::Backup;
+use crate::api::backuppolicy::BackupPolicy;
+use crate::api::conditions::{self, DesiredCondition, READY};
+use crate::api::restore::{ExistingResourcePolicy, Restore, RestoreStatus};
+use crate::backup::resources::{BackupManifest, load_objects};
+use crate::resources::backup::{AgentTask, JobSettings, agent_job};
+use crate::resources::backuppolicy::validate as validate_policy;
+use crate::resources::meta::owner_label_key;
+use crate::resources::restore::{RestorePlan, Stage, plan};
+
+pub const NAME: &str = "restore";
+const STATUS_MANAGER: &str = "berth/restore-status";
+const MANAGER: &str = "berth/restore";
+const JOB_DEADLINE_SECONDS: i64 = 6 * 3600;
+const JOB_BACKOFF_LIMIT: i32 = 2;
+/// How often a restore waiting for DatabaseInstances or Jobs looks again (their changes are
+/// not watched by this controller, except its own Jobs).
+const POLL: Duration = Duration::from_secs(2);
+
+struct Ctx {
+    shared: Arc<Context>,
+    jobs: Store<Job>,
+    caches: CachesSynced,
+}
+
+/// Runs the controller for one namespace (or all when `None`) until shutdown.
+pub async fn run(
+    shared: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    synced: impl FnOnce() + Send + 'static,
+) {
+    let client = shared.client.clone();
+    let ns = namespace.as_deref();
+    let (jobs, job_stream) = cache::<Job>(&client, ns, watcher::Config::default().labels(&owner_label_key("Restore")));
+    let controller = Controller::new(api::<Restore>(&client, ns), watcher::Config::default()).owns_stream(job_stream);
+    let main_store = controller.store();
+    let (caches_synced, caches) = CachesSynced::new();
+    let job_store = jobs.clone();
+    tokio::spawn(async move {
+        synced_store(&job_store).await;
+        synced_store(&main_store).await;
+        let _ = caches_synced.send(true);
+        synced();
+    });
+    let ctx = Arc::new(Ctx { shared, jobs, caches });
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile trigger failed");
+            }
+        })
+        .await;
+}
+
+fn key(r: &Restore) -> String {
+    format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any())
+}
+
+async fn reconcile(restore: Arc<Restore>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    ctx.caches.wait().await;
+    let started = std::time::Instant::now();
+    let result = reconcile_restore(&restore, &ctx).await;
+    ctx.shared.metrics.observe(NAME, started.elapsed(), result.as_ref().err().map(Error::category));
+    if result.is_ok() {
+        ctx.shared.succeeded(&key(&restore));
+    }
+    result
+}
+
+fn error_policy(restore: Arc<Restore>, error: &Error, ctx: Arc<Ctx>) -> Action {
+    warn!(restore = %key(&restore), %error, "reconcile failed");
+    ctx.shared.backoff(&key(&restore))
+}
+
+/// Everything a step needs: the Backup, its manifest and the plan.
+struct Loaded {
+    backup: Backup,
+    policy: BackupPolicy,
+    manifest: BackupManifest,
+    plan: RestorePlan,
+}
+
+async fn reconcile_restore(restore: &Restore, ctx: &Ctx) -> Result<Action, Error> {
+    let status = restore.status.clone().unwrap_or_default();
+    if restore.meta().deletion_timestamp.is_some() || phase::is_terminal(status.phase.as_deref()) {
+        return Ok(Action::await_change());
+    }
+    let loaded = match load(restore, ctx).await? {
+        Ok(l) => l,
+        Err((reason, message)) => return finish(restore, ctx, status, phase::FAILED, reason, message).await,
+    };
+    if restore.spec.dry_run {
+        let mut status = status;
+        status.backup_name = Some(loaded.backup.name_any());
+        status.planned = dry_run(ctx, &loaded.plan).await?;
+        let message = format!("dry run: {} objects would be restored", status.planned.len());
+        return finish(restore, ctx, status, phase::COMPLETED, "DryRun", message).await;
+    }
+    let mut status = status;
+    status.backup_name = Some(loaded.backup.name_any());
+    let stage = status.stage.as_deref().and_then(stage_by_name).unwrap_or(Stage::ConfigAndSecrets);
+    match run_stage(restore, ctx, &loaded, stage, &mut status).await? {
+        StageResult::Wait(message) => {
+            write_status(restore, ctx, status, phase::IN_PROGRESS, "InProgress", message).await?;
+            Ok(Action::requeue(POLL))
+        }
+        StageResult::Done => match Stage::ALL.iter().skip_while(|s| **s != stage).nth(1) {
+            Some(next) => {
+                status.stage = Some(format!("{next:?}"));
+                let message = format!("restoring: {next:?}");
+                write_status(restore, ctx, status, phase::IN_PROGRESS, "InProgress", message).await?;
+                Ok(Action::requeue(Duration::from_millis(10)))
+            }
+            None => {
+                let failed = !status.errors.is_empty();
+                let (p, reason) =
+                    if failed { (phase::PARTIALLY_FAILED, "PartiallyFailed") } else { (phase::COMPLETED, "Completed") };
+                let message = format!(
+                    "created {}, updated {}, skipped {}; {} errors",
+                    status.created.unwrap_or(0),
+                    status.updated.unwrap_or(0),
+                    status.skipped.unwrap_or(0),
+                    status.errors.len()
+                );
+                finish(restore, ctx, status, p, reason, message).await
+            }
+        },
+    }
+}
+
+fn stage_by_name(name: &str) -> Option<Stage> {
+    Stage::ALL.into_iter().find(|s| format!("{s:?}") == name)
+}
+
+/// Resolves the Backup, opens its repository, reads its objects and plans the restore. A
+/// problem the user must fix comes back as `Err((reason, message))`.
+async fn load(restore: &Restore, ctx: &Ctx) -> Result<Result<Loaded, (&'static str, String)>, Error> {
+    let ns = restore.namespace().unwrap_or_default();
+    let backups: Api<Backup> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    let backup = match (&restore.spec.backup_name, &restore.spec.policy_name) {
+        (Some(name), _) => match backups.get_opt(name).await? {
+            Some(b) => b,
+            None => {
+                return Ok(Err((
+                    "BackupNotFound",
+                    format!("spec.backupName: Backup {name:?} does not exist in namespace {ns:?}"),
+                )));
+            }
+        },
+        (None, Some(policy)) => {
+            let list = backups.list(&ListParams::default().labels(&format!("{POLICY_LABEL}={policy}"))).await?;
+            let completion = |b: &Backup| b.status.as_ref().and_then(|s| s.completion_time.clone()).map(|t| t.0);
+            let newest = list
+                .items
+                .into_iter()
+                .filter(|b| b.status.as_ref().and_then(|s| s.phase.as_deref()) == Some(phase::COMPLETED))
+                .max_by_key(completion);
+            match newest {
+                Some(b) => b,
+                None => {
+                    return Ok(Err((
+                        "BackupNotFound",
+                        format!("spec.policyName: BackupPolicy {policy:?} has no Completed Backup yet"),
+                    )));
+                }
+            }
+        }
+        (None, None) => return Ok(Err(("InvalidSpec", "set spec.backupName or spec.policyName".into()))),
+    };
+    let backup_phase = backup.status.as_ref().and_then(|s| s.phase.as_deref());
+    if !matches!(backup_phase, Some(phase::COMPLETED | phase::PARTIALLY_FAILED)) {
+        return Ok(Err((
+            "BackupNotRestorable",
+            format!(
+                "Backup {:?} is {}; only Completed or PartiallyFailed backups can be restored",
+                backup.name_any(),
+                backup_phase.unwrap_or("New")
+            ),
+        )));
+    }
+    let policies: Api<BackupPolicy> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    let Some(policy) = policies.get_opt(&backup.spec.policy_name).await? else {
+        return Ok(Err((
+            "PolicyNotFound",
+            format!(
+                "Backup {:?} belongs to BackupPolicy {:?}, which does not exist: its storage settings are needed to read the backup; create the policy (suspended) first",
+                backup.name_any(),
+                backup.spec.policy_name
+            ),
+        )));
+    };
+    if let Err(errors) = validate_policy(&policy) {
+        let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        return Ok(Err(("InvalidPolicy", message)));
+    }
+    let repo = match repository::open(&ctx.shared.client, &ns, &policy.spec.storage, "spec.storage").await {
+        Ok(r) => r,
+        Err(e) => return Ok(Err((e.reason(), e.to_string()))),
+    };
+    let (manifest, objects) = match load_objects(&repo, &backup.name_any()).await {
+        Ok(x) => x,
+        Err(e) => return Ok(Err(("BackupUnreadable", e.to_string()))),
+    };
+    match plan(restore, objects) {
+        Ok(plan) => Ok(Ok(Loaded { backup, policy, manifest, plan })),
+        Err(errors) => Ok(Err(("InvalidSpec", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))),
+    }
+}
+
+enum StageResult {
+    Done,
+    Wait(String),
+}
+
+async fn run_stage(
+    restore: &Restore,
+    ctx: &Ctx,
+    loaded: &Loaded,
+    stage: Stage,
+    status: &mut RestoreStatus,
+) -> Result<StageResult, Error> {
+    match stage {
+        Stage::ConfigAndSecrets | Stage::Volumes | Stage::Databases | Stage::Apps => {
+            apply_objects(restore, ctx, loaded.plan.objects(stage), status).await?;
+            Ok(StageResult::Done)
+        }
+        Stage::DatabaseData => {
+            // The instances come up (and provision) before their data is loaded.
+            for obj in loaded.plan.objects(Stage::Databases) {
+                let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+                let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+                let api: Api<DatabaseInstance> = Api::namespaced(ctx.shared.client.clone(), ns);
+                let ready = api.get_opt(name).await?.is_some_and(|db| {
+                    db.status.as_ref().is_some_and(|s| {
+                        s.observed_generation == db.metadata.generation
+                            && s.conditions.iter().any(|c| c.type_ == READY && c.status == "True")
+                    })
+                });
+                if !ready {
+                    return Ok(StageResult::Wait(format!("waiting for DatabaseInstance {ns}/{name} to be Ready")));
+                }
+            }
+            run_jobs(restore, ctx, loaded, stage, status).await
+        }
+        Stage::VolumeData => run_jobs(restore, ctx, loaded, stage, status).await,
+    }
+}
+
+/// The namespace `source` maps to.
+fn target_namespace(restore: &Restore, source: &str) -> String {
+    restore.spec.namespace_mapping.get(source).cloned().unwrap_or_else(|| source.to_string())
+}
+
+/// Runs (and waits for) one agent Job per database dump or volume of the Backup.
+async fn run_jobs(
+    restore: &Restore,
+    ctx: &Ctx,
+    loaded: &Loaded,
+    stage: Stage,
+    status: &mut RestoreStatus,
+) -> Result<StageResult, Error> {
+    let source_ns = loaded.backup.namespace().unwrap_or_default();
+    let ns = target_namespace(restore, &source_ns);
+    let mut waiting = Vec::new();
+    for snap in &loaded.manifest.snapshots {
+        let task = match (stage, snap.kind.as_str()) {
+            (Stage::DatabaseData, "postgres") => {
+                AgentTask::RestorePostgres { instance: snap.source.clone(), snapshot: snap.snapshot.clone() }
+            }
+            (Stage::DatabaseData, "rabbitmq") => {
+                AgentTask::RestoreRabbitmq { instance: snap.source.clone(), snapshot: snap.snapshot.clone() }
+            }
+            (Stage::VolumeData, "dir") => {
+                AgentTask::RestoreVolume { pvc: snap.source.clone(), snapshot: snap.snapshot.clone() }
+            }
+            _ => continue,
+        };
+        let job_name = job_name(&restore.name_any(), &format!("{}/{}", snap.kind, snap.source));
+        match ctx.jobs.get(&ObjectRef::new(&job_name).within(&ns)) {
+            None => {
+                let owner = restore.controller_owner_ref(&()).expect("a Restore from the API has a uid");
+                let settings = JobSettings {
+                    owner: &owner,
+                    namespace: &ns,
+                    name: &job_name,
+                    image: &ctx.shared.agent_image,
+                    storage: &loaded.policy.spec.storage,
+                    tags: Vec::new(),
+                    node_name: None,
+                    deadline_seconds: JOB_DEADLINE_SECONDS,
+                    backoff_limit: JOB_BACKOFF_LIMIT,
+                };
+                let mut job = agent_job(&task, &settings);
+                if ns != restore.namespace().unwrap_or_default() {
+                    // An owner in another namespace is not allowed: such Jobs are left to their TTL.
+                    job.metadata.owner_references = None;
+                }
+                job.labels_mut().insert(owner_label_key("Restore"), restore.name_any());
+                let jobs: Api<Job> = Api::namespaced(ctx.shared.client.clone(), &ns);
+                match jobs.create(&PostParams::default(), &job).await {
+                    Ok(_) => info!(restore = %key(restore), job = %job_name, "started agent Job"),
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+                waiting.push(job_name);
+            }
+            Some(job) => match job_outcome(&job) {
+                None => waiting.push(job_name),
+                Some(Ok(())) => {}
+                Some(Err(message)) => {
+                    if !status.errors.contains(&message) {
+                        status.errors.push(message);
+                    }
+                }
+            },
+        }
+    }
+    if waiting.is_empty() {
+        Ok(StageResult::Done)
+    } else {
+        Ok(StageResult::Wait(format!("waiting for agent Jobs {}", waiting.join(", "))))
+    }
+}
+
+fn job_name(restore: &str, item: &str) -> String {
+    let hash = blake3::hash(item.as_bytes()).to_hex();
+    let prefix: String = restore.chars().take(54).collect();
+    format!("{}-{}", prefix.trim_end_matches('-'), &hash[..8])
+}
+
+fn job_outcome(job: &Job) -> Option<Result<(), String>> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    for c in conditions.iter().filter(|c| c.status == "True") {
+        match c.type_.as_str() {
+            "Complete" => return Some(Ok(())),
+            "Failed" => {
+                return Some(Err(format!(
+                    "agent Job {} failed: {}",
+                    job.name_any(),
+                    c.message.clone().unwrap_or_default()
+                )));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The API resource of an object's apiVersion and kind.
+async fn resource_of(client: &kube::Client, obj: &Value) -> Result<(ApiResource, bool), Error> {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await?;
+    Ok((ar, caps.scope == kube::discovery::Scope::Namespaced))
+}
+
+/// Creates the objects (or, with `existingResourcePolicy: update`, updates existing ones),
+/// counting what happened; a failure of one object is recorded, not fatal.
+async fn apply_objects(
+    restore: &Restore,
+    ctx: &Ctx,
+    objects: &[Value],
+    status: &mut RestoreStatus,
+) -> Result<(), Error> {
+    let update = restore.spec.existing_resource_policy == Some(ExistingResourcePolicy::Update);
+    for obj in objects {
+        let describe = describe(obj);
+        let (ar, namespaced) = match resource_of(&ctx.shared.client, obj).await {
+            Ok(x) => x,
+            Err(e) => {
+                status.errors.push(format!("{describe}: {e}"));
+                continue;
+            }
+        };
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        let api: Api<DynamicObject> = match obj["metadata"]["namespace"].as_str() {
+            Some(ns) if namespaced => Api::namespaced_with(ctx.shared.client.clone(), ns, &ar),
+            _ => Api::all_with(ctx.shared.client.clone(), &ar),
+        };
+        let object: DynamicObject = match serde_json::from_value(obj.clone()) {
+            Ok(o) => o,
+            Err(e) => {
+                status.errors.push(format!("{describe}: {e}"));
+                continue;
+            }
+        };
+        match api.create(&PostParams::default(), &object).await {
+            Ok(_) => *status.created.get_or_insert(0) += 1,
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                if update {
+                    let params = PatchParams::apply(MANAGER).force();
+                    match api.patch(name, &params, &Patch::Apply(obj)).await {
+                        Ok(_) => *status.updated.get_or_insert(0) += 1,
+                        Err(e) => status.errors.push(format!("{describe}: {e}")),
+                    }
+                } else {
+                    *status.skipped.get_or_insert(0) += 1;
+                }
+            }
+            Err(e) => status.errors.push(format!("{describe}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn describe(obj: &Value) -> String {
+    let kind = obj["kind"].as_str().unwrap_or("?");
+    let name = obj["metadata"]["name"].as_str().unwrap_or("?");
+    match obj["metadata"]["namespace"].as_str() {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
+/// What a restore would do, object by object, without doing it.
+async fn dry_run(ctx: &Ctx, plan: &RestorePlan) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    for stage in Stage::ALL {
+        for obj in plan.objects(stage) {
+            let describe = describe(obj);
+            let exists = match resource_of(&ctx.shared.client, obj).await {
+                Ok((ar, namespaced)) => {
+                    let api: Api<DynamicObject> = match obj["metadata"]["namespace"].as_str() {
+                        Some(ns) if namespaced => Api::namespaced_with(ctx.shared.client.clone(), ns, &ar),
+                        _ => Api::all_with(ctx.shared.client.clone(), &ar),
+                    };
+                    api.get_opt(obj["metadata"]["name"].as_str().unwrap_or_default()).await?.is_some()
+                }
+                Err(_) => false,
+            };
+            out.push(format!("{} {describe}", if exists { "exists" } else { "create" }));
+        }
+    }
+    for dropped in &plan.dropped {
+        out.push(format!("skip {} ({})", dropped.object, dropped.reason));
+    }
+    Ok(out)
+}
+
+async fn finish(
+    restore: &Restore,
+    ctx: &Ctx,
+    status: RestoreStatus,
+    new_phase: &str,
+    reason: &str,
+    message: String,
+) -> Result<Action, Error> {
+    info!(restore = %key(restore), phase = new_phase, %message, "restore finished");
+    write_status(restore, ctx, status, new_phase, reason, message).await?;
+    Ok(Action::await_change())
+}
+
+async fn write_status(
+    restore: &Restore,
+    ctx: &Ctx,
+    mut status: RestoreStatus,
+    new_phase: &str,
+    reason: &str,
+    message: String,
+) -> Result<(), Error> {
+    let current = restore.status.clone().unwrap_or_default();
+    let generation = restore.meta().generation;
+    let ready = new_phase == phase::COMPLETED;
+    let desired = [DesiredCondition::new(READY, ready, reason, message.clone())];
+    status.conditions = conditions::merge(&current.conditions, &desired, generation, &Time(jiff::Timestamp::now()));
+    status.observed_generation = generation;
+    status.phase = Some(new_phase.to_string());
+    if status == current {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": Restore::api_version(&()),
+        "kind": Restore::kind(&()),
+        "status": status,
+    });
+    let api: Api<Restore> = Api::namespaced(ctx.shared.client.clone(), &restore.namespace().unwrap_or_default());
+    api.patch_status(&restore.name_any(), &PatchParams::apply(STATUS_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    if current.phase.as_deref() != Some(new_phase) && phase::is_terminal(Some(new_phase)) {
+        let event = Event {
+            type_: if ready { EventType::Normal } else { EventType::Warning },
+            reason: reason.to_string(),
+            note: Some(message.chars().take(1024).collect()),
+            action: "Restore".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.shared.recorder.publish(&event, &restore.object_ref(&())).await {
+            warn!(restore = %key(restore), error = %e, "could not record an event");
+        }
+    }
+    Ok(())
+}
