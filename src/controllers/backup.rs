@@ -410,20 +410,21 @@ async fn finish(backup: &Backup, ctx: &Ctx, policy: &ValidPolicy, mut status: Ba
         Err(e) => return fail(backup, ctx, status, e.into()).await,
     };
     let objects = export(ctx, &ns, policy).await?;
-    let extra: Vec<SnapshotRef> = status
-        .items
-        .iter()
-        .filter(|i| i.phase == phase::COMPLETED)
-        .filter_map(|i| {
-            let (kind, source) = i.name.split_once('/')?;
-            Some(SnapshotRef {
-                kind: if kind == "volume" { "dir".into() } else { kind.into() },
-                snapshot: i.snapshot.clone()?,
+    // The manifest records each snapshot with its kind (postgres, rabbitmq, dir) as written:
+    // restores pick their agent task from it.
+    let mut extra = Vec::new();
+    for item in status.items.iter().filter(|i| i.phase == phase::COMPLETED && i.name != "resources") {
+        let (Some(id), Some((_, source))) = (&item.snapshot, item.name.split_once('/')) else { continue };
+        match repo.find_snapshot(id).await {
+            Ok((_, snap)) => extra.push(SnapshotRef {
+                kind: snap.kind.clone(),
+                snapshot: id.clone(),
                 source: source.into(),
-                bytes: i.bytes.unwrap_or(0),
-            })
-        })
-        .collect();
+                bytes: item.bytes.unwrap_or(0),
+            }),
+            Err(e) => return fail(backup, ctx, status, RepositoryError::from(e).into()).await,
+        }
+    }
     let stored = store(&repo, &name, &ns, &objects, extra, policy).await;
     let resources = status.items.iter_mut().find(|i| i.name == "resources").expect("resources item");
     match stored {

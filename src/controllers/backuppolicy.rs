@@ -135,10 +135,11 @@ async fn reconcile_policy(policy: &BackupPolicy, ctx: &Ctx) -> Result<Action, Er
 
     // Disaster recovery: backups in the bucket that this cluster has no object for.
     if sync_due(ctx, &key(policy)) {
+        // Throttled whether or not it works: an unreachable bucket is not listed in a loop.
+        ctx.last_sync.lock().expect("sync map").insert(key(policy), Instant::now());
         match repository::open(&ctx.shared.client, &ns, &valid.policy.spec.storage, "spec.storage").await {
             Ok(repo) => {
                 sync_backups(ctx, policy, &repo).await?;
-                ctx.last_sync.lock().expect("sync map").insert(key(policy), Instant::now());
             }
             Err(e) => ready = DesiredCondition::new(READY, false, e.reason(), e.to_string()),
         }

@@ -11,7 +11,7 @@ use crate::api::backuppolicy::StorageLocation;
 use crate::backup::{BackupError, Repository, S3Config, Storage, StorageConfig};
 
 /// How long opening a repository may take before the backup reports the storage unreachable.
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a repository could not be opened, with the reason a condition shows.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +106,15 @@ pub async fn repository_key(
 ) -> Result<Vec<u8>, RepositoryError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let name = &location.encryption_key_secret;
-    match secret_value(&secrets, field, name, "key").await? {
+    // Trailing newlines are dropped, as the agent does (`kubectl create secret --from-file`
+    // of an echoed key): both must derive the same key.
+    let key = secret_value(&secrets, field, name, "key").await?.map(|mut k| {
+        while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            k.pop();
+        }
+        k
+    });
+    match key {
         Some(key) if !key.is_empty() => Ok(key),
         _ => Err(RepositoryError::Secret { field, message: format!("Secret {name:?} has no (or an empty) key `key`") }),
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{DynamicObject, GroupVersionKind};
@@ -291,6 +292,9 @@ async fn run_jobs(
 ) -> Result<StageResult, Error> {
     let source_ns = loaded.backup.namespace().unwrap_or_default();
     let ns = target_namespace(restore, &source_ns);
+    if ns != restore.namespace().unwrap_or_default() {
+        copy_storage_secrets(ctx, &restore.namespace().unwrap_or_default(), &ns, &loaded.policy).await?;
+    }
     let mut waiting = Vec::new();
     for snap in &loaded.manifest.snapshots {
         let task = match (stage, snap.kind.as_str()) {
@@ -350,6 +354,43 @@ async fn run_jobs(
     } else {
         Ok(StageResult::Wait(format!("waiting for agent Jobs {}", waiting.join(", "))))
     }
+}
+
+/// The agent Jobs of a restore into another namespace read the storage Secrets there: copies
+/// them (credentials, CA, key) from the Restore's namespace when the target lacks them.
+async fn copy_storage_secrets(ctx: &Ctx, from: &str, to: &str, policy: &BackupPolicy) -> Result<(), Error> {
+    let storage = &policy.spec.storage;
+    let names = storage
+        .credentials_secret
+        .iter()
+        .chain(storage.ca_secret.iter())
+        .chain(std::iter::once(&storage.encryption_key_secret));
+    let source: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), from);
+    let target: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), to);
+    for name in names {
+        if target.get_opt(name).await?.is_some() {
+            continue;
+        }
+        let Some(secret) = source.get_opt(name).await? else { continue };
+        let copy = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(to.to_string()),
+                labels: secret.metadata.labels.clone(),
+                ..Default::default()
+            },
+            data: secret.data.clone(),
+            type_: secret.type_.clone(),
+            ..Secret::default()
+        };
+        match target.create(&PostParams::default(), &copy).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        info!(secret = %name, from, to, "copied a storage Secret for the restore Jobs");
+    }
+    Ok(())
 }
 
 fn job_name(restore: &str, item: &str) -> String {

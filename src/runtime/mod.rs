@@ -15,13 +15,16 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::controllers::{self, Context};
 use crate::resources::certificate::Certificate;
 use health::Health;
 use leader::{LeaderElector, LeaseTimings};
 use metrics::Metrics;
+
+/// How long a stopping operator waits for in-flight reconciles.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -236,7 +239,17 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         finished = controllers.join_next() => {
             // Controllers end only on shutdown; one that ends (or panics) otherwise is fatal.
             if *stop_rx.borrow() {
-                while controllers.join_next().await.is_some() {}
+                // In-flight reconciles may wait on slow storage (an S3 retry loop); they are
+                // idempotent, so the next leader redoes them. Waiting longer than the grace
+                // period would only get the pod killed.
+                let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+                    while controllers.join_next().await.is_some() {}
+                })
+                .await;
+                if drained.is_err() {
+                    warn!("abandoning reconciles still running after {}s", SHUTDOWN_GRACE.as_secs());
+                    controllers.abort_all();
+                }
                 info!("controllers stopped");
                 ExitCode::SUCCESS
             } else {

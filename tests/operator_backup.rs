@@ -1,0 +1,366 @@
+//! BackupPolicy, Backup and Restore end to end: the real operator on the test API server,
+//! whose Job stand-in runs each agent Job's `berth agent` command as a local process
+//! (tests/support/jobs.rs), against a real S3 server (s3s-fs), a real PostgreSQL 15 and a real
+//! RabbitMQ on loopback. In-cluster Service names reach the loopback servers through the
+//! operator's `--endpoint-overrides` and the runner's host overrides.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use berth::api::{Backup, BackupPolicy, DatabaseInstance, Restore};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::apiserver::TestApiServer;
+use support::jobs::LocalJobRunner;
+use support::operator::Operator;
+use support::servers::{Postgres, RabbitMq, S3Server};
+use support::wait::eventually;
+
+const NS: &str = "shop";
+const OTHER: &str = "shop-restored";
+const KEY: &str = "correct horse battery staple";
+const WAIT: Duration = Duration::from_secs(120);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+async fn api_server() -> TestApiServer {
+    let server = TestApiServer::start().await;
+    server.install_crds_from_dir(&repo().join("crds")).await;
+    server
+}
+
+async fn create<K>(client: &kube::Client, ns: &str, value: Value) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap()
+}
+
+async fn create_secret(client: &kube::Client, ns: &str, name: &str, data: &[(&str, &str)]) {
+    let data = data.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
+        data: Some(data),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &secret).await.unwrap();
+}
+
+async fn storage_secrets(client: &kube::Client, s3: &S3Server) {
+    let creds = [("AWS_ACCESS_KEY_ID", s3.access_key.as_str()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key.as_str())];
+    create_secret(client, NS, "s3-credentials", &creds).await;
+    create_secret(client, NS, "repository-key", &[("key", &format!("{KEY}\n"))]).await;
+}
+
+fn policy(s3: &S3Server, schedule: &str, suspend: bool) -> Value {
+    json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "BackupPolicy",
+        "metadata": {"name": "nightly", "namespace": NS},
+        "spec": {
+            "schedule": schedule, "suspend": suspend,
+            "storage": {"bucket": "backups", "prefix": "shop", "region": s3.region, "endpoint": s3.endpoint,
+                        "forcePathStyle": true, "credentialsSecret": "s3-credentials",
+                        "encryptionKeySecret": "repository-key"},
+            "scope": {"databases": true},
+            "retention": {"keepLast": 5}
+        }
+    })
+}
+
+fn secret_value(secret: &Secret, key: &str) -> String {
+    String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
+}
+
+async fn wait_phase<K>(api: &Api<K>, name: &str, wanted: &str, phase: impl Fn(&K) -> Option<String>) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(&format!("{name} {wanted}"), WAIT, || async {
+        let obj = api.get(name).await.ok()?;
+        let p = phase(&obj)?;
+        assert!(
+            p == wanted || !matches!(p.as_str(), "Completed" | "Failed" | "PartiallyFailed"),
+            "{name} ended {p}, not {wanted}: {obj:?}"
+        );
+        (p == wanted).then_some(obj)
+    })
+    .await
+}
+
+fn restore_phase(r: &Restore) -> Option<String> {
+    r.status.as_ref()?.phase.clone()
+}
+
+fn backup_phase(b: &Backup) -> Option<String> {
+    b.status.as_ref()?.phase.clone()
+}
+
+/// The real servers, reachable under both namespaces' Service names.
+struct Servers {
+    pg: Postgres,
+    mq: RabbitMq,
+    s3: S3Server,
+}
+
+impl Servers {
+    fn overrides(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for ns in [NS, OTHER] {
+            out.push((format!("orders-db.{ns}.svc:5432"), format!("127.0.0.1:{}", self.pg.port)));
+            out.push((format!("events.{ns}.svc:15672"), format!("127.0.0.1:{}", self.mq.mgmt_port)));
+        }
+        out
+    }
+
+    fn operator(&self, server: &TestApiServer) -> Operator {
+        let overrides: Vec<String> = self.overrides().iter().map(|(a, b)| format!("{a}={b}")).collect();
+        let overrides = overrides.join(",");
+        Operator::start(server.kubeconfig_path(), &["--leader-election=false", "--endpoint-overrides", &overrides])
+    }
+
+    fn runner(&self, server: &TestApiServer) -> LocalJobRunner {
+        let mut runner = LocalJobRunner::new(server, HashMap::new()).with_env("AWS_EC2_METADATA_DISABLED", "true");
+        for (from, to) in self.overrides() {
+            runner = runner.with_host_override(from, to);
+        }
+        runner.install(server);
+        runner
+    }
+
+    fn count_items(&self) -> String {
+        self.pg.psql("orders", "SELECT count(*) FROM items").trim().to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduled_backup_restores_here_elsewhere_and_in_a_new_cluster() {
+    let mut servers = Servers { pg: Postgres::start(), mq: RabbitMq::start(), s3: S3Server::start() };
+    servers.s3.create_bucket("backups");
+    let server = api_server().await;
+    let client = server.client().await;
+    let _runner = servers.runner(&server);
+    let mut operator = servers.operator(&server);
+    operator.wait_ready(WAIT);
+    storage_secrets(&client, &servers.s3).await;
+
+    // Two instances, provisioned for real (the test plays the images' entrypoints).
+    let _: DatabaseInstance = create(
+        &client,
+        NS,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "DatabaseInstance", "metadata": {"name": "orders-db"},
+            "spec": {"engine": "postgres", "version": "15", "storage": {"size": "1Gi"},
+                     "roles": [{"name": "app"}], "databases": [{"name": "orders", "owner": "app"}]}
+        }),
+    )
+    .await;
+    let _: DatabaseInstance = create(
+        &client,
+        NS,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "DatabaseInstance", "metadata": {"name": "events"},
+            "spec": {"engine": "rabbitmq", "version": "4.1", "storage": {"size": "1Gi"}, "vhosts": ["orders"],
+                     "users": [{"name": "orders-app", "permissions": [{"vhost": "orders"}]}]}
+        }),
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let pg_admin = eventually("orders-db credentials", WAIT, || async {
+        secrets.get_opt("orders-db-credentials").await.ok().flatten()
+    })
+    .await;
+    let pg_password = secret_value(&pg_admin, "password");
+    servers.pg.psql("postgres", &format!("ALTER ROLE postgres PASSWORD '{pg_password}'"));
+    servers.pg.password = pg_password;
+    let mq_admin =
+        eventually("events credentials", WAIT, || async { secrets.get_opt("events-credentials").await.ok().flatten() })
+            .await;
+    let user = json!({"password": secret_value(&mq_admin, "password"), "tags": "administrator"}).to_string();
+    servers.mq.api_ok("PUT", "/api/users/admin", Some(&user));
+    servers.mq.api_ok("PUT", "/api/permissions/%2F/admin", Some(r#"{"configure":".*","write":".*","read":".*"}"#));
+    servers.mq.user = "admin".into();
+    servers.mq.password = secret_value(&mq_admin, "password");
+    let instances: Api<DatabaseInstance> = Api::namespaced(client.clone(), NS);
+    for name in ["orders-db", "events"] {
+        eventually(&format!("{name} Ready"), WAIT, || async {
+            let db = instances.get(name).await.ok()?;
+            db.status?.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(())
+        })
+        .await;
+    }
+    servers.pg.psql("orders", "CREATE TABLE items (id int); INSERT INTO items VALUES (1), (2), (3)");
+    let mq_user_before: Value = serde_json::from_str(&servers.mq.api_ok("GET", "/api/users/orders-app", None)).unwrap();
+
+    // The schedule fires (every minute) and the Backup completes with every item.
+    let _: BackupPolicy = create(&client, NS, policy(&servers.s3, "* * * * *", false)).await;
+    let backups: Api<Backup> = Api::namespaced(client.clone(), NS);
+    let backup = eventually("a scheduled Backup", Duration::from_secs(90), || async {
+        backups.list(&ListParams::default().labels("berth.dev/backuppolicy=nightly")).await.ok()?.items.pop()
+    })
+    .await;
+    let name = backup.metadata.name.clone().unwrap();
+    assert!(name.starts_with("nightly-2"), "{name}");
+    let backup = wait_phase(&backups, &name, "Completed", backup_phase).await;
+    let items = backup.status.unwrap().items;
+    let mut names: Vec<&str> = items.iter().map(|i| i.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["database/events", "database/orders-db", "resources"]);
+    assert!(items.iter().all(|i| i.phase == "Completed" && i.snapshot.is_some()), "{items:?}");
+    let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), NS);
+    eventually("policy reports the success", WAIT, || async {
+        let st = policies.get("nightly").await.ok()?.status?;
+        let fresh = st.conditions.iter().any(|c| c.type_ == "BackupFresh" && c.status == "True");
+        (st.last_successful_backup.as_deref() == Some(name.as_str()) && fresh && st.next_schedule_time.is_some())
+            .then_some(())
+    })
+    .await;
+    // No second run while we look: suspend the schedule.
+    policies
+        .patch("nightly", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": true}})))
+        .await
+        .unwrap();
+
+    // Data loss: rows, the vhost and its user.
+    servers.pg.psql("orders", "DELETE FROM items");
+    servers.mq.api_ok("DELETE", "/api/vhosts/orders", None);
+    servers.mq.api_ok("DELETE", "/api/users/orders-app", None);
+
+    // A Restore in place brings them back.
+    let restores: Api<Restore> = Api::namespaced(client.clone(), NS);
+    let _: Restore = create(
+        &client,
+        NS,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "undo"},
+            "spec": {"backupName": name}
+        }),
+    )
+    .await;
+    let restored = wait_phase(&restores, "undo", "Completed", restore_phase).await;
+    assert!(restored.status.as_ref().unwrap().skipped.unwrap_or(0) > 0, "existing objects are left alone");
+    assert_eq!(servers.count_items(), "3");
+    let user: Value = serde_json::from_str(&servers.mq.api_ok("GET", "/api/users/orders-app", None)).unwrap();
+    assert_eq!(user["password_hash"], mq_user_before["password_hash"], "the user comes back from the backup");
+    servers.mq.api_ok("GET", "/api/permissions/orders/orders-app", None);
+
+    // Into another namespace, from the policy's newest backup.
+    servers.pg.psql("orders", "DELETE FROM items");
+    let _: Restore = create(
+        &client,
+        NS,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "elsewhere"},
+            "spec": {"policyName": "nightly", "namespaceMapping": {NS: OTHER}}
+        }),
+    )
+    .await;
+    let restored = wait_phase(&restores, "elsewhere", "Completed", restore_phase).await;
+    assert_eq!(restored.status.unwrap().backup_name.as_deref(), Some(name.as_str()));
+    let other: Api<DatabaseInstance> = Api::namespaced(client.clone(), OTHER);
+    assert!(other.get_opt("orders-db").await.unwrap().is_some());
+    let other_secrets: Api<Secret> = Api::namespaced(client.clone(), OTHER);
+    let copied = other_secrets.get("orders-db-credentials").await.unwrap();
+    assert_eq!(secret_value(&copied, "password"), servers.pg.password, "passwords come back with the data");
+    assert_eq!(servers.count_items(), "3");
+    operator.terminate();
+
+    // Disaster recovery: a brand-new cluster with only a suspended policy on the old bucket.
+    let fresh = api_server().await;
+    let fresh_client = fresh.client().await;
+    let _runner = servers.runner(&fresh);
+    let mut operator = servers.operator(&fresh);
+    operator.wait_ready(WAIT);
+    storage_secrets(&fresh_client, &servers.s3).await;
+    let _: BackupPolicy = create(&fresh_client, NS, policy(&servers.s3, "0 3 * * *", true)).await;
+    let fresh_backups: Api<Backup> = Api::namespaced(fresh_client.clone(), NS);
+    let synced = wait_phase(&fresh_backups, &name, "Completed", backup_phase).await;
+    assert_eq!(synced.metadata.labels.as_ref().unwrap()["berth.dev/synced"], "true");
+    servers.pg.psql("orders", "DELETE FROM items");
+    let _: Restore = create(
+        &fresh_client,
+        NS,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "recover"},
+            "spec": {"backupName": name}
+        }),
+    )
+    .await;
+    let fresh_restores: Api<Restore> = Api::namespaced(fresh_client.clone(), NS);
+    let recovered = wait_phase(&fresh_restores, "recover", "Completed", restore_phase).await;
+    assert!(recovered.status.unwrap().created.unwrap_or(0) >= 4, "the instances, their Secrets and the policy");
+    assert_eq!(servers.count_items(), "3");
+    let fresh_instances: Api<DatabaseInstance> = Api::namespaced(fresh_client.clone(), NS);
+    assert!(fresh_instances.get_opt("events").await.unwrap().is_some());
+    assert_eq!(operator.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_storage_fails_the_backup_and_a_stopped_schedule_goes_stale() {
+    let s3 = S3Server::start();
+    let server = api_server().await;
+    let client = server.client().await;
+    let mut operator = Operator::start(server.kubeconfig_path(), &["--leader-election=false"]);
+    operator.wait_ready(WAIT);
+    storage_secrets(&client, &s3).await;
+    // Nothing listens on this port.
+    let closed = support::operator::free_port();
+    let mut unreachable = policy(&s3, "* * * * *", true);
+    unreachable["spec"]["storage"]["endpoint"] = json!(format!("http://127.0.0.1:{closed}"));
+    let _: BackupPolicy = create(&client, NS, unreachable).await;
+    let _: Backup = create(
+        &client,
+        NS,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "by-hand"},
+            "spec": {"policyName": "nightly"}
+        }),
+    )
+    .await;
+    let backups: Api<Backup> = Api::namespaced(client.clone(), NS);
+    let failed = wait_phase(&backups, "by-hand", "Failed", backup_phase).await;
+    let ready = failed.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Failed"));
+    assert!(ready.message.contains("StorageUnreachable"), "{}", ready.message);
+
+    // The policy's last success is an hour old and the schedule is suspended: an RPO breach.
+    let _: Backup = create(
+        &client,
+        NS,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Backup",
+            "metadata": {"name": "old", "labels": {"berth.dev/backuppolicy": "nightly", "berth.dev/synced": "true"}},
+            "spec": {"policyName": "nightly"}
+        }),
+    )
+    .await;
+    let hour_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    let status = json!({"status": {"phase": "Completed", "completionTime": hour_ago.to_string()}});
+    backups.patch_status("old", &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+    let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), NS);
+    let stale = eventually("BackupFresh=False", WAIT, || async {
+        let st = policies.get("nightly").await.ok()?.status?;
+        let c = st.conditions.into_iter().find(|c| c.type_ == "BackupFresh")?;
+        (c.status == "False" && c.reason == "BackupStale").then_some(c)
+    })
+    .await;
+    assert!(stale.message.contains("suspend"), "{}", stale.message);
+    eventually("berth_backup_fresh 0", WAIT, || async {
+        let fresh = operator.counter("berth_backup_fresh");
+        let last = operator.counter("berth_backup_last_success_timestamp_seconds");
+        (fresh == 0.0 && last > 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(operator.terminate().code(), Some(0));
+}
