@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use crate::api::validation::{self, FieldError};
 use crate::api::{self as berth_api, AppEnvironment};
-use crate::resources::{appenvironment, databaseinstance};
+use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, snapshot_tags};
+use crate::resources::{appenvironment, backuppolicy, databaseinstance};
 
 /// Namespace `render` assumes the operator runs in (the kustomize base installs it there); the
 /// DatabaseInstance NetworkPolicy admits it.
@@ -64,9 +65,15 @@ pub fn render(paths: &[PathBuf]) -> Result<String, Vec<Problem>> {
         .filter(|d| d.value.get("kind").and_then(Value::as_str) == Some("DatabaseInstance"))
         .filter_map(|d| serde_json::from_value(d.value.clone()).ok())
         .collect();
+    let policies: Vec<berth_api::BackupPolicy> = documents
+        .iter()
+        .filter(|d| d.value.get("kind").and_then(Value::as_str) == Some("BackupPolicy"))
+        .filter_map(|d| serde_json::from_value(d.value.clone()).ok())
+        .collect();
+    let inputs = Inputs { instances: &instances, policies: &policies };
     let mut objects = Vec::new();
     for doc in &documents {
-        match render_document(doc, &instances) {
+        match render_document(doc, &inputs) {
             Ok(children) => objects.extend(children),
             Err(errors) => problems.extend(errors.into_iter().map(|error| Problem {
                 file: doc.file.clone(),
@@ -154,7 +161,14 @@ fn read_documents(file: &Path, out: &mut Vec<Document>, problems: &mut Vec<Probl
     }
 }
 
-fn render_document(doc: &Document, instances: &[berth_api::DatabaseInstance]) -> Result<Vec<Value>, Vec<FieldError>> {
+/// The objects of the input that other documents refer to.
+struct Inputs<'a> {
+    instances: &'a [berth_api::DatabaseInstance],
+    policies: &'a [berth_api::BackupPolicy],
+}
+
+fn render_document(doc: &Document, inputs: &Inputs) -> Result<Vec<Value>, Vec<FieldError>> {
+    let instances = inputs.instances;
     let value = &doc.value;
     if !value.is_object() {
         return Err(vec![FieldError::new("document", "must be a YAML mapping (a Kubernetes object)")]);
@@ -197,10 +211,83 @@ fn render_document(doc: &Document, instances: &[berth_api::DatabaseInstance]) ->
             let credentials = databaseinstance::Credentials::placeholder(&valid);
             Ok(databaseinstance::build(&valid, &credentials, RENDER_OPERATOR_NAMESPACE).to_json())
         }
-        // The other kinds have no children that render can show without a cluster yet; their
-        // specs are still validated above.
+        "BackupPolicy" => {
+            // Its Backups depend on the clock; render checks the schedule, zone and storage.
+            backuppolicy::validate(&typed(value)?)?;
+            Ok(Vec::new())
+        }
+        "Backup" => backup_jobs(&typed(value)?, inputs),
+        // A Restore's objects come from the bucket; its spec is validated above.
         _ => Ok(Vec::new()),
     }
+}
+
+/// The agent Jobs a Backup starts: one per DatabaseInstance of the input that its policy (also
+/// in the input) selects. Volumes depend on PVCs in the cluster and are not shown.
+fn backup_jobs(backup: &berth_api::Backup, inputs: &Inputs) -> Result<Vec<Value>, Vec<FieldError>> {
+    let namespace = backup.namespace().unwrap_or_else(|| "default".into());
+    let in_namespace = |ns: Option<String>| ns.unwrap_or_else(|| "default".into()) == namespace;
+    let policy = inputs
+        .policies
+        .iter()
+        .find(|p| p.name_any() == backup.spec.policy_name && in_namespace(p.namespace()))
+        .ok_or_else(|| {
+            vec![FieldError::new(
+                "spec.policyName",
+                format!(
+                    "BackupPolicy {:?} is not in the rendered input (namespace {namespace:?}); pass its manifest with -f as well, or correct the name",
+                    backup.spec.policy_name
+                ),
+            )]
+        })?;
+    let valid = backuppolicy::validate(policy).map_err(|_| {
+        vec![FieldError::new("spec.policyName", "its BackupPolicy is invalid (see the errors of that document)")]
+    })?;
+    let scope = &valid.policy.spec.scope;
+    if !scope.databases.unwrap_or(true) {
+        return Ok(Vec::new());
+    }
+    let selector = match &scope.selector {
+        Some(s) => Some(kube::core::Selector::try_from(s.clone()).map_err(|e| {
+            vec![FieldError::new("spec.policyName", format!("its spec.scope.selector is invalid: {e}"))]
+        })?),
+        None => None,
+    };
+    let owner = crate::resources::meta::owner_reference(backup);
+    let mut jobs = Vec::new();
+    for db in inputs.instances.iter().filter(|i| in_namespace(i.namespace())) {
+        use kube::core::SelectorExt;
+        if selector.as_ref().is_some_and(|s| !s.matches(db.labels())) {
+            continue;
+        }
+        let instance = db.name_any();
+        let task = match db.spec.engine {
+            berth_api::databaseinstance::Engine::Postgres => AgentTask::BackupPostgres { instance: instance.clone() },
+            berth_api::databaseinstance::Engine::Rabbitmq => AgentTask::BackupRabbitmq { instance: instance.clone() },
+        };
+        let item = format!("database/{instance}");
+        let name = job_name(&backup.name_any(), &item);
+        let settings = JobSettings {
+            owner: &owner,
+            namespace: &namespace,
+            name: &name,
+            image: crate::controllers::DEFAULT_AGENT_IMAGE,
+            storage: &valid.policy.spec.storage,
+            tags: snapshot_tags(&backup.name_any(), &item),
+            node_name: None,
+            deadline_seconds: 6 * 3600,
+            backoff_limit: 2,
+        };
+        let mut job = serde_json::to_value(agent_job(&task, &settings)).expect("a Job serializes");
+        if backup.uid().is_none() {
+            // No uid before the Backup exists in a cluster: no owner reference to show.
+            if let Some(meta) = job["metadata"].as_object_mut() {
+                meta.remove("ownerReferences");
+            }
+        }
+        jobs.push(job);
+    }
+    Ok(jobs)
 }
 
 /// `spec.databases` of `app` resolved against the DatabaseInstances of the input in the

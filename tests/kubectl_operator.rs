@@ -17,7 +17,13 @@ async fn kubectl_apply_get_and_wait_for_the_examples() {
     let server = TestApiServer::start().await;
     server.install_crds_from_file(&repo.join("tests/fixtures/apiserver/cert-manager-certificate-crd.yaml")).await;
     let k = Kubectl::new(server.kubeconfig_path());
-    let mut operator = Operator::start(server.kubeconfig_path(), &["--leader-election=false"]);
+    // The example instances' Service names lead to a closed loopback port: the operator never
+    // looks them up in DNS or leaves 127.0.0.0/8. (The backup examples fail on their missing
+    // Secrets before any network access.)
+    let closed = support::operator::free_port();
+    let overrides = format!("orders-db.shop.svc:5432=127.0.0.1:{closed},events-mq.shop.svc:15672=127.0.0.1:{closed}");
+    let mut operator =
+        Operator::start(server.kubeconfig_path(), &["--leader-election=false", "--endpoint-overrides", &overrides]);
 
     // The operator starts before its CRDs exist (as when a chart upgrade races); it must
     // recover once they are installed.

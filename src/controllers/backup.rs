@@ -34,7 +34,7 @@ use crate::api::databaseinstance::Engine;
 use crate::api::{AppEnvironment, DatabaseInstance};
 use crate::backup::Repository;
 use crate::backup::resources::{SnapshotRef, store_objects};
-use crate::resources::backup::{AgentTask, JobSettings, agent_job};
+use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, snapshot_tags};
 use crate::resources::backuppolicy::{ValidPolicy, validate as validate_policy};
 use crate::resources::meta::owner_label_key;
 
@@ -243,17 +243,6 @@ async fn volumes(ctx: &Ctx, ns: &str, policy: &ValidPolicy) -> Result<Vec<Persis
     Ok(all.into_iter().filter(|c| c.labels().get(VOLUME_APP_LABEL).is_some_and(|a| apps.contains(a))).collect())
 }
 
-/// A Job name unique per Backup and item, within 63 characters.
-fn job_name(backup: &str, item: &str) -> String {
-    let hash = blake3::hash(item.as_bytes()).to_hex();
-    let prefix: String = backup.chars().take(54).collect();
-    format!("{}-{}", prefix.trim_end_matches('-'), &hash[..8])
-}
-
-fn tags(backup: &str, item: &str) -> Vec<String> {
-    vec![format!("backup={backup}"), format!("item={item}")]
-}
-
 /// InProgress: starts missing Jobs, collects finished ones, and finishes the Backup when
 /// every Job has ended.
 async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Result<Action, Error> {
@@ -286,7 +275,7 @@ async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Resul
                     name: &job_name,
                     image: &ctx.shared.agent_image,
                     storage: &policy.policy.spec.storage,
-                    tags: tags(&name, &item.name),
+                    tags: snapshot_tags(&name, &item.name),
                     node_name,
                     deadline_seconds: JOB_DEADLINE_SECONDS,
                     backoff_limit: JOB_BACKOFF_LIMIT,
@@ -321,7 +310,7 @@ async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Resul
             Err(e) => return fail(backup, ctx, status, RepositoryError::from(e).into()).await,
         };
         for item in status.items.iter_mut().filter(|i| finished_jobs.contains(&i.name)) {
-            let wanted = tags(&name, &item.name);
+            let wanted = snapshot_tags(&name, &item.name);
             let found = snapshots
                 .iter()
                 .filter(|(_, s)| wanted.iter().all(|t| s.tags.contains(t)))

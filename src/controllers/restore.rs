@@ -31,7 +31,7 @@ use crate::api::backuppolicy::BackupPolicy;
 use crate::api::conditions::{self, DesiredCondition, READY};
 use crate::api::restore::{ExistingResourcePolicy, Restore, RestoreStatus};
 use crate::backup::resources::{BackupManifest, load_objects};
-use crate::resources::backup::{AgentTask, JobSettings, agent_job};
+use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name};
 use crate::resources::backuppolicy::validate as validate_policy;
 use crate::resources::meta::owner_label_key;
 use crate::resources::restore::{RestorePlan, Stage, plan};
@@ -391,12 +391,6 @@ async fn copy_storage_secrets(ctx: &Ctx, from: &str, to: &str, policy: &BackupPo
         info!(secret = %name, from, to, "copied a storage Secret for the restore Jobs");
     }
     Ok(())
-}
-
-fn job_name(restore: &str, item: &str) -> String {
-    let hash = blake3::hash(item.as_bytes()).to_hex();
-    let prefix: String = restore.chars().take(54).collect();
-    format!("{}-{}", prefix.trim_end_matches('-'), &hash[..8])
 }
 
 fn job_outcome(job: &Job) -> Option<Result<(), String>> {

@@ -5,3 +5,29 @@
 pub mod jobs;
 
 pub use jobs::{AgentTask, JobSettings, agent_job};
+
+/// The name of the agent Job of `item` (`database/<instance>`, `volume/<pvc>`) of the Backup
+/// or Restore `owner`: unique per owner and item, within 63 characters.
+pub fn job_name(owner: &str, item: &str) -> String {
+    let hash = blake3::hash(item.as_bytes()).to_hex();
+    let prefix: String = owner.chars().take(54).collect();
+    format!("{}-{}", prefix.trim_end_matches('-'), &hash[..8])
+}
+
+/// The tags an agent Job gives its snapshot, by which the Backup finds it afterwards.
+pub fn snapshot_tags(backup: &str, item: &str) -> Vec<String> {
+    vec![format!("backup={backup}"), format!("item={item}")]
+}
+
+#[cfg(test)]
+mod naming_tests {
+    use super::*;
+
+    #[test]
+    fn job_names_are_unique_per_item_and_short() {
+        let long = "x".repeat(80);
+        assert!(job_name(&long, "database/a").len() <= 63);
+        assert_ne!(job_name("nightly-20261122030000", "database/a"), job_name("nightly-20261122030000", "database/b"));
+        assert!(job_name("nightly-20261122030000", "volume/data").starts_with("nightly-20261122030000-"));
+    }
+}
