@@ -364,3 +364,83 @@ async fn unreachable_storage_fails_the_backup_and_a_stopped_schedule_goes_stale(
     .await;
     assert_eq!(operator.terminate().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_newest_and_only_its_own_and_data_deletion_is_opt_in() {
+    let s3 = S3Server::start();
+    s3.create_bucket("backups");
+    let server = api_server().await;
+    let client = server.client().await;
+    let mut operator = Operator::start(server.kubeconfig_path(), &["--leader-election=false"]);
+    operator.wait_ready(WAIT);
+    storage_secrets(&client, &s3).await;
+    // Two policies share one repository (same bucket and prefix).
+    let mut keep_one = policy(&s3, "0 3 * * *", true);
+    keep_one["metadata"]["name"] = json!("keep-one");
+    keep_one["spec"]["retention"] = json!({"keepLast": 1});
+    let mut keep_all = policy(&s3, "0 3 * * *", true);
+    keep_all["metadata"]["name"] = json!("keep-all");
+    keep_all["spec"]["retention"] = json!({});
+    let _: BackupPolicy = create(&client, NS, keep_one).await;
+    let _: BackupPolicy = create(&client, NS, keep_all).await;
+    let backups: Api<Backup> = Api::namespaced(client.clone(), NS);
+    let run = |name: &'static str, policy: &'static str, delete_data: bool| {
+        let (client, backups) = (client.clone(), backups.clone());
+        async move {
+            let _: Backup = create(
+                &client,
+                NS,
+                json!({
+                    "apiVersion": "berth.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name},
+                    "spec": {"policyName": policy, "deleteData": delete_data}
+                }),
+            )
+            .await;
+            wait_phase(&backups, name, "Completed", backup_phase).await
+        }
+    };
+    run("all-1", "keep-all", false).await;
+    run("one-1", "keep-one", false).await;
+    run("one-2", "keep-one", false).await;
+    eventually("retention removes one-1", WAIT, || async {
+        backups.get_opt("one-1").await.ok()?.is_none().then_some(())
+    })
+    .await;
+
+    let repository = || async {
+        let config = berth::backup::StorageConfig::S3(berth::backup::S3Config {
+            bucket: "backups".into(),
+            prefix: "shop".into(),
+            endpoint: Some(s3.endpoint.clone()),
+            region: Some(s3.region.clone()),
+            path_style: true,
+            access_key_id: Some(s3.access_key.clone()),
+            secret_access_key: Some(s3.secret_key.clone()),
+            ..Default::default()
+        });
+        let storage = berth::backup::Storage::connect(&config).await.unwrap();
+        berth::backup::Repository::open(storage, KEY.as_bytes()).await.unwrap()
+    };
+    let manifests = |repo: berth::backup::Repository| async move {
+        let mut names: Vec<String> =
+            berth::backup::resources::list_manifests(&repo).await.unwrap().into_iter().map(|m| m.name).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(manifests(repository().await).await, ["all-1", "one-2"], "only keep-one's older backup went");
+
+    // Deleting a Backup keeps its data unless it says deleteData.
+    run("all-2", "keep-all", true).await;
+    backups.delete("all-2", &Default::default()).await.unwrap();
+    backups.delete("all-1", &Default::default()).await.unwrap();
+    for name in ["all-1", "all-2"] {
+        eventually(&format!("{name} deleted"), WAIT, || async {
+            backups.get_opt(name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+    }
+    assert_eq!(manifests(repository().await).await, ["all-1", "one-2"]);
+    let report = berth::backup::ops::check(&repository().await, true).await.unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(operator.terminate().code(), Some(0));
+}

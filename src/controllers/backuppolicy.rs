@@ -172,14 +172,21 @@ async fn reconcile_policy(policy: &BackupPolicy, ctx: &Ctx) -> Result<Action, Er
     }
     status.next_schedule_time = if valid.suspended() { None } else { next_run(&valid, now).map(Time) };
 
-    // Retention, then the offsite copy of what is kept.
+    // Retention, then the offsite copy of what is kept. A backup not yet copied offsite is
+    // never removed (`synced` false).
+    let replicated_at = status
+        .last_replicated_backup
+        .as_ref()
+        .and_then(|r| backups.iter().find(|b| &b.name_any() == r))
+        .and_then(|b| completion(b));
+    let offsite = valid.policy.spec.offsite.is_some();
     let facts: Vec<BackupFact> = backups
         .iter()
         .map(|b| BackupFact {
             name: b.name_any(),
             phase: b.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default(),
             completion: completion(b),
-            synced: false,
+            synced: !offsite || completion(b).zip(replicated_at).is_some_and(|(c, r)| c <= r),
         })
         .collect();
     let victims = retention_victims(valid.retention(), &facts, &valid.time_zone);
@@ -282,13 +289,17 @@ async fn maintain(
     let ns = policy.namespace().unwrap_or_default();
     let repo = repository::open(&ctx.shared.client, &ns, &valid.policy.spec.storage, "spec.storage").await?;
     if !victims.is_empty() {
-        for backup in backups.iter().filter(|b| victims.contains(&b.name_any())) {
+        let doomed: Vec<&Arc<Backup>> = backups.iter().filter(|b| victims.contains(&b.name_any())).collect();
+        for backup in &doomed {
             backup_ctl::forget_backup(&repo, backup).await.map_err(MaintenanceError::Retention)?;
-            backup_ctl::delete_object(&ctx.shared.client, &ns, &backup.name_any()).await?;
-            info!(backuppolicy = %key(policy), backup = %backup.name_any(), "retention removed a backup");
         }
         let report = prune(&repo, PruneOptions::default()).await.map_err(MaintenanceError::Retention)?;
         info!(backuppolicy = %key(policy), ?report, "pruned the repository");
+        // The objects go last: while one exists, its data may still be in the bucket.
+        for backup in doomed {
+            backup_ctl::delete_object(&ctx.shared.client, &ns, &backup.name_any()).await?;
+            info!(backuppolicy = %key(policy), backup = %backup.name_any(), "retention removed a backup");
+        }
     }
     let Some(offsite) = &valid.policy.spec.offsite else { return Ok(false) };
     let config = repository::storage_config(&ctx.shared.client, &ns, offsite, "spec.offsite").await?;
