@@ -287,6 +287,20 @@ async fn scheduled_backup_restores_here_elsewhere_and_in_a_new_cluster() {
     let fresh_backups: Api<Backup> = Api::namespaced(fresh_client.clone(), NS);
     let synced = wait_phase(&fresh_backups, &name, "Completed", backup_phase).await;
     assert_eq!(synced.metadata.labels.as_ref().unwrap()["berth.dev/synced"], "true");
+    // A dry run lists what would happen and changes nothing.
+    let dry = json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "look"},
+        "spec": {"backupName": name, "dryRun": true}
+    });
+    let _: Restore = create(&fresh_client, NS, dry).await;
+    let looked =
+        wait_phase(&Api::<Restore>::namespaced(fresh_client.clone(), NS), "look", "Completed", restore_phase).await;
+    let planned = looked.status.unwrap().planned;
+    assert!(planned.contains(&"create DatabaseInstance shop/orders-db".to_string()), "{planned:?}");
+    assert!(planned.contains(&"create Secret shop/orders-db-credentials".to_string()), "{planned:?}");
+    let instances_now: Api<DatabaseInstance> = Api::namespaced(fresh_client.clone(), NS);
+    assert!(instances_now.get_opt("orders-db").await.unwrap().is_none(), "a dry run creates nothing");
+
     servers.pg.psql("orders", "DELETE FROM items");
     let _: Restore = create(
         &fresh_client,
