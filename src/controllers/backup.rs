@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -26,7 +25,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::repository::{self, RepositoryError};
-use super::{CachesSynced, Context, Error, api, cache, synced_store};
+use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, synced_store, when_synced};
 use crate::api::backup::{Backup, BackupItem, BackupStatus};
 use crate::api::backuppolicy::BackupPolicy;
 use crate::api::conditions::{self, DesiredCondition, READY};
@@ -72,6 +71,15 @@ struct Ctx {
     caches: CachesSynced,
 }
 
+impl ControllerContext for Ctx {
+    fn shared(&self) -> &Context {
+        &self.shared
+    }
+    fn caches(&self) -> &CachesSynced {
+        &self.caches
+    }
+}
+
 /// Runs the controller for one namespace (or all when `None`) until shutdown.
 pub async fn run(
     shared: Arc<Context>,
@@ -87,42 +95,20 @@ pub async fn run(
     let main_store = controller.store();
     let (caches_synced, caches) = CachesSynced::new();
     let job_store = jobs.clone();
-    tokio::spawn(async move {
-        synced_store(&job_store).await;
-        synced_store(&main_store).await;
-        let _ = caches_synced.send(true);
-        synced();
-    });
+    when_synced(
+        async move {
+            synced_store(&job_store).await;
+            synced_store(&main_store).await;
+        },
+        caches_synced,
+        synced,
+    );
     let ctx = Arc::new(Ctx { shared, jobs, caches });
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile trigger failed");
-            }
-        })
-        .await;
+    drive(NAME, controller, shutdown, ctx, |obj, ctx| async move { reconcile_backup(&obj, &ctx).await }).await;
 }
 
 fn key(b: &Backup) -> String {
     format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any())
-}
-
-async fn reconcile(backup: Arc<Backup>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    ctx.caches.wait().await;
-    let started = std::time::Instant::now();
-    let result = reconcile_backup(&backup, &ctx).await;
-    ctx.shared.metrics.observe(NAME, started.elapsed(), result.as_ref().err().map(Error::category));
-    if result.is_ok() {
-        ctx.shared.succeeded(&key(&backup));
-    }
-    result
-}
-
-fn error_policy(backup: Arc<Backup>, error: &Error, ctx: Arc<Ctx>) -> Action {
-    warn!(backup = %key(&backup), %error, "reconcile failed");
-    ctx.shared.backoff(&key(&backup))
 }
 
 /// A terminal failure of the whole Backup.

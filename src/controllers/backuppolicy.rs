@@ -8,7 +8,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -19,7 +18,7 @@ use tracing::{info, warn};
 
 use super::backup::{self as backup_ctl, POLICY_LABEL, SYNCED_LABEL, phase};
 use super::repository::{self, RepositoryError};
-use super::{CachesSynced, Context, Error, api, cache, synced_store};
+use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, synced_store, when_synced};
 use crate::api::backup::{Backup, BackupItem, BackupSpec, BackupStatus};
 use crate::api::backuppolicy::{BackupPolicy, BackupPolicyStatus};
 use crate::api::conditions::{self, DesiredCondition, READY};
@@ -47,6 +46,15 @@ struct Ctx {
     last_sync: Mutex<HashMap<String, Instant>>,
 }
 
+impl ControllerContext for Ctx {
+    fn shared(&self) -> &Context {
+        &self.shared
+    }
+    fn caches(&self) -> &CachesSynced {
+        &self.caches
+    }
+}
+
 /// Runs the controller for one namespace (or all when `None`) until shutdown.
 pub async fn run(
     shared: Arc<Context>,
@@ -67,42 +75,20 @@ pub async fn run(
     let main_store = controller.store();
     let (caches_synced, caches) = CachesSynced::new();
     let backup_store = backups.clone();
-    tokio::spawn(async move {
-        synced_store(&backup_store).await;
-        synced_store(&main_store).await;
-        let _ = caches_synced.send(true);
-        synced();
-    });
+    when_synced(
+        async move {
+            synced_store(&backup_store).await;
+            synced_store(&main_store).await;
+        },
+        caches_synced,
+        synced,
+    );
     let ctx = Arc::new(Ctx { shared, backups, caches, last_sync: Mutex::default() });
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile trigger failed");
-            }
-        })
-        .await;
+    drive(NAME, controller, shutdown, ctx, |obj, ctx| async move { reconcile_policy(&obj, &ctx).await }).await;
 }
 
 fn key(p: &BackupPolicy) -> String {
     format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
-}
-
-async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    ctx.caches.wait().await;
-    let started = Instant::now();
-    let result = reconcile_policy(&policy, &ctx).await;
-    ctx.shared.metrics.observe(NAME, started.elapsed(), result.as_ref().err().map(Error::category));
-    if result.is_ok() {
-        ctx.shared.succeeded(&key(&policy));
-    }
-    result
-}
-
-fn error_policy(policy: Arc<BackupPolicy>, error: &Error, ctx: Arc<Ctx>) -> Action {
-    warn!(backuppolicy = %key(&policy), %error, "reconcile failed");
-    ctx.shared.backoff(&key(&policy))
 }
 
 fn timestamp(t: &Time) -> jiff::Timestamp {

@@ -8,9 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -27,7 +25,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::apply::Applier;
-use super::{CachesSynced, Context, Error, api, cache, synced_store};
+use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, synced_store, when_synced};
 use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::api::databaseinstance::{DatabaseInstance, DatabaseInstanceStatus, ProvisioningError};
 use crate::provision::{self, ProvisionError, Target};
@@ -62,6 +60,15 @@ struct Ctx {
     shared: Arc<Context>,
     stores: Stores,
     caches: CachesSynced,
+}
+
+impl ControllerContext for Ctx {
+    fn shared(&self) -> &Context {
+        &self.shared
+    }
+    fn caches(&self) -> &CachesSynced {
+        &self.caches
+    }
 }
 
 /// Runs the controller for one namespace (or all when `None`) until shutdown. `synced` is
@@ -149,41 +156,19 @@ pub async fn run(
     let main_store = controller.store();
     let (caches_synced, caches) = CachesSynced::new();
     let ctx = Arc::new(Ctx { shared, stores, caches });
-    tokio::spawn(async move {
-        readiness.await;
-        synced_store(&main_store).await;
-        let _ = caches_synced.send(true);
-        synced();
-    });
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile trigger failed");
-            }
-        })
-        .await;
+    when_synced(
+        async move {
+            readiness.await;
+            synced_store(&main_store).await;
+        },
+        caches_synced,
+        synced,
+    );
+    drive(NAME, controller, shutdown, ctx, |obj, ctx| async move { reconcile_instance(&obj, &ctx).await }).await;
 }
 
 fn key(db: &DatabaseInstance) -> String {
     format!("{}/{}", db.namespace().unwrap_or_default(), db.name_any())
-}
-
-async fn reconcile(db: Arc<DatabaseInstance>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    ctx.caches.wait().await;
-    let started = Instant::now();
-    let result = reconcile_instance(&db, &ctx).await;
-    ctx.shared.metrics.observe(NAME, started.elapsed(), result.as_ref().err().map(Error::category));
-    if result.is_ok() {
-        ctx.shared.succeeded(&key(&db));
-    }
-    result
-}
-
-fn error_policy(db: Arc<DatabaseInstance>, error: &Error, ctx: Arc<Ctx>) -> Action {
-    warn!(databaseinstance = %key(&db), %error, category = ?error.category(), "reconcile failed");
-    ctx.shared.backoff(&key(&db))
 }
 
 /// The status a reconcile computed, written only when it differs from the current one.

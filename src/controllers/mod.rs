@@ -175,6 +175,80 @@ impl CachesSynced {
     }
 }
 
+/// What the shared reconcile wrapper of [`drive`] needs from a controller's context.
+pub trait ControllerContext: Send + Sync + 'static {
+    fn shared(&self) -> &Context;
+    fn caches(&self) -> &CachesSynced;
+}
+
+/// `namespace/name` of an object, for logs and the backoff map.
+pub fn object_key<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Raises `caches_synced` (and calls `synced`) once `ready` resolves: every cache of a
+/// controller has its first list.
+pub fn when_synced(
+    ready: impl Future<Output = ()> + Send + 'static,
+    caches_synced: tokio::sync::watch::Sender<bool>,
+    synced: impl FnOnce() + Send + 'static,
+) {
+    tokio::spawn(async move {
+        ready.await;
+        let _ = caches_synced.send(true);
+        synced();
+    });
+}
+
+/// Drives `controller` until `shutdown`: every reconcile waits for the caches, is timed and
+/// counted under `name`; a failure is logged and retried with per-object exponential backoff.
+pub async fn drive<K, C, F, Fut>(
+    name: &'static str,
+    controller: kube::runtime::Controller<K>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    ctx: Arc<C>,
+    reconcile: F,
+) where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    C: ControllerContext,
+    F: Fn(Arc<K>, Arc<C>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    use futures::StreamExt;
+    let wrapped = move |obj: Arc<K>, ctx: Arc<C>| {
+        let reconcile = reconcile.clone();
+        async move {
+            ctx.caches().wait().await;
+            let started = std::time::Instant::now();
+            let key = object_key(obj.as_ref());
+            let result = reconcile(obj, ctx.clone()).await;
+            ctx.shared().metrics.observe(name, started.elapsed(), result.as_ref().err().map(Error::category));
+            if result.is_ok() {
+                ctx.shared().succeeded(&key);
+            }
+            result
+        }
+    };
+    let error_policy = move |obj: Arc<K>, error: &Error, ctx: Arc<C>| {
+        let key = object_key(obj.as_ref());
+        tracing::warn!(controller = name, object = %key, %error, category = ?error.category(), "reconcile failed");
+        ctx.shared().backoff(&key)
+    };
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(wrapped, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile trigger failed");
+            }
+        })
+        .await;
+}
+
 /// `base` scaled by a factor in [0.75, 1.25), derived from the clock and the key.
 fn jitter(base: Duration, key: &str) -> Duration {
     let nanos =

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -24,7 +23,7 @@ use tracing::{info, warn};
 
 use super::backup::{POLICY_LABEL, phase};
 use super::repository;
-use super::{CachesSynced, Context, Error, api, cache, synced_store};
+use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, synced_store, when_synced};
 use crate::api::DatabaseInstance;
 use crate::api::backup::Backup;
 use crate::api::backuppolicy::BackupPolicy;
@@ -51,6 +50,15 @@ struct Ctx {
     caches: CachesSynced,
 }
 
+impl ControllerContext for Ctx {
+    fn shared(&self) -> &Context {
+        &self.shared
+    }
+    fn caches(&self) -> &CachesSynced {
+        &self.caches
+    }
+}
+
 /// Runs the controller for one namespace (or all when `None`) until shutdown.
 pub async fn run(
     shared: Arc<Context>,
@@ -65,42 +73,20 @@ pub async fn run(
     let main_store = controller.store();
     let (caches_synced, caches) = CachesSynced::new();
     let job_store = jobs.clone();
-    tokio::spawn(async move {
-        synced_store(&job_store).await;
-        synced_store(&main_store).await;
-        let _ = caches_synced.send(true);
-        synced();
-    });
+    when_synced(
+        async move {
+            synced_store(&job_store).await;
+            synced_store(&main_store).await;
+        },
+        caches_synced,
+        synced,
+    );
     let ctx = Arc::new(Ctx { shared, jobs, caches });
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile trigger failed");
-            }
-        })
-        .await;
+    drive(NAME, controller, shutdown, ctx, |obj, ctx| async move { reconcile_restore(&obj, &ctx).await }).await;
 }
 
 fn key(r: &Restore) -> String {
     format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any())
-}
-
-async fn reconcile(restore: Arc<Restore>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    ctx.caches.wait().await;
-    let started = std::time::Instant::now();
-    let result = reconcile_restore(&restore, &ctx).await;
-    ctx.shared.metrics.observe(NAME, started.elapsed(), result.as_ref().err().map(Error::category));
-    if result.is_ok() {
-        ctx.shared.succeeded(&key(&restore));
-    }
-    result
-}
-
-fn error_policy(restore: Arc<Restore>, error: &Error, ctx: Arc<Ctx>) -> Action {
-    warn!(restore = %key(&restore), %error, "reconcile failed");
-    ctx.shared.backoff(&key(&restore))
 }
 
 /// Everything a step needs: the Backup, its manifest and the plan.
