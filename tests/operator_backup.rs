@@ -458,3 +458,99 @@ async fn retention_keeps_the_newest_and_only_its_own_and_data_deletion_is_opt_in
     assert!(report.ok(), "{report:?}");
     assert_eq!(operator.terminate().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_volume_is_backed_up_on_its_node_and_restored() {
+    let s3 = S3Server::start();
+    s3.create_bucket("backups");
+    let server = api_server().await;
+    let client = server.client().await;
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir(data.path().join("uploads")).unwrap();
+    std::fs::write(data.path().join("uploads/a.txt"), "first upload").unwrap();
+    std::fs::write(data.path().join("index.db"), vec![7u8; 300_000]).unwrap();
+    let runner = LocalJobRunner::new(
+        &server,
+        HashMap::from([((NS.to_string(), "web-data".to_string()), data.path().to_path_buf())]),
+    )
+    .with_env("AWS_EC2_METADATA_DISABLED", "true");
+    runner.install(&server);
+    let mut operator = Operator::start(server.kubeconfig_path(), &["--leader-election=false"]);
+    operator.wait_ready(WAIT);
+    storage_secrets(&client, &s3).await;
+
+    let _: berth::api::AppEnvironment = create(
+        &client,
+        NS,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "AppEnvironment", "metadata": {"name": "web"},
+            "spec": {"tier": "development", "image": "ghcr.io/example/web:1"}
+        }),
+    )
+    .await;
+    let _: k8s_openapi::api::core::v1::PersistentVolumeClaim = create(
+        &client,
+        NS,
+        json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "web-data", "labels": {"berth.dev/appenvironment": "web"}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+        }),
+    )
+    .await;
+    // The pod that mounts it runs on node-7: the backup Job must go there too.
+    let _: k8s_openapi::api::core::v1::Pod = create(
+        &client,
+        NS,
+        json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0"},
+            "spec": {"nodeName": "node-7", "containers": [{"name": "web", "image": "ghcr.io/example/web:1"}],
+                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "web-data"}}]},
+            "status": {"phase": "Running"}
+        }),
+    )
+    .await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
+    pods.patch_status("web-0", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}})))
+        .await
+        .unwrap();
+    let mut volumes = policy(&s3, "0 3 * * *", true);
+    volumes["spec"]["scope"] = json!({"databases": false, "volumes": true});
+    let _: BackupPolicy = create(&client, NS, volumes).await;
+    let _: Backup = create(
+        &client,
+        NS,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "files"},
+            "spec": {"policyName": "nightly"}
+        }),
+    )
+    .await;
+    let backups: Api<Backup> = Api::namespaced(client.clone(), NS);
+    let done = wait_phase(&backups, "files", "Completed", backup_phase).await;
+    let items = done.status.unwrap().items;
+    let volume = items.iter().find(|i| i.name == "volume/web-data").expect("the app's PVC is an item");
+    assert!(volume.bytes.unwrap_or(0) >= 300_000, "{volume:?}");
+    let job = runner.runs().into_iter().find(|r| r.args.iter().any(|a| a == "backup-dir")).expect("a volume Job ran");
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), NS);
+    let spec = jobs.get(&job.job).await.unwrap().spec.unwrap().template.spec.unwrap();
+    let affinity = serde_json::to_string(&spec.affinity).unwrap();
+    assert!(affinity.contains("node-7"), "co-located with the pod that mounts the volume: {affinity}");
+
+    std::fs::remove_dir_all(data.path().join("uploads")).unwrap();
+    std::fs::write(data.path().join("index.db"), b"corrupted").unwrap();
+    let _: Restore = create(
+        &client,
+        NS,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "files-back"},
+            "spec": {"backupName": "files"}
+        }),
+    )
+    .await;
+    let restores: Api<Restore> = Api::namespaced(client.clone(), NS);
+    wait_phase(&restores, "files-back", "Completed", restore_phase).await;
+    assert_eq!(std::fs::read_to_string(data.path().join("uploads/a.txt")).unwrap(), "first upload");
+    assert_eq!(std::fs::read(data.path().join("index.db")).unwrap(), vec![7u8; 300_000]);
+    assert_eq!(operator.terminate().code(), Some(0));
+}

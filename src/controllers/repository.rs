@@ -13,6 +13,8 @@ use crate::backup::{BackupError, Repository, S3Config, Storage, StorageConfig};
 /// How long opening a repository may take before the backup reports the storage unreachable.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
+static INIT_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Why a repository could not be opened, with the reason a condition shows.
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {
@@ -137,12 +139,16 @@ pub async fn open(
         match storage.head("config").await? {
             Some(_) => Repository::open(storage, &key).await,
             None => {
-                storage.ensure_bucket().await?;
-                match Repository::init(storage.clone(), &key).await {
-                    // Another Backup of the same location created it first.
-                    Err(BackupError::AlreadyExists(_)) => Repository::open(storage, &key).await,
-                    other => other,
+                // Two controllers may find the location empty at once (a policy's bucket sync
+                // and its first Backup): object storage has no create-if-absent here, so the
+                // operator creates repositories one at a time and looks again under the lock.
+                // Only the leader runs controllers, and agents never create repositories.
+                let _guard = INIT_LOCK.lock().await;
+                if storage.head("config").await?.is_some() {
+                    return Repository::open(storage, &key).await;
                 }
+                storage.ensure_bucket().await?;
+                Repository::init(storage.clone(), &key).await
             }
         }
     })
