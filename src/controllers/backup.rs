@@ -33,7 +33,7 @@ use crate::api::databaseinstance::Engine;
 use crate::api::{AppEnvironment, DatabaseInstance};
 use crate::backup::Repository;
 use crate::backup::resources::{SnapshotRef, store_objects};
-use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, snapshot_tags};
+use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, job_outcome, snapshot_tags};
 use crate::resources::backuppolicy::{ValidPolicy, validate as validate_policy};
 use crate::resources::meta::owner_label_key;
 
@@ -356,23 +356,6 @@ async fn node_of(ctx: &Ctx, ns: &str, pvc: &str) -> Result<Option<String>, Error
             .any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == pvc));
         if uses { spec.node_name } else { None }
     }))
-}
-
-/// `Some(Ok)` when the Job completed, `Some(Err(message))` when it failed, `None` while it runs.
-fn job_outcome(job: &Job) -> Option<Result<(), String>> {
-    let conditions = job.status.as_ref()?.conditions.as_ref()?;
-    for c in conditions.iter().filter(|c| c.status == "True") {
-        match c.type_.as_str() {
-            "Complete" => return Some(Ok(())),
-            "Failed" => {
-                let reason = c.reason.clone().unwrap_or_default();
-                let message = c.message.clone().unwrap_or_default();
-                return Some(Err(format!("agent Job {} failed: {reason}: {message}", job.name_any())));
-            }
-            _ => {}
-        }
-    }
-    None
 }
 
 /// Every Job has ended: exports the Kubernetes objects, writes the manifest and ends the

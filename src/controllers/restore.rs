@@ -30,7 +30,7 @@ use crate::api::backuppolicy::BackupPolicy;
 use crate::api::conditions::{self, DesiredCondition, READY};
 use crate::api::restore::{ExistingResourcePolicy, Restore, RestoreStatus};
 use crate::backup::resources::{BackupManifest, load_objects};
-use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name};
+use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, job_outcome};
 use crate::resources::backuppolicy::validate as validate_policy;
 use crate::resources::meta::owner_label_key;
 use crate::resources::restore::{RestorePlan, Stage, plan};
@@ -377,24 +377,6 @@ async fn copy_storage_secrets(ctx: &Ctx, from: &str, to: &str, policy: &BackupPo
         info!(secret = %name, from, to, "copied a storage Secret for the restore Jobs");
     }
     Ok(())
-}
-
-fn job_outcome(job: &Job) -> Option<Result<(), String>> {
-    let conditions = job.status.as_ref()?.conditions.as_ref()?;
-    for c in conditions.iter().filter(|c| c.status == "True") {
-        match c.type_.as_str() {
-            "Complete" => return Some(Ok(())),
-            "Failed" => {
-                return Some(Err(format!(
-                    "agent Job {} failed: {}",
-                    job.name_any(),
-                    c.message.clone().unwrap_or_default()
-                )));
-            }
-            _ => {}
-        }
-    }
-    None
 }
 
 /// The API resource of an object's apiVersion and kind.

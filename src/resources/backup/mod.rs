@@ -19,6 +19,25 @@ pub fn snapshot_tags(backup: &str, item: &str) -> Vec<String> {
     vec![format!("backup={backup}"), format!("item={item}")]
 }
 
+/// How an agent Job ended: `Some(Ok)` complete, `Some(Err(message))` failed (with the
+/// reason and message of its condition), `None` while it runs.
+pub fn job_outcome(job: &k8s_openapi::api::batch::v1::Job) -> Option<Result<(), String>> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    for c in conditions.iter().filter(|c| c.status == "True") {
+        match c.type_.as_str() {
+            "Complete" => return Some(Ok(())),
+            "Failed" => {
+                let name = job.metadata.name.as_deref().unwrap_or_default();
+                let reason = c.reason.clone().unwrap_or_default();
+                let message = c.message.clone().unwrap_or_default();
+                return Some(Err(format!("agent Job {name} failed: {reason}: {message}")));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod naming_tests {
     use super::*;
@@ -29,5 +48,19 @@ mod naming_tests {
         assert!(job_name(&long, "database/a").len() <= 63);
         assert_ne!(job_name("nightly-20261122030000", "database/a"), job_name("nightly-20261122030000", "database/b"));
         assert!(job_name("nightly-20261122030000", "volume/data").starts_with("nightly-20261122030000-"));
+    }
+
+    #[test]
+    fn job_outcome_follows_the_conditions() {
+        let job = |conditions: serde_json::Value| -> k8s_openapi::api::batch::v1::Job {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "j"}, "status": {"conditions": conditions}}))
+                .unwrap()
+        };
+        assert_eq!(job_outcome(&job(serde_json::json!([]))), None);
+        assert_eq!(job_outcome(&job(serde_json::json!([{"type": "Complete", "status": "True"}]))), Some(Ok(())));
+        let failed = job(
+            serde_json::json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "boom"}]),
+        );
+        assert_eq!(job_outcome(&failed), Some(Err("agent Job j failed: BackoffLimitExceeded: boom".into())));
     }
 }
