@@ -1,7 +1,9 @@
 //! Convergence benchmark: the real `berth operator` (release build recommended) against the
 //! test API server. For N AppEnvironments (production tier with ingress, TLS and autoscaling:
-//! 8 children each) it reports the time until all are Ready, API requests per
-//! AppEnvironment, writes during a steady-state resync, and the operator's peak RSS.
+//! 8 children each) it reports the time until all are Ready (seen through one watch), the
+//! operator's API requests per AppEnvironment (the bench's own creates and watch left out,
+//! Events included), writes during a steady-state resync, and the operator's peak RSS
+//! (VmHWM).
 //!
 //!   cargo bench --bench converge                 # N = 100 and 1000
 //!   BERTH_BENCH_SIZES=5000 cargo bench --bench converge
