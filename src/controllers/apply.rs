@@ -2,8 +2,15 @@
 //! carries the hash of the desired object (so removed fields are noticed) and every desired
 //! field is present with the desired value (so edits by others are noticed).
 
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -55,15 +62,31 @@ pub struct Applier<'a> {
 }
 
 impl Applier<'_> {
-    /// Applies `desired` unless the cached copy in `store` is already up to date.
+    /// Applies `desired` unless the cached copy in `store` is already up to date, or this
+    /// process has just applied the very same object and the cache has not caught up yet.
     pub async fn apply<K: Child>(&self, store: &Store<K>, desired: &K) -> Result<bool, Error> {
-        let cached = store.get(&ObjectRef::new(&desired.name_any()).within(&self.namespace));
-        let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
-        let wrote = apply_if_changed(&api, cached.as_deref(), typed(desired), self.manager).await?;
-        if wrote {
-            self.metrics.applies.get_or_create(&ControllerLabels { controller: self.controller }).inc();
+        let name = desired.name_any();
+        let cached = store.get(&ObjectRef::new(&name).within(&self.namespace));
+        let desired = with_hash(typed(desired));
+        if up_to_date(&desired, cached.as_deref()) {
+            return Ok(false);
         }
-        Ok(wrote)
+        // Read-your-writes: under load a watch cache lags this process's own applies by
+        // seconds, and every child event re-triggers the owner; trusting only the cache
+        // re-applied each child 3–6 times at 1,000 AppEnvironments (benches/converge.rs).
+        let key = WriteKey::new::<K>(&self.namespace, &name);
+        let hash = desired.pointer(HASH_POINTER).and_then(Value::as_str).unwrap_or_default().to_string();
+        let cached_rv = cached.as_ref().and_then(|c| c.meta().resource_version.clone());
+        if CHILD_WRITES.pending(&key, cached_rv.as_deref(), is_tracked::<K>()).is_some_and(|h| h == hash) {
+            return Ok(false);
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
+        let applied = api.patch(&name, &PatchParams::apply(self.manager).force(), &Patch::Apply(&desired)).await?;
+        if let Some(rv) = applied.meta().resource_version.as_deref() {
+            CHILD_WRITES.record(key, hash, rv);
+        }
+        self.metrics.applies.get_or_create(&ControllerLabels { controller: self.controller }).inc();
+        Ok(true)
     }
 
     /// Applies an optional child, or deletes the child `name` (when this owner owns it) if the
@@ -95,6 +118,150 @@ impl Applier<'_> {
 
 /// Annotation holding the hash of the last desired state Berth applied.
 pub const HASH_ANNOTATION: &str = "berth.dev/applied-hash";
+/// [`HASH_ANNOTATION`] as a JSON pointer.
+const HASH_POINTER: &str = "/metadata/annotations/berth.dev~1applied-hash";
+
+/// Orders two resourceVersions of the same resource, as Kubernetes ≥ 1.35 guarantees
+/// (KEP-5504, `k8s.io/apimachinery/pkg/util/resourceversion.CompareResourceVersion`): decimal
+/// integers without leading zeros. `None` when either is not in that form (an older or an
+/// unusual server): then nothing is inferred from it.
+pub fn compare_resource_versions(a: &str, b: &str) -> Option<Ordering> {
+    let valid = |v: &str| !v.is_empty() && !v.starts_with('0') && v.bytes().all(|c| c.is_ascii_digit());
+    (valid(a) && valid(b)).then(|| a.len().cmp(&b.len()).then_with(|| a.cmp(b)))
+}
+
+/// Identifies a written object: kind (or kind/subresource), namespace, name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WriteKey(Cow<'static, str>, String, String);
+
+impl WriteKey {
+    pub fn new<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> Self {
+        WriteKey(K::kind(&()), namespace.to_string(), name.to_string())
+    }
+
+    /// The key of an object's `status` subresource.
+    pub fn status<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> Self {
+        WriteKey(format!("{}/status", K::kind(&())).into(), namespace.to_string(), name.to_string())
+    }
+}
+
+struct Written<V> {
+    value: V,
+    resource_version: String,
+    at: Instant,
+}
+
+/// What this process wrote and its watch caches may not show yet ("read your own writes").
+/// A watch cache lags the process's own writes, by seconds under load; a reconcile that sees
+/// the cache from before its last write would otherwise write the same thing again. An entry
+/// lives until the cache shows the object at (or after) the resourceVersion the write
+/// returned, the object is deleted, the watch relists, or [`WriteLog::TTL`] passes.
+pub struct WriteLog<V> {
+    entries: Mutex<HashMap<WriteKey, Written<V>>>,
+}
+
+impl<V> Default for WriteLog<V> {
+    fn default() -> Self {
+        Self { entries: Mutex::default() }
+    }
+}
+
+impl<V: Clone> WriteLog<V> {
+    /// Longest a write is trusted over the cache: a safety net, not a tuning knob (entries
+    /// normally go within milliseconds, when their watch event arrives).
+    pub const TTL: Duration = Duration::from_secs(60);
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<WriteKey, Written<V>>> {
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remembers that `value` was written to `key` and the server answered with
+    /// `resource_version`. Not remembered when resourceVersions cannot be compared.
+    pub fn record(&self, key: WriteKey, value: V, resource_version: &str) {
+        if compare_resource_versions(resource_version, resource_version).is_none() {
+            return;
+        }
+        let mut entries = self.lock();
+        if entries.len() >= 1024 && entries.len().is_power_of_two() {
+            entries.retain(|_, w| w.at.elapsed() < Self::TTL);
+        }
+        entries.insert(key, Written { value, resource_version: resource_version.to_string(), at: Instant::now() });
+    }
+
+    /// The value last written to `key` when the cache has not caught up with that write:
+    /// the cached copy is older than it, or absent while `absent_is_stale` (the cache of this
+    /// kind reports deletions and relists to the log, see [`WriteLog::observe`]). Forgets
+    /// the entry once the cache has caught up.
+    pub fn pending(&self, key: &WriteKey, cached_rv: Option<&str>, absent_is_stale: bool) -> Option<V> {
+        let mut entries = self.lock();
+        let written = entries.get(key)?;
+        let stale = written.at.elapsed() < Self::TTL
+            && match cached_rv {
+                Some(rv) => compare_resource_versions(rv, &written.resource_version) == Some(Ordering::Less),
+                None => absent_is_stale,
+            };
+        if stale {
+            Some(written.value.clone())
+        } else {
+            entries.remove(key);
+            None
+        }
+    }
+
+    /// Called for every event of a watch cache of kind `K`, after the cache applied it.
+    pub fn observe<K: Resource<DynamicType = ()>>(&self, event: &watcher::Event<K>) {
+        match event {
+            watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+                let (Some(ns), Some(name), Some(rv)) = (
+                    obj.meta().namespace.as_deref(),
+                    obj.meta().name.as_deref(),
+                    obj.meta().resource_version.as_deref(),
+                ) else {
+                    return;
+                };
+                let key = WriteKey::new::<K>(ns, name);
+                let mut entries = self.lock();
+                if entries.get(&key).is_some_and(|w| {
+                    compare_resource_versions(rv, &w.resource_version).is_none_or(|o| o != Ordering::Less)
+                }) {
+                    entries.remove(&key);
+                }
+            }
+            watcher::Event::Delete(obj) => {
+                if let (Some(ns), Some(name)) = (obj.meta().namespace.as_deref(), obj.meta().name.as_deref()) {
+                    self.lock().remove(&WriteKey::new::<K>(ns, name));
+                }
+            }
+            // A relist can drop objects without Delete events: forget every write of the kind.
+            watcher::Event::InitDone => {
+                let kind = K::kind(&());
+                self.lock().retain(|k, _| k.0 != kind);
+            }
+            watcher::Event::Init => {}
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Children this process applied (value: their desired hash), for every controller.
+pub static CHILD_WRITES: LazyLock<WriteLog<String>> = LazyLock::new(WriteLog::default);
+
+/// Kinds whose watch caches feed [`CHILD_WRITES`] with their events (see [`super::cache`]).
+/// Only for those can a child missing from the cache be trusted to exist after our write.
+static TRACKED_KINDS: LazyLock<Mutex<HashSet<Cow<'static, str>>>> = LazyLock::new(Mutex::default);
+
+/// Marks kind `K` as having a watch cache that reports to [`CHILD_WRITES`].
+pub fn track<K: Resource<DynamicType = ()>>() {
+    TRACKED_KINDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(K::kind(&()));
+}
+
+fn is_tracked<K: Resource<DynamicType = ()>>() -> bool {
+    TRACKED_KINDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&K::kind(&()))
+}
 
 /// The hash of a desired object (without the annotation itself).
 pub fn desired_hash(desired: &Value) -> String {
@@ -187,5 +354,51 @@ mod tests {
         // b is a subset of a, so only the hash tells that y must go.
         assert_ne!(a.pointer("/metadata/annotations").unwrap(), b.pointer("/metadata/annotations").unwrap());
         assert!(!is_subset(&b, &a));
+    }
+
+    #[test]
+    fn resource_versions_compare_as_integers() {
+        assert_eq!(compare_resource_versions("9", "10"), Some(Ordering::Less));
+        assert_eq!(compare_resource_versions("10", "10"), Some(Ordering::Equal));
+        assert_eq!(compare_resource_versions("101", "99"), Some(Ordering::Greater));
+        assert_eq!(compare_resource_versions("010", "9"), None);
+        assert_eq!(compare_resource_versions("abc", "9"), None);
+        assert_eq!(compare_resource_versions("", "9"), None);
+    }
+
+    #[test]
+    fn a_write_counts_until_the_cache_shows_it() {
+        use k8s_openapi::api::core::v1::Service;
+        let log = WriteLog::<String>::default();
+        let key = WriteKey::new::<Service>("ns", "a");
+        log.record(key.clone(), "h1".into(), "10");
+        // The cache is older than the write, or does not have the object yet.
+        assert_eq!(log.pending(&key, Some("9"), true).as_deref(), Some("h1"));
+        assert_eq!(log.pending(&key, None, true).as_deref(), Some("h1"));
+        // Absent from a cache that does not report deletions: nothing can be inferred.
+        assert_eq!(log.pending(&key, None, false), None);
+        log.record(key.clone(), "h1".into(), "10");
+        // Once the cache has the write (or anything newer), the cache is trusted again.
+        assert_eq!(log.pending(&key, Some("11"), true), None);
+        assert_eq!(log.len(), 0);
+        // Watch events retire entries: the write itself, a deletion, a relist.
+        let mut svc = Service::default();
+        svc.metadata.namespace = Some("ns".into());
+        svc.metadata.name = Some("a".into());
+        svc.metadata.resource_version = Some("10".into());
+        log.record(key.clone(), "h1".into(), "10");
+        log.observe(&watcher::Event::Apply(svc.clone()));
+        assert_eq!(log.len(), 0);
+        log.record(key.clone(), "h1".into(), "12");
+        log.observe(&watcher::Event::Apply(svc.clone()));
+        assert_eq!(log.len(), 1, "an older event does not retire a newer write");
+        log.observe(&watcher::Event::Delete(svc.clone()));
+        assert_eq!(log.len(), 0);
+        log.record(key.clone(), "h1".into(), "12");
+        log.observe(&watcher::Event::<Service>::InitDone);
+        assert_eq!(log.len(), 0);
+        // Unusual resourceVersions are never relied on.
+        log.record(key, "h1".into(), "opaque");
+        assert_eq!(log.len(), 0);
     }
 }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, Store};
@@ -129,15 +129,38 @@ where
 
 /// A watch cache of `K` (scoped like the controller, filtered by `config`) and the stream
 /// that feeds it; the stream must be polled (by a controller's `owns_stream`/`watches_stream`).
+/// Objects are [`slim`]med before they are stored, and every event is reported to the
+/// applier's write log (so that it can tell a cache that lags its own writes).
 pub fn cache<K: apply::Child>(
     client: &Client,
     namespace: Option<&str>,
     config: watcher::Config,
 ) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static) {
     let (reader, writer) = reflector::store::<K>();
-    let stream =
-        reflector::reflector(writer, watcher(api::<K>(client, namespace), config)).default_backoff().touched_objects();
+    apply::track::<K>();
+    let events = watcher(api::<K>(client, namespace), config).modify(slim);
+    let stream = reflector::reflector(writer, events)
+        .inspect(|event| {
+            if let Ok(event) = event {
+                apply::CHILD_WRITES.observe(event);
+            }
+        })
+        .default_backoff()
+        .touched_objects();
     (reader, stream)
+}
+
+/// Drops what no controller reads from an object before a watch cache stores it:
+/// `metadata.managedFields` (server-side apply bookkeeping, often larger than the object
+/// itself) and kubectl's `last-applied-configuration` annotation (a second copy of the
+/// object). Caches hold every watched object for the life of the process, so this is most
+/// of their memory on a real API server.
+pub fn slim<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// Waits until `store` has its first full list. kube-runtime's `Store::wait_until_ready` wakes
