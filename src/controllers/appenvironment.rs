@@ -3,9 +3,7 @@
 //! nothing.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
@@ -21,7 +19,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::apply::{Applier, WriteKey, WriteLog};
-use super::{CachesSynced, Context, Error, api, cache, slim, synced_store};
+use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, slim, synced_store, when_synced};
 use crate::api::appenvironment::{AppEnvironment, AppEnvironmentStatus};
 use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::api::databaseinstance::DatabaseInstance;
@@ -61,6 +59,15 @@ struct Ctx {
     caches: CachesSynced,
     /// Statuses this process wrote that the AppEnvironment cache may not show yet.
     status_writes: WriteLog<AppEnvironmentStatus>,
+}
+
+impl ControllerContext for Ctx {
+    fn shared(&self) -> &Context {
+        &self.shared
+    }
+    fn caches(&self) -> &CachesSynced {
+        &self.caches
+    }
 }
 
 /// Runs the controller for one namespace (or all when `None`) until shutdown. `synced` is
@@ -161,42 +168,20 @@ pub async fn run(
     });
     let (caches_synced, caches) = CachesSynced::new();
     let ctx = Arc::new(Ctx { shared, stores, caches, status_writes: WriteLog::default() });
-    tokio::spawn(async move {
-        readiness.await;
-        synced_store(&main_store).await;
-        let _ = caches_synced.send(true);
-        synced();
-    });
-    controller
-        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile trigger failed");
-            }
-        })
-        .await;
+    when_synced(
+        async move {
+            readiness.await;
+            synced_store(&main_store).await;
+        },
+        caches_synced,
+        synced,
+    );
+    let controller = controller.with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY));
+    drive(NAME, controller, shutdown, ctx, |obj, ctx| async move { reconcile_app(&obj, &ctx).await }).await;
 }
 
 fn key(app: &AppEnvironment) -> String {
     format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
-}
-
-async fn reconcile(app: Arc<AppEnvironment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    ctx.caches.wait().await;
-    let started = Instant::now();
-    let result = reconcile_app(&app, &ctx).await;
-    ctx.shared.metrics.observe(NAME, started.elapsed(), result.as_ref().err().map(Error::category));
-    if result.is_ok() {
-        ctx.shared.succeeded(&key(&app));
-    }
-    result
-}
-
-fn error_policy(app: Arc<AppEnvironment>, error: &Error, ctx: Arc<Ctx>) -> Action {
-    warn!(appenvironment = %key(&app), %error, category = ?error.category(), "reconcile failed");
-    ctx.shared.backoff(&key(&app))
 }
 
 async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error> {
