@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// The data path allocates and frees megabyte buffers per chunk on many threads; glibc returns
+// them to the kernel and faults fresh zeroed pages in again, mimalloc keeps and reuses them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "berth", version, about = "Kubernetes operator for app environments, databases and backups")]
 struct Cli {

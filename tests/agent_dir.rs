@@ -139,6 +139,18 @@ fn directory_roundtrip_incremental_and_retention() {
     agent.ok(&["restore", &id1[..10], "--target", out3.to_str().unwrap()]);
     assert_eq!(describe(&out3), before);
 
+    // Restoring over an existing tree: longer files are cut to the snapshot's length, and a
+    // symlink planted where the snapshot has a file is replaced, never written through.
+    let outside = agent.dir.path().join("outside.txt");
+    std::fs::write(&outside, b"must stay").unwrap();
+    std::fs::remove_file(out2.join("a/b/small.txt")).unwrap();
+    std::os::unix::fs::symlink(&outside, out2.join("a/b/small.txt")).unwrap();
+    agent.ok(&["restore", &id1[..10], "--target", out2.to_str().unwrap()]);
+    let mut over = describe(&out2);
+    assert!(over.remove(&b"new.txt".to_vec()).is_some(), "restore deletes nothing");
+    assert_eq!(over, before, "restore over an existing tree");
+    assert_eq!(std::fs::read(&outside).unwrap(), b"must stay");
+
     let list = agent.json(&["snapshots"]);
     assert_eq!(list.as_array().unwrap().len(), 2);
     agent.ok(&["check", "--read-data"]);

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
+use rayon::prelude::*;
 use tokio::runtime::Handle;
 
 use super::crypto::Id;
@@ -78,6 +79,17 @@ pub async fn load_all_trees(repo: &Repository, root: Id, parallel: usize) -> Res
     Ok(out)
 }
 
+/// Threads that walk and read: twice the cores (stat calls on a cold cache wait on the disk),
+/// at most 8 so that the chunkers' buffers (up to two maximum-size chunks each) stay bounded.
+fn walk_pool() -> Result<rayon::ThreadPool> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads((cores * 2).clamp(4, 8))
+        .thread_name(|i| format!("berth-walk-{i}"))
+        .build()
+        .map_err(|e| BackupError::Aborted(format!("starting the walk threads: {e}")))
+}
+
 /// Backs up the directory `path`; returns its root node (name `/`). `parent` is the root node
 /// of the previous snapshot of the same source, for change detection.
 pub fn backup_dir(
@@ -95,6 +107,7 @@ pub fn backup_dir(
         Some(id) => handle.block_on(load_all_trees(repo, id, 16))?,
         None => HashMap::new(),
     };
+    tracing::debug!(trees = parent_trees.len(), "parent trees loaded");
     let parent_tree = parent.and_then(|p| p.subtree).and_then(|id| parent_trees.get(&id).cloned());
     let w = Walker {
         writer,
@@ -105,7 +118,7 @@ pub fn backup_dir(
         small_file: repo.config().chunker.min_size as u64,
     };
     let mut root = node_from_meta(b"/", &meta, NodeKind::Dir);
-    root.subtree = Some(w.dir(path, parent_tree)?);
+    root.subtree = Some(walk_pool()?.install(|| w.dir(path, parent_tree))?);
     root.inode = 0;
     root.ctime_sec = 0;
     root.ctime_nsec = 0;
@@ -123,97 +136,94 @@ impl Walker<'_> {
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         let old: HashMap<Vec<u8>, Node> =
             parent.map(|t| t.nodes.into_iter().map(|n| (n.name_bytes(), n)).collect()).unwrap_or_default();
-        let mut tree = Tree::default();
-        for name in names {
-            let p = path.join(&name);
-            let meta = match std::fs::symlink_metadata(&p) {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    tracing::warn!(path = %p.display(), "vanished during backup; skipped");
-                    continue;
-                }
-                Err(e) => return Err(BackupError::io(format!("stat {}", p.display()), e)),
-            };
-            let ft = meta.file_type();
-            let prev = old.get(name.as_bytes());
-            let node = if ft.is_file() {
-                let mut n = node_from_meta(name.as_bytes(), &meta, NodeKind::File);
-                let unchanged = prev.filter(|o| {
-                    o.kind == NodeKind::File
-                        && o.size == meta.len()
-                        && o.mtime_sec == n.mtime_sec
-                        && o.mtime_nsec == n.mtime_nsec
-                        && o.ctime_sec == n.ctime_sec
-                        && o.ctime_nsec == n.ctime_nsec
-                        && o.inode == n.inode
-                        && o.content.iter().all(|id| self.repo.index().read().expect("index").contains(id))
-                });
-                if let Some(o) = unchanged {
-                    n.content = o.content.clone();
-                    n.size = o.size;
-                    self.stats.files_unchanged.fetch_add(1, Ordering::Relaxed);
-                } else if meta.len() < self.small_file {
-                    // Below the minimum chunk size the chunker would return the whole file.
-                    let data = match std::fs::read(&p) {
-                        Ok(d) => d,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                            tracing::warn!(path = %p.display(), "vanished during backup; skipped");
-                            continue;
-                        }
-                        Err(e) => {
-                            return Err(BackupError::io(format!("reading {}", p.display()), e));
-                        }
-                    };
-                    n.size = data.len() as u64;
-                    self.stats.bytes_read.fetch_add(n.size, Ordering::Relaxed);
-                    n.content = if data.is_empty() { Vec::new() } else { vec![self.writer.add(BlobKind::Data, data)?] };
-                } else {
-                    let f = match std::fs::File::open(&p) {
-                        Ok(f) => f,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                            tracing::warn!(path = %p.display(), "vanished during backup; skipped");
-                            continue;
-                        }
-                        Err(e) => return Err(BackupError::io(format!("open {}", p.display()), e)),
-                    };
-                    let (ids, len) = self.writer.add_stream(f).map_err(|e| match e {
-                        BackupError::Io { source, .. } => BackupError::io(format!("reading {}", p.display()), source),
-                        other => other,
-                    })?;
-                    n.content = ids;
-                    n.size = len;
-                }
-                self.stats.files.fetch_add(1, Ordering::Relaxed);
-                self.stats.bytes_total.fetch_add(n.size, Ordering::Relaxed);
-                n
-            } else if ft.is_dir() {
-                let mut n = node_from_meta(name.as_bytes(), &meta, NodeKind::Dir);
-                let sub = match prev.filter(|o| o.kind == NodeKind::Dir).and_then(|o| o.subtree) {
-                    Some(id) => match self.parent_trees.get(&id) {
-                        Some(t) => Some(t.clone()),
-                        None => Some(self.handle.block_on(self.repo.load_tree(&id))?),
-                    },
-                    None => None,
+        // Entries in parallel (rayon keeps their order): cold stat calls wait on the disk, and
+        // large files are chunked on every core.
+        let nodes: Vec<Option<Node>> = names
+            .par_iter()
+            .map(|name| self.entry(&path.join(name), name, old.get(name.as_bytes())))
+            .collect::<Result<_>>()?;
+        save_tree(self.writer, &Tree { nodes: nodes.into_iter().flatten().collect() })
+    }
+
+    /// One directory entry; `None` when it vanished or is a kind that is not backed up.
+    fn entry(&self, p: &Path, name: &OsString, prev: Option<&Node>) -> Result<Option<Node>> {
+        let vanished = |p: &Path| {
+            tracing::warn!(path = %p.display(), "vanished during backup; skipped");
+            Ok(None)
+        };
+        let meta = match std::fs::symlink_metadata(p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vanished(p),
+            Err(e) => return Err(BackupError::io(format!("stat {}", p.display()), e)),
+        };
+        let ft = meta.file_type();
+        let node = if ft.is_file() {
+            let mut n = node_from_meta(name.as_bytes(), &meta, NodeKind::File);
+            let unchanged = prev.filter(|o| {
+                o.kind == NodeKind::File
+                    && o.size == meta.len()
+                    && o.mtime_sec == n.mtime_sec
+                    && o.mtime_nsec == n.mtime_nsec
+                    && o.ctime_sec == n.ctime_sec
+                    && o.ctime_nsec == n.ctime_nsec
+                    && o.inode == n.inode
+                    && o.content.iter().all(|id| self.repo.index().read().expect("index").contains(id))
+            });
+            if let Some(o) = unchanged {
+                n.content = o.content.clone();
+                n.size = o.size;
+                self.stats.files_unchanged.fetch_add(1, Ordering::Relaxed);
+            } else if meta.len() < self.small_file {
+                // Below the minimum chunk size the chunker would return the whole file.
+                let data = match std::fs::read(p) {
+                    Ok(d) => d,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vanished(p),
+                    Err(e) => return Err(BackupError::io(format!("reading {}", p.display()), e)),
                 };
-                n.subtree = Some(self.dir(&p, sub)?);
-                n
-            } else if ft.is_symlink() {
-                let mut n = node_from_meta(name.as_bytes(), &meta, NodeKind::Symlink);
-                let target =
-                    std::fs::read_link(&p).map_err(|e| BackupError::io(format!("readlink {}", p.display()), e))?;
-                let (t, raw) = encode_raw(target.as_os_str().as_bytes());
-                n.target = Some(t);
-                n.target_raw = raw;
-                n
-            } else if std::os::unix::fs::FileTypeExt::is_fifo(&ft) {
-                node_from_meta(name.as_bytes(), &meta, NodeKind::Fifo)
+                n.size = data.len() as u64;
+                self.stats.bytes_read.fetch_add(n.size, Ordering::Relaxed);
+                n.content = if data.is_empty() { Vec::new() } else { vec![self.writer.add(BlobKind::Data, data)?] };
             } else {
-                tracing::warn!(path = %p.display(), "sockets and device files are not backed up; skipped");
-                continue;
+                let f = match std::fs::File::open(p) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vanished(p),
+                    Err(e) => return Err(BackupError::io(format!("open {}", p.display()), e)),
+                };
+                let (ids, len) = self.writer.add_stream(f).map_err(|e| match e {
+                    BackupError::Io { source, .. } => BackupError::io(format!("reading {}", p.display()), source),
+                    other => other,
+                })?;
+                n.content = ids;
+                n.size = len;
+            }
+            self.stats.files.fetch_add(1, Ordering::Relaxed);
+            self.stats.bytes_total.fetch_add(n.size, Ordering::Relaxed);
+            n
+        } else if ft.is_dir() {
+            let mut n = node_from_meta(name.as_bytes(), &meta, NodeKind::Dir);
+            let sub = match prev.filter(|o| o.kind == NodeKind::Dir).and_then(|o| o.subtree) {
+                Some(id) => match self.parent_trees.get(&id) {
+                    Some(t) => Some(t.clone()),
+                    None => Some(self.handle.block_on(self.repo.load_tree(&id))?),
+                },
+                None => None,
             };
-            tree.nodes.push(node);
-        }
-        save_tree(self.writer, &tree)
+            n.subtree = Some(self.dir(p, sub)?);
+            n
+        } else if ft.is_symlink() {
+            let mut n = node_from_meta(name.as_bytes(), &meta, NodeKind::Symlink);
+            let target = std::fs::read_link(p).map_err(|e| BackupError::io(format!("readlink {}", p.display()), e))?;
+            let (t, raw) = encode_raw(target.as_os_str().as_bytes());
+            n.target = Some(t);
+            n.target_raw = raw;
+            n
+        } else if std::os::unix::fs::FileTypeExt::is_fifo(&ft) {
+            node_from_meta(name.as_bytes(), &meta, NodeKind::Fifo)
+        } else {
+            tracing::warn!(path = %p.display(), "sockets and device files are not backed up; skipped");
+            return Ok(None);
+        };
+        Ok(Some(node))
     }
 }
 
@@ -335,6 +345,31 @@ pub struct RestoreStats {
 
 struct FilePlan {
     path: PathBuf,
+    size: u64,
+}
+
+/// Blobs of one pack closer than this are fetched with one ranged GET; farther apart, the gap
+/// is not downloaded (packs written by incremental backups hold blobs of many snapshots).
+const MAX_RANGE_GAP: u64 = 1 << 20;
+
+/// Opens (creating it when needed) a file being restored and gives it its final length.
+/// Never follows a symlink at the path: a restore target may hold untrusted links.
+fn open_for_restore(plan: &FilePlan) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = || {
+        std::fs::OpenOptions::new().write(true).create(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&plan.path)
+    };
+    let f = match open() {
+        // A symlink where the snapshot has a file: replace the link, never write through it.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => match std::fs::remove_file(&plan.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => open(),
+        },
+        other => other,
+    }
+    .map_err(|e| BackupError::io(format!("create {}", plan.path.display()), e))?;
+    f.set_len(plan.size).map_err(|e| BackupError::io(format!("truncate {}", plan.path.display()), e))?;
+    Ok(f)
 }
 
 struct Target {
@@ -411,15 +446,13 @@ pub async fn restore_dir(
                     file_nodes.push((p, n));
                 }
                 NodeKind::File => {
-                    let f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .open(&p)
-                        .map_err(|e| BackupError::io(format!("create {}", p.display()), e))?;
-                    f.set_len(n.size).map_err(|e| BackupError::io(format!("truncate {}", p.display()), e))?;
+                    // Files with content are created by the pack workers, in parallel with
+                    // the downloads; empty ones here.
                     let idx = files.len();
-                    files.push(FilePlan { path: p.clone() });
+                    files.push(FilePlan { path: p.clone(), size: n.size });
+                    if n.content.is_empty() {
+                        open_for_restore(&files[idx])?;
+                    }
                     let index = repo.index().read().expect("index");
                     let mut offset = 0u64;
                     for id in &n.content {
@@ -448,6 +481,7 @@ pub async fn restore_dir(
         }
     }
 
+    tracing::debug!(files = files.len(), packs = packs.len(), "restore planned");
     // Download each needed pack once, verify and write its blobs.
     let files = Arc::new(files);
     let key_repo = repo.clone();
@@ -464,14 +498,22 @@ pub async fn restore_dir(
         on_bytes(r?);
     }
 
-    // Metadata: files and links first, then directories deepest first.
-    for (p, n) in &file_nodes {
-        apply_meta(p, n, is_root)?;
-    }
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.2));
-    for (p, n, _) in &dirs {
-        apply_meta(p, n, is_root)?;
-    }
+    tracing::debug!("restore data written");
+    // Metadata: files and links first, then directories deepest first (setting a file's
+    // times changes its directory's mtime). Each level in parallel.
+    tokio::task::spawn_blocking(move || {
+        file_nodes.par_iter().try_for_each(|(p, n)| apply_meta(p, n, is_root))?;
+        let mut by_depth: std::collections::BTreeMap<usize, Vec<(PathBuf, Node)>> = Default::default();
+        for (p, n, depth) in dirs {
+            by_depth.entry(depth).or_default().push((p, n));
+        }
+        by_depth
+            .into_values()
+            .rev()
+            .try_for_each(|level| level.par_iter().try_for_each(|(p, n)| apply_meta(p, n, is_root)))
+    })
+    .await
+    .map_err(|e| BackupError::Aborted(e.to_string()))??;
     Ok(stats)
 }
 
@@ -481,7 +523,7 @@ async fn restore_pack(
     blobs: HashMap<Id, Vec<Target>>,
     files: Arc<Vec<FilePlan>>,
 ) -> Result<u64> {
-    let index_entries: Vec<(Id, pack::IndexEntry, Vec<Target>)> = {
+    let mut entries: Vec<(Id, pack::IndexEntry, Vec<Target>)> = {
         let index = repo.index().read().expect("index");
         blobs
             .into_iter()
@@ -491,36 +533,48 @@ async fn restore_pack(
             })
             .collect()
     };
-    let start = index_entries.iter().map(|(_, e, _)| e.offset as u64).min().unwrap_or(0);
-    let end = index_entries.iter().map(|(_, e, _)| e.offset as u64 + e.length as u64).max().unwrap_or(0);
-    let data = repo.storage().get_range(&pack::pack_key(&meta.id), start, end - start).await.map_err(|e| match e {
-        BackupError::Corrupt { detail, .. } => {
-            BackupError::corrupt(format!("pack {}", pack::pack_key(&meta.id)), detail)
-        }
-        other => other,
-    })?;
-    let repo = repo.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut written = 0u64;
-        for (id, e, targets) in index_entries {
-            let s = (e.offset as u64 - start) as usize;
-            let sealed = &data[s..s + e.length as usize];
-            let plain = pack::open_blob(repo.key(), e.kind, &id, sealed, e.raw_len)?;
-            for t in targets {
-                let path = &files[t.file].path;
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(|err| BackupError::io(format!("open {}", path.display()), err))?;
-                f.write_all_at(&plain, t.offset)
-                    .map_err(|err| BackupError::io(format!("write {}", path.display()), err))?;
-                written += plain.len() as u64;
+    entries.sort_by_key(|(_, e, _)| e.offset);
+    let key = pack::pack_key(&meta.id);
+    let mut written = 0u64;
+    while !entries.is_empty() {
+        // The longest run of blobs without a gap above MAX_RANGE_GAP.
+        let mut n = 1;
+        while n < entries.len() {
+            let prev_end = entries[n - 1].1.offset as u64 + entries[n - 1].1.length as u64;
+            if entries[n].1.offset as u64 > prev_end + MAX_RANGE_GAP {
+                break;
             }
+            n += 1;
         }
-        Ok(written)
-    })
-    .await
-    .map_err(|e| BackupError::Aborted(e.to_string()))?
+        let group: Vec<_> = entries.drain(..n).collect();
+        let start = group[0].1.offset as u64;
+        let end = group.iter().map(|(_, e, _)| e.offset as u64 + e.length as u64).max().unwrap_or(start);
+        let data = repo.storage().get_range(&key, start, end - start).await.map_err(|e| match e {
+            BackupError::Corrupt { detail, .. } => BackupError::corrupt(format!("pack {key}"), detail),
+            other => other,
+        })?;
+        let repo = repo.clone();
+        let files = files.clone();
+        written += tokio::task::spawn_blocking(move || {
+            let mut written = 0u64;
+            for (id, e, targets) in group {
+                let s = (e.offset as u64 - start) as usize;
+                let sealed = &data[s..s + e.length as usize];
+                let plain = pack::open_blob(repo.key(), e.kind, &id, sealed, e.raw_len)?;
+                for t in targets {
+                    let plan = &files[t.file];
+                    open_for_restore(plan)?
+                        .write_all_at(&plain, t.offset)
+                        .map_err(|err| BackupError::io(format!("write {}", plan.path.display()), err))?;
+                    written += plain.len() as u64;
+                }
+            }
+            Ok::<_, BackupError>(written)
+        })
+        .await
+        .map_err(|e| BackupError::Aborted(e.to_string()))??;
+    }
+    Ok(written)
 }
 
 fn apply_meta(p: &Path, n: &Node, is_root: bool) -> Result<()> {

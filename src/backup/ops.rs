@@ -48,6 +48,7 @@ where
     let started = Instant::now();
     let time = jiff::Timestamp::now();
     let lock = RepoLock::acquire(repo, false, &format!("backup {}", spec.kind)).await?;
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "lock acquired");
     let result = async {
         let parent = match spec.parent {
             Some(Some(id)) => Some((id, repo.load_snapshot(&id).await?)),
@@ -70,13 +71,16 @@ where
             }
         };
         let parent_root = parent.as_ref().map(|(_, s)| s.root.clone());
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "parent snapshot found");
         let handle = Handle::current();
         let r = repo.clone();
         let st = stats.clone();
         let root = tokio::task::spawn_blocking(move || {
             let writer = BlobWriter::new(&r, handle.clone(), st);
             let root = produce(&writer, &handle, parent_root.as_ref())?;
+            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "source read");
             writer.finish()?;
+            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "uploads finished");
             Ok::<_, BackupError>(root)
         })
         .await

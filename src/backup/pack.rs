@@ -54,26 +54,46 @@ pub fn blob_aad(kind: BlobKind, id: &Id) -> [u8; 33] {
     aad
 }
 
+thread_local! {
+    // zstd contexts are costly to create (hundreds of KiB of tables); one per thread and level.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress(plain: &[u8], level: i32, out: &mut Vec<u8>) -> std::io::Result<()> {
+    COMPRESSOR.with_borrow_mut(|slot| {
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, c) = slot.as_mut().expect("set above");
+        let start = out.len();
+        out.resize(start + zstd::zstd_safe::compress_bound(plain.len()), 0);
+        let n = c.compress_to_buffer(plain, &mut out[start..])?;
+        out.truncate(start + n);
+        Ok(())
+    })
+}
+
+fn decompress(data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        slot.as_mut().expect("set above").decompress(data, raw_len)
+    })
+}
+
 /// Compresses (when it pays) and encrypts one blob.
 pub fn seal_blob(key: &MasterKey, kind: BlobKind, id: &Id, plain: &[u8], level: i32) -> Vec<u8> {
-    let mut body = Vec::with_capacity(plain.len() / 2 + 64);
+    let mut body = Vec::with_capacity(zstd::zstd_safe::compress_bound(plain.len()) + 1);
     body.push(1u8);
-    let compressed = zstd::bulk::Compressor::new(level)
-        .and_then(|mut c| {
-            let bound = zstd::zstd_safe::compress_bound(plain.len());
-            body.reserve(bound);
-            let mut out = vec![0u8; bound];
-            let n = c.compress_to_buffer(plain, &mut out)?;
-            out.truncate(n);
-            Ok(out)
-        })
-        .ok();
-    match compressed {
-        Some(c) if c.len() + 16 < plain.len() => body.extend_from_slice(&c),
-        _ => {
-            body[0] = 0;
-            body.extend_from_slice(plain);
-        }
+    let compressed = compress(plain, level, &mut body).is_ok() && body.len() + 16 < plain.len();
+    if !compressed {
+        body.clear();
+        body.push(0);
+        body.extend_from_slice(plain);
     }
     key.seal(&blob_aad(kind, id), &body)
 }
@@ -81,11 +101,15 @@ pub fn seal_blob(key: &MasterKey, kind: BlobKind, id: &Id, plain: &[u8], level: 
 /// Decrypts, decompresses and verifies one blob against its id.
 pub fn open_blob(key: &MasterKey, kind: BlobKind, id: &Id, sealed: &[u8], raw_len: u32) -> Result<Vec<u8>> {
     let what = || format!("blob {}", id.to_hex());
-    let body = key.open(&blob_aad(kind, id), sealed, &what())?;
+    let mut body = key.open(&blob_aad(kind, id), sealed, &what())?;
     let plain = match body.first() {
-        Some(0) => body[1..].to_vec(),
-        Some(1) => zstd::bulk::decompress(&body[1..], raw_len as usize)
-            .map_err(|e| BackupError::corrupt(what(), format!("zstd: {e}")))?,
+        Some(0) => {
+            body.remove(0);
+            body
+        }
+        Some(1) => {
+            decompress(&body[1..], raw_len as usize).map_err(|e| BackupError::corrupt(what(), format!("zstd: {e}")))?
+        }
         _ => return Err(BackupError::corrupt(what(), "bad compression flag")),
     };
     if plain.len() != raw_len as usize || key.blob_id(&plain) != *id {

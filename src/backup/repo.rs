@@ -68,7 +68,7 @@ pub struct WriteOptions {
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        Self { pack_size: 16 * 1024 * 1024, compression_level: 1, upload_concurrency: 4, workers: 0 }
+        Self { pack_size: 16 * 1024 * 1024, compression_level: 2, upload_concurrency: 4, workers: 0 }
     }
 }
 
