@@ -147,7 +147,7 @@ fn directory_roundtrip_incremental_and_retention() {
     std::os::unix::fs::symlink(&outside, out2.join("a/b/small.txt")).unwrap();
     agent.ok(&["restore", &id1[..10], "--target", out2.to_str().unwrap()]);
     let mut over = describe(&out2);
-    assert!(over.remove(&b"new.txt".to_vec()).is_some(), "restore deletes nothing");
+    assert!(over.remove(b"new.txt".as_slice()).is_some(), "restore deletes nothing");
     assert_eq!(over, before, "restore over an existing tree");
     assert_eq!(std::fs::read(&outside).unwrap(), b"must stay");
 
