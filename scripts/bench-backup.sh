@@ -2,7 +2,10 @@
 # Benchmark of the backup data path: `berth-agent` (= `berth agent`) against restic (Debian
 # package) on the same Garage S3 server on loopback, in the same run.
 #
-#   scripts/bench-backup.sh [--size-mib N] [--pgbench-scale N] [--skip-pg] [--keep]
+#   scripts/bench-backup.sh [--size-mib N] [--pgbench-scale N] [--runs N] [--skip-pg] [--keep]
+#
+# Every step runs --runs times (default 3) on independent repositories and the median is
+# reported: on a small shared machine single timings vary by ±30 %.
 #
 # Needs: garage 2.5.0 (`cargo install garage@2.5.0 --locked`; GARAGE=/path overrides),
 # restic, python3, postgresql-15 (for the pg_dump part). Builds berth-agent in release mode.
@@ -13,10 +16,12 @@ SIZE_MIB=1024
 PG_SCALE=50
 SKIP_PG=0
 KEEP=0
+RUNS=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --size-mib) SIZE_MIB=$2; shift 2 ;;
     --pgbench-scale) PG_SCALE=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
     --skip-pg) SKIP_PG=1; shift ;;
     --keep) KEEP=1; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -73,7 +78,9 @@ KEYOUT=$(G key create bench)
 export AWS_ACCESS_KEY_ID=$(echo "$KEYOUT" | awk '/Key ID:/ {print $3}')
 export AWS_SECRET_ACCESS_KEY=$(echo "$KEYOUT" | awk '/Secret key:/ {print $3}')
 export AWS_REGION=us-east-1
-for b in berth restic; do
+BUCKETS=()
+for i in $(seq "$RUNS"); do BUCKETS+=("berth$i" "restic$i"); done
+for b in "${BUCKETS[@]}" berthpg; do
   G bucket create "$b" >/dev/null
   G bucket allow --read --write --owner "$b" --key bench >/dev/null
 done
@@ -86,11 +93,16 @@ u = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 print(int(float(m.group(1)) * u[m.group(2)]) if m else 0)'
 }
 
-export BERTH_REPOSITORY=s3://berth/repo BERTH_S3_ENDPOINT=http://127.0.0.1:$S3P
+export BERTH_S3_ENDPOINT=http://127.0.0.1:$S3P
 export BERTH_REPOSITORY_KEY=bench-key BERTH_PROGRESS=none BERTH_LOG=warn
-export RESTIC_REPOSITORY=s3:http://127.0.0.1:$S3P/restic RESTIC_PASSWORD=bench-key
-"${AGENT[@]}" init >/dev/null
-restic init --repository-version 2 -q >/dev/null
+export RESTIC_PASSWORD=bench-key
+# Run i uses bucket berth<i> / restic<i>.
+use_run() { export BERTH_REPOSITORY=s3://berth$1/repo RESTIC_REPOSITORY=s3:http://127.0.0.1:$S3P/restic$1; }
+for i in $(seq "$RUNS"); do
+  use_run "$i"
+  "${AGENT[@]}" init >/dev/null
+  restic init --repository-version 2 -q >/dev/null
+done
 
 # ---------------------------------------------------------------- seeded mixed dataset
 python3 - "$W/data" "$SIZE_MIB" <<'PY'
@@ -152,36 +164,54 @@ PY
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 
 declare -A T
-run() { local k=$1; shift; drop_caches; local s; s=$(now); "$@" > "$W/$k.out" 2>"$W/$k.err" || { cat "$W/$k.err" >&2; exit 1; }; T[$k]=$(elapsed "$s" "$(now)"); }
+# run KEY CMD...: times CMD (after dropping the page cache) and appends the time to T[KEY].
+run() {
+  local k=$1; shift; drop_caches; local s; s=$(now)
+  "$@" > "$W/$k.out" 2>"$W/$k.err" || { cat "$W/$k.err" >&2; exit 1; }
+  T[$k]="${T[$k]:-} $(elapsed "$s" "$(now)")"
+}
+median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" ${T[$1]}; }
+spread() { python3 -c "import sys; v=sorted(map(float, sys.argv[1:])); print(f'{v[0]:.2f}-{v[-1]:.2f}')" ${T[$1]}; }
 
-echo "dataset: $((DATA_BYTES / 1048576)) MiB in $FILES files ($W/data)" >&2
-run berth_initial "${AGENT[@]}" --json backup-dir "$W/data"
-run restic_initial restic backup -q "$W/data"
-SIZE_B1=$(bucket_bytes berth); SIZE_R1=$(bucket_bytes restic)
+echo "dataset: $((DATA_BYTES / 1048576)) MiB in $FILES files ($W/data); $RUNS runs per step" >&2
+for i in $(seq "$RUNS"); do
+  use_run "$i"
+  run berth_initial "${AGENT[@]}" --json backup-dir "$W/data"
+  run restic_initial restic backup -q "$W/data"
+done
+SIZE_B1=$(bucket_bytes berth1); SIZE_R1=$(bucket_bytes restic1)
 CHANGED=$(change_one_percent)
-run berth_incr "${AGENT[@]}" --json backup-dir "$W/data"
-run restic_incr restic backup -q "$W/data"
-rm -rf "$W/r-berth" "$W/r-restic"
-run berth_restore "${AGENT[@]}" restore latest --target "$W/r-berth"
-run restic_restore restic restore latest -q --target "$W/r-restic"
-# Verify both restores against the source.
-diff -r "$W/data" "$W/r-berth" > /dev/null || { echo "berth restore differs from the source" >&2; exit 1; }
-diff -r "$W/data" "$W/r-restic/$W/data" > /dev/null || { echo "restic restore differs from the source" >&2; exit 1; }
-SIZE_B=$(bucket_bytes berth); SIZE_R=$(bucket_bytes restic)
-UP_B=$(python3 -c "import json;print(json.load(open('$W/berth_incr.out'))['snapshot']['summary']['bytesUploaded'])")
+for i in $(seq "$RUNS"); do
+  use_run "$i"
+  run berth_incr "${AGENT[@]}" --json backup-dir "$W/data"
+  cp "$W/berth_incr.out" "$W/berth_incr$i.out"
+  run restic_incr restic backup -q "$W/data"
+done
+for i in $(seq "$RUNS"); do
+  use_run "$i"
+  rm -rf "$W/r-berth" "$W/r-restic"
+  run berth_restore "${AGENT[@]}" restore latest --target "$W/r-berth"
+  run restic_restore restic restore latest -q --target "$W/r-restic"
+  # Verify both restores against the source.
+  diff -r "$W/data" "$W/r-berth" > /dev/null || { echo "berth restore differs from the source" >&2; exit 1; }
+  diff -r "$W/data" "$W/r-restic/$W/data" > /dev/null || { echo "restic restore differs from the source" >&2; exit 1; }
+done
+SIZE_B=$(bucket_bytes berth1); SIZE_R=$(bucket_bytes restic1)
+UP_B=$(python3 -c "import json;print(json.load(open('$W/berth_incr1.out'))['snapshot']['summary']['bytesUploaded'])")
 
 mib() { python3 -c "print(f'{$1/1048576:.1f}')"; }
 rate() { python3 -c "print(f'{$DATA_BYTES/1048576/$1:.0f}')"; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+row() { printf '%-22s %9ss %9ss %8sx   %s / %s\n' "$1" "$(median "$2")" "$(median "$3")" "$(ratio "$(median "$3")" "$(median "$2")")" "$(spread "$2")" "$(spread "$3")"; }
 echo
 echo "## berth agent vs restic $(restic version | awk '{print $2}') on Garage 2.5.0 (loopback), $(nproc) cores"
-echo "dataset $(mib "$DATA_BYTES") MiB, $FILES files; change: $(mib "$CHANGED") MiB (1 %)"
-printf '%-22s %10s %10s %9s\n' step berth restic speedup
-printf '%-22s %9ss %9ss %8sx\n' "initial backup" "${T[berth_initial]}" "${T[restic_initial]}" "$(ratio "${T[restic_initial]}" "${T[berth_initial]}")"
-printf '%-22s %9ss %9ss %8sx\n' "backup after 1% change" "${T[berth_incr]}" "${T[restic_incr]}" "$(ratio "${T[restic_incr]}" "${T[berth_incr]}")"
-printf '%-22s %9ss %9ss %8sx\n' "restore" "${T[berth_restore]}" "${T[restic_restore]}" "$(ratio "${T[restic_restore]}" "${T[berth_restore]}")"
+echo "dataset $(mib "$DATA_BYTES") MiB, $FILES files; change: $(mib "$CHANGED") MiB (1 %); median of $RUNS runs (range berth / restic)"
+printf '%-22s %10s %10s %9s   %s\n' step berth restic speedup range
+row "initial backup" berth_initial restic_initial
+row "backup after 1% change" berth_incr restic_incr
+row "restore" berth_restore restic_restore
 printf '%-22s %8sMi %8sMi %8sx\n' "repository size" "$(mib "$SIZE_B")" "$(mib "$SIZE_R")" "$(ratio "$SIZE_B" "$SIZE_R")"
-echo "initial rate: berth $(rate "${T[berth_initial]}") MiB/s, restic $(rate "${T[restic_initial]}") MiB/s; berth incremental upload $(mib "$UP_B") MiB; size after initial: berth $(mib "$SIZE_B1") MiB, restic $(mib "$SIZE_R1") MiB"
+echo "initial rate: berth $(rate "$(median berth_initial)") MiB/s, restic $(rate "$(median restic_initial)") MiB/s; berth incremental upload $(mib "$UP_B") MiB; size after initial: berth $(mib "$SIZE_B1") MiB, restic $(mib "$SIZE_R1") MiB"
 
 [ "$SKIP_PG" = 1 ] && exit 0
 
@@ -201,19 +231,31 @@ for _ in $(seq 100); do $PGBIN/pg_isready -q && break; sleep 0.2; done
 $PGBIN/createdb bench
 $PGBIN/pgbench -i -s "$PG_SCALE" -q bench > /dev/null 2>&1
 $PGBIN/psql -XAtq -d bench -c "VACUUM ANALYZE" > /dev/null
-run pgdump_z0 $PGBIN/pg_dump -Fc -Z0 --no-sync -f /dev/null bench
-run pgdump_default $PGBIN/pg_dump -Fc --no-sync -f /dev/null bench
-run berth_pg1 "${AGENT[@]}" --json backup-postgres --database bench --no-globals
-# < 5 % of the rows: 4 % of pgbench_accounts (a contiguous range) plus pgbench transactions.
+for i in $(seq "$RUNS"); do
+  run pgdump_z0 $PGBIN/pg_dump -Fc -Z0 --no-sync -f /dev/null bench
+  run pgdump_default $PGBIN/pg_dump -Fc --no-sync -f /dev/null bench
+  export BERTH_REPOSITORY=s3://berthpg/first$i
+  "${AGENT[@]}" init >/dev/null
+  run berth_pg1 "${AGENT[@]}" --json backup-postgres --database bench --no-globals
+  cp "$W/berth_pg1.out" "$W/berth_pg1-$i.out"
+done
+export BERTH_REPOSITORY=s3://berthpg/first1
+uploaded() { python3 -c "import json;print(json.load(open('$1'))['snapshot']['summary']['bytesUploaded'])"; }
+# < 5 % of the rows, as an application changes them: 4 % of pgbench_accounts (a contiguous
+# range of ids: recent accounts) plus 20 000 new pgbench_history rows.
 ROWS=$((PG_SCALE * 100000 * 4 / 100))
 $PGBIN/psql -XAtq -d bench -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $ROWS" > /dev/null
-$PGBIN/pgbench -n -t 2000 -c 2 bench > /dev/null 2>&1
+$PGBIN/psql -XAtq -d bench -c "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) SELECT 1 + g % 10, 1, g, g % 1000, now() FROM generate_series(1, 20000) g" > /dev/null
 run berth_pg2 "${AGENT[@]}" --json backup-postgres --database bench --no-globals
-P1=$(python3 -c "import json;print(json.load(open('$W/berth_pg1.out'))['snapshot']['summary']['bytesUploaded'])")
-P2=$(python3 -c "import json;print(json.load(open('$W/berth_pg2.out'))['snapshot']['summary']['bytesUploaded'])")
-DUMP=$(python3 -c "import json;print(json.load(open('$W/berth_pg1.out'))['snapshot']['summary']['bytesTotal'])")
+# For contrast, scattered changes: 4 000 pgbench transactions (random accounts, tellers,
+# branches; 0.1 % of the rows) touch nearly every chunk of a logical dump.
+$PGBIN/pgbench -n -t 2000 -c 2 bench > /dev/null 2>&1
+run berth_pg3 "${AGENT[@]}" --json backup-postgres --database bench --no-globals
+P1=$(uploaded "$W/berth_pg1-1.out"); P2=$(uploaded "$W/berth_pg2.out"); P3=$(uploaded "$W/berth_pg3.out")
+DUMP=$(python3 -c "import json;print(json.load(open('$W/berth_pg1-1.out'))['snapshot']['summary']['bytesTotal'])")
 echo
-echo "## pgbench scale $PG_SCALE (dump $(mib "$DUMP") MiB, custom format -Z0)"
-echo "pg_dump -Fc -Z0 > /dev/null: ${T[pgdump_z0]}s; pg_dump -Fc (default compression) > /dev/null: ${T[pgdump_default]}s"
-echo "berth backup-postgres: ${T[berth_pg1]}s = $(ratio "${T[berth_pg1]}" "${T[pgdump_z0]}")x of bare pg_dump -Z0 ($(ratio "${T[berth_pg1]}" "${T[pgdump_default]}")x of default pg_dump); uploaded $(mib "$P1") MiB"
-echo "after updating $ROWS rows (+2000 pgbench transactions): ${T[berth_pg2]}s, uploaded $(mib "$P2") MiB = $(python3 -c "print(f'{100*$P2/$P1:.1f}')") % of the first"
+echo "## pgbench scale $PG_SCALE (dump $(mib "$DUMP") MiB, custom format -Z0); median of $RUNS runs"
+echo "pg_dump -Fc -Z0 > /dev/null: $(median pgdump_z0)s ($(spread pgdump_z0)); pg_dump -Fc (default compression) > /dev/null: $(median pgdump_default)s ($(spread pgdump_default))"
+echo "berth backup-postgres: $(median berth_pg1)s ($(spread berth_pg1)) = $(ratio "$(median berth_pg1)" "$(median pgdump_z0)")x of bare pg_dump -Z0 ($(ratio "$(median berth_pg1)" "$(median pgdump_default)")x of default pg_dump); uploaded $(mib "$P1") MiB"
+echo "after updating $ROWS contiguous rows and inserting 20000: $(median berth_pg2)s, uploaded $(mib "$P2") MiB = $(python3 -c "print(f'{100*$P2/$P1:.1f}')") % of the first"
+echo "after 4000 pgbench transactions on top (scattered): $(median berth_pg3)s, uploaded $(mib "$P3") MiB = $(python3 -c "print(f'{100*$P3/$P1:.1f}')") % of the first"

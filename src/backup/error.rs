@@ -62,3 +62,10 @@ impl BackupError {
 
 /// Result alias of the backup module.
 pub type Result<T, E = BackupError> = std::result::Result<T, E>;
+
+/// A read error of backup input; callers that know the file replace the context.
+impl From<std::io::Error> for BackupError {
+    fn from(source: std::io::Error) -> Self {
+        Self::io("reading input", source)
+    }
+}

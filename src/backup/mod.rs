@@ -12,6 +12,7 @@
 //! * [`replicate::replicate`] to an offsite copy
 
 pub mod archiver;
+pub mod chunker;
 pub mod crypto;
 pub mod error;
 pub mod lock;

@@ -110,7 +110,7 @@ where
             program: format!("berth {}", env!("CARGO_PKG_VERSION")),
         };
         let id = repo.save_snapshot(&snap).await?;
-        Ok((id, snap))
+        Ok::<_, BackupError>((id, snap))
     }
     .await;
     let released = lock.release().await;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
+use super::chunker::Chunker;
 use super::crypto::Id;
 use super::error::{BackupError, Result};
 use super::pack::{self, BlobKind, PackBuilder, PackInfo};
@@ -54,6 +55,7 @@ struct Shared {
     last_index: Mutex<Instant>,
     error: Mutex<Option<BackupError>>,
     stats: Arc<WriterStats>,
+    chunker: Chunker,
 }
 
 /// Writes blobs into a repository. Create one per backup run, call [`finish`](Self::finish).
@@ -83,6 +85,7 @@ impl BlobWriter {
             last_index: Mutex::new(Instant::now()),
             error: Mutex::default(),
             stats,
+            chunker: Chunker::new(repo.config().chunker, repo.key().chunker_seed),
         });
         let (tx, rx) = sync_channel::<Job>(workers * 2);
         let rx = Arc::new(Mutex::new(rx));
@@ -119,12 +122,18 @@ impl BlobWriter {
     }
 
     fn add_with_id(&self, kind: BlobKind, id: Id, data: Vec<u8>) -> Result<()> {
+        self.add_with(kind, id, || data)
+    }
+
+    /// Queues a blob unless it is known; `data` is only called for a new blob.
+    fn add_with(&self, kind: BlobKind, id: Id, data: impl FnOnce() -> Vec<u8>) -> Result<()> {
         self.check_error()?;
         let known = self.shared.repo.index().read().expect("index lock").contains(&id);
         if known || !self.shared.pending.lock().expect("lock").insert(id) {
             self.shared.stats.blobs_dedup.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
+        let data = data();
         let s = &self.shared.stats;
         s.blobs_new.fetch_add(1, Ordering::Relaxed);
         s.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -139,29 +148,16 @@ impl BlobWriter {
     }
 
     /// Chunks a stream with content-defined chunking and stores the chunks; returns their ids
-    /// and the total length.
+    /// and the total length. Only new chunks are copied (to be compressed and packed).
     pub fn add_stream<R: Read>(&self, reader: R) -> Result<(Vec<Id>, u64)> {
-        let c = self.shared.repo.config().chunker;
-        let seed = self.shared.repo.key().chunker_seed;
-        let chunker = fastcdc::v2020::StreamCDC::with_level_and_seed(
-            reader,
-            c.min_size as usize,
-            c.avg_size as usize,
-            c.max_size as usize,
-            fastcdc::v2020::Normalization::Level1,
-            seed,
-        );
         let mut ids = Vec::new();
-        let mut total = 0u64;
-        for chunk in chunker {
-            let chunk = chunk.map_err(|e| match e {
-                fastcdc::v2020::Error::IoError(io) => BackupError::io("reading input", io),
-                other => BackupError::io("reading input", std::io::Error::other(other.to_string())),
-            })?;
-            total += chunk.data.len() as u64;
-            self.shared.stats.bytes_read.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
-            ids.push(self.add(BlobKind::Data, chunk.data)?);
-        }
+        let total = self.shared.chunker.chunks(reader, |chunk| {
+            self.shared.stats.bytes_read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            let id = self.shared.repo.key().blob_id(chunk);
+            self.add_with(BlobKind::Data, id, || chunk.to_vec())?;
+            ids.push(id);
+            Ok::<_, BackupError>(())
+        })?;
         Ok((ids, total))
     }
 
