@@ -189,13 +189,15 @@ for i in $(seq "$RUNS"); do
 done
 for i in $(seq "$RUNS"); do
   use_run "$i"
-  rm -rf "$W/r-berth" "$W/r-restic"
-  run berth_restore "${AGENT[@]}" restore latest --target "$W/r-berth"
-  run restic_restore restic restore latest -q --target "$W/r-restic"
+  # Fresh target directories, deleted only at the end: ext4 allocates inodes slowly right
+  # after many deletions, which would slow whichever restore comes next.
+  run berth_restore "${AGENT[@]}" restore latest --target "$W/r-berth$i"
+  run restic_restore restic restore latest -q --target "$W/r-restic$i"
   # Verify both restores against the source.
-  diff -r "$W/data" "$W/r-berth" > /dev/null || { echo "berth restore differs from the source" >&2; exit 1; }
-  diff -r "$W/data" "$W/r-restic/$W/data" > /dev/null || { echo "restic restore differs from the source" >&2; exit 1; }
+  diff -r "$W/data" "$W/r-berth$i" > /dev/null || { echo "berth restore differs from the source" >&2; exit 1; }
+  diff -r "$W/data" "$W/r-restic$i/$W/data" > /dev/null || { echo "restic restore differs from the source" >&2; exit 1; }
 done
+rm -rf "$W"/r-berth* "$W"/r-restic*
 SIZE_B=$(bucket_bytes berth1); SIZE_R=$(bucket_bytes restic1)
 UP_B=$(python3 -c "import json;print(json.load(open('$W/berth_incr1.out'))['snapshot']['summary']['bytesUploaded'])")
 

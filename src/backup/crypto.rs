@@ -7,8 +7,8 @@
 //! * Every encrypted object is `nonce (12) || ciphertext || tag (16)`; the associated data
 //!   binds it to what it is (a blob id, an object kind), so objects cannot be swapped.
 //!
-//! Nonces are random (96 bit). With chunks of ~1 MiB a repository would need more than 2^32
-//! encryptions (4 PiB of unique data) before the birthday bound matters.
+//! Nonces are random (96 bit). With chunks of ~512 KiB a repository would need more than 2^32
+//! encryptions (2 PiB of unique data) before the birthday bound matters.
 
 use std::fmt;
 use std::num::NonZeroU32;
