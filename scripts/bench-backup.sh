@@ -2,7 +2,7 @@
 # Benchmark of the backup data path: `berth-agent` (= `berth agent`) against restic (Debian
 # package) on the same Garage S3 server on loopback, in the same run.
 #
-#   scripts/bench-backup.sh [--size-mib N] [--pgbench-scale N] [--runs N] [--skip-pg] [--keep]
+#   scripts/bench-backup.sh [--size-mib N] [--pgbench-scale N] [--runs N] [--skip-pg] [--skip-dir] [--keep]
 #
 # Every step runs --runs times (default 3) on independent repositories and the median is
 # reported: on a small shared machine single timings vary by ±30 %.
@@ -15,6 +15,7 @@ set -euo pipefail
 SIZE_MIB=1024
 PG_SCALE=50
 SKIP_PG=0
+SKIP_DIR=0
 KEEP=0
 RUNS=3
 while [ $# -gt 0 ]; do
@@ -23,6 +24,7 @@ while [ $# -gt 0 ]; do
     --pgbench-scale) PG_SCALE=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --skip-pg) SKIP_PG=1; shift ;;
+    --skip-dir) SKIP_DIR=1; shift ;;
     --keep) KEEP=1; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -104,6 +106,22 @@ for i in $(seq "$RUNS"); do
   restic init --repository-version 2 -q >/dev/null
 done
 
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+
+declare -A T
+# run KEY CMD...: times CMD (after dropping the page cache) and appends the time to T[KEY].
+run() {
+  local k=$1; shift; drop_caches; local s; s=$(now)
+  "$@" > "$W/$k.out" 2>"$W/$k.err" || { cat "$W/$k.err" >&2; exit 1; }
+  T[$k]="${T[$k]:-} $(elapsed "$s" "$(now)")"
+}
+median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" ${T[$1]}; }
+spread() { python3 -c "import sys; v=sorted(map(float, sys.argv[1:])); print(f'{v[0]:.2f}-{v[-1]:.2f}')" ${T[$1]}; }
+mib() { python3 -c "print(f'{$1/1048576:.1f}')"; }
+rate() { python3 -c "print(f'{$DATA_BYTES/1048576/$1:.0f}')"; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+
+if [ "$SKIP_DIR" = 0 ]; then
 # ---------------------------------------------------------------- seeded mixed dataset
 python3 - "$W/data" "$SIZE_MIB" <<'PY'
 import os, random, sys
@@ -161,17 +179,6 @@ print(done)
 PY
 }
 
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
-
-declare -A T
-# run KEY CMD...: times CMD (after dropping the page cache) and appends the time to T[KEY].
-run() {
-  local k=$1; shift; drop_caches; local s; s=$(now)
-  "$@" > "$W/$k.out" 2>"$W/$k.err" || { cat "$W/$k.err" >&2; exit 1; }
-  T[$k]="${T[$k]:-} $(elapsed "$s" "$(now)")"
-}
-median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" ${T[$1]}; }
-spread() { python3 -c "import sys; v=sorted(map(float, sys.argv[1:])); print(f'{v[0]:.2f}-{v[-1]:.2f}')" ${T[$1]}; }
 
 echo "dataset: $((DATA_BYTES / 1048576)) MiB in $FILES files ($W/data); $RUNS runs per step" >&2
 for i in $(seq "$RUNS"); do
@@ -201,9 +208,6 @@ rm -rf "$W"/r-berth* "$W"/r-restic*
 SIZE_B=$(bucket_bytes berth1); SIZE_R=$(bucket_bytes restic1)
 UP_B=$(python3 -c "import json;print(json.load(open('$W/berth_incr1.out'))['snapshot']['summary']['bytesUploaded'])")
 
-mib() { python3 -c "print(f'{$1/1048576:.1f}')"; }
-rate() { python3 -c "print(f'{$DATA_BYTES/1048576/$1:.0f}')"; }
-ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 row() { printf '%-22s %9ss %9ss %8sx   %s / %s\n' "$1" "$(median "$2")" "$(median "$3")" "$(ratio "$(median "$3")" "$(median "$2")")" "$(spread "$2")" "$(spread "$3")"; }
 echo
 echo "## berth agent vs restic $(restic version | awk '{print $2}') on Garage 2.5.0 (loopback), $(nproc) cores"
@@ -214,6 +218,8 @@ row "backup after 1% change" berth_incr restic_incr
 row "restore" berth_restore restic_restore
 printf '%-22s %8sMi %8sMi %8sx\n' "repository size" "$(mib "$SIZE_B")" "$(mib "$SIZE_R")" "$(ratio "$SIZE_B" "$SIZE_R")"
 echo "initial rate: berth $(rate "$(median berth_initial)") MiB/s, restic $(rate "$(median restic_initial)") MiB/s; berth incremental upload $(mib "$UP_B") MiB; size after initial: berth $(mib "$SIZE_B1") MiB, restic $(mib "$SIZE_R1") MiB"
+
+fi
 
 [ "$SKIP_PG" = 1 ] && exit 0
 
@@ -234,6 +240,7 @@ $PGBIN/createdb bench
 $PGBIN/pgbench -i -s "$PG_SCALE" -q bench > /dev/null 2>&1
 $PGBIN/psql -XAtq -d bench -c "VACUUM ANALYZE" > /dev/null
 for i in $(seq "$RUNS"); do
+  run pgdump_plain $PGBIN/pg_dump -f /dev/null bench
   run pgdump_z0 $PGBIN/pg_dump -Fc -Z0 --no-sync -f /dev/null bench
   run pgdump_default $PGBIN/pg_dump -Fc --no-sync -f /dev/null bench
   export BERTH_REPOSITORY=s3://berthpg/first$i
@@ -257,7 +264,7 @@ P1=$(uploaded "$W/berth_pg1-1.out"); P2=$(uploaded "$W/berth_pg2.out"); P3=$(upl
 DUMP=$(python3 -c "import json;print(json.load(open('$W/berth_pg1-1.out'))['snapshot']['summary']['bytesTotal'])")
 echo
 echo "## pgbench scale $PG_SCALE (dump $(mib "$DUMP") MiB, custom format -Z0); median of $RUNS runs"
-echo "pg_dump -Fc -Z0 > /dev/null: $(median pgdump_z0)s ($(spread pgdump_z0)); pg_dump -Fc (default compression) > /dev/null: $(median pgdump_default)s ($(spread pgdump_default))"
-echo "berth backup-postgres: $(median berth_pg1)s ($(spread berth_pg1)) = $(ratio "$(median berth_pg1)" "$(median pgdump_z0)")x of bare pg_dump -Z0 ($(ratio "$(median berth_pg1)" "$(median pgdump_default)")x of default pg_dump); uploaded $(mib "$P1") MiB"
+echo "bare pg_dump (plain SQL) > /dev/null: $(median pgdump_plain)s ($(spread pgdump_plain)); pg_dump -Fc -Z0: $(median pgdump_z0)s ($(spread pgdump_z0)); pg_dump -Fc (default compression): $(median pgdump_default)s ($(spread pgdump_default))"
+echo "berth backup-postgres: $(median berth_pg1)s ($(spread berth_pg1)) = $(ratio "$(median berth_pg1)" "$(median pgdump_plain)")x of bare pg_dump, $(ratio "$(median berth_pg1)" "$(median pgdump_z0)")x of pg_dump -Fc -Z0 (the stream it reads), $(ratio "$(median berth_pg1)" "$(median pgdump_default)")x of pg_dump -Fc; uploaded $(mib "$P1") MiB"
 echo "after updating $ROWS contiguous rows and inserting 20000: $(median berth_pg2)s, uploaded $(mib "$P2") MiB = $(python3 -c "print(f'{100*$P2/$P1:.1f}')") % of the first"
 echo "after 4000 pgbench transactions on top (scattered): $(median berth_pg3)s, uploaded $(mib "$P3") MiB = $(python3 -c "print(f'{100*$P3/$P1:.1f}')") % of the first"

@@ -123,89 +123,148 @@ pub fn server_major(conn: &PgConn) -> anyhow::Result<u32> {
     Ok(n / 10000)
 }
 
-/// Dumps the databases (all connectable non-template ones when `databases` is empty) and the
-/// globals into the writer; returns the root node. Runs in a blocking thread.
-pub fn dump(
-    writer: &crate::backup::writer::BlobWriter,
-    conn: &PgConn,
-    databases: &[String],
-    globals: bool,
-) -> anyhow::Result<Node> {
-    let major = server_major(conn)?;
-    let pg_dump = find_tool(conn, "pg_dump", Some(major))?;
-    let psql = find_tool(conn, "psql", Some(major))?;
-    let dbs: Vec<String> = if databases.is_empty() {
-        run_psql(conn, &psql, "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1")?
+/// A dump under way: tools found, databases listed, roles read, and the first `pg_dump`
+/// already running, so that its start (connection, locks, catalog reads) overlaps opening and
+/// locking the repository. Dropping it stops a `pg_dump` that was not read.
+pub struct Dump {
+    conn: PgConn,
+    pg_dump: PathBuf,
+    globals: Option<Vec<u8>>,
+    /// Databases still to dump, in order; the first one's `pg_dump` may be running.
+    databases: std::collections::VecDeque<String>,
+    running: Option<Running>,
+}
+
+struct Running {
+    child: std::process::Child,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+fn spawn_pg_dump(conn: &PgConn, pg_dump: &Path, db: &str) -> anyhow::Result<Running> {
+    let mut child = conn
+        .command(pg_dump)
+        .args(["--format=custom", "--compress=0", "--no-password", "--dbname", db])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", pg_dump.display()))?;
+    // A 1 MiB pipe instead of 64 KiB: pg_dump and the chunker wake each other 16× less
+    // often (on a busy 2-core node that is measurable). Best effort: the limit is
+    // /proc/sys/fs/pipe-max-size.
+    if let Some(out) = &child.stdout {
+        // SAFETY: fcntl on a pipe descriptor this process owns.
+        unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(out), libc::F_SETPIPE_SZ, 1 << 20) };
+    }
+    let mut stderr = child.stderr.take().expect("piped");
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    Ok(Running { child, stderr })
+}
+
+impl Dump {
+    /// Prepares a dump of `databases` (all connectable non-template ones when empty) and,
+    /// with `globals`, of roles and tablespaces; starts the first `pg_dump`. Blocking.
+    pub fn start(conn: &PgConn, databases: &[String], globals: bool) -> anyhow::Result<Self> {
+        let major = server_major(conn)?;
+        let pg_dump = find_tool(conn, "pg_dump", Some(major))?;
+        let dbs: Vec<String> = if databases.is_empty() {
+            let psql = find_tool(conn, "psql", Some(major))?;
+            run_psql(
+                conn,
+                &psql,
+                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
+            )?
             .lines()
             .map(str::to_string)
             .filter(|s| !s.is_empty())
             .collect()
-    } else {
-        databases.to_vec()
-    };
-    let mut root_nodes = Vec::new();
-    if globals {
-        let pg_dumpall = find_tool(conn, "pg_dumpall", Some(major))?;
-        let out = conn
-            .command(&pg_dumpall)
-            .args(["--globals-only", "--no-password"])
-            .output()
-            .context("running pg_dumpall")?;
-        if !out.status.success() {
-            bail!(
-                "pg_dumpall --globals-only failed (needs a superuser; use --no-globals to skip roles): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let mut n = Node::new("globals.sql", NodeKind::File);
-        n.mode = 0o600;
-        let (ids, len) = writer.add_stream(&out.stdout[..])?;
-        n.content = ids;
-        n.size = len;
-        writer.stats().files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        writer.stats().bytes_total.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-        root_nodes.push(n);
+        } else {
+            databases.to_vec()
+        };
+        let globals = if globals {
+            let pg_dumpall = find_tool(conn, "pg_dumpall", Some(major))?;
+            let out = conn
+                .command(&pg_dumpall)
+                .args(["--globals-only", "--no-password"])
+                .output()
+                .context("running pg_dumpall")?;
+            if !out.status.success() {
+                bail!(
+                    "pg_dumpall --globals-only failed (needs a superuser; use --no-globals to skip roles): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            Some(out.stdout)
+        } else {
+            None
+        };
+        let running = match dbs.first() {
+            Some(db) => Some(spawn_pg_dump(conn, &pg_dump, db)?),
+            None => None,
+        };
+        Ok(Self { conn: conn.clone(), pg_dump, globals, databases: dbs.into(), running })
     }
-    let mut db_nodes = Vec::new();
-    for db in &dbs {
-        tracing::info!(database = %db, "dumping");
-        let mut child = conn
-            .command(&pg_dump)
-            .args(["--format=custom", "--compress=0", "--no-password", "--dbname", db])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", pg_dump.display()))?;
-        let stdout = child.stdout.take().expect("piped");
-        let mut stderr = child.stderr.take().expect("piped");
-        let err_thread = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-            s
-        });
-        let res = writer.add_stream(stdout);
-        let status = child.wait().context("waiting for pg_dump")?;
-        let err = err_thread.join().unwrap_or_default();
-        if !status.success() {
-            bail!("pg_dump of database {db:?} failed ({status}): {}", err.trim());
+
+    /// Streams every dump into the writer; returns the root node
+    /// (`globals.sql`, `databases/<name>.dump`). Runs in a blocking thread.
+    pub fn write(mut self, writer: &crate::backup::writer::BlobWriter) -> anyhow::Result<Node> {
+        let count = |len: u64| {
+            writer.stats().files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            writer.stats().bytes_total.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        };
+        let mut root_nodes = Vec::new();
+        if let Some(globals) = self.globals.take() {
+            let mut n = Node::new("globals.sql", NodeKind::File);
+            n.mode = 0o600;
+            let (ids, len) = writer.add_stream(&globals[..])?;
+            n.content = ids;
+            n.size = len;
+            count(len);
+            root_nodes.push(n);
         }
-        let (ids, len) = res?;
-        let mut n = Node::new(format!("{db}.dump"), NodeKind::File);
-        n.mode = 0o600;
-        n.content = ids;
-        n.size = len;
-        writer.stats().files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        writer.stats().bytes_total.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-        db_nodes.push(n);
+        let mut db_nodes = Vec::new();
+        while let Some(db) = self.databases.pop_front() {
+            tracing::info!(database = %db, "dumping");
+            let mut run = match self.running.take() {
+                Some(r) => r,
+                None => spawn_pg_dump(&self.conn, &self.pg_dump, &db)?,
+            };
+            let stdout = run.child.stdout.take().expect("piped");
+            let res = writer.add_stream(stdout);
+            let status = run.child.wait().context("waiting for pg_dump")?;
+            let err = run.stderr.join().unwrap_or_default();
+            if !status.success() {
+                bail!("pg_dump of database {db:?} failed ({status}): {}", err.trim());
+            }
+            let (ids, len) = res?;
+            let mut n = Node::new(format!("{db}.dump"), NodeKind::File);
+            n.mode = 0o600;
+            n.content = ids;
+            n.size = len;
+            count(len);
+            db_nodes.push(n);
+        }
+        db_nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let db_tree = archiver::save_tree(writer, &Tree { nodes: db_nodes })?;
+        let mut dbdir = Node::new("databases", NodeKind::Dir);
+        dbdir.subtree = Some(db_tree);
+        root_nodes.insert(0, dbdir);
+        let mut root = Node::new("/", NodeKind::Dir);
+        root.subtree = Some(archiver::save_tree(writer, &Tree { nodes: root_nodes })?);
+        Ok(root)
     }
-    db_nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let db_tree = archiver::save_tree(writer, &Tree { nodes: db_nodes })?;
-    let mut dbdir = Node::new("databases", NodeKind::Dir);
-    dbdir.subtree = Some(db_tree);
-    root_nodes.insert(0, dbdir);
-    let mut root = Node::new("/", NodeKind::Dir);
-    root.subtree = Some(archiver::save_tree(writer, &Tree { nodes: root_nodes })?);
-    Ok(root)
+}
+
+impl Drop for Dump {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.running.take() {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+    }
 }
 
 /// Restores a `postgres` snapshot into the server: globals first (errors about roles that

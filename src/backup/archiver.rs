@@ -61,7 +61,10 @@ pub async fn load_all_trees(repo: &Repository, root: Id, parallel: usize) -> Res
     let mut out = HashMap::new();
     let mut level = vec![root];
     while !level.is_empty() {
+        let started = std::time::Instant::now();
+        let count = level.len();
         let blobs = repo.read_blobs(&std::mem::take(&mut level), parallel).await?;
+        tracing::debug!(trees = count, elapsed_ms = started.elapsed().as_millis() as u64, "tree level fetched");
         for (id, data) in blobs {
             let t: Tree = serde_json::from_slice(&data).map_err(|e| BackupError::corrupt(format!("tree {id}"), e))?;
             for n in &t.nodes {
@@ -485,13 +488,15 @@ pub async fn restore_dir(
     // Download each needed pack once, verify and write its blobs.
     let files = Arc::new(files);
     let key_repo = repo.clone();
+    let pool = BufferPool::default();
     let jobs: Vec<(PackMeta, HashMap<Id, Vec<Target>>)> =
         by_pack.into_iter().map(|(pos, blobs)| (packs[&pos], blobs)).collect();
     let mut results = futures::stream::iter(jobs)
         .map(|(meta, blobs)| {
             let repo = key_repo.clone();
             let files = files.clone();
-            async move { restore_pack(&repo, meta, blobs, files).await }
+            let pool = pool.clone();
+            async move { restore_pack(&repo, meta, blobs, files, pool).await }
         })
         .buffer_unordered(parallel.max(1));
     while let Some(r) = results.next().await {
@@ -517,11 +522,21 @@ pub async fn restore_dir(
     Ok(stats)
 }
 
+/// Download buffers shared by the pack tasks of one restore: a fresh buffer per ranged GET
+/// would be page-faulted (zeroed) by the kernel every time.
+type BufferPool = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+thread_local! {
+    // Decompression output of the blocking threads, reused for the same reason.
+    static RESTORE_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 async fn restore_pack(
     repo: &Repository,
     meta: PackMeta,
     blobs: HashMap<Id, Vec<Target>>,
     files: Arc<Vec<FilePlan>>,
+    pool: BufferPool,
 ) -> Result<u64> {
     let mut entries: Vec<(Id, pack::IndexEntry, Vec<Target>)> = {
         let index = repo.index().read().expect("index");
@@ -536,6 +551,7 @@ async fn restore_pack(
     entries.sort_by_key(|(_, e, _)| e.offset);
     let key = pack::pack_key(&meta.id);
     let mut written = 0u64;
+    let mut buf = pool.lock().expect("pool").pop().unwrap_or_default();
     while !entries.is_empty() {
         // The longest run of blobs without a gap above MAX_RANGE_GAP.
         let mut n = 1;
@@ -549,31 +565,41 @@ async fn restore_pack(
         let group: Vec<_> = entries.drain(..n).collect();
         let start = group[0].1.offset as u64;
         let end = group.iter().map(|(_, e, _)| e.offset as u64 + e.length as u64).max().unwrap_or(start);
-        let data = repo.storage().get_range(&key, start, end - start).await.map_err(|e| match e {
+        let mut data = repo.storage().get_range_into(&key, start, end - start, buf).await.map_err(|e| match e {
             BackupError::Corrupt { detail, .. } => BackupError::corrupt(format!("pack {key}"), detail),
             other => other,
         })?;
         let repo = repo.clone();
         let files = files.clone();
-        written += tokio::task::spawn_blocking(move || {
-            let mut written = 0u64;
-            for (id, e, targets) in group {
-                let s = (e.offset as u64 - start) as usize;
-                let sealed = &data[s..s + e.length as usize];
-                let plain = pack::open_blob(repo.key(), e.kind, &id, sealed, e.raw_len)?;
-                for t in targets {
-                    let plan = &files[t.file];
-                    open_for_restore(plan)?
-                        .write_all_at(&plain, t.offset)
-                        .map_err(|err| BackupError::io(format!("write {}", plan.path.display()), err))?;
-                    written += plain.len() as u64;
+        let (n, back) = tokio::task::spawn_blocking(move || {
+            RESTORE_SCRATCH.with_borrow_mut(|scratch| {
+                let mut written = 0u64;
+                // Consecutive blobs of a pack often belong to one file: keep it open.
+                let mut open: Option<(usize, std::fs::File)> = None;
+                for (id, e, targets) in group {
+                    let s = (e.offset as u64 - start) as usize;
+                    let sealed = &mut data[s..s + e.length as usize];
+                    let plain = pack::open_blob_in_place(repo.key(), e.kind, &id, sealed, e.raw_len, scratch)?;
+                    for t in targets {
+                        let plan = &files[t.file];
+                        if open.as_ref().is_none_or(|(i, _)| *i != t.file) {
+                            open = Some((t.file, open_for_restore(plan)?));
+                        }
+                        let (_, f) = open.as_ref().expect("opened above");
+                        f.write_all_at(plain, t.offset)
+                            .map_err(|err| BackupError::io(format!("write {}", plan.path.display()), err))?;
+                        written += plain.len() as u64;
+                    }
                 }
-            }
-            Ok::<_, BackupError>(written)
+                Ok::<_, BackupError>((written, data))
+            })
         })
         .await
         .map_err(|e| BackupError::Aborted(e.to_string()))??;
+        written += n;
+        buf = back;
     }
+    pool.lock().expect("pool").push(buf);
     Ok(written)
 }
 

@@ -141,10 +141,18 @@ impl MasterKey {
 
     /// Encrypts `plain` bound to `aad`: `nonce || ciphertext || tag`.
     pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
-        let nonce_bytes: [u8; NONCE_LEN] = random_bytes();
         let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
+        self.seal_with(aad, &mut out, |buf| buf.extend_from_slice(plain));
+        out
+    }
+
+    /// Like [`seal`](Self::seal), into `out` (cleared first): `fill` appends the plaintext,
+    /// which is then encrypted in place. Reusing `out` saves an allocation per object.
+    pub fn seal_with(&self, aad: &[u8], out: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) {
+        let nonce_bytes: [u8; NONCE_LEN] = random_bytes();
+        out.clear();
         out.extend_from_slice(&nonce_bytes);
-        out.extend_from_slice(plain);
+        fill(out);
         let tag = self
             .aead
             .seal_in_place_separate_tag(
@@ -154,7 +162,18 @@ impl MasterKey {
             )
             .expect("AES-GCM seal");
         out.extend_from_slice(tag.as_ref());
-        out
+    }
+
+    /// Decrypts and authenticates `sealed` in place; returns the plaintext (a part of `sealed`).
+    pub fn open_in_place<'a>(&self, aad: &[u8], sealed: &'a mut [u8], what: &str) -> Result<&'a mut [u8]> {
+        if sealed.len() < OVERHEAD {
+            return Err(BackupError::corrupt(what, "encrypted object too short"));
+        }
+        let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| BackupError::corrupt(what, "bad nonce"))?;
+        self.aead
+            .open_in_place(nonce, Aad::from(aad), rest)
+            .map_err(|_| BackupError::corrupt(what, "authentication failed (data modified or truncated)"))
     }
 
     /// Decrypts and authenticates what [`seal`](Self::seal) produced with the same `aad`.

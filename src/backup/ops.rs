@@ -34,6 +34,31 @@ pub struct BackupSpec {
     pub parent: Option<Option<Id>>,
 }
 
+/// The snapshot a backup compares against: the one asked for, or the newest of the same
+/// series (kind + source).
+async fn find_parent(repo: &Repository, spec: &BackupSpec) -> Result<Option<(Id, Snapshot)>> {
+    match spec.parent {
+        Some(Some(id)) => Ok(Some((id, repo.load_snapshot(&id).await?))),
+        Some(None) => Ok(None),
+        None => {
+            let probe = Snapshot {
+                version: SNAPSHOT_VERSION,
+                time: String::new(),
+                hostname: String::new(),
+                kind: spec.kind.clone(),
+                source: spec.source.clone(),
+                tags: vec![],
+                root: Node::new("/", NodeKind::Dir),
+                parent: None,
+                summary: Summary::default(),
+                program: String::new(),
+            };
+            let key = probe.group_key();
+            Ok(repo.list_snapshots().await?.into_iter().rfind(|(_, s)| s.group_key() == key))
+        }
+    }
+}
+
 /// Runs a backup: takes a shared lock, finds the parent snapshot, runs `produce` in a blocking
 /// thread with a writer, waits for all data and index files, then writes the snapshot.
 pub async fn run_backup<F>(
@@ -47,31 +72,30 @@ where
 {
     let started = Instant::now();
     let time = jiff::Timestamp::now();
-    let lock = RepoLock::acquire(repo, false, &format!("backup {}", spec.kind)).await?;
-    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "lock acquired");
-    let result = async {
-        let parent = match spec.parent {
-            Some(Some(id)) => Some((id, repo.load_snapshot(&id).await?)),
-            Some(None) => None,
-            None => {
-                let probe = Snapshot {
-                    version: SNAPSHOT_VERSION,
-                    time: String::new(),
-                    hostname: String::new(),
-                    kind: spec.kind.clone(),
-                    source: spec.source.clone(),
-                    tags: vec![],
-                    root: Node::new("/", NodeKind::Dir),
-                    parent: None,
-                    summary: Summary::default(),
-                    program: String::new(),
-                };
-                let key = probe.group_key();
-                repo.list_snapshots().await?.into_iter().rfind(|(_, s)| s.group_key() == key)
+    // The lock (then a check that no prune changed the index since it was loaded) and the
+    // search for the parent snapshot are independent round trips: run them together.
+    let locked = async {
+        let lock = RepoLock::acquire(repo, false, &format!("backup {}", spec.kind)).await?;
+        match repo.refresh_index().await {
+            Ok(_) => Ok(lock),
+            Err(e) => {
+                let _ = lock.release().await;
+                Err(e)
             }
-        };
+        }
+    };
+    let (lock, parent) = tokio::join!(locked, find_parent(repo, &spec));
+    let lock = lock?;
+    let parent = match parent {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = lock.release().await;
+            return Err(e);
+        }
+    };
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "lock acquired, parent snapshot found");
+    let result = async {
         let parent_root = parent.as_ref().map(|(_, s)| s.root.clone());
-        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "parent snapshot found");
         let handle = Handle::current();
         let r = repo.clone();
         let st = stats.clone();

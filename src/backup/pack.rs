@@ -87,15 +87,86 @@ fn decompress(data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
 
 /// Compresses (when it pays) and encrypts one blob.
 pub fn seal_blob(key: &MasterKey, kind: BlobKind, id: &Id, plain: &[u8], level: i32) -> Vec<u8> {
-    let mut body = Vec::with_capacity(zstd::zstd_safe::compress_bound(plain.len()) + 1);
-    body.push(1u8);
-    let compressed = compress(plain, level, &mut body).is_ok() && body.len() + 16 < plain.len();
-    if !compressed {
-        body.clear();
+    let mut out = Vec::with_capacity(plain.len() + OVERHEAD + 1);
+    seal_blob_into(key, kind, id, plain, level, &mut out);
+    out
+}
+
+/// [`seal_blob`] into a reused buffer (cleared first). Data that looks random (sampled) is
+/// stored without trying zstd: compressing it costs time and saves nothing.
+pub fn seal_blob_into(key: &MasterKey, kind: BlobKind, id: &Id, plain: &[u8], level: i32, out: &mut Vec<u8>) {
+    key.seal_with(&blob_aad(kind, id), out, |body| {
+        let start = body.len();
+        if !looks_incompressible(plain) {
+            body.push(1u8);
+            if compress(plain, level, body).is_ok() && body.len() - start + 16 < plain.len() {
+                return;
+            }
+            body.truncate(start);
+        }
         body.push(0);
         body.extend_from_slice(plain);
+    });
+}
+
+/// Bytes per sample of [`looks_incompressible`] and the distance between samples.
+const SAMPLE_LEN: usize = 1024;
+const SAMPLE_EVERY: usize = 32 * 1024;
+
+/// True when every sample of `data` (1 KiB every 32 KiB) has a nearly uniform byte
+/// distribution, as encrypted, compressed or random data has. The test is the sum of squared
+/// byte counts: about n + n²/256 (5,120) for uniform bytes, several times that for text,
+/// code or structured binary data, so one compressible sample is enough to try zstd.
+pub fn looks_incompressible(data: &[u8]) -> bool {
+    if data.len() < 4 * SAMPLE_LEN {
+        return false;
     }
-    key.seal(&blob_aad(kind, id), &body)
+    data.chunks(SAMPLE_EVERY).all(|window| {
+        let sample = &window[..window.len().min(SAMPLE_LEN)];
+        if sample.len() < SAMPLE_LEN {
+            return true;
+        }
+        let mut counts = [0u32; 256];
+        for &b in sample {
+            counts[b as usize] += 1;
+        }
+        counts.iter().map(|&c| c * c).sum::<u32>() < 7 * 1024
+    })
+}
+
+/// [`open_blob`] without allocating: decrypts `sealed` in place, decompresses into `scratch`
+/// when the blob is compressed, and returns the verified plaintext.
+pub fn open_blob_in_place<'a>(
+    key: &MasterKey,
+    kind: BlobKind,
+    id: &Id,
+    sealed: &'a mut [u8],
+    raw_len: u32,
+    scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8]> {
+    let what = || format!("blob {}", id.to_hex());
+    let body = key.open_in_place(&blob_aad(kind, id), sealed, &what())?;
+    let plain: &[u8] = match body.first() {
+        Some(0) => &body[1..],
+        Some(1) => {
+            scratch.clear();
+            scratch.reserve(raw_len as usize);
+            DECOMPRESSOR
+                .with_borrow_mut(|slot| {
+                    if slot.is_none() {
+                        *slot = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    slot.as_mut().expect("set above").decompress_to_buffer(&body[1..], scratch)
+                })
+                .map_err(|e| BackupError::corrupt(what(), format!("zstd: {e}")))?;
+            &scratch[..]
+        }
+        _ => return Err(BackupError::corrupt(what(), "bad compression flag")),
+    };
+    if plain.len() != raw_len as usize || key.blob_id(plain) != *id {
+        return Err(BackupError::corrupt(what(), "content does not match its id"));
+    }
+    Ok(plain)
 }
 
 /// Decrypts, decompresses and verifies one blob against its id.
@@ -367,6 +438,42 @@ pub fn decode_index(key: &MasterKey, name: &str, sealed: &[u8]) -> Result<Vec<Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn random(n: usize, mut x: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn random_data_is_stored_raw_and_the_rest_compressed() {
+        let text: Vec<u8> = b"fn main() { println!(\"hello, berth\"); }\n".repeat(20_000);
+        let noise = random(600_000, 7);
+        let mixed: Vec<u8> = noise[..300_000].iter().chain(&text[..300_000]).copied().collect();
+        assert!(looks_incompressible(&noise));
+        assert!(!looks_incompressible(&text));
+        assert!(!looks_incompressible(&mixed), "one compressible region is enough to try zstd");
+        assert!(!looks_incompressible(&noise[..1000]), "too short to judge: zstd decides");
+        let key = MasterKey::generate();
+        for (data, raw) in [(&noise, true), (&text, false), (&mixed, false)] {
+            let id = key.blob_id(data);
+            let sealed = seal_blob(&key, BlobKind::Data, &id, data, 2);
+            assert_eq!(sealed.len() >= data.len(), raw, "stored raw: {raw}");
+            assert_eq!(&open_blob(&key, BlobKind::Data, &id, &sealed, data.len() as u32).unwrap(), data);
+            let (mut copy, mut scratch) = (sealed.clone(), Vec::new());
+            let plain = open_blob_in_place(&key, BlobKind::Data, &id, &mut copy, data.len() as u32, &mut scratch);
+            assert_eq!(plain.unwrap(), &data[..]);
+            let mut tampered = sealed.clone();
+            tampered[40] ^= 1;
+            let err = open_blob_in_place(&key, BlobKind::Data, &id, &mut tampered, data.len() as u32, &mut scratch);
+            assert!(err.unwrap_err().to_string().contains("authentication failed"));
+        }
+    }
 
     #[test]
     fn pack_roundtrip_and_corruption() {

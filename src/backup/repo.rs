@@ -12,7 +12,7 @@
 //! backups/<name>/backup.json  plain, person-readable manifests of Kubernetes backups
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -71,7 +71,7 @@ pub struct WriteOptions {
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        Self { pack_size: 16 * 1024 * 1024, compression_level: 2, upload_concurrency: 4, workers: 0 }
+        Self { pack_size: 16 * 1024 * 1024, compression_level: 3, upload_concurrency: 4, workers: 0 }
     }
 }
 
@@ -82,6 +82,8 @@ pub struct Repository {
     key: Arc<MasterKey>,
     config: Arc<RepoConfig>,
     index: Arc<RwLock<Index>>,
+    /// Names of the index files the in-memory index was built from (and has written since).
+    index_files: Arc<RwLock<BTreeSet<String>>>,
     pub(crate) write_options: WriteOptions,
 }
 
@@ -125,6 +127,7 @@ impl Repository {
             key: Arc::new(key),
             config: Arc::new(config),
             index: Arc::default(),
+            index_files: Arc::default(),
             write_options: WriteOptions::default(),
         })
     }
@@ -170,6 +173,7 @@ impl Repository {
             key: Arc::new(key),
             config: Arc::new(config),
             index: Arc::default(),
+            index_files: Arc::default(),
             write_options: WriteOptions::default(),
         };
         repo.load_index().await?;
@@ -236,7 +240,22 @@ impl Repository {
             names.push(name);
         }
         *self.index.write().expect("index lock") = index;
+        *self.index_files.write().expect("index lock") = names.iter().cloned().collect();
         Ok(names)
+    }
+
+    /// Reloads the index when one of its files is gone since it was loaded (a `prune` in
+    /// between rewrote it; files other writers added only hold blobs this one need not know);
+    /// returns whether it did. A writer calls this once it holds its lock,
+    /// so that it never deduplicates against blobs a prune has removed.
+    pub async fn refresh_index(&self) -> Result<bool> {
+        let listed: BTreeSet<String> = self.storage.list("index").await?.into_iter().map(|f| f.name).collect();
+        if self.index_files.read().expect("index lock").is_subset(&listed) {
+            return Ok(false);
+        }
+        tracing::debug!("index files changed since the repository was opened; reloading");
+        self.load_index().await?;
+        Ok(true)
     }
 
     /// Writes an index file for packs already stored; returns its name.
@@ -244,6 +263,7 @@ impl Repository {
         let name = Id::random().to_hex();
         let data = pack::encode_index(&self.key, packs);
         self.storage.put(&format!("index/{name}"), Bytes::from(data)).await?;
+        self.index_files.write().expect("index lock").insert(name.clone());
         Ok(name)
     }
 

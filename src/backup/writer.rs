@@ -56,7 +56,13 @@ struct Shared {
     error: Mutex<Option<BackupError>>,
     stats: Arc<WriterStats>,
     chunker: Chunker,
+    /// Chunk buffers handed back by the workers: a fresh multi-megabyte buffer per chunk
+    /// would be page-faulted (zeroed) by the kernel every time.
+    spare: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Buffers kept in [`Shared::spare`]: enough for the queue, the workers and the walkers.
+const SPARE_BUFFERS: usize = 16;
 
 /// Writes blobs into a repository. Create one per backup run, call [`finish`](Self::finish).
 pub struct BlobWriter {
@@ -86,6 +92,7 @@ impl BlobWriter {
             error: Mutex::default(),
             stats,
             chunker: Chunker::new(repo.config().chunker, repo.key().chunker_seed),
+            spare: Mutex::default(),
         });
         let (tx, rx) = sync_channel::<Job>(workers * 2);
         let rx = Arc::new(Mutex::new(rx));
@@ -154,7 +161,11 @@ impl BlobWriter {
         let total = self.shared.chunker.chunks(reader, |chunk| {
             self.shared.stats.bytes_read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             let id = self.shared.repo.key().blob_id(chunk);
-            self.add_with(BlobKind::Data, id, || chunk.to_vec())?;
+            self.add_with(BlobKind::Data, id, || {
+                let mut buf = self.shared.spare.lock().expect("lock").pop().unwrap_or_default();
+                buf.extend_from_slice(chunk);
+                buf
+            })?;
             ids.push(id);
             Ok::<_, BackupError>(())
         })?;
@@ -212,6 +223,7 @@ fn set_error(shared: &Shared, e: BackupError) {
 
 fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Job>>>) {
     let opts = shared.repo.write_options();
+    let mut sealed = Vec::new();
     loop {
         let job = {
             let rx = rx.lock().expect("lock");
@@ -222,12 +234,19 @@ fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Job>>>) {
             // Drain without work so that senders do not block; the error surfaces in add/finish.
             continue;
         }
-        let sealed = pack::seal_blob(shared.repo.key(), job.kind, &job.id, &job.data, opts.compression_level);
+        pack::seal_blob_into(shared.repo.key(), job.kind, &job.id, &job.data, opts.compression_level, &mut sealed);
         let full = {
             let mut p = shared.packs[job.kind as usize].lock().expect("lock");
             p.add(job.kind, job.id, &sealed, job.data.len() as u32);
             if p.len() >= opts.pack_size { Some(std::mem::take(&mut *p)) } else { None }
         };
+        let mut buf = job.data;
+        buf.clear();
+        let mut spare = shared.spare.lock().expect("lock");
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buf);
+        }
+        drop(spare);
         if let Some(p) = full {
             upload_pack(&shared, p);
         }
