@@ -536,3 +536,47 @@ fn verify_pack(repo: &Repository, p: &PackInfo, data: &Bytes) -> Vec<String> {
     }
     errs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::StorageConfig;
+    use crate::backup::storage::Storage;
+
+    async fn open(dir: &Path) -> Repository {
+        let storage = Storage::connect(&StorageConfig::Local(dir.to_path_buf())).await.unwrap();
+        Repository::open(storage, b"secret").await.unwrap()
+    }
+
+    /// A writer that opened the repository before a prune removed data must not refer to
+    /// that data: once locked it reloads the index and uploads the content again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn backup_after_a_concurrent_prune_uploads_pruned_data_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (repo_dir, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+        std::fs::create_dir_all(&src).unwrap();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let content: Vec<u8> = (0..2_400_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as u8
+            })
+            .collect();
+        std::fs::write(src.join("data.bin"), &content).unwrap();
+        let storage = Storage::connect(&StorageConfig::Local(repo_dir.clone())).await.unwrap();
+        let first = Repository::init(storage, b"secret").await.unwrap();
+        let (id, _) = backup_directory(&first, &src, vec![], Arc::default()).await.unwrap();
+
+        let stale = open(&repo_dir).await; // its index still lists the blobs of `id`
+        first.delete_snapshot(&id).await.unwrap();
+        let report = prune(&first, PruneOptions::default()).await.unwrap();
+        assert!(report.packs_deleted > 0, "{report:?}");
+
+        let (_, snap) = backup_directory(&stale, &src, vec![], Arc::default()).await.unwrap();
+        assert!(snap.summary.bytes_uploaded as usize > content.len() / 2, "{:?}", snap.summary);
+        let check = check(&open(&repo_dir).await, true).await.unwrap();
+        assert!(check.ok(), "{check:?}");
+    }
+}
