@@ -93,25 +93,37 @@ fn walk_pool() -> Result<rayon::ThreadPool> {
         .map_err(|e| BackupError::Aborted(format!("starting the walk threads: {e}")))
 }
 
-/// Backs up the directory `path`; returns its root node (name `/`). `parent` is the root node
-/// of the previous snapshot of the same source, for change detection.
+/// The previous snapshot of a source: its root node and every tree below it (loaded by
+/// [`ops::run_backup`](super::ops::run_backup) while it takes the lock).
+pub struct Parent {
+    pub root: Node,
+    pub trees: HashMap<Id, Tree>,
+}
+
+/// Backs up the directory `path`; returns its root node (name `/`). `parent` is the previous
+/// snapshot of the same source, for change detection.
 pub fn backup_dir(
     writer: &BlobWriter,
     repo: &Repository,
     handle: &Handle,
     path: &Path,
-    parent: Option<&Node>,
+    parent: Option<Parent>,
 ) -> Result<Node> {
     let meta = std::fs::metadata(path).map_err(|e| BackupError::io(format!("cannot read {}", path.display()), e))?;
     if !meta.is_dir() {
         return Err(BackupError::Invalid(format!("{} is not a directory", path.display())));
     }
-    let parent_trees = match parent.and_then(|p| p.subtree) {
-        Some(id) => handle.block_on(load_all_trees(repo, id, 16))?,
-        None => HashMap::new(),
+    let (parent_root, parent_trees) = match parent {
+        Some(p) => (p.root.subtree, p.trees),
+        None => (None, HashMap::new()),
     };
-    tracing::debug!(trees = parent_trees.len(), "parent trees loaded");
-    let parent_tree = parent.and_then(|p| p.subtree).and_then(|id| parent_trees.get(&id).cloned());
+    let parent_tree = match parent_root {
+        Some(id) => Some(match parent_trees.get(&id) {
+            Some(t) => t.clone(),
+            None => handle.block_on(repo.load_tree(&id))?,
+        }),
+        None => None,
+    };
     let w = Walker {
         writer,
         repo,

@@ -68,7 +68,7 @@ pub async fn run_backup<F>(
     produce: F,
 ) -> Result<(Id, Snapshot)>
 where
-    F: FnOnce(&BlobWriter, &Handle, Option<&Node>) -> Result<Node> + Send + 'static,
+    F: FnOnce(&BlobWriter, &Handle, Option<archiver::Parent>) -> Result<Node> + Send + 'static,
 {
     let started = Instant::now();
     let time = jiff::Timestamp::now();
@@ -84,9 +84,19 @@ where
             }
         }
     };
-    let (lock, parent) = tokio::join!(locked, find_parent(repo, &spec));
+    // Directory backups compare against every tree of the parent: load them meanwhile too.
+    let parent_and_trees = async {
+        let parent = find_parent(repo, &spec).await?;
+        let trees = match parent.as_ref().and_then(|(_, s)| s.root.subtree) {
+            Some(id) if spec.kind == "dir" => archiver::load_all_trees(repo, id, 16).await?,
+            _ => HashMap::new(),
+        };
+        tracing::debug!(trees = trees.len(), "parent trees loaded");
+        Ok::<_, BackupError>((parent, trees))
+    };
+    let (lock, parent) = tokio::join!(locked, parent_and_trees);
     let lock = lock?;
-    let parent = match parent {
+    let (parent, parent_trees) = match parent {
         Ok(p) => p,
         Err(e) => {
             let _ = lock.release().await;
@@ -95,13 +105,13 @@ where
     };
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "lock acquired, parent snapshot found");
     let result = async {
-        let parent_root = parent.as_ref().map(|(_, s)| s.root.clone());
+        let parent_arg = parent.as_ref().map(|(_, s)| archiver::Parent { root: s.root.clone(), trees: parent_trees });
         let handle = Handle::current();
         let r = repo.clone();
         let st = stats.clone();
         let root = tokio::task::spawn_blocking(move || {
             let writer = BlobWriter::new(&r, handle.clone(), st);
-            let root = produce(&writer, &handle, parent_root.as_ref())?;
+            let root = produce(&writer, &handle, parent_arg)?;
             tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "source read");
             writer.finish()?;
             tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "uploads finished");
