@@ -99,15 +99,7 @@ mod tests {
     use super::*;
 
     fn data(n: usize) -> Vec<u8> {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
+        crate::backup::test_bytes(0x2545_f491_4f6c_dd1d, n)
     }
 
     /// Reads in odd-sized pieces, like a pipe.

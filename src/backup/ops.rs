@@ -565,15 +565,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (repo_dir, src) = (tmp.path().join("repo"), tmp.path().join("src"));
         std::fs::create_dir_all(&src).unwrap();
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let content: Vec<u8> = (0..2_400_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 40) as u8
-            })
-            .collect();
+        let content = crate::backup::test_bytes(3, 2_400_000);
         std::fs::write(src.join("data.bin"), &content).unwrap();
         let storage = Storage::connect(&StorageConfig::Local(repo_dir.clone())).await.unwrap();
         let first = Repository::init(storage, b"secret").await.unwrap();

@@ -76,12 +76,15 @@ fn compress(plain: &[u8], level: i32, out: &mut Vec<u8>) -> std::io::Result<()> 
     })
 }
 
-fn decompress(data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+/// Decompresses `data` into `out` (cleared first), expecting at most `raw_len` bytes.
+fn decompress_into(data: &[u8], raw_len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+    out.clear();
+    out.reserve(raw_len);
     DECOMPRESSOR.with_borrow_mut(|slot| {
         if slot.is_none() {
             *slot = Some(zstd::bulk::Decompressor::new()?);
         }
-        slot.as_mut().expect("set above").decompress(data, raw_len)
+        slot.as_mut().expect("set above").decompress_to_buffer(data, out).map(|_| ())
     })
 }
 
@@ -149,15 +152,7 @@ pub fn open_blob_in_place<'a>(
     let plain: &[u8] = match body.first() {
         Some(0) => &body[1..],
         Some(1) => {
-            scratch.clear();
-            scratch.reserve(raw_len as usize);
-            DECOMPRESSOR
-                .with_borrow_mut(|slot| {
-                    if slot.is_none() {
-                        *slot = Some(zstd::bulk::Decompressor::new()?);
-                    }
-                    slot.as_mut().expect("set above").decompress_to_buffer(&body[1..], scratch)
-                })
+            decompress_into(&body[1..], raw_len as usize, scratch)
                 .map_err(|e| BackupError::corrupt(what(), format!("zstd: {e}")))?;
             &scratch[..]
         }
@@ -171,22 +166,8 @@ pub fn open_blob_in_place<'a>(
 
 /// Decrypts, decompresses and verifies one blob against its id.
 pub fn open_blob(key: &MasterKey, kind: BlobKind, id: &Id, sealed: &[u8], raw_len: u32) -> Result<Vec<u8>> {
-    let what = || format!("blob {}", id.to_hex());
-    let mut body = key.open(&blob_aad(kind, id), sealed, &what())?;
-    let plain = match body.first() {
-        Some(0) => {
-            body.remove(0);
-            body
-        }
-        Some(1) => {
-            decompress(&body[1..], raw_len as usize).map_err(|e| BackupError::corrupt(what(), format!("zstd: {e}")))?
-        }
-        _ => return Err(BackupError::corrupt(what(), "bad compression flag")),
-    };
-    if plain.len() != raw_len as usize || key.blob_id(&plain) != *id {
-        return Err(BackupError::corrupt(what(), "content does not match its id"));
-    }
-    Ok(plain)
+    let (mut copy, mut scratch) = (sealed.to_vec(), Vec::new());
+    open_blob_in_place(key, kind, id, &mut copy, raw_len, &mut scratch).map(<[u8]>::to_vec)
 }
 
 /// One blob inside a pack.
@@ -439,21 +420,10 @@ pub fn decode_index(key: &MasterKey, name: &str, sealed: &[u8]) -> Result<Vec<Pa
 mod tests {
     use super::*;
 
-    fn random(n: usize, mut x: u64) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect()
-    }
-
     #[test]
     fn random_data_is_stored_raw_and_the_rest_compressed() {
         let text: Vec<u8> = b"fn main() { println!(\"hello, berth\"); }\n".repeat(20_000);
-        let noise = random(600_000, 7);
+        let noise = crate::backup::test_bytes(7, 600_000);
         let mixed: Vec<u8> = noise[..300_000].iter().chain(&text[..300_000]).copied().collect();
         assert!(looks_incompressible(&noise));
         assert!(!looks_incompressible(&text));
