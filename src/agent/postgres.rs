@@ -219,7 +219,7 @@ impl Dump {
         if let Some(globals) = self.globals.take() {
             let mut n = Node::new("globals.sql", NodeKind::File);
             n.mode = 0o600;
-            let (ids, len) = writer.add_stream(&globals[..])?;
+            let (ids, len) = writer.add_stream(&globals[..], None)?;
             n.content = ids;
             n.size = len;
             count(len);
@@ -233,7 +233,7 @@ impl Dump {
                 None => spawn_pg_dump(&self.conn, &self.pg_dump, &db)?,
             };
             let stdout = run.child.stdout.take().expect("piped");
-            let res = writer.add_stream(stdout);
+            let res = writer.add_stream(stdout, None);
             let status = run.child.wait().context("waiting for pg_dump")?;
             let err = run.stderr.join().unwrap_or_default();
             if !status.success() {

@@ -54,19 +54,47 @@ struct Walker<'a> {
     /// Every tree of the parent snapshot, fetched up front in parallel.
     parent_trees: HashMap<Id, Tree>,
     small_file: u64,
+    /// Files from this size on are chunked on the large-file threads (see [`LargeFile`]).
+    large_file: u64,
+    large: std::sync::mpsc::Sender<LargeFile>,
 }
 
-/// Loads every tree below `root` level by level, `parallel` requests at a time.
+/// A large file for the large-file threads. On the walk threads, the few large files of a
+/// directory would be read one after another by whichever thread took the directory (the
+/// others are busy with small files and never steal them); these threads chunk them side
+/// by side while the walk goes on.
+struct LargeFile {
+    file: std::fs::File,
+    path: PathBuf,
+    previous: Option<Vec<Id>>,
+    done: std::sync::mpsc::SyncSender<Result<(Vec<Id>, u64)>>,
+}
+
+/// A directory entry, or a file node whose content a large-file thread is still reading.
+enum Entry {
+    Done(Option<Node>),
+    Reading(Node, std::sync::mpsc::Receiver<Result<(Vec<Id>, u64)>>),
+}
+
+/// Chunks and stores an open file; read errors name the file.
+fn store_file(writer: &BlobWriter, f: std::fs::File, p: &Path, previous: Option<&[Id]>) -> Result<(Vec<Id>, u64)> {
+    writer.add_stream(f, previous).map_err(|e| match e {
+        BackupError::Io { source, .. } => BackupError::io(format!("reading {}", p.display()), source),
+        other => other,
+    })
+}
+
+/// Loads every tree below `root` level by level, `parallel` pack downloads at a time.
 pub async fn load_all_trees(repo: &Repository, root: Id, parallel: usize) -> Result<HashMap<Id, Tree>> {
     let mut out = HashMap::new();
+    let mut packs = HashMap::new();
     let mut level = vec![root];
     while !level.is_empty() {
         let started = std::time::Instant::now();
         let count = level.len();
-        let blobs = repo.read_blobs(&std::mem::take(&mut level), parallel).await?;
-        tracing::debug!(trees = count, elapsed_ms = started.elapsed().as_millis() as u64, "tree level fetched");
-        for (id, data) in blobs {
-            let t: Tree = serde_json::from_slice(&data).map_err(|e| BackupError::corrupt(format!("tree {id}"), e))?;
+        let trees = repo.load_trees_packwise(&std::mem::take(&mut level), &mut packs, parallel).await?;
+        tracing::debug!(trees = count, elapsed_ms = started.elapsed().as_millis() as u64, "tree level loaded");
+        for (id, t) in trees {
             for n in &t.nodes {
                 if let Some(sub) = n.subtree
                     && !out.contains_key(&sub)
@@ -78,6 +106,7 @@ pub async fn load_all_trees(repo: &Repository, root: Id, parallel: usize) -> Res
         }
         level.sort();
         level.dedup();
+        level.retain(|id| !out.contains_key(id));
     }
     Ok(out)
 }
@@ -124,16 +153,44 @@ pub fn backup_dir(
         }),
         None => None,
     };
-    let w = Walker {
-        writer,
-        repo,
-        handle,
-        stats: writer.stats().clone(),
-        parent_trees,
-        small_file: repo.config().chunker.min_size as u64,
-    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (large, jobs) = std::sync::mpsc::channel::<LargeFile>();
+    let jobs = std::sync::Mutex::new(jobs);
+    let subtree = std::thread::scope(|scope| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for i in 0..cores {
+            let (jobs, stop) = (&jobs, &stop);
+            std::thread::Builder::new()
+                .name(format!("berth-large-{i}"))
+                .spawn_scoped(scope, move || {
+                    loop {
+                        // Its own statement: the guard must not live through the job.
+                        let job = jobs.lock().expect("lock").recv();
+                        let Ok(job) = job else { return };
+                        if !stop.load(Ordering::Relaxed) {
+                            let _ = job.done.send(store_file(writer, job.file, &job.path, job.previous.as_deref()));
+                        }
+                    }
+                })
+                .map_err(|e| BackupError::Aborted(format!("starting the large-file threads: {e}")))?;
+        }
+        let w = Walker {
+            writer,
+            repo,
+            handle,
+            stats: writer.stats().clone(),
+            parent_trees,
+            small_file: repo.config().chunker.min_size as u64,
+            large_file: 8 * repo.config().chunker.max_size as u64,
+            large,
+        };
+        let subtree = walk_pool()?.install(|| w.dir(path, parent_tree));
+        // Queued large files of a failed walk are skipped; dropping the walker ends the threads.
+        stop.store(subtree.is_err(), Ordering::Relaxed);
+        subtree
+    })?;
     let mut root = node_from_meta(b"/", &meta, NodeKind::Dir);
-    root.subtree = Some(walk_pool()?.install(|| w.dir(path, parent_tree))?);
+    root.subtree = Some(subtree);
     root.inode = 0;
     root.ctime_sec = 0;
     root.ctime_nsec = 0;
@@ -153,18 +210,32 @@ impl Walker<'_> {
             parent.map(|t| t.nodes.into_iter().map(|n| (n.name_bytes(), n)).collect()).unwrap_or_default();
         // Entries in parallel (rayon keeps their order): cold stat calls wait on the disk, and
         // large files are chunked on every core.
-        let nodes: Vec<Option<Node>> = names
+        let entries: Vec<Entry> = names
             .par_iter()
             .map(|name| self.entry(&path.join(name), name, old.get(name.as_bytes())))
             .collect::<Result<_>>()?;
-        save_tree(self.writer, &Tree { nodes: nodes.into_iter().flatten().collect() })
+        let mut nodes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match entry {
+                Entry::Done(node) => nodes.extend(node),
+                Entry::Reading(mut n, done) => {
+                    let (ids, len) =
+                        done.recv().map_err(|_| BackupError::Aborted("a large-file thread stopped".into()))??;
+                    (n.content, n.size) = (ids, len);
+                    self.stats.files.fetch_add(1, Ordering::Relaxed);
+                    self.stats.bytes_total.fetch_add(len, Ordering::Relaxed);
+                    nodes.push(n);
+                }
+            }
+        }
+        save_tree(self.writer, &Tree { nodes })
     }
 
     /// One directory entry; `None` when it vanished or is a kind that is not backed up.
-    fn entry(&self, p: &Path, name: &OsString, prev: Option<&Node>) -> Result<Option<Node>> {
+    fn entry(&self, p: &Path, name: &OsString, prev: Option<&Node>) -> Result<Entry> {
         let vanished = |p: &Path| {
             tracing::warn!(path = %p.display(), "vanished during backup; skipped");
-            Ok(None)
+            Ok(Entry::Done(None))
         };
         let meta = match std::fs::symlink_metadata(p) {
             Ok(m) => m,
@@ -204,12 +275,14 @@ impl Walker<'_> {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vanished(p),
                     Err(e) => return Err(BackupError::io(format!("open {}", p.display()), e)),
                 };
-                let (ids, len) = self.writer.add_stream(f).map_err(|e| match e {
-                    BackupError::Io { source, .. } => BackupError::io(format!("reading {}", p.display()), source),
-                    other => other,
-                })?;
-                n.content = ids;
-                n.size = len;
+                let previous = prev.filter(|o| o.kind == NodeKind::File).map(|o| &o.content[..]);
+                if meta.len() >= self.large_file {
+                    let (done, reading) = std::sync::mpsc::sync_channel(1);
+                    let job = LargeFile { file: f, path: p.to_owned(), previous: previous.map(<[Id]>::to_vec), done };
+                    self.large.send(job).map_err(|_| BackupError::Aborted("the large-file threads stopped".into()))?;
+                    return Ok(Entry::Reading(n, reading));
+                }
+                (n.content, n.size) = store_file(self.writer, f, p, previous)?;
             }
             self.stats.files.fetch_add(1, Ordering::Relaxed);
             self.stats.bytes_total.fetch_add(n.size, Ordering::Relaxed);
@@ -236,9 +309,9 @@ impl Walker<'_> {
             node_from_meta(name.as_bytes(), &meta, NodeKind::Fifo)
         } else {
             tracing::warn!(path = %p.display(), "sockets and device files are not backed up; skipped");
-            return Ok(None);
+            return Ok(Entry::Done(None));
         };
-        Ok(Some(node))
+        Ok(Entry::Done(Some(node)))
     }
 }
 
@@ -273,7 +346,7 @@ pub fn backup_virtual(writer: &BlobWriter, files: Vec<(String, Vec<u8>)>) -> Res
         for (name, data) in d.files {
             let mut n = Node::new(name, NodeKind::File);
             n.mode = 0o600;
-            let (ids, len) = writer.add_stream(&data[..])?;
+            let (ids, len) = writer.add_stream(&data[..], None)?;
             n.content = ids;
             n.size = len;
             writer.stats().files.fetch_add(1, Ordering::Relaxed);

@@ -581,4 +581,56 @@ mod tests {
         let check = check(&open(&repo_dir).await, true).await.unwrap();
         assert!(check.ok(), "{check:?}");
     }
+
+    /// A large file that changed is chunked with its old chunk list (confirmed by hash, on
+    /// the large-file threads): its chunks must be exactly those of a scan from scratch, and
+    /// the bulk of it must have been confirmed rather than scanned.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_large_file_gets_the_chunks_of_a_full_scan() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (repo_dir, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        let noise = crate::backup::test_bytes(5, 40 << 20);
+        // Compressible and random pages, so that cut points come from the content.
+        let mut content: Vec<u8> = noise
+            .chunks(8192)
+            .flat_map(|page| if page[0] < 100 { page.to_vec() } else { page.iter().map(|b| b'a' + b % 4).collect() })
+            .collect();
+        std::fs::write(src.join("sub/disk.img"), &content).unwrap();
+        std::fs::write(src.join("small.txt"), b"small").unwrap();
+        let storage = Storage::connect(&StorageConfig::Local(repo_dir.clone())).await.unwrap();
+        let repo = Repository::init(storage, b"secret").await.unwrap();
+        backup_directory(&repo, &src, vec![], Arc::default()).await.unwrap();
+
+        for k in 0..3 {
+            let at = 1_000_003 + k * 12_000_011;
+            content[at..at + 65_536].copy_from_slice(&noise[..65_536]);
+        }
+        content.splice(20_000_000..20_000_000, noise[..12_345].iter().copied());
+        std::fs::write(src.join("sub/disk.img"), &content).unwrap();
+        let stats = Arc::new(WriterStats::default());
+        let (_, snap) = backup_directory(&repo, &src, vec![], stats.clone()).await.unwrap();
+
+        let node = archiver::lookup(&repo, &snap.root, "sub/disk.img").await.unwrap();
+        let chunker = crate::backup::chunker::Chunker::new(repo.config().chunker, repo.key().chunker_seed);
+        let mut expected = Vec::new();
+        chunker
+            .chunks::<_, std::io::Error>(
+                &content[..],
+                None,
+                |d| repo.key().blob_id(d),
+                |_, id| {
+                    expected.push(id);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!(node.content, expected);
+        assert_eq!(archiver::read_file(&repo, &node).await.unwrap(), content);
+        let confirmed = stats.bytes_confirmed.load(Ordering::Relaxed);
+        // Four changes spoil at most two chunks (of at most 2 MiB) each.
+        assert!(confirmed > content.len() as u64 / 2, "only {confirmed} bytes confirmed");
+        let check = check(&open(&repo_dir).await, true).await.unwrap();
+        assert!(check.ok(), "{check:?}");
+    }
 }

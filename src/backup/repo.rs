@@ -320,6 +320,56 @@ impl Repository {
         Ok(parts.into_iter().flatten().collect())
     }
 
+    /// Reads and parses trees, fetching each of their packs whole into `packs` (kept by the
+    /// caller across calls): the trees of one backup sit together in a few tree packs, so the
+    /// levels of a snapshot's tree cost one download per pack rather than one round each.
+    pub async fn load_trees_packwise(
+        &self,
+        ids: &[Id],
+        packs: &mut HashMap<Id, Bytes>,
+        parallel: usize,
+    ) -> Result<Vec<(Id, Tree)>> {
+        let located: Vec<(Id, Id, pack::IndexEntry)> = {
+            let index = self.index.read().expect("index lock");
+            ids.iter()
+                .map(|id| {
+                    let (meta, e) =
+                        index.get(id).ok_or_else(|| BackupError::corrupt(format!("tree {id}"), "not in the index"))?;
+                    Ok((*id, meta.id, e))
+                })
+                .collect::<Result<_>>()?
+        };
+        let mut missing: Vec<Id> = located.iter().map(|(_, p, _)| *p).filter(|p| !packs.contains_key(p)).collect();
+        missing.sort();
+        missing.dedup();
+        let fetched: Vec<(Id, Bytes)> = futures::stream::iter(missing)
+            .map(|p| async move { Ok::<_, BackupError>((p, self.storage.get(&pack::pack_key(&p)).await?)) })
+            .buffer_unordered(parallel.max(1))
+            .try_collect()
+            .await?;
+        packs.extend(fetched);
+        let held: HashMap<Id, Bytes> = located.iter().map(|(_, p, _)| (*p, packs[p].clone())).collect();
+        let key = self.key.clone();
+        tokio::task::spawn_blocking(move || {
+            use rayon::prelude::*;
+            located
+                .into_par_iter()
+                .map(|(id, p, e)| {
+                    let data = &held[&p];
+                    let sealed = data
+                        .get(e.offset as usize..e.offset as usize + e.length as usize)
+                        .ok_or_else(|| BackupError::corrupt(format!("pack {p}"), "shorter than its index says"))?;
+                    let plain = pack::open_blob(&key, e.kind, &id, sealed, e.raw_len)?;
+                    let tree =
+                        serde_json::from_slice(&plain).map_err(|e| BackupError::corrupt(format!("tree {id}"), e))?;
+                    Ok((id, tree))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| BackupError::Aborted(e.to_string()))?
+    }
+
     /// Loads a tree blob.
     pub async fn load_tree(&self, id: &Id) -> Result<Tree> {
         let data = self.read_blob(id).await?;

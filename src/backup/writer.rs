@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
-use super::chunker::Chunker;
+use super::chunker::{Chunker, Previous};
 use super::crypto::Id;
 use super::error::{BackupError, Result};
 use super::pack::{self, BlobKind, PackBuilder, PackInfo};
@@ -36,6 +36,8 @@ pub struct WriterStats {
     pub dirs: AtomicU64,
     pub files_unchanged: AtomicU64,
     pub bytes_total: AtomicU64,
+    /// Bytes of changed files taken over as old chunks, confirmed by hash without a scan.
+    pub bytes_confirmed: AtomicU64,
 }
 
 struct Job {
@@ -156,20 +158,40 @@ impl BlobWriter {
 
     /// Chunks a stream with content-defined chunking and stores the chunks; returns their ids
     /// and the total length. Only new chunks are copied (to be compressed and packed).
-    pub fn add_stream<R: Read>(&self, reader: R) -> Result<(Vec<Id>, u64)> {
+    /// `previous` is the chunk list of the stream's last version, when there is one: its
+    /// chunks are confirmed by hash instead of searched for (see [`chunker`](super::chunker)).
+    pub fn add_stream<R: Read>(&self, reader: R, previous: Option<&[Id]>) -> Result<(Vec<Id>, u64)> {
+        let mut previous = previous.and_then(|ids| self.previous_chunks(ids));
         let mut ids = Vec::new();
-        let total = self.shared.chunker.chunks(reader, |chunk| {
-            self.shared.stats.bytes_read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            let id = self.shared.repo.key().blob_id(chunk);
-            self.add_with(BlobKind::Data, id, || {
-                let mut buf = self.shared.spare.lock().expect("lock").pop().unwrap_or_default();
-                buf.extend_from_slice(chunk);
-                buf
-            })?;
-            ids.push(id);
-            Ok::<_, BackupError>(())
-        })?;
+        let key = self.shared.repo.key();
+        let total = self.shared.chunker.chunks(
+            reader,
+            previous.as_mut(),
+            |d| key.blob_id(d),
+            |chunk, id| {
+                self.shared.stats.bytes_read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                self.add_with(BlobKind::Data, id, || {
+                    let mut buf = self.shared.spare.lock().expect("lock").pop().unwrap_or_default();
+                    buf.extend_from_slice(chunk);
+                    buf
+                })?;
+                ids.push(id);
+                Ok::<_, BackupError>(())
+            },
+        )?;
+        if let Some(p) = previous {
+            self.shared.stats.bytes_confirmed.fetch_add(p.reused_bytes(), Ordering::Relaxed);
+        }
         Ok((ids, total))
+    }
+
+    /// The old chunks with their lengths from the index; `None` when one is not indexed (it
+    /// could not be reused anyway).
+    fn previous_chunks(&self, ids: &[Id]) -> Option<Previous> {
+        let index = self.shared.repo.index().read().expect("index lock");
+        let chunks: Option<Vec<(Id, u32)>> =
+            ids.iter().map(|id| index.get(id).map(|(_, e)| (*id, e.raw_len))).collect();
+        chunks.filter(|c| !c.is_empty()).map(Previous::new)
     }
 
     /// Flushes everything, waits for all uploads and writes the last index file. Only after
