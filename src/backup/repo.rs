@@ -283,43 +283,6 @@ impl Repository {
             .map_err(|e| BackupError::Aborted(e.to_string()))?
     }
 
-    /// Reads many blobs with one ranged GET per pack (covering the needed blobs), `parallel`
-    /// packs at a time; every blob is verified.
-    pub async fn read_blobs(&self, ids: &[Id], parallel: usize) -> Result<HashMap<Id, Vec<u8>>> {
-        let mut by_pack: HashMap<Id, Vec<(Id, pack::IndexEntry)>> = HashMap::new();
-        {
-            let index = self.index.read().expect("index lock");
-            for id in ids {
-                let (meta, e) =
-                    index.get(id).ok_or_else(|| BackupError::corrupt(format!("blob {id}"), "not in the index"))?;
-                by_pack.entry(meta.id).or_default().push((*id, e));
-            }
-        }
-        let parts: Vec<Vec<(Id, Vec<u8>)>> = futures::stream::iter(by_pack)
-            .map(|(pack_id, blobs)| async move {
-                let start = blobs.iter().map(|(_, e)| e.offset as u64).min().unwrap_or(0);
-                let end = blobs.iter().map(|(_, e)| e.offset as u64 + e.length as u64).max().unwrap_or(0);
-                let data = self.storage.get_range(&pack::pack_key(&pack_id), start, end - start).await?;
-                let key = self.key.clone();
-                tokio::task::spawn_blocking(move || {
-                    blobs
-                        .into_iter()
-                        .map(|(id, e)| {
-                            let s = (e.offset as u64 - start) as usize;
-                            let sealed = &data[s..s + e.length as usize];
-                            Ok((id, pack::open_blob(&key, e.kind, &id, sealed, e.raw_len)?))
-                        })
-                        .collect::<Result<Vec<_>>>()
-                })
-                .await
-                .map_err(|e| BackupError::Aborted(e.to_string()))?
-            })
-            .buffer_unordered(parallel.max(1))
-            .try_collect()
-            .await?;
-        Ok(parts.into_iter().flatten().collect())
-    }
-
     /// Reads and parses trees, fetching each of their packs whole into `packs` (kept by the
     /// caller across calls): the trees of one backup sit together in a few tree packs, so the
     /// levels of a snapshot's tree cost one download per pack rather than one round each.
