@@ -110,11 +110,11 @@ async fn replicate_restore_prune_and_refuse() {
     std::fs::write(src.path().join("big.bin"), noise(1, 3 * 1024 * 1024)).unwrap();
     std::fs::write(src.path().join("sub/notes.txt"), b"first version\n").unwrap();
     std::fs::write(src.path().join("gone.bin"), noise(2, 600 * 1024)).unwrap();
-    ops::backup_directory(&ra, src.path(), vec![], Arc::new(WriterStats::default())).await.unwrap();
+    ops::backup_directory(&ra, src.path(), vec![], Arc::new(WriterStats::default()), None).await.unwrap();
     std::fs::write(src.path().join("sub/notes.txt"), b"second version, longer\n").unwrap();
     std::fs::write(src.path().join("sub/new.bin"), noise(3, 700 * 1024)).unwrap();
     std::fs::remove_file(src.path().join("gone.bin")).unwrap();
-    ops::backup_directory(&ra, src.path(), vec![], Arc::new(WriterStats::default())).await.unwrap();
+    ops::backup_directory(&ra, src.path(), vec![], Arc::new(WriterStats::default()), None).await.unwrap();
     let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}});
     resources::store_objects(&ra, "nightly-1", vec!["shop".into()], std::slice::from_ref(&ns), vec![]).await.unwrap();
     let want = read_tree(src.path());

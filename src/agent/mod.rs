@@ -23,6 +23,7 @@ use anyhow::{Context, bail};
 
 use crate::backup::{
     Repository, RetentionPolicy, S3Config, Storage, StorageConfig, WriteOptions, WriterStats, archiver, lock, ops,
+    prefetch::MetadataPrefetch,
 };
 use progress::{ProgressMode, Reporter, Source};
 
@@ -271,6 +272,9 @@ async fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
             }
         }
         Command::BackupDir { path, tags } => {
+            // The source's metadata is read into the caches while the repository opens.
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let prefetch = MetadataPrefetch::start(&path, (cores * 2).clamp(2, 8));
             let repo = open_repo(&args.repo).await?;
             let stats = Arc::new(WriterStats::default());
             let total = Arc::new(AtomicU64::new(0));
@@ -280,7 +284,7 @@ async fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
             }
             let rep =
                 Reporter::start(out.progress, "backup", Source { stats: stats.clone(), total, done: None }, interval);
-            let r = ops::backup_directory(&repo, &path, tags, stats).await;
+            let r = ops::backup_directory(&repo, &path, tags, stats, Some(prefetch)).await;
             rep.finish();
             let (id, snap) = r?;
             report_backup(&out, &id, &snap);

@@ -168,7 +168,10 @@ pub fn backup_dir(
                         let job = jobs.lock().expect("lock").recv();
                         let Ok(job) = job else { return };
                         if !stop.load(Ordering::Relaxed) {
-                            let _ = job.done.send(store_file(writer, job.file, &job.path, job.previous.as_deref()));
+                            let started = std::time::Instant::now();
+                            let stored = store_file(writer, job.file, &job.path, job.previous.as_deref());
+                            tracing::debug!(path = %job.path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "large file chunked");
+                            let _ = job.done.send(stored);
                         }
                     }
                 })

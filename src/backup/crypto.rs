@@ -24,17 +24,19 @@ const TAG_LEN: usize = 16;
 pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 const KDF_ITERATIONS: u32 = 100_000;
 
-/// Fills a buffer from the system CSPRNG.
+/// Fills a buffer from the operating system's CSPRNG (`getrandom(2)`). Not aws-lc's
+/// generator: that one seeds every new thread from CPU-jitter entropy, tens of milliseconds
+/// of CPU per backup for nothing the kernel does not already give.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
-    aws_lc_rs::rand::fill(&mut b).expect("system random generator failed");
+    getrandom::fill(&mut b).expect("system random generator failed");
     b
 }
 
 /// `n` random bytes as lowercase hex.
 pub fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
-    aws_lc_rs::rand::fill(&mut b).expect("system random generator failed");
+    getrandom::fill(&mut b).expect("system random generator failed");
     hex::encode(b)
 }
 

@@ -18,6 +18,7 @@ pub mod error;
 pub mod lock;
 pub mod ops;
 pub mod pack;
+pub mod prefetch;
 pub mod replicate;
 pub mod repo;
 pub mod resources;

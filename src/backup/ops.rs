@@ -16,6 +16,7 @@ use super::crypto::Id;
 use super::error::{BackupError, Result};
 use super::lock::RepoLock;
 use super::pack::{self, BlobKind, PackBuilder, PackInfo};
+use super::prefetch::MetadataPrefetch;
 use super::repo::Repository;
 use super::retention::{self, Decision, RetentionPolicy};
 use super::snapshot::{Node, NodeKind, SNAPSHOT_VERSION, Snapshot, Summary};
@@ -159,12 +160,19 @@ pub async fn backup_directory(
     path: &Path,
     tags: Vec<String>,
     stats: Arc<WriterStats>,
+    prefetch: Option<MetadataPrefetch>,
 ) -> Result<(Id, Snapshot)> {
     let abs: PathBuf =
         std::fs::canonicalize(path).map_err(|e| BackupError::io(format!("cannot read {}", path.display()), e))?;
     let spec = BackupSpec { kind: "dir".into(), source: abs.display().to_string(), tags, parent: None };
     let r = repo.clone();
-    run_backup(repo, spec, stats, move |w, h, parent| archiver::backup_dir(w, &r, h, &abs, parent)).await
+    run_backup(repo, spec, stats, move |w, h, parent| {
+        if let Some(p) = prefetch {
+            tracing::debug!(entries = p.stop(), "metadata prefetched");
+        }
+        archiver::backup_dir(w, &r, h, &abs, parent)
+    })
+    .await
 }
 
 /// Result of `forget`.
@@ -569,14 +577,14 @@ mod tests {
         std::fs::write(src.join("data.bin"), &content).unwrap();
         let storage = Storage::connect(&StorageConfig::Local(repo_dir.clone())).await.unwrap();
         let first = Repository::init(storage, b"secret").await.unwrap();
-        let (id, _) = backup_directory(&first, &src, vec![], Arc::default()).await.unwrap();
+        let (id, _) = backup_directory(&first, &src, vec![], Arc::default(), None).await.unwrap();
 
         let stale = open(&repo_dir).await; // its index still lists the blobs of `id`
         first.delete_snapshot(&id).await.unwrap();
         let report = prune(&first, PruneOptions::default()).await.unwrap();
         assert!(report.packs_deleted > 0, "{report:?}");
 
-        let (_, snap) = backup_directory(&stale, &src, vec![], Arc::default()).await.unwrap();
+        let (_, snap) = backup_directory(&stale, &src, vec![], Arc::default(), None).await.unwrap();
         assert!(snap.summary.bytes_uploaded as usize > content.len() / 2, "{:?}", snap.summary);
         let check = check(&open(&repo_dir).await, true).await.unwrap();
         assert!(check.ok(), "{check:?}");
@@ -600,7 +608,7 @@ mod tests {
         std::fs::write(src.join("small.txt"), b"small").unwrap();
         let storage = Storage::connect(&StorageConfig::Local(repo_dir.clone())).await.unwrap();
         let repo = Repository::init(storage, b"secret").await.unwrap();
-        backup_directory(&repo, &src, vec![], Arc::default()).await.unwrap();
+        backup_directory(&repo, &src, vec![], Arc::default(), None).await.unwrap();
 
         for k in 0..3 {
             let at = 1_000_003 + k * 12_000_011;
@@ -609,7 +617,7 @@ mod tests {
         content.splice(20_000_000..20_000_000, noise[..12_345].iter().copied());
         std::fs::write(src.join("sub/disk.img"), &content).unwrap();
         let stats = Arc::new(WriterStats::default());
-        let (_, snap) = backup_directory(&repo, &src, vec![], stats.clone()).await.unwrap();
+        let (_, snap) = backup_directory(&repo, &src, vec![], stats.clone(), None).await.unwrap();
 
         let node = archiver::lookup(&repo, &snap.root, "sub/disk.img").await.unwrap();
         let chunker = crate::backup::chunker::Chunker::new(repo.config().chunker, repo.key().chunker_seed);
