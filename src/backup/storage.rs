@@ -272,8 +272,8 @@ impl Storage {
                         .key(&full)
                         .body(ByteStream::from(data))
                         // UNSIGNED-PAYLOAD: hashing every uploaded byte with SHA-256 (here and
-                        // again on the server) buys nothing: every object is sealed with
-                        // AES-GCM and verified whenever it is read, and real endpoints use TLS.
+                        // again on the server) buys little: packs, indexes and snapshots are
+                        // sealed with AES-GCM and verified whenever read; endpoints use TLS.
                         .customize()
                         .disable_payload_signing()
                         .send()
