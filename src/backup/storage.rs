@@ -346,7 +346,14 @@ impl Storage {
                             return Err(s3_err("GetObject", &full, e));
                         }
                     };
-                    buf.reserve(out.content_length.unwrap_or(0).max(0) as usize);
+                    let want = out.content_length.unwrap_or(0).max(0) as usize;
+                    if buf.capacity() < want {
+                        // A new buffer, not `reserve`: growing copies the old capacity (stale
+                        // bytes) into fresh memory. The power of two leaves room for the next,
+                        // slightly larger pack, so a reused buffer grows once.
+                        buf = Vec::new();
+                        buf.reserve_exact(want.next_power_of_two());
+                    }
                     let body = async {
                         while let Some(piece) = out.body.next().await {
                             buf.extend_from_slice(&piece?);
