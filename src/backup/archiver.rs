@@ -170,7 +170,8 @@ pub fn backup_dir(
                         if !stop.load(Ordering::Relaxed) {
                             let started = std::time::Instant::now();
                             let stored = store_file(writer, job.file, &job.path, job.previous.as_deref());
-                            tracing::debug!(path = %job.path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "large file chunked");
+                            let elapsed_ms = started.elapsed().as_millis() as u64;
+                            tracing::debug!(path = %job.path.display(), elapsed_ms, "large file chunked");
                             let _ = job.done.send(stored);
                         }
                     }

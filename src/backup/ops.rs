@@ -154,7 +154,8 @@ where
     Ok(out)
 }
 
-/// Backs up a directory.
+/// Backs up a directory. A `prefetch` started on it (see [`MetadataPrefetch`]) is stopped
+/// when the walk begins.
 pub async fn backup_directory(
     repo: &Repository,
     path: &Path,
