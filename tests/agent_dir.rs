@@ -76,6 +76,10 @@ fn make_tree(root: &Path) {
     std::fs::create_dir_all(root.join("a/b/c")).unwrap();
     std::fs::create_dir_all(root.join("empty-dir")).unwrap();
     std::fs::write(root.join("a/big.bin"), pseudo_random(1, 9 * 1024 * 1024 + 17)).unwrap();
+    // From 16 MiB (8 maximum chunks) on, a file is read by the large-file threads with direct
+    // I/O; the length ends off the 4 KiB alignment so that the tail is read buffered.
+    std::fs::create_dir_all(root.join("volumes")).unwrap();
+    std::fs::write(root.join("volumes/disk.img"), pseudo_random(2, 17 * 1024 * 1024 + 4099)).unwrap();
     std::fs::write(root.join("a/b/small.txt"), b"hello\n").unwrap();
     std::fs::write(root.join("empty"), b"").unwrap();
     // Highly compressible and internally repetitive.
@@ -124,6 +128,9 @@ fn directory_roundtrip_incremental_and_retention() {
     let mut big = std::fs::read(src.join("a/big.bin")).unwrap();
     big[4_000_000..4_000_100].copy_from_slice(&[7u8; 100]);
     std::fs::write(src.join("a/big.bin"), &big).unwrap();
+    let mut disk = std::fs::read(src.join("volumes/disk.img")).unwrap();
+    disk[10_000_000..10_065_536].fill(9);
+    std::fs::write(src.join("volumes/disk.img"), &disk).unwrap();
     std::fs::write(src.join("new.txt"), b"new file").unwrap();
     let second = agent.json(&["backup-dir", src.to_str().unwrap()]);
     let s2 = &second["snapshot"]["summary"];

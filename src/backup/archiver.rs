@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use tokio::runtime::Handle;
 
 use super::crypto::Id;
+use super::direct::DirectReader;
 use super::error::{BackupError, Result};
 use super::pack::{self, BlobKind, PackMeta};
 use super::repo::Repository;
@@ -77,7 +78,7 @@ enum Entry {
 }
 
 /// Chunks and stores an open file; read errors name the file.
-fn store_file(writer: &BlobWriter, f: std::fs::File, p: &Path, previous: Option<&[Id]>) -> Result<(Vec<Id>, u64)> {
+fn store_file(writer: &BlobWriter, f: impl std::io::Read, p: &Path, previous: Option<&[Id]>) -> Result<(Vec<Id>, u64)> {
     writer.add_stream(f, previous).map_err(|e| match e {
         BackupError::Io { source, .. } => BackupError::io(format!("reading {}", p.display()), source),
         other => other,
@@ -169,7 +170,9 @@ pub fn backup_dir(
                         let Ok(job) = job else { return };
                         if !stop.load(Ordering::Relaxed) {
                             let started = std::time::Instant::now();
-                            let stored = store_file(writer, job.file, &job.path, job.previous.as_deref());
+                            let stored = DirectReader::new(job.file, &job.path)
+                                .map_err(|e| BackupError::io(format!("reading {}", job.path.display()), e))
+                                .and_then(|f| store_file(writer, f, &job.path, job.previous.as_deref()));
                             let elapsed_ms = started.elapsed().as_millis() as u64;
                             tracing::debug!(path = %job.path.display(), elapsed_ms, "large file chunked");
                             let _ = job.done.send(stored);

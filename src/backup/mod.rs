@@ -14,6 +14,7 @@
 pub mod archiver;
 pub mod chunker;
 pub mod crypto;
+pub mod direct;
 pub mod error;
 pub mod lock;
 pub mod ops;
