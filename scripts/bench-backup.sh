@@ -58,6 +58,10 @@ metadata_dir = "$W/garage/meta"
 data_dir = "$W/garage/data"
 db_engine = "lmdb"
 replication_factor = 1
+# Both clients upload encrypted, incompressible data. Garage's default (zstd level 1) would
+# compress every block on PUT and decompress it on every GET, on the same two cores as the
+# clients: server work that neither tool asked for.
+compression_level = "none"
 rpc_bind_addr = "127.0.0.1:$RPC"
 rpc_public_addr = "127.0.0.1:$RPC"
 rpc_secret = "$(openssl rand -hex 32 2>/dev/null || python3 -c 'import secrets; print(secrets.token_hex(32))')"
