@@ -273,8 +273,7 @@ async fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }
         Command::BackupDir { path, tags } => {
             // The source's metadata is read into the caches while the repository opens.
-            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-            let prefetch = MetadataPrefetch::start(&path, (cores * 2).clamp(2, 8));
+            let prefetch = MetadataPrefetch::start(&path, (crate::backup::cores() * 2).clamp(2, 8));
             let repo = open_repo(&args.repo).await?;
             let stats = Arc::new(WriterStats::default());
             let total = Arc::new(AtomicU64::new(0));

@@ -85,6 +85,20 @@ fn store_file(writer: &BlobWriter, f: impl std::io::Read, p: &Path, previous: Op
     })
 }
 
+/// [`store_file`] for the large-file threads: read with direct I/O (see [`DirectReader`]).
+fn store_large_file(
+    writer: &BlobWriter,
+    f: std::fs::File,
+    p: &Path,
+    previous: Option<&[Id]>,
+) -> Result<(Vec<Id>, u64)> {
+    let started = std::time::Instant::now();
+    let reader = DirectReader::new(f, p).map_err(|e| BackupError::io(format!("reading {}", p.display()), e))?;
+    let stored = store_file(writer, reader, p, previous);
+    tracing::debug!(path = %p.display(), elapsed_ms = started.elapsed().as_millis() as u64, "large file chunked");
+    stored
+}
+
 /// Loads every tree below `root` level by level, `parallel` pack downloads at a time.
 pub async fn load_all_trees(repo: &Repository, root: Id, parallel: usize) -> Result<HashMap<Id, Tree>> {
     let mut out = HashMap::new();
@@ -115,7 +129,7 @@ pub async fn load_all_trees(repo: &Repository, root: Id, parallel: usize) -> Res
 /// Threads that walk and read: twice the cores (stat calls on a cold cache wait on the disk),
 /// at most 8 so that the chunkers' buffers (up to two maximum-size chunks each) stay bounded.
 fn walk_pool() -> Result<rayon::ThreadPool> {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cores = super::cores();
     rayon::ThreadPoolBuilder::new()
         .num_threads((cores * 2).clamp(4, 8))
         .thread_name(|i| format!("berth-walk-{i}"))
@@ -158,8 +172,7 @@ pub fn backup_dir(
     let (large, jobs) = std::sync::mpsc::channel::<LargeFile>();
     let jobs = std::sync::Mutex::new(jobs);
     let subtree = std::thread::scope(|scope| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        for i in 0..cores {
+        for i in 0..super::cores() {
             let (jobs, stop) = (&jobs, &stop);
             std::thread::Builder::new()
                 .name(format!("berth-large-{i}"))
@@ -169,13 +182,8 @@ pub fn backup_dir(
                         let job = jobs.lock().expect("lock").recv();
                         let Ok(job) = job else { return };
                         if !stop.load(Ordering::Relaxed) {
-                            let started = std::time::Instant::now();
-                            let stored = DirectReader::new(job.file, &job.path)
-                                .map_err(|e| BackupError::io(format!("reading {}", job.path.display()), e))
-                                .and_then(|f| store_file(writer, f, &job.path, job.previous.as_deref()));
-                            let elapsed_ms = started.elapsed().as_millis() as u64;
-                            tracing::debug!(path = %job.path.display(), elapsed_ms, "large file chunked");
-                            let _ = job.done.send(stored);
+                            let _ =
+                                job.done.send(store_large_file(writer, job.file, &job.path, job.previous.as_deref()));
                         }
                     }
                 })

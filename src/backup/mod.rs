@@ -36,6 +36,11 @@ pub use snapshot::{Node, Snapshot, Summary};
 pub use storage::{S3Config, Storage, StorageConfig};
 pub use writer::WriterStats;
 
+/// Cores this process may use (2 when unknown): sizes the thread pools of a backup.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 /// This machine's host name (pod name in Kubernetes).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

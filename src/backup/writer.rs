@@ -81,8 +81,7 @@ impl BlobWriter {
     /// blocking thread (not from inside an async task).
     pub fn new(repo: &Repository, handle: Handle, stats: Arc<WriterStats>) -> Self {
         let opts = repo.write_options();
-        let workers =
-            if opts.workers == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { opts.workers };
+        let workers = if opts.workers == 0 { super::cores() } else { opts.workers };
         let shared = Arc::new(Shared {
             repo: repo.clone(),
             handle,
