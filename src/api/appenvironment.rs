@@ -102,9 +102,14 @@ pub struct AppEnvironmentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probes: Option<Probes>,
 
-    /// Container securityContext. Defaults to one that passes the Pod Security `restricted`
-    /// profile (non-root, no privilege escalation, all capabilities dropped, RuntimeDefault
-    /// seccomp, read-only root filesystem).
+    /// Container securityContext, merged field by field over Berth's defaults, which pass the
+    /// Pod Security `restricted` profile (non-root, no privilege escalation, all capabilities
+    /// dropped, RuntimeDefault seccomp, read-only root filesystem). Set only what differs, e.g.
+    /// a numeric `runAsUser` for an image whose USER is a name or root, or
+    /// `readOnlyRootFilesystem: false`. Fields that would weaken `restricted` (privileged,
+    /// runAsUser 0, runAsNonRoot false, allowPrivilegeEscalation true, added capabilities other
+    /// than NET_BIND_SERVICE, Unconfined seccomp or AppArmor) are refused: `Ready=False`, reason
+    /// `InvalidSpec`, naming the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
 

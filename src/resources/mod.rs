@@ -7,4 +7,6 @@ pub mod backuppolicy;
 pub mod certificate;
 pub mod databaseinstance;
 pub mod meta;
+#[cfg(test)]
+pub mod pod_security;
 pub mod restore;

@@ -8,9 +8,8 @@ use k8s_openapi::api::autoscaling::v2::{
     ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, LocalObjectReference, PodSecurityContext, PodSpec,
-    PodTemplateSpec, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
-    TopologySpreadConstraint, Volume, VolumeMount,
+    Container, ContainerPort, EmptyDirVolumeSource, LocalObjectReference, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SeccompProfile, Service, ServiceAccount, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
@@ -156,18 +155,6 @@ fn service(valid: &ValidApp) -> Service {
     }
 }
 
-/// The `restricted` Pod Security profile, with a read-only root filesystem.
-fn restricted_container_context() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
-        run_as_non_root: Some(true),
-        read_only_root_filesystem: Some(true),
-        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
-        ..SecurityContext::default()
-    }
-}
-
 fn pod_annotations(valid: &ValidApp, links: &DatabaseLinks) -> BTreeMap<String, String> {
     let spec = &app(valid).spec;
     let mut annotations = BTreeMap::new();
@@ -244,7 +231,7 @@ fn deployment(valid: &ValidApp, links: &DatabaseLinks) -> Deployment {
         liveness_probe: probes.liveness,
         readiness_probe: probes.readiness,
         startup_probe: probes.startup,
-        security_context: Some(spec.security_context.clone().unwrap_or_else(restricted_container_context)),
+        security_context: Some(valid.security_context.clone()),
         // A read-only root filesystem still needs a writable /tmp for most runtimes.
         volume_mounts: Some(vec![VolumeMount {
             name: "tmp".into(),

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod databases;
+pub mod security;
 pub mod status;
 pub mod validate;
 

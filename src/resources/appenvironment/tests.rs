@@ -108,6 +108,37 @@ fn restricted_security_context_by_default() {
     assert_eq!(pod.automount_service_account_token, Some(false));
 }
 
+#[test]
+fn a_user_security_context_is_merged_over_the_restricted_defaults() {
+    // Only a UID: everything else must stay restricted (a namespace enforcing Pod Security
+    // `restricted` rejected the pods when this replaced the defaults wholesale).
+    let c = build_plain(&valid("  tier: staging\n  image: x:1\n  securityContext:\n    runAsUser: 10001\n"));
+    let sc = c.deployment.spec.template.spec.unwrap().containers[0].security_context.clone().unwrap();
+    assert_eq!(sc.run_as_user, Some(10001));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.capabilities.unwrap().drop.unwrap(), ["ALL"]);
+    assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+}
+
+#[test]
+fn a_security_context_that_weakens_restricted_is_an_invalid_spec() {
+    let errors: Vec<String> =
+        validate(&app("  tier: staging\n  image: x:1\n  securityContext:\n    privileged: true\n    runAsUser: 0\n"))
+            .expect_err("privileged and root are refused")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+    assert_eq!(
+        errors,
+        [
+            "spec.securityContext.privileged: true is not allowed under Pod Security 'restricted'; remove it",
+            "spec.securityContext.runAsUser: 0 (root) is not allowed under Pod Security 'restricted'; use a non-root UID such as 1000, or remove it",
+        ]
+    );
+}
+
 fn deployment(
     generation: i64,
     observed: i64,

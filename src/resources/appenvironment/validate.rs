@@ -3,10 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::api::core::v1::SecurityContext;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::databases::name_prefix;
+use super::security;
 use crate::api::appenvironment::{AppEnvironment, AppPort, DatabaseRef, IssuerKind, PathType, Protocol, Tier};
 use crate::api::validation::FieldError;
 
@@ -32,6 +34,9 @@ pub struct ValidApp {
     pub disruption_budget: Option<ResolvedBudget>,
     pub network_policy: Option<ResolvedNetworkPolicy>,
     pub metrics: Option<(i32, String)>,
+    /// The container securityContext: `spec.securityContext` merged over the `restricted`
+    /// defaults (see [`security::merge`]).
+    pub security_context: SecurityContext,
 }
 
 /// A container port with its defaults applied.
@@ -101,6 +106,10 @@ pub fn validate(app: &AppEnvironment) -> Result<ValidApp, Vec<FieldError>> {
     }
 
     let ports = resolve_ports(&spec.ports, &mut errors);
+    let security_context = security::merge(spec.security_context.as_ref()).unwrap_or_else(|e| {
+        errors.extend(e);
+        SecurityContext::default()
+    });
     check_databases(&spec.databases, &mut errors);
     let tier = spec.tier;
 
@@ -259,6 +268,7 @@ pub fn validate(app: &AppEnvironment) -> Result<ValidApp, Vec<FieldError>> {
         disruption_budget,
         network_policy,
         metrics,
+        security_context,
     })
 }
 
