@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -23,7 +23,7 @@ use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, 
 use crate::api::appenvironment::{AppEnvironment, AppEnvironmentStatus};
 use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::api::databaseinstance::DatabaseInstance;
-use crate::resources::appenvironment::status::{Observed, health};
+use crate::resources::appenvironment::status::{Observed, blocking_hash, health, is_blocked, slim_pod};
 use crate::resources::appenvironment::{AppChildren, ValidApp, build, link, url, validate};
 use crate::resources::certificate::Certificate;
 use crate::resources::meta::owner_label_key;
@@ -51,6 +51,8 @@ pub struct Stores {
     /// DatabaseInstances the apps may reference (not children: watched for their readiness
     /// and credentials revision).
     pub database_instances: Store<DatabaseInstance>,
+    /// The apps' pods, slimmed to their container states (see [`pod_cache`]).
+    pub pods: Store<Pod>,
 }
 
 struct Ctx {
@@ -99,6 +101,7 @@ pub async fn run(
     };
 
     let (database_instances, dbi_stream) = cache::<DatabaseInstance>(&client, ns, watcher::Config::default());
+    let (pods, pod_stream) = pod_cache(&client, ns, children.clone());
     let stores = Stores {
         service_accounts,
         services,
@@ -109,6 +112,7 @@ pub async fn run(
         disruption_budgets,
         network_policies,
         database_instances,
+        pods,
     };
     let readiness = {
         let s = (
@@ -121,6 +125,7 @@ pub async fn run(
             stores.network_policies.clone(),
             stores.certificates.clone(),
             stores.database_instances.clone(),
+            stores.pods.clone(),
         );
         async move {
             synced_store(&s.0).await;
@@ -134,6 +139,7 @@ pub async fn run(
                 synced_store(&c).await;
             }
             synced_store(&s.8).await;
+            synced_store(&s.9).await;
         }
     };
 
@@ -165,6 +171,13 @@ pub async fn run(
             .filter(|app| app.namespace() == ns && app.spec.databases.iter().any(|d| d.name == name))
             .map(|app| ObjectRef::from_obj(app.as_ref()))
             .collect::<Vec<_>>()
+    });
+    // A pod whose containers start or stop waiting for a blocking reason wakes its app (pods
+    // carry the owner label through the Deployment's pod template).
+    let owner_label = owner_label_key("AppEnvironment");
+    let controller = controller.watches_stream(pod_stream, move |pod: Pod| {
+        let app = pod.labels().get(&owner_label)?.clone();
+        Some(ObjectRef::new(&app).within(&pod.namespace()?))
     });
     let (caches_synced, caches) = CachesSynced::new();
     let ctx = Arc::new(Ctx { shared, stores, caches, status_writes: WriteLog::default() });
@@ -234,15 +247,51 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
     let ns = app.namespace().unwrap_or_default();
     let deployment = ctx.stores.deployments.get(&ObjectRef::new(&name).within(&ns));
     let certificate = ctx.stores.certificates.as_ref().and_then(|s| s.get(&ObjectRef::new(&name).within(&ns)));
+    let pods = app_pods(app, &ctx.stores.pods);
     let observed = Observed {
         deployment: deployment.as_deref(),
         certificate: certificate.as_deref(),
         deployment_just_changed: deployment_changed,
         databases: &links,
+        pods: &pods,
     };
     let app_health = health(&valid, &observed);
     update_status(app, ctx, &app_health.conditions, app_health.ready_replicas, Some(&valid)).await?;
     Ok(Action::requeue(ctx.shared.resync))
+}
+
+/// A watch cache of the AppEnvironments' pods (selected like the children, by Berth's labels)
+/// and the stream that wakes their apps.
+///
+/// Why a watch and not a list while a Deployment is unavailable: nothing else tells that a pod
+/// started waiting (a Deployment's status does not change when its new pod cannot start, until
+/// the progress deadline 10 minutes later), so a list would have to poll. The watch costs one
+/// connection; its memory stays small because every pod is cut down by [`slim_pod`] before it is
+/// stored (name, the owner label and container waiting states: a few hundred bytes a pod), and
+/// it wakes an app only when a blocking waiting reason of one of its pods appears or changes
+/// ([`blocking_hash`]); pods that start fine are noticed through the Deployment.
+fn pod_cache(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    config: watcher::Config,
+) -> (Store<Pod>, impl futures::Stream<Item = Result<Pod, watcher::Error>> + Send + 'static) {
+    use futures::TryStreamExt;
+    let (reader, writer) = reflector::store::<Pod>();
+    let owner_label = owner_label_key("AppEnvironment");
+    let events = watcher(api::<Pod>(client, namespace), config).modify(move |pod| slim_pod(pod, &owner_label));
+    let stream = reflector::reflector(writer, events)
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(blocking_hash, Default::default())
+        .try_filter(|pod| std::future::ready(is_blocked(pod)));
+    (reader, stream)
+}
+
+/// The cached pods of `app`.
+fn app_pods(app: &AppEnvironment, store: &Store<Pod>) -> Vec<Arc<Pod>> {
+    let (name, ns) = (app.name_any(), app.namespace());
+    let key = owner_label_key("AppEnvironment");
+    store.state().into_iter().filter(|p| p.namespace() == ns && p.labels().get(&key) == Some(&name)).collect()
 }
 
 /// The cached DatabaseInstances `app` references (its namespace only).

@@ -102,7 +102,8 @@ Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
 - apiGroups: [""]
   resources: [serviceaccounts, services, configmaps, secrets, persistentvolumeclaims]
   verbs: {{ toJson $crud }}
-# Pod readiness of databases; the pods of agent Jobs.
+# Pod readiness of databases; the pods of agent Jobs; the container states of AppEnvironment
+# pods (waiting reasons such as CreateContainerConfigError in the app's conditions).
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]

@@ -1,7 +1,13 @@
-//! Conditions of an AppEnvironment, computed from what was observed of its Deployment,
-//! Certificate and referenced DatabaseInstances. Pure, so every rollout situation is a unit test.
+//! Conditions of an AppEnvironment, computed from what was observed of its Deployment, its
+//! pods, its Certificate and referenced DatabaseInstances. Pure, so every rollout situation is a
+//! unit test.
+
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod, PodStatus,
+};
 
 use kube::ResourceExt;
 
@@ -19,6 +25,10 @@ pub struct Observed<'a> {
     /// `spec.databases` resolved against the namespace's DatabaseInstances: while one is
     /// missing or not ready, the app is not Ready but Progressing (`WaitingForDatabase`).
     pub databases: &'a DatabaseLinks,
+    /// The app's pods (as the controller's slim pod cache keeps them: container states only).
+    /// A container waiting for a reason in [`BLOCKING_REASONS`] shows in the conditions while
+    /// the rollout is not done.
+    pub pods: &'a [Arc<Pod>],
 }
 
 /// Reason of `Ready=False` and `Progressing=True` while a referenced DatabaseInstance is
@@ -32,7 +42,8 @@ pub struct AppHealth {
     pub ready_replicas: Option<i32>,
 }
 
-/// Ready, Progressing and Degraded from the rollout, the certificate and the databases.
+/// Ready, Progressing and Degraded from the rollout, the pods, the certificate and the
+/// databases.
 pub fn health(valid: &ValidApp, observed: &Observed) -> AppHealth {
     let wants_tls = valid.ingress.as_ref().is_some_and(|i| i.tls.is_some());
     let ready_replicas = observed.deployment.and_then(|d| d.status.as_ref()).and_then(|s| s.ready_replicas);
@@ -42,39 +53,48 @@ pub fn health(valid: &ValidApp, observed: &Observed) -> AppHealth {
 
     let namespace = valid.app.namespace().unwrap_or_else(|| "default".into());
     let waiting_for_database = observed.databases.waiting_message(&namespace);
-
-    let (ready, ready_reason, ready_message) = match (&rollout, &cert, &waiting_for_database) {
-        // An app without its database does not work, whatever the rollout says; a rollout or
-        // certificate failure still shows as Degraded below.
-        (_, _, Some(m)) => (false, WAITING_FOR_DATABASE, m.clone()),
-        (Part::Done, Part::Done, None) => (true, "Available", "all replicas run the current spec".to_string()),
-        (Part::Failed(m), _, None) => (false, "RolloutFailed", m.clone()),
-        (_, Part::Failed(m), None) => (false, "CertificateFailed", m.clone()),
-        (Part::Pending(m), _, None) => (false, "RollingOut", m.clone()),
-        (_, Part::Pending(m), None) => (false, "CertificatePending", m.clone()),
+    // Pods that will not start without a change. Not while the Deployment was just changed
+    // (its pods still run the old template: the change may be the fix) nor once the rollout
+    // is done (a leftover pod of an old ReplicaSet is on its way out).
+    let blocked = if observed.deployment_just_changed || matches!(rollout, Part::Done) {
+        None
+    } else {
+        blocked_pods(&pod_problems(observed.pods.iter().map(AsRef::as_ref)), &namespace)
     };
-    let progressing =
-        matches!(rollout, Part::Pending(_)) || matches!(cert, Part::Pending(_)) || waiting_for_database.is_some();
-    let degraded = match (&rollout, &cert) {
-        (Part::Failed(m), _) => Some(("RolloutFailed", m.clone())),
-        (_, Part::Failed(m)) => Some(("CertificateFailed", m.clone())),
+
+    let (ready, ready_reason, ready_message): (bool, &str, String) =
+        match (&rollout, &cert, &waiting_for_database, &blocked) {
+            // An app without its database does not work, whatever the rollout says; a rollout or
+            // certificate failure still shows as Degraded below.
+            (_, _, Some(m), _) => (false, WAITING_FOR_DATABASE, m.clone()),
+            (_, _, None, Some((reason, m))) => (false, reason, m.clone()),
+            (Part::Done, Part::Done, None, None) => {
+                (true, "Available", "all replicas run the current spec".to_string())
+            }
+            (Part::Failed(m), _, None, None) => (false, "RolloutFailed", m.clone()),
+            (_, Part::Failed(m), None, None) => (false, "CertificateFailed", m.clone()),
+            (Part::Pending(m), _, None, None) => (false, "RollingOut", m.clone()),
+            (_, Part::Pending(m), None, None) => (false, "CertificatePending", m.clone()),
+        };
+    let progressing = match (&waiting_for_database, &blocked) {
+        (Some(m), _) => DesiredCondition::new(PROGRESSING, true, WAITING_FOR_DATABASE, m.clone()),
+        // Nothing moves until the spec, the image or the cluster changes.
+        (None, Some((reason, m))) => DesiredCondition::new(PROGRESSING, false, reason, m.clone()),
+        (None, None) if matches!(rollout, Part::Pending(_)) || matches!(cert, Part::Pending(_)) => {
+            DesiredCondition::new(PROGRESSING, true, ready_reason, "waiting for the rollout and certificate to finish")
+        }
+        (None, None) => DesiredCondition::new(PROGRESSING, false, "Idle", "nothing in flight"),
+    };
+    let degraded = match (&blocked, &rollout, &cert) {
+        (Some((reason, m)), _, _) => Some((reason.as_str(), m.clone())),
+        (None, Part::Failed(m), _) => Some(("RolloutFailed", m.clone())),
+        (None, _, Part::Failed(m)) => Some(("CertificateFailed", m.clone())),
         _ => None,
     };
     AppHealth {
         conditions: vec![
             DesiredCondition::new(READY, ready, ready_reason, ready_message),
-            if progressing {
-                DesiredCondition::new(
-                    PROGRESSING,
-                    true,
-                    ready_reason,
-                    waiting_for_database
-                        .clone()
-                        .unwrap_or_else(|| "waiting for the rollout and certificate to finish".to_string()),
-                )
-            } else {
-                DesiredCondition::new(PROGRESSING, false, "Idle", "nothing in flight")
-            },
+            progressing,
             match degraded {
                 Some((reason, m)) => DesiredCondition::new(DEGRADED, true, reason, m),
                 None => DesiredCondition::new(DEGRADED, false, "Healthy", "no failure observed"),
@@ -82,6 +102,184 @@ pub fn health(valid: &ValidApp, observed: &Observed) -> AppHealth {
         ],
         ready_replicas,
     }
+}
+
+/// Waiting reasons of a container that will not start without a change (of the spec, the
+/// image, or something the pod refers to). They are also the condition reasons.
+pub const BLOCKING_REASONS: &[&str] = &[
+    "CreateContainerConfigError",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+];
+
+/// A container of one of the app's pods that waits for a reason in [`BLOCKING_REASONS`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodProblem {
+    pub pod: String,
+    pub container: String,
+    /// The kubelet's waiting reason, e.g. `CreateContainerConfigError`.
+    pub reason: String,
+    /// The kubelet's message (left out for `CrashLoopBackOff`, whose back-off countdown would
+    /// change the status on every restart).
+    pub message: String,
+    /// Exit code and reason of the container's last run, when it ran.
+    pub last_exit: Option<(i32, Option<String>)>,
+}
+
+impl PodProblem {
+    /// What the owner of the AppEnvironment can do about it.
+    pub fn fix(&self, namespace: &str) -> String {
+        match self.reason.as_str() {
+            "CreateContainerConfigError"
+                if self.message.contains("non-numeric user") || self.message.contains("will run as root") =>
+            {
+                "set spec.securityContext.runAsUser to a numeric non-root UID, or build the image with a numeric USER"
+                    .into()
+            }
+            "CreateContainerConfigError" if self.message.contains("not found") => {
+                "create the Secret or ConfigMap it names in the namespace, or fix spec.env/spec.envFrom".into()
+            }
+            "CreateContainerConfigError" => {
+                "fix the container settings the message names (spec.env, spec.envFrom, spec.securityContext)".into()
+            }
+            "ImagePullBackOff" | "ErrImagePull" => "check that spec.image names an image that exists (registry, \
+                 repository and tag), and for a private registry that spec.imagePullSecrets name a Secret with \
+                 access to it"
+                .into(),
+            "ErrImageNeverPull" => {
+                "the image is not on the node and spec.imagePullPolicy is Never: set spec.imagePullPolicy to \
+                 IfNotPresent, or load the image onto the nodes"
+                    .into()
+            }
+            "InvalidImageName" => "fix spec.image: it is not a valid image reference".into(),
+            _ => format!(
+                "read its logs (kubectl logs -n {namespace} {} -c {} --previous) and check spec.command, spec.args, \
+                 spec.env and the probes",
+                self.pod, self.container
+            ),
+        }
+    }
+
+    /// `pod web-6d4f-x2k: container "app" is waiting with <reason>: <message>; <fix>`.
+    pub fn describe(&self, namespace: &str) -> String {
+        let mut out = format!("pod {}: container {:?} is waiting with {}", self.pod, self.container, self.reason);
+        if !self.message.is_empty() {
+            out.push_str(": ");
+            out.push_str(&self.message);
+        }
+        if let Some((code, reason)) = &self.last_exit {
+            out.push_str(&format!(" (last exit code {code}"));
+            if let Some(r) = reason {
+                out.push_str(&format!(", {r}"));
+            }
+            out.push(')');
+        }
+        out.push_str("; ");
+        out.push_str(&self.fix(namespace));
+        out
+    }
+}
+
+/// Every container of `pods` (init containers too) that waits for a blocking reason, ordered by
+/// pod and container so that the status does not change with the cache's order.
+pub fn pod_problems<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Vec<PodProblem> {
+    let mut out = Vec::new();
+    for pod in pods {
+        let Some(status) = pod.status.as_ref() else { continue };
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let statuses =
+            status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
+        out.extend(statuses.filter_map(|c| problem(&name, c)));
+    }
+    out.sort_by(|a, b| (&a.pod, &a.container).cmp(&(&b.pod, &b.container)));
+    out
+}
+
+fn problem(pod: &str, c: &ContainerStatus) -> Option<PodProblem> {
+    let waiting = c.state.as_ref()?.waiting.as_ref()?;
+    let reason = waiting.reason.as_deref().filter(|r| BLOCKING_REASONS.contains(r))?;
+    let message =
+        if reason == "CrashLoopBackOff" { String::new() } else { waiting.message.clone().unwrap_or_default() };
+    let last_exit = c.last_state.as_ref().and_then(|s| s.terminated.as_ref()).map(|t| (t.exit_code, t.reason.clone()));
+    Some(PodProblem { pod: pod.into(), container: c.name.clone(), reason: reason.into(), message, last_exit })
+}
+
+/// Cuts a watched pod down to what [`pod_problems`] reads and the controller maps it by: name,
+/// namespace, the owner label `owner_label`, and the waiting and last-terminated states of its
+/// containers. A cached pod is then a few hundred bytes instead of several kilobytes.
+pub fn slim_pod(pod: &mut Pod, owner_label: &str) {
+    let meta = &mut pod.metadata;
+    meta.labels = meta.labels.take().map(|mut l| {
+        l.retain(|k, _| k == owner_label);
+        l
+    });
+    meta.annotations = None;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.generate_name = None;
+    pod.spec = None;
+    pod.status = pod.status.take().map(|status| {
+        let slim = |list: Option<Vec<ContainerStatus>>| {
+            list.map(|list| {
+                list.into_iter()
+                    .map(|c| ContainerStatus {
+                        name: c.name,
+                        state: c.state.and_then(|s| s.waiting).map(|w| ContainerState {
+                            waiting: Some(ContainerStateWaiting { reason: w.reason, message: w.message }),
+                            ..ContainerState::default()
+                        }),
+                        last_state: c.last_state.and_then(|s| s.terminated).map(|t| ContainerState {
+                            terminated: Some(ContainerStateTerminated {
+                                exit_code: t.exit_code,
+                                reason: t.reason,
+                                ..ContainerStateTerminated::default()
+                            }),
+                            ..ContainerState::default()
+                        }),
+                        ..ContainerStatus::default()
+                    })
+                    .collect()
+            })
+        };
+        PodStatus {
+            container_statuses: slim(status.container_statuses),
+            init_container_statuses: slim(status.init_container_statuses),
+            ..PodStatus::default()
+        }
+    });
+}
+
+/// A hash of the blocking waiting reasons of `pod`'s containers (not their messages, which
+/// count down back-offs): the pod watch wakes the app only when it changes. Always `Some` (the
+/// shape kube-runtime's predicate filter takes).
+pub fn blocking_hash(pod: &Pod) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for p in pod_problems([pod]) {
+        (p.container, p.reason).hash(&mut hasher);
+    }
+    Some(hasher.finish())
+}
+
+/// Whether a container of `pod` waits for a blocking reason.
+pub fn is_blocked(pod: &Pod) -> bool {
+    !pod_problems([pod]).is_empty()
+}
+
+/// The condition reason and message of the first problem, with a count of the others.
+fn blocked_pods(problems: &[PodProblem], namespace: &str) -> Option<(String, String)> {
+    let first = problems.first()?;
+    let mut message = first.describe(namespace);
+    let others =
+        problems.iter().filter(|p| p.pod != first.pod).map(|p| &p.pod).collect::<std::collections::BTreeSet<_>>();
+    if !others.is_empty() {
+        message.push_str(&format!(" ({} more pods are waiting too)", others.len()));
+    }
+    Some((first.reason.clone(), message))
 }
 
 enum Part {

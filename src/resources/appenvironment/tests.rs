@@ -185,6 +185,7 @@ fn status_follows_the_rollout() {
                 certificate: None,
                 deployment_just_changed: changed,
                 databases: &NO_DATABASES,
+                pods: &[],
             },
         )
     };
@@ -202,9 +203,133 @@ fn status_follows_the_rollout() {
     assert_eq!(condition(&stalled, "Degraded"), (true, "RolloutFailed".into()));
     let missing = health(
         &v,
-        &Observed { deployment: None, certificate: None, deployment_just_changed: false, databases: &NO_DATABASES },
+        &Observed {
+            deployment: None,
+            certificate: None,
+            deployment_just_changed: false,
+            databases: &NO_DATABASES,
+            pods: &[],
+        },
     );
     assert!(!condition(&missing, "Ready").0);
+}
+
+/// A pod of the app named `name` whose container `app` waits with `reason`/`message`.
+fn waiting_pod(name: &str, reason: &str, message: &str) -> std::sync::Arc<k8s_openapi::api::core::v1::Pod> {
+    std::sync::Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "team", "labels": {"berth.dev/appenvironment": "web", "pod-template-hash": "abc"}},
+            "spec": {"containers": [{"name": "app", "image": "x:1"}]},
+            "status": {"phase": "Pending", "containerStatuses": [{
+                "name": "app", "image": "x:1", "imageID": "", "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": reason, "message": message}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": "password=hunter2"}},
+            }]},
+        }))
+        .unwrap(),
+    )
+}
+
+const NON_NUMERIC_USER: &str =
+    "container has runAsNonRoot and image has non-numeric user (app), cannot verify user is non-root";
+
+#[test]
+fn pods_that_cannot_start_show_in_the_conditions_with_the_fix() {
+    let v = valid(
+        "  tier: staging
+  image: x:1
+",
+    );
+    let rolling = deployment(2, 2, 2, 2, 0, false);
+    let pods = [
+        waiting_pod("web-abc-2", "CreateContainerConfigError", NON_NUMERIC_USER),
+        waiting_pod("web-abc-1", "CreateContainerConfigError", NON_NUMERIC_USER),
+    ];
+    let observed = |pods, changed| Observed {
+        deployment: Some(&rolling),
+        certificate: None,
+        deployment_just_changed: changed,
+        databases: &NO_DATABASES,
+        pods,
+    };
+    let h = health(&v, &observed(&pods, false));
+    let expected = "pod web-abc-1: container \"app\" is waiting with CreateContainerConfigError: container has runAsNonRoot and image has non-numeric user (app), cannot verify user is non-root (last exit code 1, Error); set spec.securityContext.runAsUser to a numeric non-root UID, or build the image with a numeric USER (1 more pods are waiting too)";
+    for type_ in ["Ready", "Progressing", "Degraded"] {
+        let c = h.conditions.iter().find(|c| c.type_ == type_).unwrap();
+        assert_eq!(c.reason, "CreateContainerConfigError", "{type_}");
+        assert_eq!(c.message, expected, "{type_}");
+        assert_eq!(c.status, type_ == "Degraded", "{type_}");
+    }
+    // The termination message (the container's own output) never makes it into the status.
+    assert!(!h.conditions.iter().any(|c| c.message.contains("hunter2")));
+
+    // Right after the Deployment changed its pods may be the old ones: the change may be the fix.
+    assert_eq!(condition(&health(&v, &observed(&pods, true)), "Degraded"), (false, "Healthy".into()));
+    // A done rollout ignores a leftover pod.
+    let done = deployment(2, 2, 2, 2, 2, false);
+    let h = health(
+        &v,
+        &Observed {
+            deployment: Some(&done),
+            certificate: None,
+            deployment_just_changed: false,
+            databases: &NO_DATABASES,
+            pods: &pods,
+        },
+    );
+    assert_eq!(condition(&h, "Ready"), (true, "Available".into()));
+    // Ordinary waiting (the image is being pulled) is just a rollout.
+    let creating = [waiting_pod("web-abc-1", "ContainerCreating", "")];
+    assert_eq!(condition(&health(&v, &observed(&creating, false)), "Ready"), (false, "RollingOut".into()));
+}
+
+#[test]
+fn each_blocking_reason_names_its_fix() {
+    use super::status::pod_problems;
+    let cases = [
+        ("ImagePullBackOff", "Back-off pulling image \"x:1\"", "spec.imagePullSecrets"),
+        ("ErrImagePull", "not found", "spec.image names an image that exists"),
+        ("InvalidImageName", "couldn't parse image name", "fix spec.image"),
+        ("ErrImageNeverPull", "", "spec.imagePullPolicy"),
+        ("CreateContainerConfigError", "secret \"db\" not found", "create the Secret or ConfigMap"),
+        (
+            "CreateContainerConfigError",
+            "container has runAsNonRoot and image will run as root (pod: \"web\")",
+            "spec.securityContext.runAsUser",
+        ),
+        (
+            "CrashLoopBackOff",
+            "back-off 5m0s restarting failed container=app",
+            "kubectl logs -n team web-abc-1 -c app --previous",
+        ),
+    ];
+    for (reason, message, fix) in cases {
+        let pod = waiting_pod("web-abc-1", reason, message);
+        let problems = pod_problems([pod.as_ref()]);
+        assert_eq!(problems.len(), 1, "{reason}");
+        let described = problems[0].describe("team");
+        assert!(described.contains(fix), "{reason}: {described}");
+    }
+    // The back-off countdown is left out so that the status does not change on every restart.
+    let crash = pod_problems([waiting_pod("web-abc-1", "CrashLoopBackOff", "back-off 5m0s").as_ref()]);
+    assert!(!crash[0].describe("team").contains("5m0s"));
+}
+
+#[test]
+fn slim_pods_keep_what_the_status_reads() {
+    use super::status::{blocking_hash, is_blocked, pod_problems, slim_pod};
+    let full = waiting_pod("web-abc-1", "CreateContainerConfigError", NON_NUMERIC_USER);
+    let mut slim = (*full).clone();
+    slim_pod(&mut slim, "berth.dev/appenvironment");
+    assert_eq!(pod_problems([&slim]), pod_problems([full.as_ref()]));
+    assert!(slim.spec.is_none());
+    assert_eq!(slim.metadata.labels.as_ref().unwrap().keys().collect::<Vec<_>>(), ["berth.dev/appenvironment"]);
+    assert!(serde_json::to_string(&slim).unwrap().len() < serde_json::to_string(full.as_ref()).unwrap().len());
+    assert!(is_blocked(&slim));
+    // The back-off message changes on every restart; the hash that wakes the app does not.
+    let later = waiting_pod("web-abc-1", "CreateContainerConfigError", "another message");
+    assert_eq!(blocking_hash(&slim), blocking_hash(&later));
+    assert_ne!(blocking_hash(&slim), blocking_hash(&waiting_pod("web-abc-1", "ImagePullBackOff", "")));
 }
 
 #[test]
@@ -233,6 +358,7 @@ fn status_waits_for_the_certificate() {
             certificate: Some(&pending),
             deployment_just_changed: false,
             databases: &NO_DATABASES,
+            pods: &[],
         },
     );
     assert_eq!(condition(&h, "Ready"), (false, "CertificatePending".into()));
@@ -244,6 +370,7 @@ fn status_waits_for_the_certificate() {
             certificate: Some(&failed),
             deployment_just_changed: false,
             databases: &NO_DATABASES,
+            pods: &[],
         },
     );
     assert_eq!(condition(&h, "Degraded"), (true, "CertificateFailed".into()));
@@ -255,6 +382,7 @@ fn status_waits_for_the_certificate() {
             certificate: Some(&ready),
             deployment_just_changed: false,
             databases: &NO_DATABASES,
+            pods: &[],
         },
     );
     assert!(condition(&h, "Ready").0);
@@ -482,7 +610,13 @@ mod databases {
         let links = link(&v.app, &[instance("events-mq", "team", "rabbitmq", None, None)]);
         let h = health(
             &v,
-            &Observed { deployment: Some(&d), certificate: None, deployment_just_changed: false, databases: &links },
+            &Observed {
+                deployment: Some(&d),
+                certificate: None,
+                deployment_just_changed: false,
+                databases: &links,
+                pods: &[],
+            },
         );
         assert_eq!(condition(&h, "Ready"), (false, WAITING_FOR_DATABASE.into()));
         assert_eq!(condition(&h, "Progressing"), (true, WAITING_FOR_DATABASE.into()));
@@ -502,6 +636,7 @@ mod databases {
                 certificate: None,
                 deployment_just_changed: false,
                 databases: &links,
+                pods: &[],
             },
         );
         assert_eq!(condition(&h, "Degraded"), (true, "RolloutFailed".into()));
@@ -510,7 +645,13 @@ mod databases {
         let links = link(&v.app, &[pg("orders-db"), mq("events-mq")]);
         let h = health(
             &v,
-            &Observed { deployment: Some(&d), certificate: None, deployment_just_changed: false, databases: &links },
+            &Observed {
+                deployment: Some(&d),
+                certificate: None,
+                deployment_just_changed: false,
+                databases: &links,
+                pods: &[],
+            },
         );
         assert_eq!(condition(&h, "Ready"), (true, "Available".into()));
         assert!(!condition(&h, "Progressing").0);
