@@ -242,7 +242,15 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
         update_status(app, ctx, &conditions, None, None).await?;
         return Err(Error::DependencyMissing(missing.into()));
     }
-    let deployment_changed = apply_children(app, ctx, &children).await?;
+    let deployment_changed = match apply_children(app, ctx, &children).await {
+        Ok(changed) => changed,
+        Err(e) => {
+            if let Some(conditions) = e.rejected_conditions() {
+                update_status(app, ctx, &conditions, None, None).await?;
+            }
+            return Err(e);
+        }
+    };
     let name = app.name_any();
     let ns = app.namespace().unwrap_or_default();
     let deployment = ctx.stores.deployments.get(&ObjectRef::new(&name).within(&ns));

@@ -1,6 +1,8 @@
 //! Server-side apply that writes only when something changed. A child is up to date when it
 //! carries the hash of the desired object (so removed fields are noticed) and every desired
-//! field is present with the desired value (so edits by others are noticed).
+//! field is present with the desired value (so edits by others are noticed). An apply the
+//! server refuses as invalid (422) is an [`Error::ApplyRejected`], which the controllers report
+//! as a condition and retry slowly.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -81,7 +83,10 @@ impl Applier<'_> {
             return Ok(false);
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
-        let applied = api.patch(&name, &PatchParams::apply(self.manager).force(), &Patch::Apply(&desired)).await?;
+        let applied = api
+            .patch(&name, &PatchParams::apply(self.manager).force(), &Patch::Apply(&desired))
+            .await
+            .map_err(|e| Error::from_apply(e, &K::kind(&()), &name))?;
         if let Some(rv) = applied.meta().resource_version.as_deref() {
             CHILD_WRITES.record(key, hash, rv);
         }
@@ -317,7 +322,10 @@ where
         return Ok(false);
     }
     let name = desired.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
-    api.patch(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&desired)).await?;
+    let kind = desired.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    api.patch(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&desired))
+        .await
+        .map_err(|e| Error::from_apply(e, &kind, &name))?;
     Ok(true)
 }
 

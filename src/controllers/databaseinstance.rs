@@ -232,8 +232,25 @@ async fn reconcile_instance(db: &DatabaseInstance, ctx: &Ctx) -> Result<Action, 
         .map(|c| (**c).clone())
         .collect();
     let plan = day2::plan(&valid, existing.as_deref(), &claims);
+    if let Some(hold) = &plan.hold {
+        // Nothing of the running instance can follow: apply nothing, wait for the spec.
+        let outcome = Outcome {
+            conditions: vec![
+                DesiredCondition::new(READY, false, hold.reason, hold.message.clone()),
+                DesiredCondition::new(PROGRESSING, false, hold.reason, "waiting for the spec to change"),
+                DesiredCondition::new(DEGRADED, true, hold.reason, hold.message.clone()),
+            ],
+            phase: "Failed",
+            current_version: None,
+            provisioned: None,
+            last_error: None,
+            credentials_revision: None,
+        };
+        update_status(db, ctx, None, outcome).await?;
+        return Ok(Action::await_change());
+    }
     let children = build(&plan.effective, &credentials, &ctx.shared.operator_namespace);
-    apply_children(db, ctx, &children).await?;
+    apply_or_report(db, ctx, &children).await?;
     let mut refusals = plan.refusals.clone();
     refusals.extend(grow_volumes(ctx, &ns, &plan.resizes).await?);
 
@@ -280,7 +297,7 @@ async fn reconcile_instance(db: &DatabaseInstance, ctx: &Ctx) -> Result<Action, 
                 // The server has the new password: the old one may go.
                 credentials.previous_admin_password = None;
                 let finished = build(&plan.effective, &credentials, &ctx.shared.operator_namespace);
-                apply_children(db, ctx, &finished).await?;
+                apply_or_report(db, ctx, &finished).await?;
             }
             let outcome = Outcome {
                 conditions: vec![
@@ -355,6 +372,24 @@ fn as_stored(mut secret: Secret) -> Secret {
         }
     }
     secret
+}
+
+/// [`apply_children`], with an apply the API server rejected as invalid reported in the
+/// status (`ApplyRejected`, the server's message) before the error goes to the error policy.
+async fn apply_or_report(db: &DatabaseInstance, ctx: &Ctx, children: &DatabaseChildren) -> Result<(), Error> {
+    let Err(e) = apply_children(db, ctx, children).await else { return Ok(()) };
+    if let Some(conditions) = e.rejected_conditions() {
+        let outcome = Outcome {
+            conditions: conditions.to_vec(),
+            phase: "Failed",
+            current_version: None,
+            provisioned: None,
+            last_error: None,
+            credentials_revision: None,
+        };
+        update_status(db, ctx, None, outcome).await?;
+    }
+    Err(e)
 }
 
 async fn apply_children(db: &DatabaseInstance, ctx: &Ctx, children: &DatabaseChildren) -> Result<(), Error> {

@@ -21,6 +21,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 
+use crate::api::conditions::{DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::runtime::metrics::{ErrorCategory, Metrics};
 
 /// Image of agent Jobs when none is configured.
@@ -38,7 +39,18 @@ pub enum Error {
     DependencyMissing(String),
     #[error(transparent)]
     Provision(#[from] crate::provision::ProvisionError),
+    /// The API server refused a child as invalid (HTTP 422, e.g. a change of an immutable
+    /// field, or a value only the server validates): the same apply cannot succeed until the
+    /// spec (or something the server checks against) changes.
+    #[error("the API server rejected the {kind} {name:?}: {message}")]
+    ApplyRejected { kind: String, name: String, message: String },
 }
+
+/// Reason of the conditions that report an [`Error::ApplyRejected`].
+pub const APPLY_REJECTED: &str = "ApplyRejected";
+/// How often a rejected apply is tried again: slowly, since only a change (which wakes the
+/// controller anyway) or something outside Berth (an admission policy) can make it pass.
+pub const REJECTED_RETRY: Duration = Duration::from_secs(300);
 
 impl Error {
     pub fn category(&self) -> ErrorCategory {
@@ -46,8 +58,40 @@ impl Error {
             Error::Kube(_) | Error::Serialize { .. } => ErrorCategory::Transient,
             Error::DependencyMissing(_) => ErrorCategory::DependencyMissing,
             Error::Provision(_) => ErrorCategory::Transient,
+            Error::ApplyRejected { .. } => ErrorCategory::InvalidSpec,
         }
     }
+
+    /// `Ready=False`, `Progressing=False` and `Degraded=True` with reason [`APPLY_REJECTED`] and
+    /// the server's message, for an [`Error::ApplyRejected`]; `None` for any other error.
+    pub fn rejected_conditions(&self) -> Option<[DesiredCondition; 3]> {
+        let Error::ApplyRejected { .. } = self else { return None };
+        let message = format!(
+            "{self}; change the spec so that the server accepts it (Berth tries again every {} minutes)",
+            REJECTED_RETRY.as_secs() / 60
+        );
+        Some([
+            DesiredCondition::new(READY, false, APPLY_REJECTED, message.clone()),
+            DesiredCondition::new(PROGRESSING, false, APPLY_REJECTED, "waiting for the spec to change"),
+            DesiredCondition::new(DEGRADED, true, APPLY_REJECTED, message),
+        ])
+    }
+
+    /// An apply's error, as [`Error::ApplyRejected`] when the server found the object invalid.
+    pub fn from_apply(e: kube::Error, kind: &str, name: &str) -> Self {
+        match e {
+            kube::Error::Api(s) if s.code == 422 => {
+                Error::ApplyRejected { kind: kind.to_string(), name: name.to_string(), message: s.message }
+            }
+            e => Error::Kube(e),
+        }
+    }
+}
+
+/// When the error policy tries `key` again after `error`, if not with the exponential backoff:
+/// a rejected apply after [`REJECTED_RETRY`] (with jitter), whatever failed before.
+fn slow_retry(error: &Error, key: &str) -> Option<Duration> {
+    (error.category() == ErrorCategory::InvalidSpec).then(|| jitter(REJECTED_RETRY, key))
 }
 
 /// Settings and shared state of every controller.
@@ -228,7 +272,8 @@ pub fn when_synced(
 }
 
 /// Drives `controller` until `shutdown`: every reconcile waits for the caches, is timed and
-/// counted under `name`; a failure is logged and retried with per-object exponential backoff.
+/// counted under `name`; a failure is logged and retried with per-object exponential backoff
+/// (an apply the API server rejected as invalid: slowly, see [`slow_retry`]).
 pub async fn drive<K, C, F, Fut>(
     name: &'static str,
     controller: kube::runtime::Controller<K>,
@@ -259,7 +304,10 @@ pub async fn drive<K, C, F, Fut>(
     let error_policy = move |obj: Arc<K>, error: &Error, ctx: Arc<C>| {
         let key = object_key(obj.as_ref());
         tracing::warn!(controller = name, object = %key, %error, category = ?error.category(), "reconcile failed");
-        ctx.shared().backoff(&key)
+        match slow_retry(error, &key) {
+            Some(after) => Action::requeue(after),
+            None => ctx.shared().backoff(&key),
+        }
     };
     controller
         .graceful_shutdown_on(shutdown)
@@ -283,6 +331,47 @@ fn jitter(base: Duration, key: &str) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rejected() -> Error {
+        let status = kube::core::Status::failure(
+            "StatefulSet.apps \"db\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas' are forbidden",
+            "Invalid",
+        )
+        .with_code(422);
+        Error::from_apply(kube::Error::Api(status.boxed()), "StatefulSet", "db")
+    }
+
+    #[test]
+    fn a_422_becomes_a_condition_with_the_servers_message() {
+        let e = rejected();
+        assert_eq!(e.category(), ErrorCategory::InvalidSpec);
+        let [ready, progressing, degraded] = e.rejected_conditions().expect("a rejected apply has conditions");
+        assert_eq!((ready.status, ready.reason.as_str()), (false, APPLY_REJECTED));
+        assert_eq!((progressing.status, progressing.reason.as_str()), (false, APPLY_REJECTED));
+        assert_eq!((degraded.status, degraded.reason.as_str()), (true, APPLY_REJECTED));
+        assert_eq!(
+            degraded.message,
+            "the API server rejected the StatefulSet \"db\": StatefulSet.apps \"db\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas' are forbidden; change the spec so that the server accepts it (Berth tries again every 5 minutes)"
+        );
+        // Other API errors stay transient, without conditions.
+        let conflict = Error::from_apply(
+            kube::Error::Api(kube::core::Status::failure("conflict", "Conflict").with_code(409).boxed()),
+            "StatefulSet",
+            "db",
+        );
+        assert_eq!(conflict.category(), ErrorCategory::Transient);
+        assert!(conflict.rejected_conditions().is_none());
+    }
+
+    #[test]
+    fn a_rejected_apply_is_retried_slowly_not_with_backoff() {
+        for i in 0..20 {
+            let after = slow_retry(&rejected(), &i.to_string()).expect("a rejected apply waits");
+            assert!(after >= Duration::from_secs(225) && after < Duration::from_secs(375), "{after:?}");
+        }
+        // Everything else keeps the exponential backoff.
+        assert_eq!(slow_retry(&Error::DependencyMissing("x".into()), "k"), None);
+    }
 
     #[test]
     fn jitter_stays_within_a_quarter() {

@@ -6,6 +6,11 @@
 //! * A RabbitMQ cluster never shrinks by itself (quorum queues would lose members): refused.
 //! * `storage.size` grows by patching every PVC (the StatefulSet's claim templates are
 //!   immutable, so they keep the size they were created with); shrinking is refused.
+//! * `storage.storageClassName` is part of the immutable claim template: a change is refused
+//!   (`ImmutableFieldChanged`) and the StatefulSet keeps its class, instead of an apply that
+//!   the API server answers with 422 on every retry.
+//! * `engine` changes the StatefulSet's immutable fields (podManagementPolicy) and everything
+//!   in it: refused (`ImmutableFieldChanged`) and nothing at all is applied ([`Plan::hold`]).
 //!
 //! [`plan`] returns the *effective* [`ValidDatabase`] — the spec with refused changes reverted
 //! to what runs — so the builders produce children that keep the instance as it is.
@@ -42,7 +47,15 @@ pub struct Plan {
     pub effective: ValidDatabase,
     pub refusals: Vec<Refusal>,
     pub resizes: Vec<Resize>,
+    /// A refused change that no child can follow field by field (the engine): the controller
+    /// applies nothing, reports it and waits for the spec to change.
+    pub hold: Option<Refusal>,
 }
+
+/// Reason of a refused change of a field the StatefulSet cannot change after creation.
+pub const IMMUTABLE_FIELD_CHANGED: &str = "ImmutableFieldChanged";
+/// StatefulSet label naming the engine (see the builders' labels).
+pub const ENGINE_LABEL: &str = "berth.dev/engine";
 
 /// Bytes of a Kubernetes quantity as Berth accepts them (`20Gi`, `1.5Ti`, `500M`, `1024`).
 pub fn quantity_bytes(q: &str) -> Option<f64> {
@@ -81,6 +94,19 @@ pub fn running_version(sts: &StatefulSet) -> Option<String> {
     sts.spec.template.metadata.as_ref()?.labels.as_ref()?.get(VERSION_LABEL).cloned()
 }
 
+/// The storage class of the StatefulSet's claim template (`None`: the cluster's default).
+fn template_storage_class(sts: &StatefulSet) -> Option<Option<String>> {
+    let claim = sts.spec.volume_claim_templates.as_ref()?.first()?;
+    Some(claim.spec.as_ref().and_then(|s| s.storage_class_name.clone()))
+}
+
+fn class_name(class: &Option<String>) -> String {
+    match class {
+        Some(c) => format!("{c:?}"),
+        None => "unset (the cluster's default class)".into(),
+    }
+}
+
 fn running_image(sts: &StatefulSet) -> Option<String> {
     sts.spec.template.spec.as_ref()?.containers.first()?.image.clone()
 }
@@ -91,7 +117,39 @@ pub fn plan(valid: &ValidDatabase, existing: Option<&StatefulSet>, pvcs: &[Persi
     let mut effective = valid.clone();
     let mut refusals = Vec::new();
     let mut resizes = Vec::new();
-    let Some(sts) = existing else { return Plan { effective, refusals, resizes } };
+    let Some(sts) = existing else { return Plan { effective, refusals, resizes, hold: None } };
+
+    let wanted_engine = if valid.is_rabbitmq() { "rabbitmq" } else { "postgres" };
+    if let Some(running_engine) = sts.labels().get(ENGINE_LABEL)
+        && running_engine != wanted_engine
+    {
+        let hold = Refusal {
+            reason: IMMUTABLE_FIELD_CHANGED,
+            message: format!(
+                "spec.engine cannot change from {running_engine:?} to {wanted_engine:?} after creation: the \
+                 StatefulSet and its data volumes belong to {running_engine}. Set it back to {running_engine:?}, or \
+                 create a new DatabaseInstance for {wanted_engine} (a backup of one engine cannot be restored into the \
+                 other)"
+            ),
+        };
+        return Plan { effective, refusals, resizes, hold: Some(hold) };
+    }
+
+    // Claim templates cannot change: a new class would make every apply fail with 422.
+    if let Some(running_class) = template_storage_class(sts)
+        && running_class != valid.db.spec.storage.storage_class_name
+    {
+        refusals.push(Refusal {
+            reason: IMMUTABLE_FIELD_CHANGED,
+            message: format!(
+                "spec.storage.storageClassName cannot change from {} to {} after creation: volumeClaimTemplates are \
+                 immutable. Set it back, or create a new DatabaseInstance and restore a backup into it",
+                class_name(&running_class),
+                class_name(&valid.db.spec.storage.storage_class_name),
+            ),
+        });
+        effective.db.spec.storage.storage_class_name = running_class;
+    }
 
     if let Some(running) = running_version(sts)
         && let Ok(running_major) = parse_version(valid.engine, &running)
@@ -158,7 +216,7 @@ pub fn plan(valid: &ValidDatabase, existing: Option<&StatefulSet>, pvcs: &[Persi
             ),
         });
     }
-    Plan { effective, refusals, resizes }
+    Plan { effective, refusals, resizes, hold: None }
 }
 
 #[cfg(test)]
@@ -234,6 +292,53 @@ mod tests {
         let mut five = three.clone();
         five.replicas = 5;
         assert!(plan(&five, Some(&sts), &[]).refusals.is_empty());
+    }
+
+    #[test]
+    fn a_new_storage_class_is_refused_and_the_claim_template_kept() {
+        let standard = valid(&PG15.replace("size: 10Gi", "size: 10Gi, storageClassName: standard"));
+        let sts = running(&standard);
+        let fast = valid(&PG15.replace("size: 10Gi", "size: 10Gi, storageClassName: fast"));
+        let p = plan(&fast, Some(&sts), &[]);
+        assert_eq!(
+            p.refusals,
+            [Refusal {
+                reason: IMMUTABLE_FIELD_CHANGED,
+                message: "spec.storage.storageClassName cannot change from \"standard\" to \"fast\" after creation: \
+                          volumeClaimTemplates are immutable. Set it back, or create a new DatabaseInstance and restore \
+                          a backup into it"
+                    .into(),
+            }]
+        );
+        assert!(p.hold.is_none());
+        // What is applied keeps every immutable field of the running StatefulSet.
+        let applied = build(&p.effective, &Credentials::placeholder(&p.effective), "berth-system").stateful_set;
+        assert_eq!(applied.spec.volume_claim_templates, sts.spec.volume_claim_templates);
+
+        // Removing the class is a change of the template too.
+        let default_class = valid(PG15);
+        let p = plan(&default_class, Some(&sts), &[]);
+        assert_eq!(p.refusals[0].reason, IMMUTABLE_FIELD_CHANGED);
+        assert!(p.refusals[0].message.contains("from \"standard\" to unset (the cluster's default class)"));
+        // Unchanged: nothing to say.
+        assert!(plan(&standard, Some(&sts), &[]).refusals.is_empty());
+    }
+
+    #[test]
+    fn an_engine_change_holds_everything() {
+        let sts = running(&valid(PG15));
+        let mq = valid(
+            "apiVersion: berth.dev/v1alpha1\nkind: DatabaseInstance\nmetadata: {name: db, namespace: t}\nspec: {engine: rabbitmq, version: '4.1', storage: {size: 10Gi}}\n",
+        );
+        let p = plan(&mq, Some(&sts), &[]);
+        let hold = p.hold.expect("an engine change is held");
+        assert_eq!(hold.reason, IMMUTABLE_FIELD_CHANGED);
+        assert!(
+            hold.message.starts_with("spec.engine cannot change from \"postgres\" to \"rabbitmq\" after creation"),
+            "{}",
+            hold.message
+        );
+        assert!(plan(&valid(PG15), Some(&sts), &[]).hold.is_none());
     }
 
     #[test]
