@@ -2,7 +2,10 @@
 # The whole test suite, from a fresh Debian 12 machine with the Rust toolchain:
 #   1. Debian packages the data-path tests run for real (PostgreSQL 15, RabbitMQ), if missing;
 #   2. kubectl, helm, kubernetes-validate and checkov into .tools/ (scripts/install-tools.sh);
-#   3. every test with cargo-nextest (installed from crates.io if missing).
+#   3. the Kubernetes control plane the end-to-end tests run on (kube-apiserver,
+#      kube-controller-manager, etcd), built from the Go module proxy once per version into
+#      ~/.cache/berth/control-plane (scripts/build-control-plane.sh; about 7 minutes on 2 cores);
+#   4. every test with cargo-nextest (installed from crates.io if missing).
 # Servers the tests need are started by the tests themselves on free loopback ports.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,6 +28,9 @@ if ((${#missing[@]})); then
 fi
 
 scripts/install-tools.sh
+
+BERTH_CONTROL_PLANE_BIN="$(scripts/build-control-plane.sh | tail -n1)"
+export BERTH_CONTROL_PLANE_BIN
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"

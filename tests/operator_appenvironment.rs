@@ -1,6 +1,10 @@
-//! The real `berth operator` process against the test API server: an AppEnvironment converges
-//! to Ready with all its children, stays converged without writes, follows spec changes,
-//! reports invalid specs without a retry loop, respects `paused`, and corrects drift.
+//! The real `berth operator` process on a real control plane (kube-apiserver, etcd,
+//! kube-controller-manager; tests/support/cluster), as the chart's ServiceAccount with the
+//! chart's RBAC, in namespaces that enforce Pod Security `restricted`: an AppEnvironment
+//! converges to Ready with all its children, stays converged without writes (counted from the
+//! API server's audit log), follows spec changes, reports invalid specs without a retry loop,
+//! respects `paused`, corrects drift, and is removed with its children by the real garbage
+//! collector.
 
 mod support;
 
@@ -13,20 +17,32 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::apiserver::TestApiServer;
+use support::cluster::{Cluster, OPERATOR_USER};
 use support::operator::Operator;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-async fn server() -> TestApiServer {
-    let server = TestApiServer::start().await;
-    server.install_crds_from_dir(&repo().join("crds")).await;
-    server.install_crds_from_file(&repo().join("tests/fixtures/apiserver/cert-manager-certificate-crd.yaml")).await;
-    server
+/// A control plane with Berth's CRDs and cert-manager's Certificate CRD, and `namespaces`.
+async fn cluster(namespaces: &[&str]) -> Cluster {
+    let cluster = Cluster::start().await;
+    cluster.install_crds_from_dir(&repo().join("crds")).await;
+    cluster.install_crds_from_file(&repo().join("tests/fixtures/apiserver/cert-manager-certificate-crd.yaml")).await;
+    for ns in namespaces {
+        cluster.namespace(ns).await;
+    }
+    cluster
+}
+
+/// The operator as the chart's ServiceAccount (`helm_args` for the chart's values).
+async fn operator(cluster: &Cluster, helm_args: &[&str], args: &[&str]) -> Operator {
+    let kubeconfig = cluster.operator_kubeconfig(helm_args).await;
+    let mut operator = Operator::start(&kubeconfig, args);
+    operator.wait_ready(Duration::from_secs(60));
+    operator
 }
 
 fn example(name: &str) -> AppEnvironment {
@@ -62,7 +78,7 @@ async fn wait_condition(
     status: &str,
     reason: Option<&str>,
 ) -> AppEnvironment {
-    eventually(&format!("{name} {type_}={status} {reason:?}"), Duration::from_secs(30), || async {
+    eventually(&format!("{name} {type_}={status} {reason:?}"), Duration::from_secs(60), || async {
         let app = api.get(name).await.ok()?;
         let generation = app.metadata.generation;
         let (s, r) = condition(&app, type_)?;
@@ -74,10 +90,9 @@ async fn wait_condition(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_app_converges_stays_quiet_and_follows_changes() {
-    let server = server().await;
-    let client = server.client().await;
-    let mut operator = Operator::start(server.kubeconfig_path(), &["--resync-seconds", "1"]);
-    operator.wait_ready(Duration::from_secs(30));
+    let cluster = cluster(&["shop"]).await;
+    let client = cluster.client();
+    let mut operator = operator(&cluster, &[], &["--resync-seconds", "1"]).await;
 
     let apps: Api<AppEnvironment> = Api::namespaced(client.clone(), "shop");
     apps.create(&PostParams::default(), &example("appenvironment-production.yaml")).await.unwrap();
@@ -93,29 +108,46 @@ async fn production_app_converges_stays_quiet_and_follows_changes() {
     assert_eq!(sa.metadata.owner_references.unwrap()[0].uid, uid);
     Api::<Service>::namespaced(client.clone(), "shop").get("shop").await.unwrap();
     let deployment = Api::<Deployment>::namespaced(client.clone(), "shop").get("shop").await.unwrap();
-    assert_eq!(deployment.spec.replicas, None, "the autoscaler owns replicas");
+    // The autoscaler owns replicas: the operator's apply leaves them out (the server defaults
+    // them to 1 and the real HPA controller raises them to minReplicas).
+    let owned = deployment.metadata.managed_fields.clone().unwrap_or_default();
+    let ours = owned.iter().find(|m| m.manager.as_deref() == Some("berth/appenvironment")).expect("berth's fields");
+    let fields = serde_json::to_string(&ours.fields_v1).unwrap();
+    assert!(fields.contains("f:template") && !fields.contains("f:replicas"), "{fields}");
     Api::<Ingress>::namespaced(client.clone(), "shop").get("shop").await.unwrap();
     Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), "shop").get("shop").await.unwrap();
     Api::<PodDisruptionBudget>::namespaced(client.clone(), "shop").get("shop").await.unwrap();
     Api::<NetworkPolicy>::namespaced(client.clone(), "shop").get("shop").await.unwrap();
-    let certs = server.object("cert-manager.io/v1", "Certificate", "shop", "shop");
-    assert!(certs.is_some(), "Certificate created");
+    let cert = cluster.object("cert-manager.io/v1", "Certificate", "shop", "shop").await.expect("Certificate created");
+    assert_eq!(cert["metadata"]["ownerReferences"][0]["uid"], uid.as_str());
+    // The real HPA controller raises the replicas to minReplicas, the ReplicaSet controller
+    // makes the pods, and they pass Pod Security `restricted`.
+    eventually("3 ready replicas", Duration::from_secs(60), || async {
+        let d = Api::<Deployment>::namespaced(client.clone(), "shop").get("shop").await.ok()?;
+        (d.status?.ready_replicas == Some(3)).then_some(())
+    })
+    .await;
 
     // Steady state: several resyncs (every second) run and write nothing.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The real server canonicalises quantities, drops empty lists and adds defaults: what the
+    // operator compares must survive that. Writes are counted by the server's audit log.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let converging = cluster.audit.writes_since(Default::default(), OPERATOR_USER);
+    assert!(converging.len() >= 8, "the audit log attributes the operator's writes to it: {converging:?}");
     let before = operator.counter("berth_reconciles_total");
-    server.reset_counts();
+    let mark = cluster.audit.mark();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let reconciles = operator.counter("berth_reconciles_total") - before;
     assert!(reconciles >= 3.0, "resyncs ran ({reconciles})");
-    assert_eq!(server.write_requests(true), 0, "writes on a steady-state resync: {:?}", server.counts().writes(true));
+    let writes: Vec<String> = cluster.audit.writes_since(mark, OPERATOR_USER).iter().map(|e| e.describe()).collect();
+    assert!(writes.is_empty(), "writes on a steady-state resync: {writes:#?}");
 
     // Removing the ingress section deletes the Ingress and the Certificate.
     apps.patch("shop", &PatchParams::default(), &Patch::Merge(json!({"spec": {"ingress": null}}))).await.unwrap();
     wait_condition(&apps, "shop", "Ready", "True", None).await;
     eventually("Ingress and Certificate deleted", Duration::from_secs(10), || async {
         let ingress_gone = Api::<Ingress>::namespaced(client.clone(), "shop").get_opt("shop").await.ok()?.is_none();
-        let cert_gone = server.object("cert-manager.io/v1", "Certificate", "shop", "shop").is_none();
+        let cert_gone = cluster.object("cert-manager.io/v1", "Certificate", "shop", "shop").await.is_none();
         (ingress_gone && cert_gone).then_some(())
     })
     .await;
@@ -151,16 +183,27 @@ async fn production_app_converges_stays_quiet_and_follows_changes() {
     })
     .await;
 
+    // Deleting the AppEnvironment removes every child through the real garbage collector.
+    apps.delete("shop", &DeleteParams::default()).await.unwrap();
+    eventually("children garbage-collected", Duration::from_secs(60), || async {
+        let deployment = Api::<Deployment>::namespaced(client.clone(), "shop").get_opt("shop").await.ok()?;
+        let service = Api::<Service>::namespaced(client.clone(), "shop").get_opt("shop").await.ok()?;
+        let account = Api::<ServiceAccount>::namespaced(client.clone(), "shop").get_opt("shop").await.ok()?;
+        let budget = Api::<PodDisruptionBudget>::namespaced(client.clone(), "shop").get_opt("shop").await.ok()?;
+        (deployment.is_none() && service.is_none() && account.is_none() && budget.is_none()).then_some(())
+    })
+    .await;
+    cluster.assert_clean().await;
+
     // SIGTERM stops the operator cleanly.
     assert!(operator.terminate().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_spec_is_reported_without_a_retry_loop() {
-    let server = server().await;
-    let client = server.client().await;
-    let mut operator = Operator::start(server.kubeconfig_path(), &["--resync-seconds", "1", "--leader-election=false"]);
-    operator.wait_ready(Duration::from_secs(30));
+    let cluster = cluster(&["team"]).await;
+    let client = cluster.client();
+    let operator = operator(&cluster, &[], &["--resync-seconds", "1", "--leader-election=false"]).await;
     let apps: Api<AppEnvironment> = Api::namespaced(client.clone(), "team");
 
     // Passes the CRD schema but not the controller: production's default minReplicas (3)
@@ -184,11 +227,11 @@ async fn invalid_spec_is_reported_without_a_retry_loop() {
     // first lets the reconcile triggered by its own status write finish.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = operator.counter("berth_reconciles_total");
-    server.reset_counts();
+    let mark = cluster.audit.mark();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let retries = operator.counter("berth_reconciles_total") - before;
     assert!(retries <= 1.0, "an invalid spec was reconciled {retries} times in 3 s");
-    assert_eq!(server.write_requests(true), 0);
+    assert!(cluster.audit.writes_since(mark, OPERATOR_USER).is_empty());
 
     // Fixing the spec converges.
     apps.patch(
@@ -208,14 +251,16 @@ async fn invalid_spec_is_reported_without_a_retry_loop() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let d = Api::<Deployment>::namespaced(client.clone(), "team").get("shop-dev").await.unwrap();
     assert_eq!(d.spec.template.spec.unwrap().containers[0].image.as_deref(), Some("ghcr.io/example/shop:1.4.2"));
+    cluster.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_endpoints_and_leader_lease() {
-    let server = server().await;
-    let client = server.client().await;
-    let mut first = Operator::start(server.kubeconfig_path(), &[]);
-    first.wait_ready(Duration::from_secs(30));
+    let cluster = cluster(&[]).await;
+    let client = cluster.client();
+    let kubeconfig = cluster.operator_kubeconfig(&[]).await;
+    let mut first = Operator::start(&kubeconfig, &[]);
+    first.wait_ready(Duration::from_secs(60));
     assert_eq!(first.http_get("/healthz").unwrap().0, 200);
     assert_eq!(first.counter("berth_leader"), 1.0);
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "berth-system");
@@ -223,8 +268,8 @@ async fn health_endpoints_and_leader_lease() {
     assert!(lease.spec.unwrap().holder_identity.is_some());
 
     // A second replica is ready as a standby and does not lead.
-    let mut second = Operator::start(server.kubeconfig_path(), &[]);
-    second.wait_ready(Duration::from_secs(30));
+    let mut second = Operator::start(&kubeconfig, &[]);
+    second.wait_ready(Duration::from_secs(60));
     assert_eq!(second.counter("berth_leader"), 0.0);
 
     // When the leader stops, it releases the lease and the standby takes over.
@@ -233,15 +278,21 @@ async fn health_endpoints_and_leader_lease() {
         (second.counter("berth_leader") == 1.0).then_some(())
     })
     .await;
+    cluster.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_only_the_namespaces_it_is_given() {
-    let server = server().await;
-    let client = server.client().await;
-    let mut operator =
-        Operator::start(server.kubeconfig_path(), &["--namespaces", "team-a,team-b", "--leader-election=false"]);
-    operator.wait_ready(Duration::from_secs(30));
+    // The chart's namespaced install: Roles in the watched namespaces only, nothing cluster-wide
+    // to read them elsewhere.
+    let cluster = cluster(&["team-a", "team-b", "elsewhere"]).await;
+    let client = cluster.client();
+    let _operator = operator(
+        &cluster,
+        &["--set", "operator.watchNamespaces={team-a,team-b}"],
+        &["--namespaces", "team-a,team-b", "--leader-election=false"],
+    )
+    .await;
     for ns in ["team-a", "team-b", "elsewhere"] {
         let mut app = example("appenvironment-development.yaml");
         app.metadata.namespace = Some(ns.into());
@@ -254,4 +305,5 @@ async fn watches_only_the_namespaces_it_is_given() {
     let ignored = Api::<AppEnvironment>::namespaced(client.clone(), "elsewhere").get("shop-dev").await.unwrap();
     assert!(ignored.status.is_none(), "an unwatched namespace was reconciled");
     assert!(Api::<Deployment>::namespaced(client.clone(), "elsewhere").get_opt("shop-dev").await.unwrap().is_none());
+    cluster.assert_clean().await;
 }

@@ -1,10 +1,13 @@
-//! Test harness shared by the integration tests: a Kubernetes API server stand-in and
+//! Test harness shared by the integration tests: a real Kubernetes control plane on loopback
+//! (`cluster`, with the `kubelet` stand-in), the API server stand-in for fault injection, and
 //! launchers for real PostgreSQL, RabbitMQ and S3-compatible servers on loopback.
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod cluster;
 pub mod jobs;
 pub mod kubectl;
+pub mod kubelet;
 pub mod operator;
 pub mod servers;
 pub mod wait;
