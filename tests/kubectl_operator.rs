@@ -1,29 +1,35 @@
-//! What a user does on day one, with the real kubectl 1.35 against the test API server while
-//! `berth operator` runs: server-side apply of the CRDs and of `deploy/examples/`, `kubectl get
-//! appenv` with the printer columns, `kubectl get berth`, and `kubectl wait` for Ready.
+//! What a user does on day one, with the real kubectl 1.35 against a real control plane
+//! (tests/support/cluster) while `berth operator` runs as the chart's ServiceAccount:
+//! server-side apply of the CRDs and of `deploy/examples/`, `kubectl get appenv` with the
+//! printer columns, `kubectl get berth`, `kubectl wait` for Ready, and `kubectl explain` on
+//! every field of every kind.
 
 mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
-use support::apiserver::TestApiServer;
+use support::cluster::Cluster;
 use support::kubectl::Kubectl;
 use support::operator::Operator;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_get_and_wait_for_the_examples() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let server = TestApiServer::start().await;
-    server.install_crds_from_file(&repo.join("tests/fixtures/apiserver/cert-manager-certificate-crd.yaml")).await;
-    let k = Kubectl::new(server.kubeconfig_path());
+    let cluster = Cluster::start().await;
+    cluster.install_crds_from_file(&repo.join("tests/fixtures/apiserver/cert-manager-certificate-crd.yaml")).await;
+    // Berth does not create namespaces: the platform team does, enforcing Pod Security.
+    for ns in ["shop", "shop-dev", "shop-staging"] {
+        cluster.namespace(ns).await;
+    }
+    let k = Kubectl::new(cluster.kubeconfig_path());
     // The example instances' Service names lead to a closed loopback port: the operator never
     // looks them up in DNS or leaves 127.0.0.0/8. (The backup examples fail on their missing
     // Secrets before any network access.)
     let closed = support::operator::free_port();
     let overrides = format!("orders-db.shop.svc:5432=127.0.0.1:{closed},events-mq.shop.svc:15672=127.0.0.1:{closed}");
-    let mut operator =
-        Operator::start(server.kubeconfig_path(), &["--leader-election=false", "--endpoint-overrides", &overrides]);
+    let kubeconfig = cluster.operator_kubeconfig(&[]).await;
+    let mut operator = Operator::start(&kubeconfig, &["--leader-election=false", "--endpoint-overrides", &overrides]);
 
     // The operator starts before its CRDs exist (as when a chart upgrade races); it must
     // recover once they are installed.
@@ -57,9 +63,65 @@ async fn kubectl_apply_get_and_wait_for_the_examples() {
             "{name} in `kubectl get berth -A`:\n{out}"
         );
     }
-    // Re-applying the same files changes nothing on the server.
-    let rv = server.resource_version();
+    // Re-applying the same files changes nothing on the server: every object keeps its
+    // resourceVersion.
+    let versions = || {
+        let out = k.ok(&[
+            "get",
+            "berth",
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.metadata.resourceVersion} {end}",
+        ]);
+        let mut v: Vec<String> = out.split_whitespace().map(String::from).collect();
+        v.sort();
+        v
+    };
+    let before = versions();
     k.ok(&["apply", "--server-side", "-f", examples.to_str().unwrap()]);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(server.resource_version(), rv, "a second apply of unchanged examples wrote something");
+    assert_eq!(versions(), before, "a second apply of unchanged examples wrote something");
+    cluster.assert_clean().await;
+}
+
+/// `kubectl explain` answers on every field of every Berth kind, from the OpenAPI the real
+/// API server publishes for the CRDs, with the description written in `src/api`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_explain_answers_on_every_field() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cluster = Cluster::start_control_plane().await;
+    cluster.install_crds_from_dir(&repo.join("crds")).await;
+    let k = Kubectl::new(cluster.kubeconfig_path());
+    for crd in berth::api::all_crds() {
+        let kind = crd.spec.names.kind.to_lowercase();
+        let schema = berth::api::validation::crd_schema(&crd);
+        let mut fields = Vec::new();
+        field_paths(&schema, &kind, &mut fields);
+        assert!(fields.len() > 5, "{kind}: {fields:?}");
+        for (path, description) in fields {
+            let out = k.ok(&["explain", &path]);
+            let first_line = description.lines().next().unwrap_or_default().trim();
+            let words: Vec<&str> = first_line.split_whitespace().take(4).collect();
+            let text: String = out.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(
+                text.contains(&words.join(" ")),
+                "kubectl explain {path} does not show its description {first_line:?}:\n{out}"
+            );
+        }
+    }
+}
+
+/// Every field path below `prefix` in a CRD's OpenAPI schema, with its description.
+fn field_paths(schema: &serde_json::Value, prefix: &str, out: &mut Vec<(String, String)>) {
+    let properties = schema.get("properties").or_else(|| schema.get("items").and_then(|i| i.get("properties")));
+    let Some(properties) = properties.and_then(|p| p.as_object()) else { return };
+    for (name, field) in properties {
+        if prefix.matches('.').count() == 0 && matches!(name.as_str(), "apiVersion" | "kind" | "metadata") {
+            continue;
+        }
+        let path = format!("{prefix}.{name}");
+        let description = field.get("description").and_then(|d| d.as_str()).unwrap_or_default().to_string();
+        out.push((path.clone(), description));
+        field_paths(field, &path, out);
+    }
 }
