@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -73,7 +73,8 @@ pub struct RestoreStatus {
     /// `Ready` (true once Completed), in the `metav1.Condition` shape.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// New, InProgress, Completed, PartiallyFailed or Failed.
+    /// Pending (waiting for a target namespace), InProgress, Completed, PartiallyFailed or
+    /// Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// Objects created.
@@ -95,6 +96,10 @@ pub struct RestoreStatus {
     /// VolumeData, Apps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
+    /// When the current stage began. A stage that waits (for DatabaseInstances to become Ready,
+    /// for agent Jobs) fails the restore once its deadline, counted from here, has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_start_time: Option<Time>,
     /// What the restore creates, updates or skips (`create Secret shop/orders-db-credentials`);
     /// with `spec.dryRun`, all it does.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -3,12 +3,17 @@
 //! the status (so a restarted operator resumes where it stopped):
 //! Secrets/ConfigMaps -> PVCs -> DatabaseInstances (then wait until Ready) -> database data
 //! Jobs -> volume data Jobs -> AppEnvironments and the rest.
+//!
+//! Before any of it, every target namespace must exist: Berth does not create namespaces, so
+//! a missing one is reported (`NamespaceNotFound`) and looked at again every 30 s, and the
+//! restore starts once it is there. Every wait inside a stage has a deadline counted from
+//! `status.stageStartTime`, after which the restore fails with the reason.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{DynamicObject, GroupVersionKind};
@@ -33,7 +38,10 @@ use crate::backup::resources::{BackupManifest, load_objects};
 use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, job_outcome};
 use crate::resources::backuppolicy::validate as validate_policy;
 use crate::resources::meta::owner_label_key;
-use crate::resources::restore::{RestorePlan, Stage, plan};
+use crate::resources::restore::{
+    DATABASE_NOT_READY, DATABASE_READY_DEADLINE, JOBS_TIMED_OUT, NAMESPACE_RECHECK, NamespaceState, RestorePlan, Stage,
+    database_not_ready_message, deadline_passed, jobs_timed_out_message, namespace_problem, plan, target_namespace,
+};
 
 pub const NAME: &str = "restore";
 const STATUS_MANAGER: &str = "berth/restore-status";
@@ -43,6 +51,11 @@ const JOB_BACKOFF_LIMIT: i32 = 2;
 /// How often a restore waiting for DatabaseInstances or Jobs looks again (their changes are
 /// not watched by this controller, except its own Jobs).
 const POLL: Duration = Duration::from_secs(2);
+/// Longest the agent Jobs of a stage are waited for, counted from the start of the stage: the
+/// wait for the DatabaseInstances, the Jobs' own deadline, and time to be scheduled and to
+/// report.
+const JOBS_DEADLINE: Duration =
+    Duration::from_secs(DATABASE_READY_DEADLINE.as_secs() + JOB_DEADLINE_SECONDS as u64 + 15 * 60);
 
 struct Ctx {
     shared: Arc<Context>,
@@ -102,28 +115,51 @@ async fn reconcile_restore(restore: &Restore, ctx: &Ctx) -> Result<Action, Error
     if restore.meta().deletion_timestamp.is_some() || phase::is_terminal(status.phase.as_deref()) {
         return Ok(Action::await_change());
     }
+    let own_namespace = restore.namespace().unwrap_or_default();
+    if !restore.spec.dry_run {
+        // A Backup holds the objects of its own namespace, the Restore's: its target is known
+        // before the repository is opened (which a wait every 30 s must not do).
+        let target = target_namespace(restore, &own_namespace);
+        if let Some((reason, message)) = namespace_problem(&namespace_states(ctx, [target], &own_namespace).await?) {
+            return wait_for_namespace(restore, ctx, status, reason, message).await;
+        }
+    }
     let loaded = match load(restore, ctx).await? {
         Ok(l) => l,
         Err((reason, message)) => return finish(restore, ctx, status, phase::FAILED, reason, message).await,
     };
+    let mut targets = loaded.plan.namespaces();
+    targets.insert(target_namespace(restore, &loaded.backup.namespace().unwrap_or_default()));
+    let target_states = namespace_states(ctx, targets, &own_namespace).await?;
     if restore.spec.dry_run {
         let mut status = status;
         status.backup_name = Some(loaded.backup.name_any());
         status.planned = dry_run(ctx, &loaded.plan).await?;
+        if let Some((_, message)) = namespace_problem(&target_states) {
+            status.planned.insert(0, format!("blocked: {message}"));
+        }
         let message = format!("dry run: {} objects would be restored", status.planned.len());
         return finish(restore, ctx, status, phase::COMPLETED, "DryRun", message).await;
+    }
+    if let Some((reason, message)) = namespace_problem(&target_states) {
+        return wait_for_namespace(restore, ctx, status, reason, message).await;
     }
     let mut status = status;
     status.backup_name = Some(loaded.backup.name_any());
     let stage = status.stage.as_deref().and_then(stage_by_name).unwrap_or(Stage::ConfigAndSecrets);
+    if status.stage_start_time.is_none() {
+        status.stage_start_time = Some(Time(jiff::Timestamp::now()));
+    }
     match run_stage(restore, ctx, &loaded, stage, &mut status).await? {
         StageResult::Wait(message) => {
             write_status(restore, ctx, status, phase::IN_PROGRESS, "InProgress", message).await?;
             Ok(Action::requeue(POLL))
         }
+        StageResult::Fail(reason, message) => finish(restore, ctx, status, phase::FAILED, reason, message).await,
         StageResult::Done => match Stage::ALL.iter().skip_while(|s| **s != stage).nth(1) {
             Some(next) => {
                 status.stage = Some(format!("{next:?}"));
+                status.stage_start_time = Some(Time(jiff::Timestamp::now()));
                 let message = format!("restoring: {next:?}");
                 write_status(restore, ctx, status, phase::IN_PROGRESS, "InProgress", message).await?;
                 Ok(Action::requeue(Duration::from_millis(10)))
@@ -143,6 +179,57 @@ async fn reconcile_restore(restore: &Restore, ctx: &Ctx) -> Result<Action, Error
             }
         },
     }
+}
+
+/// Whether each of `namespaces` exists (the Restore's own namespace is known to).
+async fn namespace_states(
+    ctx: &Ctx,
+    namespaces: impl IntoIterator<Item = String>,
+    own: &str,
+) -> Result<Vec<(String, NamespaceState)>, Error> {
+    let api: Api<Namespace> = Api::all(ctx.shared.client.clone());
+    let mut states = Vec::new();
+    for name in namespaces.into_iter().filter(|n| n != own) {
+        let state = match api.get_opt(&name).await? {
+            None => NamespaceState::Missing,
+            Some(ns)
+                if ns.metadata.deletion_timestamp.is_some()
+                    || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating") =>
+            {
+                NamespaceState::Terminating
+            }
+            Some(_) => NamespaceState::Active,
+        };
+        states.push((name, state));
+    }
+    Ok(states)
+}
+
+/// Reports a missing (or terminating) target namespace and looks again in 30 s: creating the
+/// namespace lets the restore go on.
+async fn wait_for_namespace(
+    restore: &Restore,
+    ctx: &Ctx,
+    status: RestoreStatus,
+    reason: &str,
+    message: String,
+) -> Result<Action, Error> {
+    let p = if status.stage.is_some() { phase::IN_PROGRESS } else { phase::PENDING };
+    let reported = status.conditions.iter().any(|c| c.type_ == READY && c.reason == reason);
+    write_status(restore, ctx, status, p, reason, message.clone()).await?;
+    if !reported {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.to_string(),
+            note: Some(message.chars().take(1024).collect()),
+            action: "Restore".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.shared.recorder.publish(&event, &restore.object_ref(&())).await {
+            warn!(restore = %key(restore), error = %e, "could not record an event");
+        }
+    }
+    Ok(Action::requeue(NAMESPACE_RECHECK))
 }
 
 fn stage_by_name(name: &str) -> Option<Stage> {
@@ -227,6 +314,8 @@ async fn load(restore: &Restore, ctx: &Ctx) -> Result<Result<Loaded, (&'static s
 enum StageResult {
     Done,
     Wait(String),
+    /// A wait passed its deadline: the restore ends Failed with this reason and message.
+    Fail(&'static str, String),
 }
 
 async fn run_stage(
@@ -243,29 +332,33 @@ async fn run_stage(
         }
         Stage::DatabaseData => {
             // The instances come up (and provision) before their data is loaded.
+            let started = status.stage_start_time.as_ref().map(|t| t.0);
             for obj in loaded.plan.objects(Stage::Databases) {
                 let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
                 let name = obj["metadata"]["name"].as_str().unwrap_or_default();
                 let api: Api<DatabaseInstance> = Api::namespaced(ctx.shared.client.clone(), ns);
-                let ready = api.get_opt(name).await?.is_some_and(|db| {
-                    db.status.as_ref().is_some_and(|s| {
-                        s.observed_generation == db.metadata.generation
-                            && s.conditions.iter().any(|c| c.type_ == READY && c.status == "True")
-                    })
+                let db = api.get_opt(name).await?;
+                let ready_condition = db.as_ref().and_then(|db| {
+                    let s = db.status.as_ref()?;
+                    let c = s.conditions.iter().find(|c| c.type_ == READY)?;
+                    Some((c, s.observed_generation == db.metadata.generation))
                 });
-                if !ready {
-                    return Ok(StageResult::Wait(format!("waiting for DatabaseInstance {ns}/{name} to be Ready")));
+                if ready_condition.is_some_and(|(c, current)| current && c.status == "True") {
+                    continue;
                 }
+                if deadline_passed(started, jiff::Timestamp::now(), DATABASE_READY_DEADLINE) {
+                    let described = format!("DatabaseInstance {ns}/{name}: ");
+                    let create_error = status.errors.iter().find_map(|e| e.strip_prefix(described.as_str()));
+                    let ready = ready_condition.map(|(c, _)| (c.reason.as_str(), c.message.as_str()));
+                    let message = database_not_ready_message(ns, name, ready, create_error);
+                    return Ok(StageResult::Fail(DATABASE_NOT_READY, message));
+                }
+                return Ok(StageResult::Wait(format!("waiting for DatabaseInstance {ns}/{name} to be Ready")));
             }
             run_jobs(restore, ctx, loaded, stage, status).await
         }
         Stage::VolumeData => run_jobs(restore, ctx, loaded, stage, status).await,
     }
-}
-
-/// The namespace `source` maps to.
-fn target_namespace(restore: &Restore, source: &str) -> String {
-    restore.spec.namespace_mapping.get(source).cloned().unwrap_or_else(|| source.to_string())
 }
 
 /// Runs (and waits for) one agent Job per database dump or volume of the Backup.
@@ -320,6 +413,14 @@ async fn run_jobs(
                 match jobs.create(&PostParams::default(), &job).await {
                     Ok(_) => info!(restore = %key(restore), job = %job_name, "started agent Job"),
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    // Refused (forbidden, invalid): retrying cannot help; the item fails.
+                    Err(kube::Error::Api(s)) if (400..500).contains(&s.code) && s.code != 429 => {
+                        let message = format!("cannot create Job {ns}/{job_name} for {}: {}", task.name(), s.message);
+                        if !status.errors.contains(&message) {
+                            status.errors.push(message);
+                        }
+                        continue;
+                    }
                     Err(e) => return Err(e.into()),
                 }
                 waiting.push(job_name);
@@ -337,6 +438,8 @@ async fn run_jobs(
     }
     if waiting.is_empty() {
         Ok(StageResult::Done)
+    } else if deadline_passed(status.stage_start_time.as_ref().map(|t| t.0), jiff::Timestamp::now(), JOBS_DEADLINE) {
+        Ok(StageResult::Fail(JOBS_TIMED_OUT, jobs_timed_out_message(&waiting, &ns, JOBS_DEADLINE)))
     } else {
         Ok(StageResult::Wait(format!("waiting for agent Jobs {}", waiting.join(", "))))
     }

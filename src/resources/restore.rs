@@ -34,7 +34,8 @@
 //!   `healthCheckNodePort`) and the binding of claims (`volumeName` and the binding
 //!   annotations), which belong to the source cluster.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -93,6 +94,140 @@ impl RestorePlan {
     pub fn objects(&self, stage: Stage) -> &[Value] {
         self.stages.iter().find(|(s, _)| *s == stage).map(|(_, v)| v.as_slice()).unwrap_or(&[])
     }
+
+    /// Every namespace the planned objects go into (after `spec.namespaceMapping`).
+    pub fn namespaces(&self) -> BTreeSet<String> {
+        self.stages
+            .iter()
+            .flat_map(|(_, objects)| objects)
+            .filter_map(|o| o.pointer("/metadata/namespace").and_then(Value::as_str))
+            .filter(|ns| !ns.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// The namespace `source` maps to under `spec.namespaceMapping` (itself when unmapped).
+pub fn target_namespace(restore: &Restore, source: &str) -> String {
+    restore.spec.namespace_mapping.get(source).cloned().unwrap_or_else(|| source.to_string())
+}
+
+/// What the API server says about a target namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NamespaceState {
+    Active,
+    /// Being deleted: it refuses new objects.
+    Terminating,
+    Missing,
+}
+
+/// Reason of `Ready=False` while a target namespace does not exist.
+pub const NAMESPACE_NOT_FOUND: &str = "NamespaceNotFound";
+/// Reason of `Ready=False` while a target namespace is being deleted.
+pub const NAMESPACE_TERMINATING: &str = "NamespaceTerminating";
+/// How often a restore waiting for its target namespaces looks again.
+pub const NAMESPACE_RECHECK: Duration = Duration::from_secs(30);
+
+fn quoted_list(names: &[&str]) -> String {
+    names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The reason and message of a restore that cannot start (or go on) because a target namespace
+/// is missing or being deleted; `None` when every namespace is usable. Berth never creates
+/// namespaces: who may create them is the cluster's decision, not a restore's.
+pub fn namespace_problem(states: &[(String, NamespaceState)]) -> Option<(&'static str, String)> {
+    let with = |wanted: NamespaceState| -> Vec<&str> {
+        states.iter().filter(|(_, s)| *s == wanted).map(|(n, _)| n.as_str()).collect()
+    };
+    let recheck = NAMESPACE_RECHECK.as_secs();
+    let missing = with(NamespaceState::Missing);
+    if !missing.is_empty() {
+        let (noun, verb, them) =
+            if missing.len() == 1 { ("namespace", "does", "it") } else { ("namespaces", "do", "them") };
+        return Some((
+            NAMESPACE_NOT_FOUND,
+            format!(
+                "target {noun} {} {verb} not exist; create {them} (Berth does not create namespaces): kubectl create \
+                 namespace {}. The restore starts once {them} exist{} (checked every {recheck} s)",
+                quoted_list(&missing),
+                missing.join(" "),
+                if missing.len() == 1 { "s" } else { "" },
+            ),
+        ));
+    }
+    let terminating = with(NamespaceState::Terminating);
+    if !terminating.is_empty() {
+        let (noun, verb) = if terminating.len() == 1 { ("namespace", "is") } else { ("namespaces", "are") };
+        return Some((
+            NAMESPACE_TERMINATING,
+            format!(
+                "target {noun} {} {verb} being deleted and accept{} no new objects; wait until deletion finishes and \
+                 create {} again (Berth does not create namespaces), or map to another namespace in \
+                 spec.namespaceMapping (checked every {recheck} s)",
+                quoted_list(&terminating),
+                if terminating.len() == 1 { "s" } else { "" },
+                if terminating.len() == 1 { "it" } else { "them" },
+            ),
+        ));
+    }
+    None
+}
+
+/// Longest a restore waits for its DatabaseInstances to become Ready (image pulls, initdb of a
+/// large volume, RabbitMQ cluster formation) before it fails.
+pub const DATABASE_READY_DEADLINE: Duration = Duration::from_secs(30 * 60);
+/// Reason of a restore that gave up waiting for a DatabaseInstance.
+pub const DATABASE_NOT_READY: &str = "DatabaseNotReady";
+/// Reason of a restore that gave up waiting for its agent Jobs.
+pub const JOBS_TIMED_OUT: &str = "JobsTimedOut";
+
+/// Whether a wait that began at `started` has run longer than `limit` at `now`. A wait whose
+/// start is unknown has just begun.
+pub fn deadline_passed(started: Option<jiff::Timestamp>, now: jiff::Timestamp, limit: Duration) -> bool {
+    started.is_some_and(|s| {
+        now.duration_since(s) > jiff::SignedDuration::try_from(limit).unwrap_or(jiff::SignedDuration::MAX)
+    })
+}
+
+/// `30 minutes`, `6 h 15 min`.
+fn human(limit: Duration) -> String {
+    let minutes = limit.as_secs() / 60;
+    match (minutes / 60, minutes % 60) {
+        (0, m) => format!("{m} minutes"),
+        (h, 0) => format!("{h} h"),
+        (h, m) => format!("{h} h {m} min"),
+    }
+}
+
+/// Why a restore stops waiting for the DatabaseInstance `namespace/name`: `ready` is its
+/// `Ready` condition's reason and message (`None`: the instance does not exist, and
+/// `create_error` is why, if the restore recorded one).
+pub fn database_not_ready_message(
+    namespace: &str,
+    name: &str,
+    ready: Option<(&str, &str)>,
+    create_error: Option<&str>,
+) -> String {
+    let state = match (ready, create_error) {
+        (Some((reason, message)), _) => format!("its Ready condition says {reason}: {message}"),
+        (None, Some(e)) => format!("it does not exist: {e}"),
+        (None, None) => "it does not exist".to_string(),
+    };
+    format!(
+        "DatabaseInstance {namespace}/{name} did not become Ready within {}: {state}. Its data was not restored; fix \
+         the instance (kubectl describe dbi -n {namespace} {name}) and create a new Restore",
+        human(DATABASE_READY_DEADLINE)
+    )
+}
+
+/// Why a restore stops waiting for its agent Jobs.
+pub fn jobs_timed_out_message(jobs: &[String], namespace: &str, limit: Duration) -> String {
+    format!(
+        "agent Jobs {} in namespace {namespace} did not finish within {}; look at their pods (kubectl get pods -n \
+         {namespace} -l berth.dev/restore) and create a new Restore",
+        jobs.join(", "),
+        human(limit)
+    )
 }
 
 /// Why an object is left out.
@@ -652,6 +787,55 @@ mod tests {
         let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["spec.excludeKinds[0]", "spec.namespaceMapping.shop", "backup.objects[0]"]);
         assert!(e[1].message.contains("Shop_Restored"));
+    }
+
+    #[test]
+    fn target_namespaces_are_those_of_the_mapped_objects() {
+        let r = restore("  namespaceMapping: {shop: shop-copy}\n");
+        let plan = plan(&r, backup()).unwrap();
+        assert_eq!(plan.namespaces().into_iter().collect::<Vec<_>>(), ["shop-copy"]);
+        assert_eq!(target_namespace(&r, "shop"), "shop-copy");
+        assert_eq!(target_namespace(&r, "other"), "other");
+    }
+
+    #[test]
+    fn a_missing_target_namespace_is_named_with_the_fix() {
+        use NamespaceState::*;
+        assert_eq!(namespace_problem(&[("shop-copy".into(), Active)]), None);
+        let (reason, message) =
+            namespace_problem(&[("a".into(), Active), ("shop-copy".into(), Missing)]).expect("missing");
+        assert_eq!(reason, NAMESPACE_NOT_FOUND);
+        assert_eq!(
+            message,
+            "target namespace \"shop-copy\" does not exist; create it (Berth does not create namespaces): kubectl \
+             create namespace shop-copy. The restore starts once it exists (checked every 30 s)"
+        );
+        let (_, two) = namespace_problem(&[("a".into(), Missing), ("b".into(), Missing)]).unwrap();
+        assert!(two.starts_with("target namespaces \"a\", \"b\" do not exist; create them"), "{two}");
+        let (reason, gone) = namespace_problem(&[("old".into(), Terminating)]).unwrap();
+        assert_eq!(reason, NAMESPACE_TERMINATING);
+        assert!(gone.starts_with("target namespace \"old\" is being deleted"), "{gone}");
+    }
+
+    #[test]
+    fn waits_end_at_their_deadline() {
+        let start = jiff::Timestamp::from_second(1_000_000).unwrap();
+        let at = |secs: i64| jiff::Timestamp::from_second(1_000_000 + secs).unwrap();
+        assert!(!deadline_passed(None, at(1_000_000), DATABASE_READY_DEADLINE), "an unknown start has just begun");
+        assert!(!deadline_passed(Some(start), at(29 * 60), DATABASE_READY_DEADLINE));
+        assert!(deadline_passed(Some(start), at(31 * 60), DATABASE_READY_DEADLINE));
+        assert_eq!(
+            database_not_ready_message("shop-copy", "orders-db", Some(("Starting", "0 of 1 pods ready")), None),
+            "DatabaseInstance shop-copy/orders-db did not become Ready within 30 minutes: its Ready condition says \
+             Starting: 0 of 1 pods ready. Its data was not restored; fix the instance (kubectl describe dbi -n \
+             shop-copy orders-db) and create a new Restore"
+        );
+        assert!(
+            database_not_ready_message("n", "db", None, Some("forbidden")).contains("it does not exist: forbidden")
+        );
+        assert!(
+            jobs_timed_out_message(&["j1".into()], "n", Duration::from_secs(6 * 3600 + 900)).contains("6 h 15 min")
+        );
     }
 
     #[test]

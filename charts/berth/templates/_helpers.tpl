@@ -155,6 +155,10 @@ RBAC rules for cluster-scoped kinds: always in a ClusterRole.
 - apiGroups: [storage.k8s.io]
   resources: [storageclasses]
   verbs: [get, list, watch]
+# Namespaces: a Restore checks that its target namespaces exist (Berth never creates them).
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [get]
 {{- with .Values.rbac.extraClusterRules }}
 # rbac.extraClusterRules
 {{ toYaml . }}
