@@ -399,6 +399,35 @@ async fn job_pods_run_berth_as_their_user_and_the_job_controller_finishes_them()
     let run = &kubelet.runs_of("needs-secret")[0];
     assert_eq!(run.env["TOKEN"], "s3cret");
     assert!(run.stdout.starts_with("berth "), "{run:?}");
+    // The service account volume the real admission plugin added: a bound token from the
+    // TokenRequest API, the cluster CA the controller-manager published, the namespace.
+    let pod = &job_pods(&client, ns, "needs-secret").await[0];
+    let volume =
+        pod.spec.as_ref().unwrap().volumes.as_ref().unwrap().iter().find(|v| v.name.starts_with("kube-api-access-"));
+    let volume = cluster
+        .dir()
+        .join("kubelet/pods")
+        .join(pod.metadata.uid.as_deref().unwrap())
+        .join(format!("vol-{}", volume.expect("an automounted token volume").name));
+    let token = std::fs::read_to_string(volume.join("token")).unwrap();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    assert!(std::fs::read_to_string(volume.join("ca.crt")).unwrap().contains("BEGIN CERTIFICATE"));
+    assert_eq!(std::fs::read_to_string(volume.join("namespace")).unwrap(), ns);
+
+    // restartPolicy OnFailure restarts in place; the real Job controller counts the restart
+    // against backoffLimit 0, fails the Job and deletes the pod.
+    let mut spec = job("crashing", &["render", "-f", "/data/missing.yaml"], json!({"runAsUser": 1234}), json!({}));
+    spec["spec"]["template"]["spec"]["restartPolicy"] = json!("OnFailure");
+    let _: Job = create(&client, ns, spec).await;
+    let (ty, reason) = finished(&client, ns, "crashing").await;
+    assert_eq!((ty.as_str(), reason.as_str()), ("Failed", "BackoffLimitExceeded"));
+    let runs = kubelet.runs_of("crashing");
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_ne!(runs[0].exit_code, Some(0));
+    eventually("the crashing pod deleted", WAIT, || async {
+        job_pods(&client, ns, "crashing").await.is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

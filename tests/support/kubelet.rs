@@ -42,7 +42,8 @@
 //!   with grace period 0 (finalizers stay others' business).
 //! - **Volumes**: StorageClass `standard` (default, provisioner `berth.test/hostpath`,
 //!   expansion allowed, Immediate, Delete). Pending claims of our classes get a PV
-//!   `pvc-<claim uid>` (CSI, fsType ext4) whose data directory is `<scratch>/pv/<pv>` (root,
+//!   `pvc-<claim uid>` (CSI driver `hostpath.berth.test` — a driver name cannot hold a `/` —,
+//!   fsType ext4) whose data directory is `<scratch>/pv/<pv>` (root,
 //!   0755 — like a fresh filesystem: a non-root process needs an fsGroup to write there); the
 //!   real PV controller binds them. WaitForFirstConsumer claims are provisioned once the
 //!   "scheduler" has set `volume.kubernetes.io/selected-node`. Growing a bound claim grows the
