@@ -1,12 +1,17 @@
-//! Convergence benchmark: the real `berth operator` (release build recommended) against the
-//! test API server. For N AppEnvironments (production tier with ingress, TLS and autoscaling:
-//! 8 children each) it reports the time until all are Ready (seen through one watch), the
-//! operator's API requests per AppEnvironment (the bench's own creates and watch left out,
-//! Events included), writes during a steady-state resync, and the operator's peak RSS
-//! (VmHWM).
+//! Convergence benchmark: the real `berth operator` against two API servers, side by side:
+//! the in-process stand-in (tests/support/apiserver) and a real control plane (kube-apiserver,
+//! etcd, kube-controller-manager and the kubelet stand-in; tests/support/cluster), where the
+//! operator runs as the chart's ServiceAccount. For N AppEnvironments (production tier with
+//! ingress, TLS and autoscaling: 8 children and 3 pods each) it reports the time until all are
+//! Ready (seen through one watch), the operator's API requests per AppEnvironment (the bench's
+//! own creates and watch left out), writes during two steady-state resync periods (on the real
+//! control plane counted from the API server's audit log), the operator's peak RSS (VmHWM), and
+//! the CPU seconds each process spent (where the time goes).
 //!
-//!   cargo bench --bench converge                 # N = 100 and 1000
-//!   BERTH_BENCH_SIZES=5000 cargo bench --bench converge
+//!   cargo bench --bench converge                            # N = 100 and 1000, both servers
+//!   BERTH_BENCH_SIZES=1000 BERTH_BENCH_SERVERS=cluster cargo bench --bench converge
+//!   BERTH_BENCH_RESYNC=30 (default) sets --resync-seconds; BERTH_TEST_KCM_QPS=500 (default)
+//!   the controller-manager's --kube-api-qps (burst twice that).
 //!
 //! A measurement, not a test: it prints figures and asserts nothing about time.
 
@@ -21,6 +26,7 @@ use berth::api::AppEnvironment;
 use futures::StreamExt;
 use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 use support::apiserver::TestApiServer;
+use support::cluster::{Cluster, OPERATOR_USER, process_cpu_seconds};
 use support::operator::Operator;
 
 fn app(i: usize) -> AppEnvironment {
@@ -37,27 +43,132 @@ fn ready(app: &AppEnvironment) -> bool {
     })
 }
 
-async fn run(n: usize) {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let server = TestApiServer::start().await;
-    server.install_crds_from_dir(&repo.join("crds")).await;
-    server.install_crds_from_file(&repo.join("tests/fixtures/apiserver/cert-manager-certificate-crd.yaml")).await;
+/// The server under the operator, and how its requests are counted.
+enum Server {
+    StandIn(TestApiServer),
+    Cluster(Box<Cluster>, support::cluster::audit::Mark),
+}
+
+/// What one run measured.
+struct Figures {
+    server: &'static str,
+    n: usize,
+    created: Duration,
+    converged: Duration,
+    requests_per_app: f64,
+    writes_per_app: f64,
+    steady_writes: usize,
+    steady_reconciles: f64,
+    rss_mib: f64,
+    cpu: Vec<(&'static str, f64)>,
+}
+
+impl Server {
+    async fn start(kind: &str) -> Server {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let certificate_crd = repo.join("tests/fixtures/apiserver/cert-manager-certificate-crd.yaml");
+        match kind {
+            "standin" => {
+                let server = TestApiServer::start().await;
+                server.install_crds_from_dir(&repo.join("crds")).await;
+                server.install_crds_from_file(&certificate_crd).await;
+                Server::StandIn(server)
+            }
+            _ => {
+                let cluster = Cluster::start().await;
+                cluster.install_crds_from_dir(&repo.join("crds")).await;
+                cluster.install_crds_from_file(&certificate_crd).await;
+                cluster.namespace("bench").await;
+                let mark = cluster.audit.mark();
+                Server::Cluster(Box::new(cluster), mark)
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Server::StandIn(_) => "stand-in",
+            Server::Cluster(..) => "real control plane",
+        }
+    }
+
+    async fn client(&self) -> kube::Client {
+        match self {
+            Server::StandIn(s) => s.client().await,
+            Server::Cluster(c, _) => c.client(),
+        }
+    }
+
+    async fn operator_kubeconfig(&self) -> std::path::PathBuf {
+        match self {
+            Server::StandIn(s) => s.kubeconfig_path().to_path_buf(),
+            Server::Cluster(c, _) => c.operator_kubeconfig(&[]).await,
+        }
+    }
+
+    /// Starts counting the operator's requests.
+    fn reset(&mut self) {
+        match self {
+            Server::StandIn(s) => s.reset_counts(),
+            Server::Cluster(c, mark) => *mark = c.audit.mark(),
+        }
+    }
+
+    /// The operator's requests and writes since `reset` (Events and Leases not among the
+    /// writes), with the bench's own `own_requests` and `own_writes` left out on the stand-in,
+    /// which cannot tell clients apart.
+    fn operator_requests(&self, own_requests: u64, own_writes: u64) -> (u64, u64, String) {
+        match self {
+            Server::StandIn(s) => {
+                let counts = s.counts();
+                let total = counts.total().saturating_sub(own_requests);
+                let writes = s.write_requests(true).saturating_sub(own_writes);
+                (total, writes, format!("{:?}", counts.writes(true)))
+            }
+            Server::Cluster(c, mark) => {
+                let by_kind = c.audit.requests_by_kind(*mark, OPERATOR_USER);
+                let total = by_kind.values().sum::<usize>() as u64;
+                let writes = c.audit.writes_since(*mark, OPERATOR_USER);
+                (total, writes.len() as u64, format!("{by_kind:?}"))
+            }
+        }
+    }
+
+    fn cpu(&self) -> Vec<(&'static str, f64)> {
+        let mut cpu = match self {
+            Server::StandIn(_) => Vec::new(),
+            Server::Cluster(c, _) => c.cpu_seconds(),
+        };
+        // The bench process: the stand-in server or the kubelet stand-in, and the bench's watch.
+        let own = match self {
+            Server::StandIn(_) => "stand-in API server (in the bench process)",
+            Server::Cluster(..) => "kubelet stand-in (in the bench process)",
+        };
+        cpu.push((own, process_cpu_seconds(std::process::id()).unwrap_or(0.0)));
+        cpu
+    }
+}
+
+async fn run(kind: &str, n: usize, resync: u64) -> Figures {
+    let mut server = Server::start(kind).await;
     let client = server.client().await;
-    let resync = 5;
-    let mut operator = Operator::start(
-        server.kubeconfig_path(),
-        &["--leader-election=false", "--resync-seconds", &resync.to_string()],
-    );
-    operator.wait_ready(Duration::from_secs(60));
+    let kubeconfig = server.operator_kubeconfig().await;
+    let mut operator =
+        Operator::start(&kubeconfig, &["--leader-election=false", "--resync-seconds", &resync.to_string()]);
+    operator.wait_ready(Duration::from_secs(120));
     let api: Api<AppEnvironment> = Api::namespaced(client, "bench");
-    server.reset_counts();
+    let cpu_before = server.cpu();
+    let operator_cpu_before = process_cpu_seconds(operator.pid()).unwrap_or(0.0);
+    server.reset();
 
     let started = Instant::now();
     // Create concurrently, like `kubectl apply -f dir/` or Argo CD syncing an app of apps.
-    let creates = futures::future::join_all((0..n).map(|i| {
+    let creates = futures::stream::iter((0..n).map(|i| {
         let api = api.clone();
         async move { api.create(&PostParams::default(), &app(i)).await.map(|_| ()) }
-    }));
+    }))
+    .buffer_unordered(64)
+    .collect::<Vec<_>>();
     for r in creates.await {
         r.expect("create");
     }
@@ -69,8 +180,8 @@ async fn run(n: usize) {
     let mut watches = 1;
     let mut ready_apps = HashSet::new();
     while ready_apps.len() < n {
-        let left = Duration::from_secs(600).saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, events.next()).await.expect("not converged after 10 minutes") {
+        let left = Duration::from_secs(900).saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, events.next()).await.expect("not converged after 15 minutes") {
             Some(Ok(WatchEvent::Added(app) | WatchEvent::Modified(app))) => {
                 if ready(&app) {
                     ready_apps.insert(app.metadata.name.clone().unwrap_or_default());
@@ -90,40 +201,55 @@ async fn run(n: usize) {
     }
     drop(events);
     let converged = started.elapsed();
-    let counts = server.counts();
-    // The bench's own requests (n creates and its watch) are left out of the per-app figures.
-    let own_writes = n as u64;
-    let own_requests = own_writes + watches;
-    let operator_requests = counts.total().saturating_sub(own_requests) as f64;
-    let operator_writes = server.write_requests(true).saturating_sub(own_writes) as f64;
-    println!("  operator requests until Ready by (verb, resource): {:?}", {
-        let mut by = counts.by.clone();
-        if let Some(c) = by.get_mut(&("create".to_string(), "appenvironments".to_string())) {
-            *c -= own_writes;
-        }
-        by.retain(|_, c| *c > 0);
-        by
-    });
+    let (requests, writes, by_kind) = server.operator_requests(n as u64 + watches, n as u64);
+    println!("  [{}] operator requests until Ready: {by_kind}", server.name());
+    let cpu_after = server.cpu();
+    let operator_cpu = process_cpu_seconds(operator.pid()).unwrap_or(0.0) - operator_cpu_before;
+    let mut cpu: Vec<(&'static str, f64)> = vec![("berth operator", operator_cpu)];
+    for ((name, after), (_, before)) in cpu_after.iter().zip(&cpu_before) {
+        cpu.push((name, after - before));
+    }
 
     // Steady state: two full resync periods.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    server.reset_counts();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.reset();
     let reconciles_before = operator.counter("berth_reconciles_total");
     tokio::time::sleep(Duration::from_secs(2 * resync + 1)).await;
-    let steady_writes = server.write_requests(true);
+    let (_, steady_writes, by_kind) = server.operator_requests(0, 0);
     if steady_writes > 0 {
-        println!("  steady-state writes by (verb, resource): {:?}", server.counts().writes(true));
+        println!("  [{}] steady-state requests: {by_kind}", server.name());
     }
     let steady_reconciles = operator.counter("berth_reconciles_total") - reconciles_before;
-    let rss = operator.peak_rss().unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    let rss_mib = operator.peak_rss().unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    Figures {
+        server: server.name(),
+        n,
+        created,
+        converged,
+        requests_per_app: requests as f64 / n as f64,
+        writes_per_app: writes as f64 / n as f64,
+        steady_writes: steady_writes as usize,
+        steady_reconciles,
+        rss_mib,
+        cpu,
+    }
+}
 
+fn print(f: &Figures) {
     println!(
-        "n={n:5}  created in {:6.2}s  all Ready after {:6.2}s  operator requests/app {:5.1} (writes/app {:4.1}, not counting Events)  steady-state: {steady_writes} writes over {steady_reconciles:.0} reconciles  operator peak RSS {rss:.1} MiB",
-        created.as_secs_f64(),
-        converged.as_secs_f64(),
-        operator_requests / n as f64,
-        operator_writes / n as f64,
+        "{:<19} n={:5}  created {:6.2}s  all Ready {:6.2}s  requests/app {:5.1}  writes/app {:4.1}  steady-state writes {} over {:.0} reconciles  operator peak RSS {:.1} MiB",
+        f.server,
+        f.n,
+        f.created.as_secs_f64(),
+        f.converged.as_secs_f64(),
+        f.requests_per_app,
+        f.writes_per_app,
+        f.steady_writes,
+        f.steady_reconciles,
+        f.rss_mib,
     );
+    let cpu: Vec<String> = f.cpu.iter().map(|(name, s)| format!("{name} {s:.1}s")).collect();
+    println!("{:<19}   CPU until Ready: {}", "", cpu.join(", "));
 }
 
 fn main() {
@@ -139,8 +265,21 @@ fn main() {
         Err(_) if quick => vec![10],
         Err(_) => vec![100, 1000],
     };
+    let servers: Vec<String> = std::env::var("BERTH_BENCH_SERVERS")
+        .unwrap_or_else(|_| "standin,cluster".into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
+    let resync: u64 =
+        std::env::var("BERTH_BENCH_RESYNC").ok().and_then(|s| s.parse().ok()).unwrap_or(if quick { 2 } else { 30 });
+    let qps = std::env::var("BERTH_TEST_KCM_QPS").unwrap_or_else(|_| "500".into());
+    println!("operator --resync-seconds {resync}; real control plane: kube-controller-manager --kube-api-qps {qps}");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     for n in sizes {
-        rt.block_on(run(n));
+        let figures: Vec<Figures> = servers.iter().map(|kind| rt.block_on(run(kind, n, resync))).collect();
+        println!("--- n = {n}");
+        for f in &figures {
+            print(f);
+        }
     }
 }

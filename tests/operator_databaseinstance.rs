@@ -1,4 +1,5 @@
-//! The real `berth operator` process against the test API server, provisioning a real
+//! The real `berth operator` process on a real control plane (tests/support/cluster), as the
+//! chart's ServiceAccount in a namespace enforcing Pod Security `restricted`, provisioning a real
 //! PostgreSQL 15 and a real RabbitMQ on loopback. The operator reaches them through
 //! `--endpoint-overrides`, which maps the in-cluster Service address to the loopback server:
 //! the operator's own networking setting, not a mock. The test plays the part of the
@@ -16,7 +17,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::apiserver::TestApiServer;
+use support::cluster::{Cluster, OPERATOR_USER};
 use support::operator::Operator;
 use support::servers::{Postgres, RabbitMq};
 use support::wait::eventually;
@@ -28,10 +29,11 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-async fn server() -> TestApiServer {
-    let server = TestApiServer::start().await;
-    server.install_crds_from_dir(&repo().join("crds")).await;
-    server
+async fn cluster() -> Cluster {
+    let cluster = Cluster::start().await;
+    cluster.install_crds_from_dir(&repo().join("crds")).await;
+    cluster.namespace(NS).await;
+    cluster
 }
 
 fn secret_data(secret: &Secret) -> BTreeMap<String, String> {
@@ -83,16 +85,18 @@ fn patch(value: serde_json::Value) -> Patch<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_instance_provisions_keeps_its_secret_grows_refuses_and_rotates() {
     let mut pg = Postgres::start();
-    let server = server().await;
-    let client = server.client().await;
+    let cluster = cluster().await;
+    let client = cluster.client();
+    // The kubelet stand-in provisions and expands volumes of its provisioner, like a CSI driver.
     let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(client.clone());
     let class = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "expandable"},
-        "provisioner": "ebs.csi.aws.com", "allowVolumeExpansion": true});
+        "provisioner": "berth.test/hostpath", "allowVolumeExpansion": true});
     classes.create(&PostParams::default(), &serde_json::from_value(class).unwrap()).await.unwrap();
 
     let overrides = format!("orders-db.{NS}.svc:5432=127.0.0.1:{}", pg.port);
     let args = ["--resync-seconds", "1", "--endpoint-overrides", &overrides];
-    let mut operator = Operator::start(server.kubeconfig_path(), &args);
+    let kubeconfig = cluster.operator_kubeconfig(&[]).await;
+    let mut operator = Operator::start(&kubeconfig, &args);
     operator.wait_ready(WAIT);
 
     let api: Api<DatabaseInstance> = Api::namespaced(client.clone(), NS);
@@ -156,12 +160,15 @@ async fn postgres_instance_provisions_keeps_its_secret_grows_refuses_and_rotates
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     let before = secrets.get("orders-db-credentials").await.unwrap();
     assert_eq!(operator.terminate().code(), Some(0));
-    let mut operator = Operator::start(server.kubeconfig_path(), &args);
+    let mut operator = Operator::start(&kubeconfig, &args);
     operator.wait_ready(WAIT);
-    // Several resyncs (one per second), each connecting to the server: nothing to write.
-    server.reset_counts();
+    // Several resyncs (one per second), each connecting to the server: nothing to write, as the
+    // real API server's audit log counts it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mark = cluster.audit.mark();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(server.write_requests(true), 0, "steady state writes: {:?}", server.counts().writes(true));
+    let writes: Vec<String> = cluster.audit.writes_since(mark, OPERATOR_USER).iter().map(|e| e.describe()).collect();
+    assert!(writes.is_empty(), "steady state writes: {writes:#?}");
     let after = secrets.get("orders-db-credentials").await.unwrap();
     assert_eq!(secret_data(&after), secret_data(&before));
     assert_eq!(after.metadata.resource_version, before.metadata.resource_version);
@@ -172,10 +179,11 @@ async fn postgres_instance_provisions_keeps_its_secret_grows_refuses_and_rotates
         .await
         .unwrap();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
-    eventually("PVC grown to 2Gi", WAIT, || async {
+    eventually("PVC grown to 2Gi and resized", WAIT, || async {
         let pvc = claims.get("data-orders-db-0").await.ok()?;
         let size = pvc.spec?.resources?.requests?.get("storage")?.0.clone();
-        (size == "2Gi").then_some(())
+        let capacity = pvc.status?.capacity?.get("storage")?.0.clone();
+        (size == "2Gi" && capacity == "2Gi").then_some(())
     })
     .await;
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
@@ -247,18 +255,60 @@ async fn postgres_instance_provisions_keeps_its_secret_grows_refuses_and_rotates
         sts.get_opt("orders-db").await.ok()?.is_none().then_some(())
     })
     .await;
+    // The pods go through the real garbage collector and the kubelet stand-in; the claim stays.
+    eventually("pod gone", WAIT, || async {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
+        pods.get_opt("orders-db-0").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(claims.get_opt("data-orders-db-0").await.unwrap().is_some(), "the PVC outlives the instance");
+    cluster.assert_clean().await;
+    assert_eq!(operator.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_policy_delete_removes_the_volumes_through_the_statefulset_controller() {
+    let cluster = cluster().await;
+    let client = cluster.client();
+    // A closed port: the instance never becomes Ready, which deletion does not need.
+    let closed = support::operator::free_port();
+    let overrides = format!("scratch.{NS}.svc:5432=127.0.0.1:{closed}");
+    let kubeconfig = cluster.operator_kubeconfig(&[]).await;
+    let mut operator = Operator::start(&kubeconfig, &["--endpoint-overrides", &overrides]);
+    operator.wait_ready(WAIT);
+    let api: Api<DatabaseInstance> = Api::namespaced(client.clone(), NS);
+    let instance: DatabaseInstance = serde_json::from_value(json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "DatabaseInstance",
+        "metadata": {"name": "scratch", "namespace": NS},
+        "spec": {"engine": "postgres", "version": "15", "storage": {"size": "1Gi"}, "deletionPolicy": "Delete"}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &instance).await.unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
+    eventually("claim bound", WAIT, || async {
+        let pvc = claims.get_opt("data-scratch-0").await.ok()??;
+        (pvc.status?.phase.as_deref() == Some("Bound")).then_some(())
+    })
+    .await;
+    api.delete("scratch", &DeleteParams::default()).await.unwrap();
+    eventually("claim deleted with the instance", WAIT, || async {
+        claims.get_opt("data-scratch-0").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(api.get_opt("scratch").await.unwrap().is_none(), "the instance's finalizer was released");
+    cluster.assert_clean().await;
     assert_eq!(operator.terminate().code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_cluster_provisions_vhosts_and_users_and_refuses_scale_down() {
     let mut mq = RabbitMq::start();
-    let server = server().await;
-    let client = server.client().await;
+    let cluster = cluster().await;
+    let client = cluster.client();
     let overrides = format!("events.{NS}.svc:15672=127.0.0.1:{}", mq.mgmt_port);
-    let mut operator =
-        Operator::start(server.kubeconfig_path(), &["--resync-seconds", "1", "--endpoint-overrides", &overrides]);
+    let kubeconfig = cluster.operator_kubeconfig(&[]).await;
+    let mut operator = Operator::start(&kubeconfig, &["--resync-seconds", "1", "--endpoint-overrides", &overrides]);
     operator.wait_ready(WAIT);
 
     let api: Api<DatabaseInstance> = Api::namespaced(client.clone(), NS);
@@ -303,5 +353,6 @@ async fn rabbitmq_cluster_provisions_vhosts_and_users_and_refuses_scale_down() {
     assert!(message.contains("spec.replicas"), "{message}");
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
     assert_eq!(sts.get("events").await.unwrap().spec.replicas, Some(3));
+    cluster.assert_clean().await;
     assert_eq!(operator.terminate().code(), Some(0));
 }
