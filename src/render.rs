@@ -274,7 +274,7 @@ fn backup_jobs(backup: &berth_api::Backup, inputs: &Inputs) -> Result<Vec<Value>
             image: crate::controllers::DEFAULT_AGENT_IMAGE,
             storage: &valid.policy.spec.storage,
             tags: snapshot_tags(&backup.name_any(), &item),
-            node_name: None,
+            consumer: None,
             deadline_seconds: 6 * 3600,
             backoff_limit: 2,
         };

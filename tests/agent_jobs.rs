@@ -104,7 +104,10 @@ impl World {
             image: "ghcr.io/berth/berth:test",
             storage: &self.storage,
             tags: vec!["backup=nightly-1".into(), "policy=nightly".into()],
-            node_name: task.pvc().map(|_| "node-1".to_string()),
+            consumer: task.pvc().map(|_| berth::resources::backup::jobs::VolumeConsumer {
+                node_name: Some("node-1".into()),
+                ..Default::default()
+            }),
             deadline_seconds: 600,
             backoff_limit: 0,
         };

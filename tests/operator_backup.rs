@@ -1,12 +1,13 @@
-//! BackupPolicy, Backup and Restore end to end: the real operator on the test API server,
-//! whose Job stand-in runs each agent Job's `berth agent` command as a local process
-//! (tests/support/jobs.rs), against a real S3 server (s3s-fs), a real PostgreSQL 15 and a real
-//! RabbitMQ on loopback. In-cluster Service names reach the loopback servers through the
-//! operator's `--endpoint-overrides` and the runner's host overrides.
+//! BackupPolicy, Backup and Restore end to end: the real operator on a real control plane
+//! (tests/support/cluster) as the chart's ServiceAccount, in namespaces enforcing Pod Security
+//! `restricted`. The real Job controller runs the agent Jobs; the kubelet stand-in runs each Job
+//! pod's `berth agent` command as a local process (as the pod's user), against a real S3 server
+//! (s3s-fs), real PostgreSQL 15 servers and a real RabbitMQ on loopback. In-cluster Service
+//! names reach the loopback servers through the operator's `--endpoint-overrides` and the
+//! kubelet's host overrides.
 
 mod support;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,8 +16,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::apiserver::TestApiServer;
-use support::jobs::LocalJobRunner;
+use support::cluster::Cluster;
 use support::operator::Operator;
 use support::servers::{Postgres, RabbitMq, S3Server};
 use support::wait::eventually;
@@ -30,10 +30,28 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-async fn api_server() -> TestApiServer {
-    let server = TestApiServer::start().await;
-    server.install_crds_from_dir(&repo().join("crds")).await;
-    server
+/// A control plane with Berth's CRDs and the namespaces `NS` and `OTHER`, the kubelet
+/// stand-in's agent processes configured by `servers`.
+async fn cluster(overrides: &[(String, String)]) -> Cluster {
+    let cluster = Cluster::start().await;
+    cluster.install_crds_from_dir(&repo().join("crds")).await;
+    for ns in [NS, OTHER] {
+        cluster.namespace(ns).await;
+    }
+    let kubelet = cluster.kubelet();
+    kubelet.with_env("AWS_EC2_METADATA_DISABLED", "true");
+    for (from, to) in overrides {
+        kubelet.with_host_override(from.clone(), to.clone());
+    }
+    cluster
+}
+
+/// The operator as the chart's ServiceAccount, with `args`.
+async fn operator(cluster: &Cluster, args: &[&str]) -> Operator {
+    let kubeconfig = cluster.operator_kubeconfig(&[]).await;
+    let mut operator = Operator::start(&kubeconfig, args);
+    operator.wait_ready(WAIT);
+    operator
 }
 
 async fn create<K>(client: &kube::Client, ns: &str, value: Value) -> K
@@ -107,9 +125,11 @@ fn backup_phase(b: &Backup) -> Option<String> {
     b.status.as_ref()?.phase.clone()
 }
 
-/// The real servers, reachable under both namespaces' Service names.
+/// The real servers. Each namespace's `orders-db` is its own PostgreSQL, so that a restore
+/// into the other namespace can be told from an overwrite of the source.
 struct Servers {
     pg: Postgres,
+    pg_other: Postgres,
     mq: RabbitMq,
     s3: S3Server,
 }
@@ -117,42 +137,36 @@ struct Servers {
 impl Servers {
     fn overrides(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        for ns in [NS, OTHER] {
-            out.push((format!("orders-db.{ns}.svc:5432"), format!("127.0.0.1:{}", self.pg.port)));
+        for (ns, pg) in [(NS, &self.pg), (OTHER, &self.pg_other)] {
+            out.push((format!("orders-db.{ns}.svc:5432"), format!("127.0.0.1:{}", pg.port)));
             out.push((format!("events.{ns}.svc:15672"), format!("127.0.0.1:{}", self.mq.mgmt_port)));
         }
         out
     }
 
-    fn operator(&self, server: &TestApiServer) -> Operator {
+    async fn operator(&self, cluster: &Cluster) -> Operator {
         let overrides: Vec<String> = self.overrides().iter().map(|(a, b)| format!("{a}={b}")).collect();
         let overrides = overrides.join(",");
-        Operator::start(server.kubeconfig_path(), &["--leader-election=false", "--endpoint-overrides", &overrides])
-    }
-
-    fn runner(&self, server: &TestApiServer) -> LocalJobRunner {
-        let mut runner = LocalJobRunner::new(server, HashMap::new()).with_env("AWS_EC2_METADATA_DISABLED", "true");
-        for (from, to) in self.overrides() {
-            runner = runner.with_host_override(from, to);
-        }
-        runner.install(server);
-        runner
+        operator(cluster, &["--leader-election=false", "--endpoint-overrides", &overrides]).await
     }
 
     fn count_items(&self) -> String {
         self.pg.psql("orders", "SELECT count(*) FROM items").trim().to_string()
     }
+
+    fn count_items_other(&self) -> String {
+        self.pg_other.psql("orders", "SELECT count(*) FROM items").trim().to_string()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scheduled_backup_restores_here_elsewhere_and_in_a_new_cluster() {
-    let mut servers = Servers { pg: Postgres::start(), mq: RabbitMq::start(), s3: S3Server::start() };
+    let mut servers =
+        Servers { pg: Postgres::start(), pg_other: Postgres::start(), mq: RabbitMq::start(), s3: S3Server::start() };
     servers.s3.create_bucket("backups");
-    let server = api_server().await;
-    let client = server.client().await;
-    let _runner = servers.runner(&server);
-    let mut operator = servers.operator(&server);
-    operator.wait_ready(WAIT);
+    let cluster = cluster(&servers.overrides()).await;
+    let client = cluster.client();
+    let mut operator = servers.operator(&cluster).await;
     storage_secrets(&client, &servers.s3).await;
 
     // Two instances, provisioned for real (the test plays the images' entrypoints).
@@ -255,7 +269,10 @@ async fn scheduled_backup_restores_here_elsewhere_and_in_a_new_cluster() {
     assert_eq!(user["password_hash"], mq_user_before["password_hash"], "the user comes back from the backup");
     servers.mq.api_ok("GET", "/api/permissions/orders/orders-app", None);
 
-    // Into another namespace, from the policy's newest backup.
+    // Into another namespace (its own server), from the policy's newest backup. The image's
+    // entrypoint there would start the server with the restored admin password.
+    servers.pg_other.psql("postgres", &format!("ALTER ROLE postgres PASSWORD '{}'", servers.pg.password));
+    servers.pg_other.password = servers.pg.password.clone();
     servers.pg.psql("orders", "DELETE FROM items");
     let _: Restore = create(
         &client,
@@ -273,15 +290,16 @@ async fn scheduled_backup_restores_here_elsewhere_and_in_a_new_cluster() {
     let other_secrets: Api<Secret> = Api::namespaced(client.clone(), OTHER);
     let copied = other_secrets.get("orders-db-credentials").await.unwrap();
     assert_eq!(secret_value(&copied, "password"), servers.pg.password, "passwords come back with the data");
-    assert_eq!(servers.count_items(), "3");
+    assert_eq!(servers.count_items_other(), "3", "the copy has the backup's rows");
+    assert_eq!(servers.count_items(), "0", "the source was not written");
+    cluster.assert_clean().await;
     operator.terminate();
+    drop(cluster);
 
     // Disaster recovery: a brand-new cluster with only a suspended policy on the old bucket.
-    let fresh = api_server().await;
-    let fresh_client = fresh.client().await;
-    let _runner = servers.runner(&fresh);
-    let mut operator = servers.operator(&fresh);
-    operator.wait_ready(WAIT);
+    let fresh = self::cluster(&servers.overrides()).await;
+    let fresh_client = fresh.client();
+    let mut operator = servers.operator(&fresh).await;
     storage_secrets(&fresh_client, &servers.s3).await;
     let _: BackupPolicy = create(&fresh_client, NS, policy(&servers.s3, "0 3 * * *", true)).await;
     let fresh_backups: Api<Backup> = Api::namespaced(fresh_client.clone(), NS);
@@ -317,16 +335,16 @@ async fn scheduled_backup_restores_here_elsewhere_and_in_a_new_cluster() {
     assert_eq!(servers.count_items(), "3");
     let fresh_instances: Api<DatabaseInstance> = Api::namespaced(fresh_client.clone(), NS);
     assert!(fresh_instances.get_opt("events").await.unwrap().is_some());
+    fresh.assert_clean().await;
     assert_eq!(operator.terminate().code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_storage_fails_the_backup_and_a_stopped_schedule_goes_stale() {
     let s3 = S3Server::start();
-    let server = api_server().await;
-    let client = server.client().await;
-    let mut operator = Operator::start(server.kubeconfig_path(), &["--leader-election=false"]);
-    operator.wait_ready(WAIT);
+    let cluster = cluster(&[]).await;
+    let client = cluster.client();
+    let operator = operator(&cluster, &["--leader-election=false"]).await;
     storage_secrets(&client, &s3).await;
     // Nothing listens on this port.
     let closed = support::operator::free_port();
@@ -376,6 +394,8 @@ async fn unreachable_storage_fails_the_backup_and_a_stopped_schedule_goes_stale(
         (fresh == 0.0 && last > 0.0).then_some(())
     })
     .await;
+    cluster.assert_clean().await;
+    let mut operator = operator;
     assert_eq!(operator.terminate().code(), Some(0));
 }
 
@@ -383,10 +403,9 @@ async fn unreachable_storage_fails_the_backup_and_a_stopped_schedule_goes_stale(
 async fn retention_keeps_the_newest_and_only_its_own_and_data_deletion_is_opt_in() {
     let s3 = S3Server::start();
     s3.create_bucket("backups");
-    let server = api_server().await;
-    let client = server.client().await;
-    let mut operator = Operator::start(server.kubeconfig_path(), &["--leader-election=false"]);
-    operator.wait_ready(WAIT);
+    let cluster = cluster(&[]).await;
+    let client = cluster.client();
+    let mut operator = operator(&cluster, &["--leader-election=false"]).await;
     storage_secrets(&client, &s3).await;
     // Two policies share one repository (same bucket and prefix).
     let mut keep_one = policy(&s3, "0 3 * * *", true);
@@ -456,6 +475,7 @@ async fn retention_keeps_the_newest_and_only_its_own_and_data_deletion_is_opt_in
     assert_eq!(manifests(repository().await).await, ["all-1", "one-2"]);
     let report = berth::backup::ops::check(&repository().await, true).await.unwrap();
     assert!(report.ok(), "{report:?}");
+    cluster.assert_clean().await;
     assert_eq!(operator.terminate().code(), Some(0));
 }
 
@@ -463,20 +483,9 @@ async fn retention_keeps_the_newest_and_only_its_own_and_data_deletion_is_opt_in
 async fn an_apps_volume_is_backed_up_on_its_node_and_restored() {
     let s3 = S3Server::start();
     s3.create_bucket("backups");
-    let server = api_server().await;
-    let client = server.client().await;
-    let data = tempfile::tempdir().unwrap();
-    std::fs::create_dir(data.path().join("uploads")).unwrap();
-    std::fs::write(data.path().join("uploads/a.txt"), "first upload").unwrap();
-    std::fs::write(data.path().join("index.db"), vec![7u8; 300_000]).unwrap();
-    let runner = LocalJobRunner::new(
-        &server,
-        HashMap::from([((NS.to_string(), "web-data".to_string()), data.path().to_path_buf())]),
-    )
-    .with_env("AWS_EC2_METADATA_DISABLED", "true");
-    runner.install(&server);
-    let mut operator = Operator::start(server.kubeconfig_path(), &["--leader-election=false"]);
-    operator.wait_ready(WAIT);
+    let cluster = cluster(&[]).await;
+    let client = cluster.client();
+    let mut operator = operator(&cluster, &["--leader-election=false"]).await;
     storage_secrets(&client, &s3).await;
 
     let _: berth::api::AppEnvironment = create(
@@ -498,22 +507,36 @@ async fn an_apps_volume_is_backed_up_on_its_node_and_restored() {
         }),
     )
     .await;
-    // The pod that mounts it runs on node-7: the backup Job must go there too.
+    // The volume's files, on the volume the kubelet stand-in provisioned.
+    let data = eventually("web-data bound", WAIT, || async { cluster.kubelet().pvc_dir(NS, "web-data").await }).await;
+    // The app (UID 1000) wrote its uploads; index.db is root's (an old host's copy).
+    std::fs::create_dir(data.join("uploads")).unwrap();
+    std::fs::write(data.join("uploads/a.txt"), "first upload").unwrap();
+    for path in [data.join("uploads"), data.join("uploads/a.txt")] {
+        std::os::unix::fs::chown(path, Some(1000), Some(1000)).unwrap();
+    }
+    std::fs::write(data.join("index.db"), vec![7u8; 300_000]).unwrap();
+    // The pod that mounts it runs on the stand-in's node: the backup Job must go there too.
+    let restricted = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
+                            "runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}});
     let _: k8s_openapi::api::core::v1::Pod = create(
         &client,
         NS,
         json!({
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0"},
-            "spec": {"nodeName": "node-7", "containers": [{"name": "web", "image": "ghcr.io/example/web:1"}],
-                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "web-data"}}]},
-            "status": {"phase": "Running"}
+            "spec": {"nodeName": support::kubelet::Kubelet::NODE,
+                     "securityContext": {"fsGroup": 1000},
+                     "containers": [{"name": "web", "image": "ghcr.io/example/web:1", "securityContext": restricted,
+                                     "volumeMounts": [{"name": "data", "mountPath": "/srv/data"}]}],
+                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "web-data"}}]}
         }),
     )
     .await;
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
-    pods.patch_status("web-0", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}})))
-        .await
-        .unwrap();
+    eventually("web-0 running", WAIT, || async {
+        (pods.get("web-0").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+    })
+    .await;
     let mut volumes = policy(&s3, "0 3 * * *", true);
     volumes["spec"]["scope"] = json!({"databases": false, "volumes": true});
     let _: BackupPolicy = create(&client, NS, volumes).await;
@@ -531,14 +554,18 @@ async fn an_apps_volume_is_backed_up_on_its_node_and_restored() {
     let items = done.status.unwrap().items;
     let volume = items.iter().find(|i| i.name == "volume/web-data").expect("the app's PVC is an item");
     assert!(volume.bytes.unwrap_or(0) >= 300_000, "{volume:?}");
-    let job = runner.runs().into_iter().find(|r| r.args.iter().any(|a| a == "backup-dir")).expect("a volume Job ran");
+    let kubelet = cluster.kubelet();
+    let job = kubelet.runs().into_iter().find(|r| r.args.iter().any(|a| a == "backup-dir")).expect("a volume Job ran");
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), NS);
     let spec = jobs.get(&job.job).await.unwrap().spec.unwrap().template.spec.unwrap();
     let affinity = serde_json::to_string(&spec.affinity).unwrap();
-    assert!(affinity.contains("node-7"), "co-located with the pod that mounts the volume: {affinity}");
+    assert!(
+        affinity.contains(support::kubelet::Kubelet::NODE),
+        "co-located with the pod that mounts the volume: {affinity}"
+    );
 
-    std::fs::remove_dir_all(data.path().join("uploads")).unwrap();
-    std::fs::write(data.path().join("index.db"), b"corrupted").unwrap();
+    std::fs::remove_dir_all(data.join("uploads")).unwrap();
+    std::fs::write(data.join("index.db"), b"corrupted").unwrap();
     let _: Restore = create(
         &client,
         NS,
@@ -549,8 +576,21 @@ async fn an_apps_volume_is_backed_up_on_its_node_and_restored() {
     )
     .await;
     let restores: Api<Restore> = Api::namespaced(client.clone(), NS);
-    wait_phase(&restores, "files-back", "Completed", restore_phase).await;
-    assert_eq!(std::fs::read_to_string(data.path().join("uploads/a.txt")).unwrap(), "first upload");
-    assert_eq!(std::fs::read(data.path().join("index.db")).unwrap(), vec![7u8; 300_000]);
+    let restored = eventually("files-back ended", WAIT, || async {
+        let r = restores.get("files-back").await.ok()?;
+        matches!(restore_phase(&r)?.as_str(), "Completed" | "Failed" | "PartiallyFailed").then_some(r)
+    })
+    .await;
+    let agent = cluster.kubelet().runs().into_iter().filter(|r| r.job.starts_with("files-back")).collect::<Vec<_>>();
+    assert_eq!(restore_phase(&restored).as_deref(), Some("Completed"), "{:?}\nagent runs: {agent:#?}", restored.status);
+    assert_eq!(std::fs::read_to_string(data.join("uploads/a.txt")).unwrap(), "first upload");
+    assert_eq!(std::fs::read(data.join("index.db")).unwrap(), vec![7u8; 300_000]);
+    // The agent ran as the app (found from the pod that mounts the volume), so what it restored
+    // belongs to the app, which can write it again.
+    let restore_run = agent.iter().find(|r| r.exit_code == Some(0)).expect("a successful restore run");
+    assert_eq!(restore_run.user.map(|(uid, _)| uid), Some(1000), "{restore_run:?}");
+    let restored_file = std::fs::metadata(data.join("uploads/a.txt")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&restored_file), 1000);
+    cluster.assert_clean().await;
     assert_eq!(operator.terminate().code(), Some(0));
 }

@@ -711,12 +711,18 @@ fn apply_meta(p: &Path, n: &Node, is_root: bool) -> Result<()> {
             return Err(BackupError::io(format!("chown {}", p.display()), std::io::Error::last_os_error()));
         }
     }
+    // Without root, the mode and times of a file another user owns cannot be set (a restore
+    // into a volume the app shares through its fsGroup); its content is restored all the same.
+    let owners_only = |e: &std::io::Error| !is_root && e.raw_os_error() == Some(libc::EPERM);
     if n.kind != NodeKind::Symlink {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(n.mode))
-            .map_err(|e| BackupError::io(format!("chmod {}", p.display()), e))?;
+        match std::fs::set_permissions(p, std::fs::Permissions::from_mode(n.mode)) {
+            Err(e) if !owners_only(&e) => return Err(BackupError::io(format!("chmod {}", p.display()), e)),
+            _ => {}
+        }
     }
     let mtime = filetime::FileTime::from_unix_time(n.mtime_sec, n.mtime_nsec);
-    filetime::set_symlink_file_times(p, mtime, mtime)
-        .map_err(|e| BackupError::io(format!("set times {}", p.display()), e))?;
-    Ok(())
+    match filetime::set_symlink_file_times(p, mtime, mtime) {
+        Err(e) if !owners_only(&e) => Err(BackupError::io(format!("set times {}", p.display()), e)),
+        _ => Ok(()),
+    }
 }

@@ -33,7 +33,7 @@ use crate::api::databaseinstance::Engine;
 use crate::api::{AppEnvironment, DatabaseInstance};
 use crate::backup::Repository;
 use crate::backup::resources::{SnapshotRef, store_objects};
-use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, job_outcome, snapshot_tags};
+use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, job_outcome, jobs, snapshot_tags};
 use crate::resources::backuppolicy::{ValidPolicy, validate as validate_policy};
 use crate::resources::meta::owner_label_key;
 
@@ -250,8 +250,8 @@ async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Resul
                     changed = true;
                     continue;
                 };
-                let node_name = match &task {
-                    AgentTask::BackupVolume { pvc } => node_of(ctx, &ns, pvc).await?,
+                let consumer = match &task {
+                    AgentTask::BackupVolume { pvc } => volume_consumer(&ctx.shared.client, &ns, pvc).await?,
                     _ => None,
                 };
                 let owner = backup.controller_owner_ref(&()).expect("a Backup from the API has a uid");
@@ -262,7 +262,7 @@ async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Resul
                     image: &ctx.shared.agent_image,
                     storage: &policy.policy.spec.storage,
                     tags: snapshot_tags(&name, &item.name),
-                    node_name,
+                    consumer,
                     deadline_seconds: JOB_DEADLINE_SECONDS,
                     backoff_limit: JOB_BACKOFF_LIMIT,
                 };
@@ -342,20 +342,16 @@ async fn task_for(ctx: &Ctx, ns: &str, item: &str) -> Result<Option<AgentTask>, 
     Ok(None)
 }
 
-/// The node of a running pod that mounts `pvc`: a ReadWriteOnce volume can only be mounted
-/// there a second time.
-async fn node_of(ctx: &Ctx, ns: &str, pvc: &str) -> Result<Option<String>, Error> {
-    let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), ns);
+/// The running pod that mounts `pvc`: a ReadWriteOnce volume can only be mounted a second
+/// time on its node, and its files are the app's user's.
+pub(super) async fn volume_consumer(
+    client: &kube::Client,
+    ns: &str,
+    pvc: &str,
+) -> Result<Option<jobs::VolumeConsumer>, Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let list = pods.list(&ListParams::default().fields("status.phase=Running")).await?;
-    Ok(list.items.into_iter().find_map(|pod| {
-        let spec = pod.spec?;
-        let uses = spec
-            .volumes
-            .iter()
-            .flatten()
-            .any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == pvc));
-        if uses { spec.node_name } else { None }
-    }))
+    Ok(jobs::volume_consumer(&list.items, pvc))
 }
 
 /// Every Job has ended: exports the Kubernetes objects, writes the manifest and ends the

@@ -392,6 +392,13 @@ async fn run_jobs(
         match ctx.jobs.get(&ObjectRef::new(&job_name).within(&ns)) {
             None => {
                 let owner = restore.controller_owner_ref(&()).expect("a Restore from the API has a uid");
+                // A volume is restored on the node and as the user of the pod that mounts it.
+                let consumer = match &task {
+                    AgentTask::RestoreVolume { pvc, .. } => {
+                        super::backup::volume_consumer(&ctx.shared.client, &ns, pvc).await?
+                    }
+                    _ => None,
+                };
                 let settings = JobSettings {
                     owner: &owner,
                     namespace: &ns,
@@ -399,7 +406,7 @@ async fn run_jobs(
                     image: &ctx.shared.agent_image,
                     storage: &loaded.policy.spec.storage,
                     tags: Vec::new(),
-                    node_name: None,
+                    consumer,
                     deadline_seconds: JOB_DEADLINE_SECONDS,
                     backoff_limit: JOB_BACKOFF_LIMIT,
                 };

@@ -231,7 +231,10 @@ mod tests {
                 image: "berth:test",
                 storage: &storage,
                 tags: vec![],
-                node_name: Some("node-1".into()),
+                consumer: Some(crate::resources::backup::jobs::VolumeConsumer {
+                    node_name: Some("node-1".into()),
+                    ..Default::default()
+                }),
                 deadline_seconds: 60,
                 backoff_limit: 1,
             };

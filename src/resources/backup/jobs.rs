@@ -11,9 +11,11 @@
 //!   `host`, `port`, `username`, `password`): libpq's `PGHOST`/`PGPORT`/`PGUSER`/`PGPASSWORD`
 //!   for PostgreSQL; for RabbitMQ the management API at `http://$(BERTH_RABBITMQ_HOST):15672`
 //!   (Kubernetes expands `$(VAR)` from the variables before it);
-//! - a volume's PVC at [`DATA_MOUNT_PATH`], read-only for a backup, on the node given in
-//!   [`JobSettings::node_name`] (the node of the pod that uses it, so that a ReadWriteOnce
-//!   volume can be mounted twice);
+//! - a volume's PVC at [`DATA_MOUNT_PATH`], read-only for a backup, as the [`VolumeConsumer`]
+//!   (the pod that mounts it): on its node, so that a ReadWriteOnce volume can be mounted
+//!   twice, and as its user, group and fsGroup, so that the agent may read what the app wrote
+//!   and restored files belong to the app. A restore into a volume no pod mounts runs with the
+//!   agent's own fsGroup, which the kubelet applies to the volume so that it may write;
 //! - the label `berth.dev/role: backup` that the database NetworkPolicies admit, a restricted
 //!   security context (non-root, RuntimeDefault seccomp, no capabilities, read-only root file
 //!   system with an emptyDir at [`TMP_MOUNT_PATH`]), no service account token, and an owner
@@ -24,9 +26,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, NodeAffinity,
-    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource, PodSecurityContext,
-    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource, Pod,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -196,12 +198,84 @@ pub struct JobSettings<'a> {
     pub storage: &'a StorageLocation,
     /// Snapshot tags (backups only).
     pub tags: Vec<String>,
-    /// Node to run on: the node of the pod that uses the PVC (volume tasks).
-    pub node_name: Option<String>,
+    /// The pod that mounts the PVC (volume tasks): its node and identity.
+    pub consumer: Option<VolumeConsumer>,
     /// `activeDeadlineSeconds`.
     pub deadline_seconds: i64,
     /// `backoffLimit`.
     pub backoff_limit: i32,
+}
+
+/// Where and as whom a pod mounts a volume.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VolumeConsumer {
+    pub node_name: Option<String>,
+    /// The effective non-root `runAsUser` of the container that mounts it (pod level when the
+    /// container sets none).
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub fs_group: Option<i64>,
+}
+
+/// The consumer of `claim` among `pods`: the first running pod that mounts it. Root (UID or
+/// GID 0) is never taken over: the agent keeps its own identity then.
+pub fn volume_consumer(pods: &[Pod], claim: &str) -> Option<VolumeConsumer> {
+    pods.iter().find_map(|pod| {
+        let spec = pod.spec.as_ref()?;
+        let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == claim))?;
+        if !running || pod.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        let container = spec
+            .containers
+            .iter()
+            .find(|c| c.volume_mounts.iter().flatten().any(|m| m.name == volume.name))
+            .or(spec.containers.first());
+        let container_context = container.and_then(|c| c.security_context.as_ref());
+        let pod_context = spec.security_context.as_ref();
+        let non_root = |id: Option<i64>| id.filter(|&id| id > 0);
+        Some(VolumeConsumer {
+            node_name: spec.node_name.clone(),
+            run_as_user: non_root(
+                container_context.and_then(|c| c.run_as_user).or(pod_context.and_then(|p| p.run_as_user)),
+            ),
+            run_as_group: non_root(
+                container_context.and_then(|c| c.run_as_group).or(pod_context.and_then(|p| p.run_as_group)),
+            ),
+            fs_group: non_root(pod_context.and_then(|p| p.fs_group)),
+        })
+    })
+}
+
+/// The pod's identity for `task`: the volume consumer's where it has one, else the agent's;
+/// a restore into a volume gets an fsGroup so that the kubelet lets it write there.
+fn pod_identity(task: &AgentTask, consumer: Option<&VolumeConsumer>) -> PodSecurityContext {
+    let consumer = consumer.cloned().unwrap_or_default();
+    let user = consumer.run_as_user.unwrap_or(AGENT_UID);
+    let fs_group = match (&task, consumer.fs_group) {
+        (_, Some(group)) => Some(group),
+        (AgentTask::RestoreVolume { .. }, None) => Some(consumer.run_as_group.unwrap_or(AGENT_UID)),
+        _ => None,
+    };
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(user),
+        run_as_group: Some(consumer.run_as_group.unwrap_or(if consumer.run_as_user.is_some() {
+            user
+        } else {
+            AGENT_UID
+        })),
+        fs_group,
+        // The kubelet re-owns the volume only when its root does not match already.
+        fs_group_change_policy: fs_group.map(|_| "OnRootMismatch".into()),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+        ..PodSecurityContext::default()
+    }
 }
 
 /// `s3://bucket/prefix` (or `s3://bucket`) as `berth agent` parses `BERTH_REPOSITORY`.
@@ -419,17 +493,8 @@ pub fn agent_job(task: &AgentTask, settings: &JobSettings) -> Job {
                     restart_policy: Some("Never".into()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(AGENT_UID),
-                        run_as_group: Some(AGENT_UID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    affinity: settings.node_name.as_deref().map(node_affinity),
+                    security_context: Some(pod_identity(task, settings.consumer.as_ref())),
+                    affinity: settings.consumer.as_ref().and_then(|c| c.node_name.as_deref()).map(node_affinity),
                     termination_grace_period_seconds: Some(30),
                     containers: vec![container],
                     volumes: Some(volumes),

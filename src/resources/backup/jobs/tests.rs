@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 
 use super::*;
 
@@ -38,7 +38,7 @@ fn build(task: &AgentTask, storage: &StorageLocation, node: Option<&str>) -> Job
         image: "ghcr.io/berth/berth:1.2.3",
         storage,
         tags: vec!["backup=nightly-20261122".into(), "policy=nightly".into()],
-        node_name: node.map(str::to_string),
+        consumer: node.map(|n| VolumeConsumer { node_name: Some(n.into()), ..VolumeConsumer::default() }),
         deadline_seconds: 3600,
         backoff_limit: 2,
     };
@@ -127,7 +127,9 @@ fn assert_common(job: &Job, task: &str, target: &str) {
     assert_eq!(psc.run_as_non_root, Some(true));
     assert_eq!(psc.run_as_user, Some(AGENT_UID));
     assert_eq!(psc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
-    assert_eq!(psc.fs_group, None, "an fsGroup would re-own the files of a backed-up PVC");
+    if task != "restore-volume" {
+        assert_eq!(psc.fs_group, None, "an fsGroup would re-own the files of a backed-up PVC");
+    }
 
     let c = container(job);
     assert_eq!(c.name, CONTAINER_NAME);
@@ -267,6 +269,85 @@ fn restore_volume_is_writable() {
     assert_eq!(mounts(&job)["/data"], (DATA_VOLUME.to_string(), false));
     assert_eq!(volume(&job, DATA_VOLUME).persistent_volume_claim.as_ref().unwrap().read_only, Some(false));
     assert!(pod(&job).affinity.is_some());
+    // No pod mounts it: the agent's own group, applied by the kubelet, lets it write there.
+    let psc = pod(&job).security_context.as_ref().unwrap();
+    assert_eq!((psc.run_as_user, psc.fs_group), (Some(AGENT_UID), Some(AGENT_UID)));
+    assert_eq!(psc.fs_group_change_policy.as_deref(), Some("OnRootMismatch"));
+}
+
+/// A running pod mounting `claim` as `user` (container level) with the pod's `fs_group`.
+fn consumer_pod(claim: &str, phase: &str, user: Option<i64>, fs_group: Option<i64>) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-0"},
+        "spec": {
+            "nodeName": "node-7",
+            "securityContext": {"runAsUser": 999, "fsGroup": fs_group},
+            "containers": [
+                {"name": "sidecar", "securityContext": {"runAsUser": 5}},
+                {"name": "web", "securityContext": {"runAsUser": user, "runAsGroup": 1001},
+                 "volumeMounts": [{"name": "data", "mountPath": "/srv"}]}
+            ],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]
+        },
+        "status": {"phase": phase}
+    }))
+    .unwrap()
+}
+
+#[test]
+fn volume_consumer_is_the_running_pod_and_container_that_mount_the_claim() {
+    let pods = [
+        consumer_pod("other", "Running", Some(1), None),
+        consumer_pod("uploads", "Pending", Some(2), None),
+        consumer_pod("uploads", "Running", Some(1000), Some(2000)),
+    ];
+    let consumer = volume_consumer(&pods, "uploads").unwrap();
+    assert_eq!(
+        consumer,
+        VolumeConsumer {
+            node_name: Some("node-7".into()),
+            run_as_user: Some(1000),
+            run_as_group: Some(1001),
+            fs_group: Some(2000),
+        }
+    );
+    assert_eq!(volume_consumer(&pods[..2], "uploads"), None, "a pending pod mounts nothing yet");
+    // The pod-level user counts when the mounting container sets none; root is never taken.
+    let pod_level = volume_consumer(&[consumer_pod("uploads", "Running", None, Some(0))], "uploads").unwrap();
+    assert_eq!((pod_level.run_as_user, pod_level.fs_group), (Some(999), None));
+}
+
+#[test]
+fn volume_jobs_run_as_the_consumer() {
+    let owner = owner();
+    let storage = storage();
+    let consumer = VolumeConsumer {
+        node_name: Some("node-7".into()),
+        run_as_user: Some(1000),
+        run_as_group: Some(1001),
+        fs_group: Some(2000),
+    };
+    for task in [
+        AgentTask::BackupVolume { pvc: "uploads".into() },
+        AgentTask::RestoreVolume { pvc: "uploads".into(), snapshot: "3fa9c2d1".into() },
+    ] {
+        let settings = JobSettings {
+            owner: &owner,
+            namespace: "team-a",
+            name: "files",
+            image: "berth:1",
+            storage: &storage,
+            tags: Vec::new(),
+            consumer: Some(consumer.clone()),
+            deadline_seconds: 3600,
+            backoff_limit: 2,
+        };
+        let job = agent_job(&task, &settings);
+        let psc = pod(&job).security_context.as_ref().unwrap();
+        assert_eq!((psc.run_as_user, psc.run_as_group, psc.fs_group), (Some(1000), Some(1001), Some(2000)));
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert!(serde_json::to_string(&pod(&job).affinity).unwrap().contains("node-7"));
+    }
 }
 
 #[test]
