@@ -66,12 +66,15 @@ struct Figures {
 impl Server {
     async fn start(kind: &str) -> Server {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let certificate_crd = repo.join("tests/fixtures/apiserver/cert-manager-certificate-crd.yaml");
+        // cert-manager's Certificate CRD: open for the stand-in, with its real schema for the
+        // real API server.
+        let open_certificate_crd = repo.join("tests/fixtures/apiserver/cert-manager-certificate-crd-open.yaml");
+        let certificate_crd = repo.join("tests/fixtures/cluster/cert-manager-certificate-crd.yaml");
         match kind {
             "standin" => {
                 let server = TestApiServer::start().await;
                 server.install_crds_from_dir(&repo.join("crds")).await;
-                server.install_crds_from_file(&certificate_crd).await;
+                server.install_crds_from_file(&open_certificate_crd).await;
                 Server::StandIn(server)
             }
             _ => {

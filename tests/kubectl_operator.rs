@@ -17,7 +17,7 @@ use support::operator::Operator;
 async fn kubectl_apply_get_and_wait_for_the_examples() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let cluster = Cluster::start().await;
-    cluster.install_crds_from_file(&repo.join("tests/fixtures/apiserver/cert-manager-certificate-crd.yaml")).await;
+    cluster.install_crds_from_file(&repo.join("tests/fixtures/cluster/cert-manager-certificate-crd.yaml")).await;
     // Berth does not create namespaces: the platform team does, enforcing Pod Security.
     for ns in ["shop", "shop-dev", "shop-staging"] {
         cluster.namespace(ns).await;

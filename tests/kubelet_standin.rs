@@ -483,7 +483,7 @@ async fn claims_are_provisioned_grown_and_reclaimed_and_certificates_issued() {
     // cert-manager: a Certificate gets its TLS Secret and Ready=True; new dnsNames, new certificate.
     cluster
         .install_crds_from_file(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apiserver/cert-manager-certificate-crd.yaml"),
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cluster/cert-manager-certificate-crd.yaml"),
         )
         .await;
     let resource = ApiResource::from_gvk_with_plural(

@@ -30,7 +30,7 @@ fn repo() -> &'static Path {
 async fn cluster(namespaces: &[&str]) -> Cluster {
     let cluster = Cluster::start().await;
     cluster.install_crds_from_dir(&repo().join("crds")).await;
-    cluster.install_crds_from_file(&repo().join("tests/fixtures/apiserver/cert-manager-certificate-crd.yaml")).await;
+    cluster.install_crds_from_file(&repo().join("tests/fixtures/cluster/cert-manager-certificate-crd.yaml")).await;
     for ns in namespaces {
         cluster.namespace(ns).await;
     }
