@@ -279,7 +279,14 @@ fn main() {
     println!("operator --resync-seconds {resync}; real control plane: kube-controller-manager --kube-api-qps {qps}");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     for n in sizes {
-        let figures: Vec<Figures> = servers.iter().map(|kind| rt.block_on(run(kind, n, resync))).collect();
+        let figures: Vec<Figures> = servers
+            .iter()
+            .map(|kind| {
+                let f = rt.block_on(run(kind, n, resync));
+                print(&f);
+                f
+            })
+            .collect();
         println!("--- n = {n}");
         for f in &figures {
             print(f);

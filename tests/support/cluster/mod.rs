@@ -189,7 +189,7 @@ impl Cluster {
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
             .arg(format!("--service-account-key-file={}", pki.service_account_public_key.display()))
             .arg(format!("--service-account-signing-key-file={}", pki.service_account_key.display()))
-            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg("--service-cluster-ip-range=10.0.0.0/16")
             // No endpoint for the `kubernetes` Service: a loopback address is not a valid endpoint.
             .arg("--endpoint-reconciler-type=none")
             .arg("--allow-privileged=false")
@@ -244,7 +244,7 @@ impl Cluster {
             .arg(format!("--service-account-private-key-file={}", pki.service_account_key.display()))
             .arg(format!("--cluster-signing-cert-file={}", pki.ca_cert.display()))
             .arg(format!("--cluster-signing-key-file={}", pki.ca_key.display()))
-            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg("--service-cluster-ip-range=10.0.0.0/16")
             .arg(format!("--kube-api-qps={qps}"))
             .arg(format!("--kube-api-burst={}", qps.parse::<u32>().unwrap_or(500) * 2))
             // Terminated pods are collected soon, like a busy cluster's.
