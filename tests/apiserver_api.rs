@@ -220,7 +220,7 @@ async fn generation_tracks_spec_only() {
         .await
         .unwrap();
     assert_eq!(generation(&dep), 2);
-    let containers = dep.spec.template.spec.unwrap().containers;
+    let containers = dep.spec.unwrap().template.spec.unwrap().containers;
     assert_eq!((containers.len(), containers[0].image.as_deref()), (1, Some("j")));
 }
 
@@ -672,13 +672,8 @@ async fn builtin_controller_standins() {
     let st = d.status.unwrap();
     assert_eq!(st.observed_generation, Some(1));
     let conds = st.conditions.unwrap();
-    assert!(conds.iter().any(|c| c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True")));
-    assert!(
-        conds
-            .iter()
-            .any(|c| c.type_.as_deref() == Some("Progressing")
-                && c.reason.as_deref() == Some("NewReplicaSetAvailable"))
-    );
+    assert!(conds.iter().any(|c| c.type_ == "Available" && c.status == "True"));
+    assert!(conds.iter().any(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("NewReplicaSetAvailable")));
     // settled: the stand-in does not keep writing
     let before = s.resource_version();
     tokio::time::sleep(Duration::from_millis(200)).await;

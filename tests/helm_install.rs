@@ -66,7 +66,7 @@ async fn helm_install_upgrade_and_uninstall_on_a_real_api_server() {
         ],
     );
     let operator = deployments.get("berth").await.unwrap();
-    let env = operator.spec.template.spec.unwrap().containers[0].env.clone().unwrap_or_default();
+    let env = operator.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap_or_default();
     assert!(env.iter().any(|e| e.value.as_deref() == Some("debug")), "{env:?}");
     cluster.assert_clean().await;
 

@@ -19,8 +19,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// Kubernetes versions every manifest must validate against (issue 2: 1.31 through 1.35).
-const K8S_VERSIONS: &[&str] = &["1.31.0", "1.32.0", "1.33.0", "1.34.0", "1.35.0"];
+/// Kubernetes versions every manifest must validate against: the oldest the chart supports
+/// (`kubeVersion` in Chart.yaml, the k8s-openapi feature in Cargo.toml) through 1.35.
+const K8S_VERSIONS: &[&str] = &["1.33.0", "1.34.0", "1.35.0"];
 
 /// The CRD files `berth crds --dir crds` writes, one per kind.
 const CRD_FILES: &[&str] = &[

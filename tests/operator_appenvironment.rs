@@ -164,7 +164,10 @@ async fn production_app_converges_stays_quiet_and_follows_changes() {
     .unwrap();
     wait_condition(&apps, "shop", "Ready", "True", None).await;
     let d = Api::<Deployment>::namespaced(client.clone(), "shop").get("shop").await.unwrap();
-    assert_eq!(d.spec.template.spec.unwrap().containers[0].image.as_deref(), Some("ghcr.io/example/shop:1.5.0"));
+    assert_eq!(
+        d.spec.unwrap().template.spec.unwrap().containers[0].image.as_deref(),
+        Some("ghcr.io/example/shop:1.5.0")
+    );
 
     // Drift: someone edits the Deployment by hand; the operator puts it back.
     Api::<Deployment>::namespaced(client.clone(), "shop")
@@ -179,7 +182,7 @@ async fn production_app_converges_stays_quiet_and_follows_changes() {
         .unwrap();
     eventually("drift corrected", Duration::from_secs(10), || async {
         let d = Api::<Deployment>::namespaced(client.clone(), "shop").get("shop").await.ok()?;
-        (d.spec.template.spec?.containers[0].image.as_deref() == Some("ghcr.io/example/shop:1.5.0")).then_some(())
+        (d.spec?.template.spec?.containers[0].image.as_deref() == Some("ghcr.io/example/shop:1.5.0")).then_some(())
     })
     .await;
 
@@ -250,7 +253,10 @@ async fn invalid_spec_is_reported_without_a_retry_loop() {
     wait_condition(&apps, "shop-dev", "Progressing", "False", Some("Paused")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let d = Api::<Deployment>::namespaced(client.clone(), "team").get("shop-dev").await.unwrap();
-    assert_eq!(d.spec.template.spec.unwrap().containers[0].image.as_deref(), Some("ghcr.io/example/shop:1.4.2"));
+    assert_eq!(
+        d.spec.unwrap().template.spec.unwrap().containers[0].image.as_deref(),
+        Some("ghcr.io/example/shop:1.4.2")
+    );
     cluster.assert_clean().await;
 }
 

@@ -125,7 +125,7 @@ async fn postgres_instance_provisions_keeps_its_secret_grows_refuses_and_rotates
     let message = &waiting.status.unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().message.clone();
     assert!(message.contains("orders-db"), "{message}");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
-    let pod = deployments.get("orders").await.unwrap().spec.template;
+    let pod = deployments.get("orders").await.unwrap().spec.unwrap().template;
     let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
     let url = env.iter().find(|e| e.name == "DATABASE_URL").expect("DATABASE_URL injected");
     let key = url.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
@@ -187,7 +187,7 @@ async fn postgres_instance_provisions_keeps_its_secret_grows_refuses_and_rotates
     })
     .await;
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
-    let template = sts.get("orders-db").await.unwrap().spec.volume_claim_templates.unwrap();
+    let template = sts.get("orders-db").await.unwrap().spec.unwrap().volume_claim_templates.unwrap();
     assert_eq!(
         template[0].spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
         "1Gi"
@@ -216,7 +216,7 @@ async fn postgres_instance_provisions_keeps_its_secret_grows_refuses_and_rotates
     api.patch("orders-db", &PatchParams::default(), &patch(json!({"spec": {"version": "16"}}))).await.unwrap();
     let refused = wait_condition(&api, "orders-db", "Degraded", "True", "MajorUpgradeRefused").await;
     assert_eq!(refused.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().status, "True");
-    let image = sts.get("orders-db").await.unwrap().spec.template.spec.unwrap().containers[0].image.clone();
+    let image = sts.get("orders-db").await.unwrap().spec.unwrap().template.spec.unwrap().containers[0].image.clone();
     assert_eq!(image.as_deref(), Some("postgres:15"));
     api.patch("orders-db", &PatchParams::default(), &patch(json!({"spec": {"version": "15"}}))).await.unwrap();
     wait_condition(&api, "orders-db", "Degraded", "False", "AsExpected").await;
@@ -244,7 +244,7 @@ async fn postgres_instance_provisions_keeps_its_secret_grows_refuses_and_rotates
     pg.password = new_admin["password"].clone();
     // The app's pods roll onto the new credentials.
     eventually("app pods annotated with the rotation", WAIT, || async {
-        let pod = deployments.get("orders").await.ok()?.spec.template.metadata?;
+        let pod = deployments.get("orders").await.ok()?.spec?.template.metadata?;
         (pod.annotations?.get("berth.dev/credentials-orders-db")? == "2026-11-22").then_some(())
     })
     .await;
@@ -352,7 +352,7 @@ async fn rabbitmq_cluster_provisions_vhosts_and_users_and_refuses_scale_down() {
     let message = refused.status.unwrap().conditions.iter().find(|c| c.type_ == "Degraded").unwrap().message.clone();
     assert!(message.contains("spec.replicas"), "{message}");
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
-    assert_eq!(sts.get("events").await.unwrap().spec.replicas, Some(3));
+    assert_eq!(sts.get("events").await.unwrap().spec.unwrap().replicas, Some(3));
     cluster.assert_clean().await;
     assert_eq!(operator.terminate().code(), Some(0));
 }

@@ -196,7 +196,7 @@ mod tests {
         )
         .unwrap();
         let links = DatabaseLinks { linked: vec![], missing: vec![], not_ready: vec![] };
-        let pod = build(&validate(&app).unwrap(), &links).deployment.spec.template.spec.unwrap();
+        let pod = build(&validate(&app).unwrap(), &links).deployment.spec.unwrap().template.spec.unwrap();
         let violations = restricted_violations(&pod);
         assert!(violations.is_empty(), "{}", violations.join("\n"));
     }

@@ -257,7 +257,7 @@ fn deployment(valid: &ValidApp, links: &DatabaseLinks) -> Deployment {
     let annotations = pod_annotations(valid, links);
     Deployment {
         metadata: child_meta(valid, BTreeMap::new()),
-        spec: DeploymentSpec {
+        spec: Some(DeploymentSpec {
             replicas: valid.replicas,
             selector: selector(valid),
             revision_history_limit: Some(5),
@@ -303,7 +303,7 @@ fn deployment(valid: &ValidApp, links: &DatabaseLinks) -> Deployment {
                 }),
             },
             ..DeploymentSpec::default()
-        },
+        }),
         ..Deployment::default()
     }
 }
@@ -387,7 +387,7 @@ fn autoscaler(valid: &ValidApp) -> Option<HorizontalPodAutoscaler> {
         a.cpu.map(|c| metric("cpu", c)).into_iter().chain(a.memory.map(|m| metric("memory", m))).collect();
     Some(HorizontalPodAutoscaler {
         metadata: child_meta(valid, BTreeMap::new()),
-        spec: HorizontalPodAutoscalerSpec {
+        spec: Some(HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some("apps/v1".into()),
                 kind: "Deployment".into(),
@@ -397,7 +397,7 @@ fn autoscaler(valid: &ValidApp) -> Option<HorizontalPodAutoscaler> {
             max_replicas: a.max_replicas,
             metrics: Some(metrics),
             ..HorizontalPodAutoscalerSpec::default()
-        },
+        }),
         ..HorizontalPodAutoscaler::default()
     })
 }

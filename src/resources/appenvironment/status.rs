@@ -295,17 +295,13 @@ fn rollout_state(observed: &Observed) -> Part {
     }
     let Some(status) = d.status.as_ref() else { return Part::Pending("the Deployment has no status yet".into()) };
     let conditions = status.conditions.as_deref().unwrap_or_default();
-    if let Some(c) =
-        conditions.iter().find(|c| c.type_.as_deref() == Some("Progressing") && c.status.as_deref() == Some("False"))
-    {
+    if let Some(c) = conditions.iter().find(|c| c.type_ == "Progressing" && c.status == "False") {
         return Part::Failed(format!(
             "rollout stalled: {}",
             c.message.clone().or_else(|| c.reason.clone()).unwrap_or_default()
         ));
     }
-    if let Some(c) =
-        conditions.iter().find(|c| c.type_.as_deref() == Some("ReplicaFailure") && c.status.as_deref() == Some("True"))
-    {
+    if let Some(c) = conditions.iter().find(|c| c.type_ == "ReplicaFailure" && c.status == "True") {
         return Part::Failed(format!("pods cannot be created: {}", c.message.clone().unwrap_or_default()));
     }
     let generation = d.metadata.generation.unwrap_or(0);
@@ -314,7 +310,7 @@ fn rollout_state(observed: &Observed) -> Part {
     }
     // The autoscaler owns spec.replicas when autoscaling; the status replicas field then
     // tells how many pods are wanted.
-    let wanted = d.spec.replicas.unwrap_or_else(|| status.replicas.unwrap_or(1));
+    let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or_else(|| status.replicas.unwrap_or(1));
     let updated = status.updated_replicas.unwrap_or(0);
     let available = status.available_replicas.unwrap_or(0);
     let total = status.replicas.unwrap_or(0);

@@ -28,45 +28,41 @@ fn build_plain(valid: &ValidApp) -> AppChildren {
 #[test]
 fn development_defaults() {
     let c = build_plain(&valid("  tier: development\n  image: x:1\n"));
-    assert_eq!(c.deployment.spec.replicas, Some(1));
+    let spec = c.deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(1));
     assert!(c.disruption_budget.is_none());
     assert!(c.ingress.is_none() && c.certificate.is_none() && c.autoscaler.is_none());
     assert!(c.network_policy.is_some(), "default-deny ingress applies to every tier");
-    let pod = c.deployment.spec.template.spec.unwrap();
+    let pod = spec.template.spec.unwrap();
     assert!(pod.topology_spread_constraints.is_none());
-    assert_eq!(
-        c.deployment.spec.strategy.unwrap().rolling_update,
-        None,
-        "development keeps Kubernetes' rollout defaults"
-    );
+    assert_eq!(spec.strategy.unwrap().rolling_update, None, "development keeps Kubernetes' rollout defaults");
 }
 
 #[test]
 fn production_defaults_and_explicit_fields_win() {
     let c = build_plain(&valid("  tier: production\n  image: x:1\n"));
-    assert_eq!(c.deployment.spec.replicas, Some(2));
-    let ru = c.deployment.spec.strategy.clone().unwrap().rolling_update.unwrap();
+    let spec = c.deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let ru = spec.strategy.clone().unwrap().rolling_update.unwrap();
     assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
     assert!(c.disruption_budget.is_some());
-    assert_eq!(
-        c.deployment.spec.template.spec.as_ref().unwrap().topology_spread_constraints.as_ref().unwrap().len(),
-        2
-    );
+    assert_eq!(spec.template.spec.as_ref().unwrap().topology_spread_constraints.as_ref().unwrap().len(), 2);
 
     let c = build_plain(&valid(
         "  tier: production\n  image: x:1\n  replicas: 5\n  topologySpread: false\n  disruptionBudget:\n    enabled: false\n  rollout:\n    maxUnavailable: 1\n",
     ));
-    assert_eq!(c.deployment.spec.replicas, Some(5));
+    let spec = c.deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(5));
     assert!(c.disruption_budget.is_none());
-    assert!(c.deployment.spec.template.spec.as_ref().unwrap().topology_spread_constraints.is_none());
-    assert_eq!(c.deployment.spec.strategy.unwrap().rolling_update.unwrap().max_unavailable, Some(IntOrString::Int(1)));
+    assert!(spec.template.spec.as_ref().unwrap().topology_spread_constraints.is_none());
+    assert_eq!(spec.strategy.unwrap().rolling_update.unwrap().max_unavailable, Some(IntOrString::Int(1)));
 }
 
 #[test]
 fn autoscaling_leaves_replicas_to_the_autoscaler() {
     let c = build_plain(&valid("  tier: production\n  image: x:1\n  autoscaling:\n    maxReplicas: 6\n"));
-    assert_eq!(c.deployment.spec.replicas, None);
-    let hpa = c.autoscaler.unwrap().spec;
+    assert_eq!(c.deployment.spec.as_ref().unwrap().replicas, None);
+    let hpa = c.autoscaler.unwrap().spec.unwrap();
     assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(3), 6));
     let metrics = hpa.metrics.unwrap();
     assert_eq!(metrics.len(), 1);
@@ -100,7 +96,7 @@ fn children_carry_owner_reference_and_labels() {
 #[test]
 fn restricted_security_context_by_default() {
     let c = build_plain(&valid("  tier: staging\n  image: x:1\n"));
-    let pod = c.deployment.spec.template.spec.unwrap();
+    let pod = c.deployment.spec.unwrap().template.spec.unwrap();
     let sc = pod.containers[0].security_context.clone().unwrap();
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.run_as_non_root, Some(true));
@@ -113,7 +109,7 @@ fn a_user_security_context_is_merged_over_the_restricted_defaults() {
     // Only a UID: everything else must stay restricted (a namespace enforcing Pod Security
     // `restricted` rejected the pods when this replaced the defaults wholesale).
     let c = build_plain(&valid("  tier: staging\n  image: x:1\n  securityContext:\n    runAsUser: 10001\n"));
-    let sc = c.deployment.spec.template.spec.unwrap().containers[0].security_context.clone().unwrap();
+    let sc = c.deployment.spec.unwrap().template.spec.unwrap().containers[0].security_context.clone().unwrap();
     assert_eq!(sc.run_as_user, Some(10001));
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.run_as_non_root, Some(true));
@@ -149,7 +145,7 @@ fn deployment(
 ) -> Deployment {
     let mut d = Deployment::default();
     d.metadata.generation = Some(generation);
-    d.spec.replicas = Some(replicas);
+    d.spec.get_or_insert_default().replicas = Some(replicas);
     d.status = Some(DeploymentStatus {
         observed_generation: Some(observed),
         replicas: Some(replicas),
@@ -158,8 +154,8 @@ fn deployment(
         ready_replicas: Some(available),
         conditions: stalled.then(|| {
             vec![DeploymentCondition {
-                type_: Some("Progressing".into()),
-                status: Some("False".into()),
+                type_: "Progressing".into(),
+                status: "False".into(),
                 reason: Some("ProgressDeadlineExceeded".into()),
                 ..DeploymentCondition::default()
             }]
@@ -525,7 +521,7 @@ mod databases {
         ));
         let links = link(&a, &[pg("orders-db"), mq("events-mq")]);
         let c = build(&validate(&a).unwrap(), &links);
-        let env = c.deployment.spec.template.spec.unwrap().containers[0].env.clone().unwrap();
+        let env = c.deployment.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
         let s = |secret: &str, key: &str| Some((secret.to_string(), key.to_string()));
         assert_eq!(secret_ref(&env, "DATABASE_URL"), s("orders-db-credentials", "uri"));
         assert_eq!(secret_ref(&env, "DATABASE_HOST"), s("orders-db-credentials", "host"));
@@ -550,7 +546,7 @@ mod databases {
         let user = vec![EnvVar { name: "A".into(), value: Some("1".into()), ..EnvVar::default() }];
         assert_eq!(env_vars(&DatabaseLinks::default(), &user), user);
         let c = build_plain(&valid(BASE));
-        assert!(c.deployment.spec.template.spec.unwrap().containers[0].env.is_none());
+        assert!(c.deployment.spec.unwrap().template.spec.unwrap().containers[0].env.is_none());
     }
 
     #[test]
@@ -560,7 +556,8 @@ mod databases {
         ));
         let links = link(&a, &[instance("orders-db", "team", "postgres", Some(2), Some("r7")), mq("events-mq")]);
         let c = build(&validate(&a).unwrap(), &links);
-        let meta = c.deployment.spec.template.metadata.unwrap();
+        let spec = c.deployment.spec.unwrap();
+        let meta = spec.template.metadata.unwrap();
         let labels = meta.labels.unwrap();
         assert_eq!(labels["berth.dev/uses-orders-db"], "true");
         assert_eq!(labels["berth.dev/uses-events-mq"], "true");
@@ -569,7 +566,7 @@ mod databases {
         assert_eq!(annotations["berth.dev/credentials-orders-db"], "r7");
         assert!(!annotations.keys().any(|k| k.contains("events-mq")), "no revision reported, no annotation");
         // The selector of the Deployment is immutable and must not change.
-        assert!(!c.deployment.spec.selector.match_labels.unwrap().keys().any(|k| k.starts_with("berth.dev/uses-")));
+        assert!(!spec.selector.match_labels.unwrap().keys().any(|k| k.starts_with("berth.dev/uses-")));
         assert_eq!(pod_labels(&links).len(), 2);
         assert_eq!(pod_annotations(&links).len(), 1);
     }

@@ -357,7 +357,6 @@ fn secret_volume(name: &str, secret: &str, key: &str) -> Volume {
             // volume task): readable by the agent's UID, the pod's only process.
             default_mode: Some(0o444),
             optional: Some(false),
-            ..SecretVolumeSource::default()
         }),
         ..Volume::default()
     }

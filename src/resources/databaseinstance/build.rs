@@ -185,7 +185,7 @@ fn role_binding(valid: &ValidDatabase) -> Option<RoleBinding> {
     let name = format!("{}-peer-discovery", valid.name());
     valid.is_cluster().then(|| RoleBinding {
         metadata: child_meta(valid, &name),
-        role_ref: RoleRef { api_group: Some("rbac.authorization.k8s.io".into()), kind: "Role".into(), name },
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
             name: valid.name(),
@@ -559,7 +559,6 @@ fn server_container(valid: &ValidDatabase) -> (Container, Vec<Volume>) {
                     key: "default-user.conf".into(),
                     path: "20-default-user.conf".into(),
                     mode: None,
-                    user: None,
                 }]),
                 default_mode: Some(0o440),
                 ..SecretVolumeSource::default()
@@ -657,7 +656,7 @@ fn stateful_set(valid: &ValidDatabase, config_hash: &str) -> StatefulSet {
     };
     StatefulSet {
         metadata: child_meta(valid, &valid.name()),
-        spec: StatefulSetSpec {
+        spec: Some(StatefulSetSpec {
             replicas: Some(valid.replicas),
             service_name: Some(valid.headless_name()),
             selector: selector(valid),
@@ -702,7 +701,7 @@ fn stateful_set(valid: &ValidDatabase, config_hash: &str) -> StatefulSet {
             },
             volume_claim_templates: Some(vec![claim]),
             ..StatefulSetSpec::default()
-        },
+        }),
         ..StatefulSet::default()
     }
 }

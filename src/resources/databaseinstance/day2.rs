@@ -85,18 +85,18 @@ fn requested_storage(pvc: &PersistentVolumeClaim) -> Option<String> {
 }
 
 fn template_storage(sts: &StatefulSet) -> Option<String> {
-    let claim = sts.spec.volume_claim_templates.as_ref()?.first()?;
+    let claim = sts.spec.as_ref()?.volume_claim_templates.as_ref()?.first()?;
     requested_storage(claim)
 }
 
 /// The version the existing StatefulSet's pods run, from their version label.
 pub fn running_version(sts: &StatefulSet) -> Option<String> {
-    sts.spec.template.metadata.as_ref()?.labels.as_ref()?.get(VERSION_LABEL).cloned()
+    sts.spec.as_ref()?.template.metadata.as_ref()?.labels.as_ref()?.get(VERSION_LABEL).cloned()
 }
 
 /// The storage class of the StatefulSet's claim template (`None`: the cluster's default).
 fn template_storage_class(sts: &StatefulSet) -> Option<Option<String>> {
-    let claim = sts.spec.volume_claim_templates.as_ref()?.first()?;
+    let claim = sts.spec.as_ref()?.volume_claim_templates.as_ref()?.first()?;
     Some(claim.spec.as_ref().and_then(|s| s.storage_class_name.clone()))
 }
 
@@ -108,7 +108,7 @@ fn class_name(class: &Option<String>) -> String {
 }
 
 fn running_image(sts: &StatefulSet) -> Option<String> {
-    sts.spec.template.spec.as_ref()?.containers.first()?.image.clone()
+    sts.spec.as_ref()?.template.spec.as_ref()?.containers.first()?.image.clone()
 }
 
 /// Decides what may change. `existing` is the instance's StatefulSet and `pvcs` its data
@@ -172,7 +172,7 @@ pub fn plan(valid: &ValidDatabase, existing: Option<&StatefulSet>, pvcs: &[Persi
         }
     }
 
-    let current_replicas = sts.spec.replicas.unwrap_or(1);
+    let current_replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     if valid.is_rabbitmq() && valid.replicas < current_replicas {
         refusals.push(Refusal {
             reason: "ScaleDownRefused",
@@ -313,7 +313,7 @@ mod tests {
         assert!(p.hold.is_none());
         // What is applied keeps every immutable field of the running StatefulSet.
         let applied = build(&p.effective, &Credentials::placeholder(&p.effective), "berth-system").stateful_set;
-        assert_eq!(applied.spec.volume_claim_templates, sts.spec.volume_claim_templates);
+        assert_eq!(applied.spec.unwrap().volume_claim_templates, sts.spec.as_ref().unwrap().volume_claim_templates);
 
         // Removing the class is a change of the template too.
         let default_class = valid(PG15);

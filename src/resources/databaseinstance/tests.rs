@@ -42,7 +42,7 @@ const MQ: &str = "  engine: rabbitmq\n  version: \"3.13\"\n  storage:\n    size:
 fn postgres_defaults() {
     let v = valid(PG);
     let c = build(&v, &creds(&v), "berth-system");
-    let sts = &c.stateful_set.spec;
+    let sts = c.stateful_set.spec.as_ref().unwrap();
     assert_eq!(sts.replicas, Some(1));
     assert_eq!(sts.service_name.as_deref(), Some("db-headless"));
     let retention = sts.persistent_volume_claim_retention_policy.as_ref().unwrap();
@@ -81,7 +81,7 @@ fn postgres_roles_databases_and_parameters() {
     let conf = &c.config.data.as_ref().unwrap()["postgresql.conf"];
     assert!(conf.contains("max_connections = '50'\n"), "{conf}");
     assert!(conf.contains("search_path = '''$user'', public'\n"), "quotes are doubled: {conf}");
-    let sts = c.stateful_set.spec;
+    let sts = c.stateful_set.spec.unwrap();
     assert_eq!(sts.persistent_volume_claim_retention_policy.unwrap().when_deleted.as_deref(), Some("Delete"));
 }
 
@@ -90,7 +90,8 @@ fn config_change_rolls_the_pods() {
     let hash = |spec: &str| {
         let v = valid(spec);
         let c = build(&v, &creds(&v), "ops");
-        c.stateful_set.spec.template.metadata.unwrap().annotations.unwrap()[build::CONFIG_HASH_ANNOTATION].clone()
+        c.stateful_set.spec.unwrap().template.metadata.unwrap().annotations.unwrap()[build::CONFIG_HASH_ANNOTATION]
+            .clone()
     };
     assert_eq!(hash(PG), hash(PG));
     assert_ne!(hash(PG), hash(&format!("{PG}  parameters:\n    work_mem: 8MB\n")));
@@ -112,7 +113,7 @@ fn rabbitmq_single_node() {
     let server = data(c.server_secret.as_ref().unwrap());
     assert_eq!(server["default-user.conf"], "default_user = admin\ndefault_pass = adminpw\n");
     assert!(c.disruption_budget.is_none() && c.role.is_none(), "one node needs no PDB or peer discovery");
-    let pod = &c.stateful_set.spec.template.spec.clone().unwrap();
+    let pod = &c.stateful_set.spec.as_ref().unwrap().template.spec.clone().unwrap();
     let server = &pod.containers[0];
     assert_eq!(server.image.as_deref(), Some("rabbitmq:3.13-management"));
     let live = server.liveness_probe.as_ref().unwrap().exec.as_ref().unwrap().command.clone().unwrap();
@@ -133,7 +134,7 @@ fn rabbitmq_cluster_gets_peer_discovery_rbac_and_pdb() {
     assert_eq!(c.service_account.automount_service_account_token, Some(true));
     let pdb = c.disruption_budget.unwrap().spec.unwrap();
     assert_eq!(pdb.max_unavailable, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1)));
-    let sts = c.stateful_set.spec;
+    let sts = c.stateful_set.spec.unwrap();
     assert_eq!(sts.pod_management_policy.as_deref(), Some("Parallel"));
     let env = sts.template.spec.unwrap().containers[0].env.clone().unwrap();
     let nodename = env.iter().find(|e| e.name == "RABBITMQ_NODENAME").unwrap();
@@ -245,7 +246,7 @@ fn metrics_add_an_exporter_a_service_port_and_a_scrape_rule() {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     let v = valid(&format!("{PG}  metrics:\n    enabled: true\n"));
     let children = build(&v, &creds(&v), "berth-system");
-    let pod = children.stateful_set.spec.template.spec.unwrap();
+    let pod = children.stateful_set.spec.unwrap().template.spec.unwrap();
     let exporter = pod.containers.iter().find(|c| c.name == "metrics").expect("exporter sidecar");
     assert_eq!(exporter.ports.as_ref().unwrap()[0].container_port, 9187);
     let pass = exporter.env.as_ref().unwrap().iter().find(|e| e.name == "DATA_SOURCE_PASS").unwrap();
@@ -262,6 +263,6 @@ fn metrics_add_an_exporter_a_service_port_and_a_scrape_rule() {
 
     let plain = valid(PG);
     let children = build(&plain, &creds(&plain), "berth-system");
-    assert_eq!(children.stateful_set.spec.template.spec.unwrap().containers.len(), 1);
+    assert_eq!(children.stateful_set.spec.unwrap().template.spec.unwrap().containers.len(), 1);
     assert!(children.service.spec.unwrap().ports.unwrap().iter().all(|p| p.name.as_deref() != Some("metrics")));
 }

@@ -380,14 +380,14 @@ impl Cluster {
                 "berth",
                 &PostParams::default(),
                 &TokenRequest {
-                    spec: Some(TokenRequestSpec { expiration_seconds: Some(24 * 3600), ..Default::default() }),
+                    spec: TokenRequestSpec { expiration_seconds: Some(24 * 3600), ..Default::default() },
                     ..Default::default()
                 },
             )
             .await
             .expect("TokenRequest for the operator's ServiceAccount")
             .status
-            .and_then(|s| s.token)
+            .map(|s| s.token)
             .expect("a token in the TokenRequest's status");
         let path = self.dir.path().join("operator.kubeconfig");
         std::fs::write(&path, pki::kubeconfig(&self.url, &self.ca_pem, "berth", &token)).unwrap();
