@@ -136,7 +136,7 @@ async fn a_user_security_context_keeps_the_restricted_defaults_and_weakening_is_
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "team");
     let deployment = deployments.get("web").await.unwrap();
     assert_eq!(deployment.status.as_ref().and_then(|s| s.ready_replicas), Some(1));
-    let container = &deployment.spec.template.spec.as_ref().unwrap().containers[0];
+    let container = &deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
     let sc = container.security_context.clone().unwrap();
     // The user's fields ...
     assert_eq!(sc.run_as_user, Some(1000));
@@ -262,7 +262,7 @@ async fn a_changed_storage_class_or_engine_is_refused_without_a_retry_loop() {
     pg.password = password;
     wait_db(&api, "Ready", "True", "Provisioned").await;
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
-    let templates = sts.get("orders-db").await.unwrap().spec.volume_claim_templates;
+    let templates = sts.get("orders-db").await.unwrap().spec.unwrap().volume_claim_templates;
     assert_eq!(templates.as_ref().unwrap()[0].spec.as_ref().unwrap().storage_class_name, None);
 
     // Another (existing) class: refused, the claim template kept, no retry loop.
@@ -285,7 +285,7 @@ async fn a_changed_storage_class_or_engine_is_refused_without_a_retry_loop() {
         "writes after a refused storage class change: {written:#?}"
     );
     // (This API server refuses the change anyway; the claim template is the contract.)
-    let now = sts.get("orders-db").await.unwrap().spec.volume_claim_templates;
+    let now = sts.get("orders-db").await.unwrap().spec.unwrap().volume_claim_templates;
     assert_eq!(now, templates, "the StatefulSet's volumeClaimTemplates changed");
 
     // Set back: nothing is degraded any more.
@@ -315,7 +315,7 @@ async fn a_changed_storage_class_or_engine_is_refused_without_a_retry_loop() {
         "an engine change applies nothing but the status: {written:#?}"
     );
     assert!(secrets.get_opt("orders-db-server").await.unwrap().is_none(), "RabbitMQ's server Secret was created");
-    let pod = sts.get("orders-db").await.unwrap().spec.template.spec.unwrap();
+    let pod = sts.get("orders-db").await.unwrap().spec.unwrap().template.spec.unwrap();
     assert_eq!(pod.containers[0].image.as_deref(), Some("postgres:15"));
 
     // Set back: the instance is what it was.
@@ -514,7 +514,7 @@ async fn a_child_the_api_server_refuses_becomes_a_condition_not_a_hot_loop() {
         .await
         .unwrap();
     wait_app(&cluster, "team", "web", "Ready", "True", "Available").await;
-    let labels = deployments.get("web").await.unwrap().spec.template.metadata.unwrap().labels.unwrap();
+    let labels = deployments.get("web").await.unwrap().spec.unwrap().template.metadata.unwrap().labels.unwrap();
     assert_eq!(labels["review"], "done");
     cluster.assert_clean().await;
 }
