@@ -97,6 +97,13 @@ async fn kubectl_explain_answers_on_every_field() {
         let schema = berth::api::validation::crd_schema(&crd);
         let mut fields = Vec::new();
         field_paths(&schema, &kind, &mut fields);
+        // The API server publishes a new CRD's discovery and OpenAPI a moment after it is
+        // Established: wait for explain to know the kind before asking field by field.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !k.command(&["explain", &kind]).output().unwrap().status.success() {
+            assert!(std::time::Instant::now() < deadline, "kubectl explain {kind}: not published within 60 s");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         assert!(fields.len() > 5, "{kind}: {fields:?}");
         for (path, description) in fields {
             let out = k.ok(&["explain", &path]);
