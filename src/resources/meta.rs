@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::{Capabilities, SeccompProfile, SecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
@@ -82,6 +83,20 @@ pub fn typed<K: kube::Resource<DynamicType = ()> + serde::Serialize>(obj: &K) ->
         map.insert("kind".into(), K::kind(&()).into());
     }
     v
+}
+
+/// The container security context of every pod Berth builds: Pod Security `restricted`
+/// (non-root, no privilege escalation, no capabilities, RuntimeDefault seccomp) with a
+/// read-only root filesystem.
+pub fn restricted_container_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+        ..SecurityContext::default()
+    }
 }
 
 #[cfg(test)]

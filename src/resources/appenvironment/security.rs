@@ -26,14 +26,7 @@ const SELINUX_TYPES: &[&str] = &["container_t", "container_init_t", "container_k
 
 /// Berth's defaults: the `restricted` profile, with a read-only root filesystem.
 pub fn restricted_defaults() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
-        run_as_non_root: Some(true),
-        read_only_root_filesystem: Some(true),
-        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
-        ..SecurityContext::default()
-    }
+    crate::resources::meta::restricted_container_context()
 }
 
 fn refuse(errors: &mut Vec<FieldError>, field: &str, value: impl std::fmt::Display, fix: &str) {

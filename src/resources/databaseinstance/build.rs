@@ -12,11 +12,10 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, ExecAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
+    KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource, Service, ServiceAccount,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
@@ -31,7 +30,7 @@ use super::credentials::{Credentials, PREVIOUS_PASSWORD_KEY, REVISION_ANNOTATION
 use super::validate::{AMQP_PORT, MANAGEMENT_PORT, POSTGRES_PORT, ValidDatabase};
 use crate::api::databaseinstance::{DatabaseInstance, DeletionPolicy};
 use crate::resources::meta;
-use crate::resources::meta::typed;
+use crate::resources::meta::{restricted_container_context, typed};
 
 /// Component label of database pods.
 pub const COMPONENT: &str = "database";
@@ -453,14 +452,7 @@ fn exporter_container(valid: &ValidDatabase) -> Option<Container> {
             limits: Some(BTreeMap::from([("memory".to_string(), Quantity("64Mi".into()))])),
             ..Default::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
-            run_as_non_root: Some(true),
-            read_only_root_filesystem: Some(true),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_container_context()),
         ..Container::default()
     })
 }
@@ -518,14 +510,7 @@ fn server_container(valid: &ValidDatabase) -> (Container, Vec<Volume>) {
         protocol: Some("TCP".into()),
         ..ContainerPort::default()
     };
-    let security = SecurityContext {
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
-        run_as_non_root: Some(true),
-        read_only_root_filesystem: Some(true),
-        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
-        ..SecurityContext::default()
-    };
+    let security = restricted_container_context();
     let base = Container {
         name: CONTAINER.into(),
         image: Some(valid.image.clone()),
