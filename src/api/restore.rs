@@ -53,6 +53,12 @@ pub struct RestoreSpec {
     /// Only list what would be created or changed.
     #[serde(default)]
     pub dry_run: bool,
+    /// Longest the restore may take, counted from the Restore's creation, as a duration such
+    /// as `90m` or `2h30m`. Defaults to `1h`. A restore still unfinished then ends Failed
+    /// with reason `TimedOut`, and its agent Jobs are stopped by the same deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(h|m|s))+$"))]
+    pub timeout: Option<String>,
 }
 
 /// Handling of objects that already exist in the target.

@@ -45,11 +45,19 @@ pub const POLICY_LABEL: &str = "berth.dev/backuppolicy";
 pub const SYNCED_LABEL: &str = "berth.dev/synced";
 /// Finalizer that deletes the data of a Backup with `spec.deleteData`.
 pub const DATA_FINALIZER: &str = "berth.dev/backup-data";
+/// Annotation that lets a Backup with `spec.deleteData` go without deleting its data (for
+/// storage that can no longer be reached).
+pub const SKIP_DATA_DELETION: &str = "berth.dev/skip-data-deletion";
+/// Condition of a Backup being deleted whose data could not be deleted yet.
+pub const DATA_DELETED: &str = "DataDeleted";
 /// Label on PVCs whose files are backed up with their AppEnvironment (value: the app's name).
 pub const VOLUME_APP_LABEL: &str = "berth.dev/appenvironment";
 /// Seconds an agent Job may run, and its retries.
 const JOB_DEADLINE_SECONDS: i64 = 6 * 3600;
 const JOB_BACKOFF_LIMIT: i32 = 2;
+/// Longest a Backup stays InProgress: its Jobs' deadline, then an hour for the export, which
+/// retries errors that may pass (5xx, throttling) until then.
+const BACKUP_DEADLINE: jiff::SignedDuration = jiff::SignedDuration::from_hours(JOB_DEADLINE_SECONDS / 3600 + 1);
 
 pub mod phase {
     pub const NEW: &str = "New";
@@ -128,9 +136,9 @@ async fn reconcile_backup(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
         return delete_data(backup, ctx).await;
     }
     if backup.spec.delete_data && !backup.finalizers().iter().any(|f| f == DATA_FINALIZER) {
-        let api: Api<Backup> = Api::namespaced(ctx.shared.client.clone(), &backup.namespace().unwrap_or_default());
-        let patch = serde_json::json!({"metadata": {"finalizers": [DATA_FINALIZER]}});
-        api.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        let mut finalizers = backup.finalizers().to_vec();
+        finalizers.push(DATA_FINALIZER.into());
+        set_finalizers(backup, ctx, finalizers).await?;
         return Ok(Action::await_change());
     }
     if backup.labels().get(SYNCED_LABEL).is_some_and(|v| v == "true") {
@@ -232,6 +240,15 @@ async fn volumes(ctx: &Ctx, ns: &str, policy: &ValidPolicy) -> Result<Vec<Persis
 /// InProgress: starts missing Jobs, collects finished ones, and finishes the Backup when
 /// every Job has ended.
 async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Result<Action, Error> {
+    if let Some(started) = status.start_time.as_ref().map(|t| t.0)
+        && jiff::Timestamp::now().duration_since(started) > BACKUP_DEADLINE
+    {
+        let message = format!(
+            "still not finished {} hours after it started (the agent Jobs' deadline and an hour to export); see the items' errors and the operator's log",
+            BACKUP_DEADLINE.as_hours()
+        );
+        return fail(backup, ctx, status, Failure { reason: "DeadlineExceeded", message }).await;
+    }
     let policy = match policy(ctx, backup).await? {
         Ok(p) => p,
         Err(f) => return fail(backup, ctx, status, f).await,
@@ -363,7 +380,14 @@ async fn finish(backup: &Backup, ctx: &Ctx, policy: &ValidPolicy, mut status: Ba
         Ok(repo) => repo,
         Err(e) => return fail(backup, ctx, status, e.into()).await,
     };
-    let objects = export(ctx, &ns, policy).await?;
+    let exported = match export(ctx, &ns, policy).await {
+        Ok(e) => e,
+        Err(Error::Kube(e)) if refusal(&e).is_some() => {
+            let message = format!("cannot export the namespace's objects: {}", refusal(&e).unwrap_or_default());
+            Exported { objects: Vec::new(), failed: vec![("resources".into(), message)] }
+        }
+        Err(e) => return Err(e),
+    };
     // The manifest records each snapshot with its kind (postgres, rabbitmq, dir) as written:
     // restores pick their agent task from it.
     let mut extra = Vec::new();
@@ -379,7 +403,20 @@ async fn finish(backup: &Backup, ctx: &Ctx, policy: &ValidPolicy, mut status: Ba
             Err(e) => return fail(backup, ctx, status, RepositoryError::from(e).into()).await,
         }
     }
-    let stored = store(&repo, &name, &ns, &objects, extra, policy).await;
+    let core_failure = exported.failed.iter().find(|(item, _)| item == "resources").map(|(_, e)| e.clone());
+    let stored = match core_failure {
+        Some(message) => Err(message),
+        None => store(&repo, &name, &ns, &exported.objects, extra, policy).await.map_err(|e| e.to_string()),
+    };
+    for (item, error) in exported.failed.into_iter().filter(|(item, _)| item != "resources") {
+        status.items.push(BackupItem {
+            name: item,
+            phase: phase::FAILED.into(),
+            snapshot: None,
+            bytes: None,
+            error: Some(error),
+        });
+    }
     let resources = status.items.iter_mut().find(|i| i.name == "resources").expect("resources item");
     match stored {
         Ok((snapshot, bytes)) => {
@@ -389,7 +426,7 @@ async fn finish(backup: &Backup, ctx: &Ctx, policy: &ValidPolicy, mut status: Ba
         }
         Err(e) => {
             resources.phase = phase::FAILED.into();
-            resources.error = Some(e.to_string());
+            resources.error = Some(e);
         }
     }
     let failed = status.items.iter().filter(|i| i.phase != phase::COMPLETED).count();
@@ -437,8 +474,9 @@ async fn store(
 /// The Kubernetes objects of the Backup: the selected AppEnvironments and DatabaseInstances,
 /// the instances' Secrets (restored passwords must match restored data), the policy itself and
 /// the extra kinds of `spec.scope.extraResources`.
-async fn export(ctx: &Ctx, ns: &str, policy: &ValidPolicy) -> Result<Vec<Value>, Error> {
+async fn export(ctx: &Ctx, ns: &str, policy: &ValidPolicy) -> Result<Exported, Error> {
     let mut objects = Vec::new();
+    let mut failed = Vec::new();
     let typed = |v: Result<Value, serde_json::Error>| v.map_err(|source| Error::Serialize { kind: "object", source });
     for app in selected::<AppEnvironment>(ctx, ns, policy).await? {
         objects.push(typed(serde_json::to_value(app))?);
@@ -464,13 +502,29 @@ async fn export(ctx: &Ctx, ns: &str, policy: &ValidPolicy) -> Result<Vec<Value>,
                 .filter(|g| g.name() == group)
                 .flat_map(|g| g.recommended_resources())
                 .find(|(ar, _)| ar.plural == plural);
+            let item = format!("resources/{wanted}");
             let Some((ar, _)) = found else {
-                return Err(Error::DependencyMissing(format!(
+                let message = format!(
                     "spec.scope.extraResources: the API server serves no resource {wanted:?}; use plural.group, e.g. ingresses.networking.k8s.io"
-                )));
+                );
+                failed.push((item, message));
+                continue;
             };
             let api: Api<DynamicObject> = Api::namespaced_with(ctx.shared.client.clone(), ns, &ar);
-            for mut obj in api.list(&ListParams::default()).await?.items {
+            let list = match api.list(&ListParams::default()).await {
+                Ok(list) => list,
+                Err(e) => match refusal(&e) {
+                    Some(reason) => {
+                        failed.push((
+                            item,
+                            format!("spec.scope.extraResources: cannot list {wanted} in {ns:?}: {reason}"),
+                        ));
+                        continue;
+                    }
+                    None => return Err(e.into()),
+                },
+            };
+            for mut obj in list.items {
                 obj.types = Some(kube::core::TypeMeta { api_version: ar.api_version.clone(), kind: ar.kind.clone() });
                 objects.push(typed(serde_json::to_value(obj))?);
             }
@@ -479,7 +533,25 @@ async fn export(ctx: &Ctx, ns: &str, policy: &ValidPolicy) -> Result<Vec<Value>,
     // One object per path: an extra kind may repeat what is exported anyway.
     let mut seen = std::collections::HashSet::new();
     objects.retain(|o| seen.insert((o["apiVersion"].clone(), o["kind"].clone(), o["metadata"]["name"].clone())));
-    Ok(objects)
+    Ok(Exported { objects, failed })
+}
+
+/// The Kubernetes objects a Backup exports, and each source that could not be read, as
+/// (item name, error).
+struct Exported {
+    objects: Vec<Value>,
+    failed: Vec<(String, String)>,
+}
+
+/// The server's refusal of a request, which asking again cannot change (403, 404, 405, 422),
+/// as a message; `None` for errors worth a retry (5xx, 429, 409, transport).
+fn refusal(e: &kube::Error) -> Option<String> {
+    match e {
+        kube::Error::Api(s) if matches!(s.code, 400..=499) && !matches!(s.code, 409 | 429) => {
+            Some(format!("{} ({})", s.message, s.code))
+        }
+        _ => None,
+    }
 }
 
 async fn fail(backup: &Backup, ctx: &Ctx, mut status: BackupStatus, failure: Failure) -> Result<Action, Error> {
@@ -543,27 +615,116 @@ async fn write_status(
 }
 
 /// A Backup with `spec.deleteData` that is being deleted: forget its snapshots and manifest
-/// (the data goes at the next prune), then let the object go.
+/// (the data goes at the next prune), then let the object go. Storage that cannot be reached
+/// keeps the finalizer, retried with backoff and reported in the `DataDeleted` condition,
+/// until it can be reached again or the user sets [`SKIP_DATA_DELETION`]; in a namespace
+/// being deleted nobody can repair a Secret, so there the data is left in the bucket.
 async fn delete_data(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
     if !backup.finalizers().iter().any(|f| f == DATA_FINALIZER) {
         return Ok(Action::await_change());
     }
     let ns = backup.namespace().unwrap_or_default();
-    let api: Api<Backup> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    if let Ok(Ok(policy)) = policy(ctx, backup).await {
-        let repo = repository::open(&ctx.shared.client, &ns, &policy.policy.spec.storage, "spec.storage")
-            .await
-            .map_err(|e| Error::DependencyMissing(format!("cannot delete the data of {}: {e}", key(backup))))?;
-        forget_backup(&repo, backup).await.map_err(|e| Error::DependencyMissing(e.to_string()))?;
-        info!(backup = %key(backup), "deleted the backup's snapshots and manifest");
+    let skip = backup.annotations().get(SKIP_DATA_DELETION).is_some_and(|v| v == "true");
+    if skip {
+        publish(
+            ctx,
+            backup,
+            EventType::Warning,
+            "DataKept",
+            format!("{SKIP_DATA_DELETION}=true: the backup's data stays in the bucket"),
+        )
+        .await;
+    } else if let Ok(Ok(policy)) = policy(ctx, backup).await {
+        let deleted = match repository::open(&ctx.shared.client, &ns, &policy.policy.spec.storage, "spec.storage").await
+        {
+            Ok(repo) => forget_backup(&repo, backup).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match deleted {
+            Ok(()) => info!(backup = %key(backup), "deleted the backup's snapshots and manifest"),
+            Err(e) if namespace_terminating(ctx, &ns).await? => {
+                let note = format!(
+                    "namespace {ns:?} is being deleted and the data cannot be deleted ({e}): it stays in the bucket"
+                );
+                publish(ctx, backup, EventType::Warning, "DataKept", note).await;
+            }
+            Err(e) => {
+                let message = format!(
+                    "cannot delete the backup's data: {e}; Berth keeps trying. To delete the Backup and keep its data in the bucket, run: kubectl annotate backup {} -n {ns} {SKIP_DATA_DELETION}=true",
+                    backup.name_any()
+                );
+                report_deletion_blocked(backup, ctx, &message).await?;
+                return Err(Error::DependencyMissing(message));
+            }
+        }
     } else {
-        warn!(backup = %key(backup), "its BackupPolicy is gone: the data stays in the bucket");
+        publish(
+            ctx,
+            backup,
+            EventType::Warning,
+            "DataKept",
+            "its BackupPolicy is gone: the data stays in the bucket".into(),
+        )
+        .await;
     }
-    let remaining: Vec<String> = backup.finalizers().iter().filter(|f| *f != DATA_FINALIZER).cloned().collect();
-    let patch =
-        serde_json::json!({"metadata": {"finalizers": remaining, "resourceVersion": backup.resource_version()}});
-    api.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let remaining = backup.finalizers().iter().filter(|f| *f != DATA_FINALIZER).cloned().collect();
+    set_finalizers(backup, ctx, remaining).await?;
     Ok(Action::await_change())
+}
+
+/// Writes `metadata.finalizers` as a whole, only if nobody changed the object since it was
+/// read (the resourceVersion precondition makes a concurrent change a 409 and a retry): a
+/// merge patch of the list alone would drop another controller's finalizer.
+async fn set_finalizers(backup: &Backup, ctx: &Ctx, finalizers: Vec<String>) -> Result<(), Error> {
+    let api: Api<Backup> = Api::namespaced(ctx.shared.client.clone(), &backup.namespace().unwrap_or_default());
+    let patch =
+        serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": backup.resource_version()}});
+    api.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+async fn namespace_terminating(ctx: &Ctx, ns: &str) -> Result<bool, Error> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.shared.client.clone());
+    Ok(api.get_opt(ns).await?.is_none_or(|n| n.metadata.deletion_timestamp.is_some()))
+}
+
+/// `DataDeleted=False` beside the Backup's other conditions, once per message.
+async fn report_deletion_blocked(backup: &Backup, ctx: &Ctx, message: &str) -> Result<(), Error> {
+    let current = backup.status.clone().unwrap_or_default();
+    let already = current.conditions.iter().find(|c| c.type_ == DATA_DELETED);
+    if already.is_some_and(|c| c.message == message) {
+        return Ok(());
+    }
+    let mut conditions: Vec<_> = current.conditions.iter().filter(|c| c.type_ != DATA_DELETED).cloned().collect();
+    conditions.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: DATA_DELETED.into(),
+        status: "False".into(),
+        reason: "StorageUnreachable".into(),
+        message: message.into(),
+        observed_generation: backup.meta().generation,
+        last_transition_time: already.map_or_else(|| Time(jiff::Timestamp::now()), |c| c.last_transition_time.clone()),
+    });
+    // A merge patch of the conditions alone: an apply by the status manager would drop the
+    // phase and items (the snapshot ids the deletion still needs).
+    let patch = serde_json::json!({"status": {"conditions": conditions}});
+    let api: Api<Backup> = Api::namespaced(ctx.shared.client.clone(), &backup.namespace().unwrap_or_default());
+    api.patch_status(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    publish(ctx, backup, EventType::Warning, "DataDeletionBlocked", message.into()).await;
+    Ok(())
+}
+
+async fn publish(ctx: &Ctx, backup: &Backup, type_: EventType, reason: &str, note: String) {
+    warn!(backup = %key(backup), reason, %note);
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "DeleteData".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.shared.recorder.publish(&event, &backup.object_ref(&())).await {
+        warn!(backup = %key(backup), error = %e, "could not record an event");
+    }
 }
 
 /// Removes the snapshots a Backup wrote and its manifest from `repo`.

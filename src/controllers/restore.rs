@@ -9,6 +9,7 @@
 //! restore starts once it is there. Every wait inside a stage has a deadline counted from
 //! `status.stageStartTime`, after which the restore fails with the reason.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,8 +40,9 @@ use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, job_
 use crate::resources::backuppolicy::validate as validate_policy;
 use crate::resources::meta::owner_label_key;
 use crate::resources::restore::{
-    DATABASE_NOT_READY, DATABASE_READY_DEADLINE, JOBS_TIMED_OUT, NAMESPACE_RECHECK, NamespaceState, RestorePlan, Stage,
-    database_not_ready_message, deadline_passed, jobs_timed_out_message, namespace_problem, plan, target_namespace,
+    DATABASE_NOT_READY, DATABASE_READY_DEADLINE, DEFAULT_TIMEOUT, JOBS_TIMED_OUT, NAMESPACE_RECHECK, NamespaceState,
+    RestorePlan, Stage, TIMED_OUT, database_not_ready_message, deadline_passed, jobs_timed_out_message,
+    namespace_problem, plan, target_namespace, timed_out_message, timeout,
 };
 
 pub const NAME: &str = "restore";
@@ -61,7 +63,21 @@ struct Ctx {
     shared: Arc<Context>,
     jobs: Store<Job>,
     caches: CachesSynced,
+    /// Each running Restore's opened backup, so that the polls of a stage neither derive the
+    /// repository key again nor download the objects again.
+    loaded: std::sync::Mutex<HashMap<String, CachedLoad>>,
 }
+
+/// A Restore's loaded backup, valid while the Restore's generation and the Backup's and
+/// policy's resourceVersions are those it was loaded at.
+struct CachedLoad {
+    fingerprint: String,
+    loaded: Arc<Loaded>,
+    used: std::time::Instant,
+}
+
+/// A loaded backup unused this long belongs to a Restore that is gone.
+const LOADED_IDLE: Duration = Duration::from_secs(600);
 
 impl ControllerContext for Ctx {
     fn shared(&self) -> &Context {
@@ -94,7 +110,7 @@ pub async fn run(
         caches_synced,
         synced,
     );
-    let ctx = Arc::new(Ctx { shared, jobs, caches });
+    let ctx = Arc::new(Ctx { shared, jobs, caches, loaded: Default::default() });
     drive(NAME, controller, shutdown, ctx, |obj, ctx| async move { reconcile_restore(&obj, &ctx).await }).await;
 }
 
@@ -113,7 +129,16 @@ struct Loaded {
 async fn reconcile_restore(restore: &Restore, ctx: &Ctx) -> Result<Action, Error> {
     let status = restore.status.clone().unwrap_or_default();
     if restore.meta().deletion_timestamp.is_some() || phase::is_terminal(status.phase.as_deref()) {
+        ctx.loaded.lock().expect("loaded cache").remove(&restore.uid().unwrap_or_default());
         return Ok(Action::await_change());
+    }
+    let limit = match timeout(restore) {
+        Ok(limit) => limit,
+        Err(e) => return finish(restore, ctx, status, phase::FAILED, "InvalidSpec", e.to_string()).await,
+    };
+    let created = restore.meta().creation_timestamp.as_ref().map(|t| t.0);
+    if deadline_passed(created, jiff::Timestamp::now(), limit) {
+        return finish(restore, ctx, status, phase::FAILED, TIMED_OUT, timed_out_message(limit)).await;
     }
     let own_namespace = restore.namespace().unwrap_or_default();
     if !restore.spec.dry_run {
@@ -229,7 +254,9 @@ async fn wait_for_namespace(
             warn!(restore = %key(restore), error = %e, "could not record an event");
         }
     }
-    Ok(Action::requeue(NAMESPACE_RECHECK))
+    // Look again in 30 s, or when the timeout runs out if that is sooner.
+    let left = timeout(restore).unwrap_or(DEFAULT_TIMEOUT).saturating_sub(elapsed(restore));
+    Ok(Action::requeue(NAMESPACE_RECHECK.min(left + Duration::from_secs(1))))
 }
 
 fn stage_by_name(name: &str) -> Option<Stage> {
@@ -238,7 +265,7 @@ fn stage_by_name(name: &str) -> Option<Stage> {
 
 /// Resolves the Backup, opens its repository, reads its objects and plans the restore. A
 /// problem the user must fix comes back as `Err((reason, message))`.
-async fn load(restore: &Restore, ctx: &Ctx) -> Result<Result<Loaded, (&'static str, String)>, Error> {
+async fn load(restore: &Restore, ctx: &Ctx) -> Result<Result<Arc<Loaded>, (&'static str, String)>, Error> {
     let ns = restore.namespace().unwrap_or_default();
     let backups: Api<Backup> = Api::namespaced(ctx.shared.client.clone(), &ns);
     let backup = match (&restore.spec.backup_name, &restore.spec.policy_name) {
@@ -297,6 +324,19 @@ async fn load(restore: &Restore, ctx: &Ctx) -> Result<Result<Loaded, (&'static s
         let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
         return Ok(Err(("InvalidPolicy", message)));
     }
+    let uid = restore.uid().unwrap_or_default();
+    let fingerprint = format!(
+        "{}/{}/{}",
+        restore.meta().generation.unwrap_or_default(),
+        backup.resource_version().unwrap_or_default(),
+        policy.resource_version().unwrap_or_default()
+    );
+    if let Some(hit) = ctx.loaded.lock().expect("loaded cache").get_mut(&uid)
+        && hit.fingerprint == fingerprint
+    {
+        hit.used = std::time::Instant::now();
+        return Ok(Ok(hit.loaded.clone()));
+    }
     let repo = match repository::open(&ctx.shared.client, &ns, &policy.spec.storage, "spec.storage").await {
         Ok(r) => r,
         Err(e) => return Ok(Err((e.reason(), e.to_string()))),
@@ -306,7 +346,14 @@ async fn load(restore: &Restore, ctx: &Ctx) -> Result<Result<Loaded, (&'static s
         Err(e) => return Ok(Err(("BackupUnreadable", e.to_string()))),
     };
     match plan(restore, objects) {
-        Ok(plan) => Ok(Ok(Loaded { backup, policy, manifest, plan })),
+        Ok(plan) => {
+            let loaded = Arc::new(Loaded { backup, policy, manifest, plan });
+            let mut cache = ctx.loaded.lock().expect("loaded cache");
+            cache.retain(|_, c| c.used.elapsed() < LOADED_IDLE);
+            let used = std::time::Instant::now();
+            cache.insert(uid, CachedLoad { fingerprint, loaded: loaded.clone(), used });
+            Ok(Ok(loaded))
+        }
         Err(errors) => Ok(Err(("InvalidSpec", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))),
     }
 }
@@ -362,6 +409,23 @@ async fn run_stage(
 }
 
 /// Runs (and waits for) one agent Job per database dump or volume of the Backup.
+/// Seconds an agent Job may run: what is left of the Restore's timeout (at least a minute, so
+/// a Job created just before the end still gets to start), and never more than a Job's own
+/// limit.
+fn job_deadline_seconds(restore: &Restore) -> i64 {
+    let limit = timeout(restore).unwrap_or(DEFAULT_TIMEOUT);
+    let left = limit.saturating_sub(elapsed(restore)).as_secs();
+    i64::try_from(left).unwrap_or(i64::MAX).clamp(60, JOB_DEADLINE_SECONDS)
+}
+
+/// Time since the Restore was created.
+fn elapsed(restore: &Restore) -> Duration {
+    let created = restore.meta().creation_timestamp.as_ref().map(|t| t.0);
+    created.map_or(Duration::ZERO, |c| {
+        Duration::try_from(jiff::Timestamp::now().duration_since(c)).unwrap_or(Duration::ZERO)
+    })
+}
+
 async fn run_jobs(
     restore: &Restore,
     ctx: &Ctx,
@@ -407,7 +471,7 @@ async fn run_jobs(
                     storage: &loaded.policy.spec.storage,
                     tags: Vec::new(),
                     consumer,
-                    deadline_seconds: JOB_DEADLINE_SECONDS,
+                    deadline_seconds: job_deadline_seconds(restore),
                     backoff_limit: JOB_BACKOFF_LIMIT,
                 };
                 let mut job = agent_job(&task, &settings);
@@ -591,6 +655,7 @@ async fn finish(
     message: String,
 ) -> Result<Action, Error> {
     info!(restore = %key(restore), phase = new_phase, %message, "restore finished");
+    ctx.loaded.lock().expect("loaded cache").remove(&restore.uid().unwrap_or_default());
     write_status(restore, ctx, status, new_phase, reason, message).await?;
     Ok(Action::await_change())
 }

@@ -178,6 +178,52 @@ pub fn namespace_problem(states: &[(String, NamespaceState)]) -> Option<(&'stati
 pub const DATABASE_READY_DEADLINE: Duration = Duration::from_secs(30 * 60);
 /// Reason of a restore that gave up waiting for a DatabaseInstance.
 pub const DATABASE_NOT_READY: &str = "DatabaseNotReady";
+/// How long a Restore may take when `spec.timeout` is not set.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Reason of a restore that ran past `spec.timeout`.
+pub const TIMED_OUT: &str = "TimedOut";
+
+/// `spec.timeout` as a duration: hours, minutes and seconds in any order, such as `1h`,
+/// `90m` or `2h30m` (the schema admits only that shape); the default when unset.
+pub fn timeout(restore: &Restore) -> Result<Duration, FieldError> {
+    let Some(text) = restore.spec.timeout.as_deref() else { return Ok(DEFAULT_TIMEOUT) };
+    parse_duration(text).filter(|d| !d.is_zero()).ok_or_else(|| {
+        FieldError::new(
+            "spec.timeout",
+            format!("{text:?} is not a duration; write hours, minutes and seconds such as 1h, 90m or 2h30m"),
+        )
+    })
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in text.chars() {
+        match c {
+            '0'..='9' => number.push(c),
+            'h' | 'm' | 's' if !number.is_empty() => {
+                let unit = match c {
+                    'h' => 3600,
+                    'm' => 60,
+                    _ => 1,
+                };
+                total = total.checked_add(number.parse::<u64>().ok()?.checked_mul(unit)?)?;
+                number.clear();
+            }
+            _ => return None,
+        }
+    }
+    (number.is_empty() && !text.is_empty()).then_some(Duration::from_secs(total))
+}
+
+/// The message of a restore that ran past its timeout.
+pub fn timed_out_message(limit: Duration) -> String {
+    format!(
+        "the restore did not finish within spec.timeout ({} minutes); objects restored so far stay. Look at status.errors and the agent Jobs' pods, then create a new Restore with a longer spec.timeout and existingResourcePolicy: update",
+        limit.as_secs() / 60
+    )
+}
+
 /// Reason of a restore that gave up waiting for its agent Jobs.
 pub const JOBS_TIMED_OUT: &str = "JobsTimedOut";
 
@@ -611,6 +657,19 @@ mod tests {
             obj("v1", "Namespace", "", "shop"),
             obj("v1", "Service", "shop", "legacy"),
         ]
+    }
+
+    #[test]
+    fn timeout_defaults_to_an_hour_and_reads_hours_minutes_and_seconds() {
+        assert_eq!(timeout(&restore("")).unwrap(), DEFAULT_TIMEOUT);
+        assert_eq!(timeout(&restore("  timeout: 90m\n")).unwrap(), Duration::from_secs(5400));
+        assert_eq!(timeout(&restore("  timeout: 2h30m15s\n")).unwrap(), Duration::from_secs(9015));
+        assert_eq!(timeout(&restore("  timeout: 45s\n")).unwrap(), Duration::from_secs(45));
+        for bad in ["0m", "1d", "h", "1h30", "1.5h", "\"\""] {
+            let err = timeout(&restore(&format!("  timeout: {bad}\n"))).unwrap_err();
+            assert_eq!(err.field, "spec.timeout", "{bad}");
+            assert!(err.message.contains("2h30m"), "{bad}: {}", err.message);
+        }
     }
 
     #[test]

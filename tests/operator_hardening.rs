@@ -1,0 +1,215 @@
+//! States no one could clear, on the real control plane (tests/support/cluster) with the
+//! operator holding only the chart's RBAC:
+//! - an export error (an `extraResources` kind the server does not serve) ends the Backup
+//!   PartiallyFailed with the failed item listed, instead of InProgress forever;
+//! - the data finalizer is added beside other finalizers, never over them;
+//! - deleting a Backup whose storage cannot be reached keeps the finalizer and says why in
+//!   `DataDeleted`, until the documented annotation lets it go with its data left in the bucket;
+//! - a Restore that cannot finish ends Failed with `TimedOut` when `spec.timeout` runs out, and
+//!   the API server refuses a timeout that is not a duration.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use berth::api::{Backup, BackupPolicy, Restore};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::cluster::Cluster;
+use support::operator::Operator;
+use support::servers::S3Server;
+use support::wait::eventually;
+
+const NS: &str = "shop";
+const WAIT: Duration = Duration::from_secs(120);
+const FOREIGN_FINALIZER: &str = "example.com/hold";
+
+async fn cluster() -> Cluster {
+    let cluster = Cluster::start().await;
+    cluster.install_crds_from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("crds")).await;
+    cluster.namespace(NS).await;
+    cluster
+}
+
+async fn operator(cluster: &Cluster) -> Operator {
+    let kubeconfig = cluster.operator_kubeconfig(&[]).await;
+    let mut operator = Operator::start(&kubeconfig, &["--leader-election=false"]);
+    operator.wait_ready(WAIT);
+    operator
+}
+
+async fn create<K>(client: &kube::Client, value: Value) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), NS);
+    api.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap()
+}
+
+async fn storage_secrets(client: &kube::Client, s3: &S3Server) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    for (name, data) in [
+        (
+            "s3-credentials",
+            vec![("AWS_ACCESS_KEY_ID", s3.access_key.clone()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key.clone())],
+        ),
+        ("repository-key", vec![("key", "correct horse battery staple\n".to_string())]),
+    ] {
+        let data = data.into_iter().map(|(k, v)| (k.to_string(), ByteString(v.into_bytes()))).collect();
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
+            data: Some(data),
+            ..Secret::default()
+        };
+        secrets.create(&PostParams::default(), &secret).await.unwrap();
+    }
+}
+
+fn policy(s3: &S3Server, extra_resources: &[&str]) -> Value {
+    json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "BackupPolicy",
+        "metadata": {"name": "nightly", "namespace": NS},
+        "spec": {
+            "schedule": "0 3 * * *", "suspend": true,
+            "storage": {"bucket": "backups", "prefix": "shop", "region": s3.region, "endpoint": s3.endpoint,
+                        "forcePathStyle": true, "credentialsSecret": "s3-credentials",
+                        "encryptionKeySecret": "repository-key"},
+            "scope": {"databases": false, "extraResources": extra_resources},
+            "retention": {"keepLast": 5}
+        }
+    })
+}
+
+fn phase(b: &Backup) -> Option<&str> {
+    b.status.as_ref()?.phase.as_deref()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_errors_end_the_backup_and_unreachable_storage_never_traps_its_deletion() {
+    let s3 = S3Server::start();
+    s3.create_bucket("backups");
+    let cluster = cluster().await;
+    let client = cluster.client();
+    let _operator = operator(&cluster).await;
+    storage_secrets(&client, &s3).await;
+    let _: BackupPolicy = create(&client, policy(&s3, &["nosuchthings.example.com"])).await;
+    let _: Backup = create(
+        &client,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Backup",
+            "metadata": {"name": "by-hand", "finalizers": [FOREIGN_FINALIZER]},
+            "spec": {"policyName": "nightly", "deleteData": true}
+        }),
+    )
+    .await;
+    let backups: Api<Backup> = Api::namespaced(client.clone(), NS);
+
+    // The export of the unknown kind fails; the rest is backed up and the Backup ends.
+    let ended = eventually("the Backup ends", WAIT, || async {
+        let b = backups.get("by-hand").await.ok()?;
+        matches!(phase(&b), Some("Completed" | "PartiallyFailed" | "Failed")).then_some(b)
+    })
+    .await;
+    assert_eq!(phase(&ended), Some("PartiallyFailed"), "{ended:?}");
+    let items = &ended.status.as_ref().unwrap().items;
+    let resources = items.iter().find(|i| i.name == "resources").expect("resources item");
+    assert_eq!(resources.phase, "Completed", "{items:?}");
+    let extra = items.iter().find(|i| i.name == "resources/nosuchthings.example.com").expect("the failed kind's item");
+    assert_eq!(extra.phase, "Failed");
+    let error = extra.error.as_deref().unwrap_or_default();
+    assert!(error.contains("spec.scope.extraResources") && error.contains("serves no resource"), "{error}");
+    // Both finalizers: the operator's was added beside the foreign one, not over it.
+    let finalizers = ended.metadata.finalizers.clone().unwrap_or_default();
+    assert!(finalizers.iter().any(|f| f == FOREIGN_FINALIZER), "{finalizers:?}");
+    assert!(finalizers.iter().any(|f| f == "berth.dev/backup-data"), "{finalizers:?}");
+    let manifest = s3.root().join("backups/shop/backups/by-hand");
+    assert!(manifest.exists(), "the Backup wrote its manifest under {}", manifest.display());
+
+    // The storage goes away; deleting the Backup cannot delete its data and says so.
+    let closed = support::operator::free_port();
+    let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), NS);
+    let endpoint = json!({"spec": {"storage": {"endpoint": format!("http://127.0.0.1:{closed}")}}});
+    policies.patch("nightly", &PatchParams::default(), &Patch::Merge(&endpoint)).await.unwrap();
+    backups.delete("by-hand", &DeleteParams::default()).await.unwrap();
+    let blocked = eventually("DataDeleted=False", WAIT, || async {
+        let b = backups.get("by-hand").await.ok()?;
+        let c = b.status?.conditions.into_iter().find(|c| c.type_ == "DataDeleted")?;
+        (c.status == "False").then_some(c)
+    })
+    .await;
+    assert_eq!(blocked.reason, "StorageUnreachable");
+    assert!(
+        blocked.message.contains("kubectl annotate backup by-hand -n shop berth.dev/skip-data-deletion=true"),
+        "{}",
+        blocked.message
+    );
+    let still = backups.get("by-hand").await.unwrap();
+    assert!(still.metadata.finalizers.clone().unwrap_or_default().iter().any(|f| f == "berth.dev/backup-data"));
+    assert_eq!(phase(&still), Some("PartiallyFailed"), "the status (and its snapshot ids) survived the condition");
+
+    // The annotation lets it go; the data stays in the bucket and the foreign finalizer stays.
+    let skip = json!({"metadata": {"annotations": {"berth.dev/skip-data-deletion": "true"}}});
+    backups.patch("by-hand", &PatchParams::default(), &Patch::Merge(&skip)).await.unwrap();
+    let released = eventually("the data finalizer released", WAIT, || async {
+        let b = backups.get("by-hand").await.ok()?;
+        let f = b.metadata.finalizers.clone().unwrap_or_default();
+        (!f.iter().any(|f| f == "berth.dev/backup-data")).then_some(f)
+    })
+    .await;
+    assert_eq!(released, vec![FOREIGN_FINALIZER.to_string()]);
+    assert!(manifest.exists(), "the data stays in the bucket");
+    let rest = json!({"metadata": {"finalizers": null}});
+    backups.patch("by-hand", &PatchParams::default(), &Patch::Merge(&rest)).await.unwrap();
+    eventually("the Backup is gone", WAIT, || async { backups.get_opt("by-hand").await.ok()?.is_none().then_some(()) })
+        .await;
+    cluster.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_that_cannot_finish_ends_at_its_timeout() {
+    let s3 = S3Server::start();
+    s3.create_bucket("backups");
+    let cluster = cluster().await;
+    let client = cluster.client();
+    let _operator = operator(&cluster).await;
+    storage_secrets(&client, &s3).await;
+    let _: BackupPolicy = create(&client, policy(&s3, &[])).await;
+    let restores: Api<Restore> = Api::namespaced(client.clone(), NS);
+
+    // The schema admits only hours, minutes and seconds.
+    let bad = json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "bad", "namespace": NS},
+        "spec": {"policyName": "nightly", "timeout": "1d"}
+    });
+    let err = restores.create(&PostParams::default(), &serde_json::from_value(bad).unwrap()).await.unwrap_err();
+    assert!(err.to_string().contains("spec.timeout"), "{err}");
+
+    // The target namespace never comes: the restore waits for it until its timeout.
+    let _: Restore = create(
+        &client,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "stuck"},
+            "spec": {"policyName": "nightly", "namespaceMapping": {NS: "never-created"}, "timeout": "5s"}
+        }),
+    )
+    .await;
+    let failed = eventually("the Restore ends", WAIT, || async {
+        let r = restores.get("stuck").await.ok()?;
+        let p = r.status.as_ref()?.phase.clone()?;
+        matches!(p.as_str(), "Completed" | "PartiallyFailed" | "Failed").then_some(r)
+    })
+    .await;
+    let status = failed.status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason, "TimedOut", "{ready:?}");
+    assert!(ready.message.contains("spec.timeout"), "{}", ready.message);
+    cluster.assert_clean().await;
+}
