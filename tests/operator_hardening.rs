@@ -5,6 +5,8 @@
 //! - the data finalizer is added beside other finalizers, never over them;
 //! - deleting a Backup whose storage cannot be reached keeps the finalizer and says why in
 //!   `DataDeleted`, until the documented annotation lets it go with its data left in the bucket;
+//! - offsite replication runs beside the policy's reconcile, its progress in status, and stops
+//!   when its policy is deleted;
 //! - a Restore that cannot finish ends Failed with `TimedOut` when `spec.timeout` runs out, and
 //!   the API server refuses a timeout that is not a duration.
 
@@ -211,5 +213,118 @@ async fn a_restore_that_cannot_finish_ends_at_its_timeout() {
     let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(ready.reason, "TimedOut", "{ready:?}");
     assert!(ready.message.contains("spec.timeout"), "{}", ready.message);
+    cluster.assert_clean().await;
+}
+
+/// A TCP server that accepts connections and never answers, counting the open ones: an
+/// offsite location that hangs.
+struct Blackhole {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Blackhole {
+    fn start() -> Self {
+        use std::io::Read;
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (o, a) = (open.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                a.fetch_add(1, Ordering::SeqCst);
+                o.fetch_add(1, Ordering::SeqCst);
+                let o = o.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Self { port, open, accepted }
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsite_replication_runs_beside_the_reconcile_and_stops_with_its_policy() {
+    let (s3, offsite) = (S3Server::start(), S3Server::start());
+    s3.create_bucket("backups");
+    offsite.create_bucket("offsite");
+    let cluster = cluster().await;
+    let client = cluster.client();
+    let _operator = operator(&cluster).await;
+    storage_secrets(&client, &s3).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let creds = [("AWS_ACCESS_KEY_ID", &offsite.access_key), ("AWS_SECRET_ACCESS_KEY", &offsite.secret_key)];
+    let data = creds.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta { name: Some("offsite-credentials".into()), ..Default::default() },
+        data: Some(data),
+        ..Secret::default()
+    };
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
+    let mut spec = policy(&s3, &[]);
+    spec["spec"]["offsite"] = json!({
+        "bucket": "offsite", "prefix": "shop-copy", "region": offsite.region, "endpoint": offsite.endpoint,
+        "forcePathStyle": true, "credentialsSecret": "offsite-credentials", "encryptionKeySecret": "repository-key"
+    });
+    let _: BackupPolicy = create(&client, spec).await;
+    let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), NS);
+    let by_hand = |name: &str| {
+        json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name},
+               "spec": {"policyName": "nightly"}})
+    };
+
+    // A completed backup is copied offsite by a run that the status reports.
+    let _: Backup = create(&client, by_hand("first")).await;
+    let status = eventually("first replicated", WAIT, || async {
+        let st = policies.get("nightly").await.ok()?.status?;
+        (st.last_replicated_backup.as_deref() == Some("first")).then_some(st)
+    })
+    .await;
+    let run = status.maintenance.expect("the run is in the status");
+    assert_eq!(run.phase, "Succeeded", "{run:?}");
+    assert!(run.message.unwrap_or_default().contains("replicated to spec.offsite"));
+    assert!(offsite.root().join("offsite/shop-copy/backups/first").exists(), "the manifest is offsite");
+
+    // The offsite location hangs: the run goes on beside the reconcile, which keeps working.
+    let hole = Blackhole::start();
+    let hang = json!({"spec": {"offsite": {"endpoint": format!("http://127.0.0.1:{}", hole.port)}}});
+    policies.patch("nightly", &PatchParams::default(), &Patch::Merge(&hang)).await.unwrap();
+    let _: Backup = create(&client, by_hand("second")).await;
+    eventually("a run hangs on the offsite location", WAIT, || async {
+        let st = policies.get("nightly").await.ok()?.status?;
+        let running = st.maintenance.is_some_and(|m| m.phase == "Running");
+        (running && hole.open() > 0).then_some(())
+    })
+    .await;
+    let _: Backup = create(&client, by_hand("third")).await;
+    eventually("the policy still reconciles: third is its newest success", WAIT, || async {
+        let st = policies.get("nightly").await.ok()?.status?;
+        let running = st.maintenance.is_some_and(|m| m.phase == "Running");
+        (running && st.last_successful_backup.as_deref() == Some("third")).then_some(())
+    })
+    .await;
+    assert_eq!(policies.get("nightly").await.unwrap().status.unwrap().last_replicated_backup.as_deref(), Some("first"));
+
+    // Deleting the policy stops the run: its connections to the offsite location close.
+    policies.delete("nightly", &DeleteParams::default()).await.unwrap();
+    eventually("the run stopped", WAIT, || async { (hole.open() == 0).then_some(()) }).await;
+    let accepted = hole.accepted();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(hole.accepted(), accepted, "no new attempt after the policy is gone");
     cluster.assert_clean().await;
 }

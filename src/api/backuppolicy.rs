@@ -154,4 +154,27 @@ pub struct BackupPolicyStatus {
     /// The newest Completed Backup whose data is also at `spec.offsite`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_replicated_backup: Option<String>,
+    /// The last retention and offsite replication run, which goes on outside the reconcile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceStatus>,
+}
+
+/// A retention and offsite replication run of a BackupPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceStatus {
+    /// Running, Succeeded or Failed.
+    pub phase: String,
+    /// When the run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Why it failed, when Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What it is doing or did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

@@ -17,10 +17,11 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::backup::{self as backup_ctl, POLICY_LABEL, SYNCED_LABEL, phase};
+use super::maintenance::{self, Outcome};
 use super::repository::{self, RepositoryError};
 use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, synced_store, when_synced};
 use crate::api::backup::{Backup, BackupItem, BackupSpec, BackupStatus};
-use crate::api::backuppolicy::{BackupPolicy, BackupPolicyStatus};
+use crate::api::backuppolicy::{BackupPolicy, BackupPolicyStatus, MaintenanceStatus};
 use crate::api::conditions::{self, DesiredCondition, READY};
 use crate::backup::Repository;
 use crate::backup::ops::{PruneOptions, prune};
@@ -37,6 +38,13 @@ const STATUS_MANAGER: &str = "berth/backuppolicy-status";
 pub const BACKUP_FRESH: &str = "BackupFresh";
 /// How often a policy's bucket is listed for backups this cluster does not know.
 const SYNC_INTERVAL: Duration = Duration::from_secs(300);
+/// How often a running retention and replication is looked at.
+const MAINTENANCE_POLL: Duration = Duration::from_secs(5);
+/// How long after a failed run the next one starts.
+const MAINTENANCE_RETRY: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
+const MAINTENANCE_RUNNING: &str = "Running";
+const MAINTENANCE_SUCCEEDED: &str = "Succeeded";
+const MAINTENANCE_FAILED: &str = "Failed";
 
 struct Ctx {
     shared: Arc<Context>,
@@ -44,6 +52,8 @@ struct Ctx {
     caches: CachesSynced,
     /// When each policy's bucket was last listed (by namespace/name).
     last_sync: Mutex<HashMap<String, Instant>>,
+    /// Each policy's retention and replication run.
+    maintenance: maintenance::Tasks,
 }
 
 impl ControllerContext for Ctx {
@@ -83,7 +93,7 @@ pub async fn run(
         caches_synced,
         synced,
     );
-    let ctx = Arc::new(Ctx { shared, backups, caches, last_sync: Mutex::default() });
+    let ctx = Arc::new(Ctx { shared, backups, caches, last_sync: Mutex::default(), maintenance: Default::default() });
     drive(NAME, controller, shutdown, ctx, |obj, ctx| async move { reconcile_policy(&obj, &ctx).await }).await;
 }
 
@@ -176,15 +186,49 @@ async fn reconcile_policy(policy: &BackupPolicy, ctx: &Ctx) -> Result<Action, Er
         })
         .collect();
     let victims = retention_victims(valid.retention(), &facts, &valid.time_zone);
-    if !victims.is_empty() || needs_replication(&valid, &status) {
-        match maintain(ctx, policy, &valid, &backups, &victims).await {
-            Ok(replicated) => {
-                if replicated {
-                    status.last_replicated_backup = status.last_successful_backup.clone();
+    let running = match ctx.maintenance.poll(policy) {
+        maintenance::State::Running { .. } => true,
+        maintenance::State::Finished(outcome) => {
+            if outcome.replicated.is_some() {
+                status.last_replicated_backup = outcome.replicated.clone();
+            }
+            status.maintenance = Some(finished(outcome, status.maintenance.take(), now));
+            false
+        }
+        maintenance::State::Idle => false,
+    };
+    if let Some(MaintenanceStatus { phase, reason, message, .. }) = &status.maintenance
+        && phase == MAINTENANCE_FAILED
+    {
+        let reason = reason.as_deref().unwrap_or("MaintenanceFailed");
+        ready = DesiredCondition::new(READY, false, reason, message.clone().unwrap_or_default());
+    }
+    let retry_due = status.maintenance.as_ref().is_none_or(|m| {
+        m.phase != MAINTENANCE_FAILED
+            || m.completion_time.as_ref().is_none_or(|t| now.duration_since(t.0) >= MAINTENANCE_RETRY)
+    });
+    if !running && retry_due && (!victims.is_empty() || needs_replication(&valid, &status)) {
+        let (client, owned, valid) = (ctx.shared.client.clone(), policy.clone(), valid.clone());
+        let (backups, newest) = (backups.clone(), status.last_successful_backup.clone());
+        let message = maintenance_plan(&victims, valid.policy.spec.offsite.is_some());
+        ctx.maintenance.start(client.clone(), policy, async move {
+            match maintain(&client, &owned, &valid, &backups, &victims).await {
+                Ok(report) => Outcome {
+                    replicated: report.is_some().then_some(newest).flatten(),
+                    error: None,
+                    summary: report.unwrap_or_default(),
+                },
+                Err(e) => {
+                    Outcome { replicated: None, error: Some((e.reason(), e.to_string())), summary: String::new() }
                 }
             }
-            Err(e) => ready = DesiredCondition::new(READY, false, e.reason(), e.to_string()),
-        }
+        });
+        status.maintenance = Some(MaintenanceStatus {
+            phase: MAINTENANCE_RUNNING.into(),
+            start_time: Some(Time(now)),
+            message: Some(message),
+            ..MaintenanceStatus::default()
+        });
     }
 
     let fresh = freshness(&valid, newest.and_then(|b| completion(b)), created, now);
@@ -202,7 +246,33 @@ async fn reconcile_policy(policy: &BackupPolicy, ctx: &Ctx) -> Result<Action, Er
         .as_ref()
         .map(|t| Duration::from_secs(t.0.duration_since(now).as_secs().max(0) as u64 + 1))
         .unwrap_or(SYNC_INTERVAL);
-    Ok(Action::requeue(until_next.min(SYNC_INTERVAL)))
+    // A running retention or replication is looked at again to collect its outcome.
+    let wake = if ctx.maintenance.poll(policy) == maintenance::State::Idle { SYNC_INTERVAL } else { MAINTENANCE_POLL };
+    Ok(Action::requeue(until_next.min(wake)))
+}
+
+/// The status of a finished run.
+fn finished(outcome: Outcome, started: Option<MaintenanceStatus>, now: jiff::Timestamp) -> MaintenanceStatus {
+    let (phase, reason, message) = match outcome.error {
+        Some((reason, message)) => (MAINTENANCE_FAILED, Some(reason.to_string()), message),
+        None => (MAINTENANCE_SUCCEEDED, None, outcome.summary),
+    };
+    MaintenanceStatus {
+        phase: phase.into(),
+        start_time: started.and_then(|s| s.start_time),
+        completion_time: Some(Time(now)),
+        reason,
+        message: Some(message),
+    }
+}
+
+/// What a run about to start will do.
+fn maintenance_plan(victims: &[String], offsite: bool) -> String {
+    match (victims.len(), offsite) {
+        (0, _) => "replicating to spec.offsite".into(),
+        (n, true) => format!("retention: removing {n} backups, then replicating to spec.offsite"),
+        (n, false) => format!("retention: removing {n} backups"),
+    }
 }
 
 fn sync_due(ctx: &Ctx, key: &str) -> bool {
@@ -264,16 +334,16 @@ impl MaintenanceError {
 }
 
 /// Forgets the data of `victims`, deletes their objects, prunes, and replicates the
-/// repository to the offsite location. Returns whether the offsite copy is now current.
+/// repository to the offsite location. Returns what the offsite copy did, when there is one.
 async fn maintain(
-    ctx: &Ctx,
+    client: &kube::Client,
     policy: &BackupPolicy,
     valid: &ValidPolicy,
     backups: &[Arc<Backup>],
     victims: &[String],
-) -> Result<bool, MaintenanceError> {
+) -> Result<Option<String>, MaintenanceError> {
     let ns = policy.namespace().unwrap_or_default();
-    let repo = repository::open(&ctx.shared.client, &ns, &valid.policy.spec.storage, "spec.storage").await?;
+    let repo = repository::open(client, &ns, &valid.policy.spec.storage, "spec.storage").await?;
     if !victims.is_empty() {
         let doomed: Vec<&Arc<Backup>> = backups.iter().filter(|b| victims.contains(&b.name_any())).collect();
         for backup in &doomed {
@@ -283,18 +353,21 @@ async fn maintain(
         info!(backuppolicy = %key(policy), ?report, "pruned the repository");
         // The objects go last: while one exists, its data may still be in the bucket.
         for backup in doomed {
-            backup_ctl::delete_object(&ctx.shared.client, &ns, &backup.name_any()).await?;
+            backup_ctl::delete_object(client, &ns, &backup.name_any()).await?;
             info!(backuppolicy = %key(policy), backup = %backup.name_any(), "retention removed a backup");
         }
     }
-    let Some(offsite) = &valid.policy.spec.offsite else { return Ok(false) };
-    let config = repository::storage_config(&ctx.shared.client, &ns, offsite, "spec.offsite").await?;
+    let Some(offsite) = &valid.policy.spec.offsite else { return Ok(None) };
+    let config = repository::storage_config(client, &ns, offsite, "spec.offsite").await?;
     let target = crate::backup::Storage::connect(&config).await.map_err(MaintenanceError::Replication)?;
     // Retention ran at the source: the copy follows it, never ahead of a complete source.
     let options = ReplicateOptions { delete_extraneous: true, ..ReplicateOptions::default() };
     let report = replicate(repo.storage(), &target, options).await.map_err(MaintenanceError::Replication)?;
     info!(backuppolicy = %key(policy), copied = report.copied, bytes = report.bytes, "replicated offsite");
-    Ok(true)
+    Ok(Some(format!(
+        "replicated to spec.offsite: {} objects ({} bytes) copied, {} already there, {} deleted",
+        report.copied, report.bytes, report.skipped, report.deleted
+    )))
 }
 
 /// Creates a Completed Backup object (labelled synced) for every manifest of this policy in
@@ -392,7 +465,8 @@ async fn write_status(
         && status.last_schedule_time == current.last_schedule_time
         && status.next_schedule_time == current.next_schedule_time
         && status.last_successful_backup == current.last_successful_backup
-        && status.last_replicated_backup == current.last_replicated_backup;
+        && status.last_replicated_backup == current.last_replicated_backup
+        && status.maintenance == current.maintenance;
     if unchanged {
         return Ok(());
     }
