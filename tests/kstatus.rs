@@ -33,7 +33,9 @@ fn kstatus_check() -> PathBuf {
     // Tests run in parallel processes: each builds its own file and renames it into place, so
     // none replaces the binary while another runs it.
     let own = binary.with_extension(std::process::id().to_string());
-    let out = Command::new("go")
+    // The Go of this machine kind lives in /usr/local/go when PATH lacks it.
+    let go = if Command::new("go").arg("version").output().is_ok() { "go" } else { "/usr/local/go/bin/go" };
+    let out = Command::new(go)
         .args(["build", "-o"])
         .arg(&own)
         .arg(".")

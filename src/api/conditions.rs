@@ -49,7 +49,7 @@ pub fn kstatus(desired: &[DesiredCondition]) -> Option<DesiredCondition> {
     let find = |type_: &str| desired.iter().find(|d| d.type_ == type_);
     let progressing = find(PROGRESSING);
     let degraded = find(DEGRADED).filter(|d| d.status && !progressing.is_some_and(|p| p.status));
-    if let Some(cause) = desired.iter().find(|d| d.reason == INVALID_SPEC).or(degraded) {
+    if let Some(cause) = degraded.or_else(|| desired.iter().find(|d| d.reason == INVALID_SPEC)) {
         return Some(DesiredCondition::new(STALLED, true, &cause.reason, cause.message.clone()));
     }
     let ready = find(READY);
