@@ -12,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '[test] %s\n' "$*"; }
 
-APT_PACKAGES=(postgresql-15 rabbitmq-server unzip)
+APT_PACKAGES=(postgresql-15 rabbitmq-server unzip lua5.1)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

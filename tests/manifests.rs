@@ -712,6 +712,7 @@ fn gitops_examples_are_consistent() {
         ("kustomize.toolkit.fluxcd.io/v1", "Kustomization"),
         ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
         ("v1", "Namespace"),
+        ("v1", "ConfigMap"), // argocd-cm-health.yaml (tests/gitops_health.rs checks its content)
     ];
     let mut files = Vec::new();
     for dir in ["argocd", "flux-helm", "flux-kustomize"] {
@@ -755,7 +756,7 @@ fn gitops_examples_are_consistent() {
                         "{rel}: spec.path {path} is no kustomize directory"
                     );
                 }
-                "Namespace" => builtin.push(f.clone()),
+                "Namespace" | "ConfigMap" => builtin.push(f.clone()),
                 _ => {}
             }
         }
@@ -778,5 +779,5 @@ fn gitops_examples_are_consistent() {
     // The Flux directory builds as a kustomization, and the built-in kinds validate.
     run_ok(Command::new(tool("kubectl")).args(["kustomize", "deploy/gitops/flux-helm"]));
     let refs: Vec<&Path> = builtin.iter().map(PathBuf::as_path).collect();
-    validate(&refs, "deploy/gitops Namespace objects").unwrap();
+    validate(&refs, "deploy/gitops Namespace and ConfigMap objects").unwrap();
 }

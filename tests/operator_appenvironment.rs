@@ -224,6 +224,16 @@ async fn invalid_spec_is_reported_without_a_retry_loop() {
         .map(|c| (c.status.clone(), c.message.clone()))
         .unwrap();
     assert!(message.contains("spec.autoscaling.maxReplicas"), "{message}");
+    // Flux's kstatus reads Stalled (Failed) and Reconciling (InProgress).
+    let kstatus = |app: &AppEnvironment| -> Vec<(String, String)> {
+        let conditions = app.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+        conditions
+            .into_iter()
+            .filter(|c| c.type_ == "Stalled" || c.type_ == "Reconciling")
+            .map(|c| (c.type_, c.status))
+            .collect()
+    };
+    assert_eq!(kstatus(&invalid), [("Stalled".to_string(), "True".to_string())]);
     assert!(Api::<Deployment>::namespaced(client.clone(), "team").get_opt("shop-dev").await.unwrap().is_none());
 
     // No hot loop: over 3 s (3 resync periods) the invalid object is not retried. The wait
@@ -244,7 +254,8 @@ async fn invalid_spec_is_reported_without_a_retry_loop() {
     )
     .await
     .unwrap();
-    wait_condition(&apps, "shop-dev", "Ready", "True", None).await;
+    let fixed = wait_condition(&apps, "shop-dev", "Ready", "True", None).await;
+    assert_eq!(kstatus(&fixed), []);
 
     // Paused: spec changes are not applied.
     apps.patch("shop-dev", &PatchParams::default(), &Patch::Merge(json!({"spec": {"paused": true, "image": "x:2"}})))

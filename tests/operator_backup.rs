@@ -362,9 +362,16 @@ async fn unreachable_storage_fails_the_backup_and_a_stopped_schedule_goes_stale(
     .await;
     let backups: Api<Backup> = Api::namespaced(client.clone(), NS);
     let failed = wait_phase(&backups, "by-hand", "Failed", backup_phase).await;
-    let ready = failed.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    let conditions = failed.status.unwrap().conditions;
+    let ready = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Failed"));
     assert!(ready.message.contains("StorageUnreachable"), "{}", ready.message);
+    // What Argo CD (Degraded) and Flux's kstatus (Stalled) read: a failure, not work in progress.
+    let status_of = |t: &str| conditions.iter().find(|c| c.type_ == t).map(|c| c.status.as_str());
+    assert_eq!(
+        (status_of("Degraded"), status_of("Stalled"), status_of("Reconciling")),
+        (Some("True"), Some("True"), None)
+    );
 
     // The policy's last success is an hour old and the schedule is suspended: an RPO breach.
     let _: Backup = create(

@@ -28,7 +28,7 @@ use super::repository::{self, RepositoryError};
 use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, synced_store, when_synced};
 use crate::api::backup::{Backup, BackupItem, BackupStatus};
 use crate::api::backuppolicy::BackupPolicy;
-use crate::api::conditions::{self, DesiredCondition, READY};
+use crate::api::conditions;
 use crate::api::databaseinstance::Engine;
 use crate::api::{AppEnvironment, DatabaseInstance};
 use crate::backup::Repository;
@@ -60,6 +60,8 @@ const JOB_BACKOFF_LIMIT: i32 = 2;
 const BACKUP_DEADLINE: jiff::SignedDuration = jiff::SignedDuration::from_hours(JOB_DEADLINE_SECONDS / 3600 + 1);
 
 pub mod phase {
+    use crate::api::conditions::{DEGRADED, DesiredCondition, READY};
+
     pub const NEW: &str = "New";
     pub const IN_PROGRESS: &str = "InProgress";
     pub const COMPLETED: &str = "Completed";
@@ -70,6 +72,16 @@ pub mod phase {
     /// Whether a Backup (or item) in `phase` is finished.
     pub fn is_terminal(phase: Option<&str>) -> bool {
         matches!(phase, Some(COMPLETED | PARTIALLY_FAILED | FAILED))
+    }
+
+    /// The conditions of a Backup or Restore in `phase`: Ready once Completed, and Degraded once
+    /// Failed or PartiallyFailed, so that people, Argo CD and kstatus (`Stalled`) see the failure.
+    pub fn conditions(phase: &str, reason: &str, message: &str) -> Vec<DesiredCondition> {
+        let mut out = vec![DesiredCondition::new(READY, phase == COMPLETED, reason, message)];
+        if matches!(phase, FAILED | PARTIALLY_FAILED) {
+            out.push(DesiredCondition::new(DEGRADED, true, reason, message));
+        }
+        out
     }
 }
 
@@ -577,14 +589,14 @@ async fn write_status(
 ) -> Result<(), Error> {
     let current = backup.status.clone().unwrap_or_default();
     let generation = backup.meta().generation;
-    let (ready, reason) = match new_phase {
-        phase::COMPLETED => (true, "Completed"),
-        phase::PARTIALLY_FAILED => (false, "PartiallyFailed"),
-        phase::FAILED => (false, "Failed"),
-        _ => (false, "InProgress"),
+    let reason = match new_phase {
+        phase::COMPLETED => "Completed",
+        phase::PARTIALLY_FAILED => "PartiallyFailed",
+        phase::FAILED => "Failed",
+        _ => "InProgress",
     };
     let message = message.unwrap_or_else(|| format!("{} items", status.items.len()));
-    let desired = [DesiredCondition::new(READY, ready, reason, message.clone())];
+    let desired = phase::conditions(new_phase, reason, &message);
     status.conditions = conditions::merge(&current.conditions, &desired, generation, &Time(jiff::Timestamp::now()));
     status.observed_generation = generation;
     status.phase = Some(new_phase.to_string());

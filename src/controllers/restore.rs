@@ -33,7 +33,7 @@ use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, 
 use crate::api::DatabaseInstance;
 use crate::api::backup::Backup;
 use crate::api::backuppolicy::BackupPolicy;
-use crate::api::conditions::{self, DesiredCondition, READY};
+use crate::api::conditions::{self, READY};
 use crate::api::restore::{ExistingResourcePolicy, Restore, RestoreStatus};
 use crate::backup::resources::{BackupManifest, load_objects};
 use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, job_outcome};
@@ -671,7 +671,7 @@ async fn write_status(
     let current = restore.status.clone().unwrap_or_default();
     let generation = restore.meta().generation;
     let ready = new_phase == phase::COMPLETED;
-    let desired = [DesiredCondition::new(READY, ready, reason, message.clone())];
+    let desired = phase::conditions(new_phase, reason, &message);
     status.conditions = conditions::merge(&current.conditions, &desired, generation, &Time(jiff::Timestamp::now()));
     status.observed_generation = generation;
     status.phase = Some(new_phase.to_string());
