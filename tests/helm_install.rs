@@ -63,7 +63,8 @@ fn working_tree_crd(plural: &str) -> Value {
 
 async fn served_crd(cluster: &Cluster, plural: &str) -> Value {
     let crds: Api<CustomResourceDefinition> = Api::all(cluster.client());
-    serde_json::to_value(crds.get(&format!("{plural}.berth.dev")).await.unwrap()).unwrap()
+    let crd = crds.get(&format!("{plural}.berth.dev")).await;
+    serde_json::to_value(crd.unwrap_or_else(|e| panic!("CRD {plural}.berth.dev: {e}"))).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
