@@ -132,6 +132,16 @@ pub async fn operator_running(cluster: &Cluster, replicas: usize) -> OperatorSee
         let healthz = http.get(pod.url(METRICS_PORT, "/healthz")).send().await.unwrap();
         assert_eq!(healthz.status().as_u16(), 200, "{} /healthz", pod.name);
     }
+    // Each runs as the chart's securityContext user (the stand-in switches users as root).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        for pod in &pods {
+            let pid = pod.pid().unwrap_or_else(|| panic!("{}: no process", pod.name));
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or_default();
+            assert_eq!(uid.split_whitespace().nth(1), Some("65532"), "{}: {uid}", pod.name);
+        }
+    }
     // One leader: the Lease names one pod, and only that pod's metrics say it leads.
     let mut leading = Vec::new();
     for pod in &pods {

@@ -34,7 +34,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
@@ -63,6 +63,8 @@ pub struct ServedPod {
     pub ports: BTreeMap<i32, u16>,
     /// The container's stdout and stderr, every start appended.
     pub log: PathBuf,
+    /// The running process (0 between starts).
+    pid: Arc<AtomicU32>,
 }
 
 impl ServedPod {
@@ -72,6 +74,11 @@ impl ServedPod {
             panic!("pod {}/{} declares no containerPort {container_port}", self.namespace, self.name)
         });
         format!("http://127.0.0.1:{port}{path}")
+    }
+
+    /// The running process's id, if one runs.
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.pid.load(Ordering::SeqCst)).filter(|p| *p != 0)
     }
 
     /// What the process printed so far.
@@ -266,6 +273,7 @@ impl Inner {
             uid: uid.clone(),
             ports,
             log: self.scratch.join("pods").join(&uid).join(format!("{}.log", main.name)),
+            pid: Arc::default(),
         };
         let (tx, rx) = oneshot::channel();
         let done = Arc::new(AtomicBool::new(false));
@@ -376,6 +384,7 @@ impl Inner {
                 Err(e) => (128, format!("kubelet stand-in: cannot start the berth binary: {e}")),
                 Ok(mut child) => {
                     let guard = GroupGuard::new(child.id().unwrap_or_default(), Some(&self.groups));
+                    served.pid.store(child.id().unwrap_or_default(), Ordering::SeqCst);
                     let started = Instant::now();
                     let mut readiness = ProbeState::new(main.readiness_probe.as_ref(), &main, &served.ports, started);
                     let mut liveness = ProbeState::new(main.liveness_probe.as_ref(), &main, &served.ports, started);
@@ -417,6 +426,7 @@ impl Inner {
                         }
                     };
                     drop(guard);
+                    served.pid.store(0, Ordering::SeqCst);
                     use std::os::unix::process::ExitStatusExt;
                     let code = match status {
                         Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
