@@ -74,8 +74,10 @@ async fn helm_install_runs_the_operator_and_uninstall_keeps_crds_resources_and_v
     cluster.namespace(OPERATOR_NAMESPACE).await;
 
     let started = Instant::now();
-    helm(&cluster, &["install", "berth", &chart(), "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "240s"]);
+    let notes =
+        helm(&cluster, &["install", "berth", &chart(), "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "240s"]);
     let installed = started.elapsed();
+    assert!(notes.contains("`helm uninstall` removes the operator only and leaves"), "NOTES.txt:\n{notes}");
     let seen = operator_running(&cluster, 2).await;
     let app = example_app_ready(&cluster).await;
     let app_took = started.elapsed();
