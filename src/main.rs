@@ -26,7 +26,7 @@ enum Command {
         /// Directory to write `<plural>.berth.dev.yaml` files into (created if missing).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Directory to write the bare CRD files into for the Helm chart (`charts/berth/crds`).
+        /// Directory to write the Helm chart's CRD templates into (`charts/berth/templates/crds`).
         #[arg(long)]
         chart_dir: Option<PathBuf>,
     },

@@ -22,14 +22,36 @@ fn checked_in_crds_match_generated() {
         let current = std::fs::read_to_string(dir.join(&name)).unwrap();
         assert!(
             current == yaml,
-            "crds/{name} is stale; run: cargo run -- crds --dir crds --chart-dir charts/berth/crds"
+            "crds/{name} is stale; run: cargo run -- crds --dir crds --chart-dir charts/berth/templates/crds"
         );
     }
     let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
     assert!(
         kustomization == berth::crds::kustomization(),
-        "crds/kustomization.yaml is stale; run: cargo run -- crds --dir crds --chart-dir charts/berth/crds"
+        "crds/kustomization.yaml is stale; run: cargo run -- crds --dir crds --chart-dir charts/berth/templates/crds"
     );
+}
+
+#[test]
+fn checked_in_chart_crd_templates_match_generated() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/berth/templates/crds");
+    let hint = "run: cargo run -- crds --dir crds --chart-dir charts/berth/templates/crds";
+    let generated = berth::crds::chart_templates_by_file();
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .expect("charts/berth/templates/crds/ exists")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let mut expected: Vec<String> = generated.iter().map(|(n, _)| n.clone()).collect();
+    expected.sort();
+    assert_eq!(on_disk, expected, "charts/berth/templates/crds/ holds other files than `berth crds` writes; {hint}");
+    for (name, yaml) in generated {
+        let current = std::fs::read_to_string(dir.join(&name)).unwrap();
+        assert!(current == yaml, "charts/berth/templates/crds/{name} is stale; {hint}");
+    }
+    // Helm installs crds/ once and never upgrades it; the CRDs must not be there as well.
+    let chart_crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/berth/crds");
+    assert!(!chart_crds.exists(), "charts/berth/crds/ would be installed once and never upgraded; remove it");
 }
 
 #[test]

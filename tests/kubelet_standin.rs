@@ -564,3 +564,43 @@ fn inspect_tls(secret: &Secret) -> (String, bool) {
     let from_key = openssl(&["pkey", "-pubout", "-in", key.to_str().unwrap()]);
     (sans, from_cert == from_key)
 }
+
+/// A served pod (`Kubelet::run_image`) whose process exits is restarted with the kubelet's
+/// back-off and reports it; deleting it stops the process before the pod goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_pods_restart_after_an_exit_and_stop_when_deleted() {
+    let cluster = Cluster::start().await;
+    let client = cluster.client();
+    let kubelet = cluster.kubelet();
+    kubelet.run_image("example.com/operator");
+    namespace(&client, "ops").await;
+    // No service-account token, so no KUBECONFIG: the operator cannot build its client and exits 1.
+    let _: Pod = create(
+        &client,
+        "ops",
+        json!({"metadata": {"name": "op"}, "spec": {"automountServiceAccountToken": false,
+            "containers": [{"name": "operator", "image": "example.com/operator:1", "args": ["operator"],
+                "ports": [{"containerPort": 8080}]}]}}),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "ops");
+    let status = eventually("op in CrashLoopBackOff after its first exit", WAIT, || async {
+        let cs = pods.get("op").await.ok()?.status?.container_statuses?.remove(0);
+        let waiting = cs.state.as_ref()?.waiting.as_ref()?;
+        (waiting.reason.as_deref() == Some("CrashLoopBackOff") && cs.restart_count >= 1).then_some(cs)
+    })
+    .await;
+    assert!(!status.ready, "{status:?}");
+    let last = status.last_state.and_then(|s| s.terminated).expect("lastState.terminated");
+    assert_eq!(last.exit_code, 1);
+    assert!(last.message.unwrap_or_default().contains("cannot configure the Kubernetes client"));
+    let served = kubelet.served_pods();
+    assert_eq!(served.len(), 1);
+    assert_ne!(served[0].ports[&8080], 8080, "the containerPort is moved to a free loopback port");
+
+    pods.delete("op", &DeleteParams::default()).await.unwrap();
+    eventually("op deleted and its process gone", WAIT, || async {
+        (pods.get_opt("op").await.ok()?.is_none() && kubelet.served_pods().is_empty()).then_some(())
+    })
+    .await;
+}

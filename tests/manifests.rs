@@ -552,27 +552,43 @@ fn checkov_passes_on_the_rendered_chart() {
 // CRDs
 // ------------------------------------------------------------------------------------------
 
-const CRD_DRIFT_HINT: &str = "run `cargo run -- crds --dir crds --chart-dir charts/berth/crds`";
+const CRD_DRIFT_HINT: &str = "run `cargo run -- crds --dir crds --chart-dir charts/berth/templates/crds`";
+
+/// A CRD without the chart's `helm.sh/resource-policy: keep` annotation.
+fn without_keep(mut crd: Value) -> Value {
+    if let Some(Value::Object(a)) = crd.pointer_mut("/metadata/annotations") {
+        a.remove("helm.sh/resource-policy");
+        if a.is_empty() {
+            crd["metadata"].as_object_mut().unwrap().remove("annotations");
+        }
+    }
+    crd
+}
 
 #[test]
-fn crds_validate_and_the_chart_carries_identical_copies() {
+fn crds_validate_and_the_chart_renders_the_same_crds_kept_on_uninstall() {
     let crds = repo().join("crds");
-    let chart_crds = repo().join("charts/berth/crds");
     let present = crd_dir_files(&crds);
     let expected: BTreeSet<String> = CRD_FILES.iter().map(|s| s.to_string()).collect();
     assert_eq!(present, expected, "crds/ must hold one file per kind: {CRD_DRIFT_HINT}");
 
-    // Byte-identical copies in the chart (Helm installs charts/berth/crds/).
-    assert_eq!(crd_dir_files(&chart_crds), expected, "charts/berth/crds/ differs from crds/: {CRD_DRIFT_HINT}");
-    for f in CRD_FILES {
-        let a = fs::read(crds.join(f)).unwrap();
-        let b = fs::read(chart_crds.join(f)).unwrap();
-        assert!(a == b, "charts/berth/crds/{f} differs from crds/{f}: {CRD_DRIFT_HINT}");
+    // The chart renders the same CRDs (templates, so `helm upgrade` upgrades them), each kept
+    // on `helm uninstall`; crds.enabled=false renders none.
+    let chart = render_chart("", &[]);
+    let rendered: BTreeMap<String, &Value> = chart
+        .docs
+        .iter()
+        .filter(|d| kind_of(d) == "CustomResourceDefinition")
+        .map(|d| (format!("{}.yaml", name_of(d)), d))
+        .collect();
+    assert_eq!(rendered.keys().cloned().collect::<BTreeSet<_>>(), expected, "the chart's CRDs: {CRD_DRIFT_HINT}");
+    for (f, crd) in &rendered {
+        assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep", "{f}: kept on uninstall");
+        let file = parse_docs(&fs::read_to_string(crds.join(f)).unwrap(), f).remove(0);
+        assert!(without_keep((*crd).clone()) == file, "the chart's {f} differs from crds/{f}: {CRD_DRIFT_HINT}");
     }
-    assert!(
-        !chart_crds.join("kustomization.yaml").exists(),
-        "Helm would install charts/berth/crds/kustomization.yaml as a CRD"
-    );
+    let off = render_chart("", &["--set", "crds.enabled=false"]);
+    assert!(!off.docs.iter().any(|d| kind_of(d) == "CustomResourceDefinition"), "crds.enabled=false renders CRDs");
 
     // crds/kustomization.yaml (used by deploy/base) lists every CRD.
     let kustomization = fs::read_to_string(crds.join("kustomization.yaml"))
@@ -640,9 +656,22 @@ fn render_of_the_examples_validates() {
 // kustomize base
 // ------------------------------------------------------------------------------------------
 
+/// `1.0` as `1`: kustomize rewrites the CRDs' float bounds (`minimum: 1.0`) as integers.
+fn integral_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e15) => {
+            *v = Value::from(n.as_f64().unwrap() as i64);
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        Value::Object(map) => map.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
+}
+
 /// Drops what legitimately differs between the chart render and the kustomize base: the
-/// `helm.sh/chart` and `app.kubernetes.io/managed-by` labels.
+/// `helm.sh/chart` and `app.kubernetes.io/managed-by` labels, and how a whole number is written.
 fn normalise(mut doc: Value) -> Value {
+    integral_numbers(&mut doc);
     for pointer in ["/metadata/labels", "/spec/template/metadata/labels"] {
         if let Some(Value::Object(labels)) = doc.pointer_mut(pointer) {
             labels.remove("helm.sh/chart");
@@ -669,20 +698,22 @@ fn kustomize_base_builds_validates_and_matches_the_chart() {
         assert_eq!(d["metadata"]["namespace"], "berth-system", "{} {}", kind_of(d), name_of(d));
     }
 
-    // The CRDs are those of crds/.
+    // The CRDs are those of crds/, which are the chart's (without Helm's keep annotation).
     let crds: BTreeSet<String> =
         docs.iter().filter(|d| kind_of(d) == "CustomResourceDefinition").map(name_of).collect();
     let expected: BTreeSet<String> = CRD_FILES.iter().map(|f| f.trim_end_matches(".yaml").to_owned()).collect();
     assert_eq!(crds, expected, "deploy/base must include every CRD");
 
-    // Everything else equals the chart with default values (release name `berth`).
+    // Everything equals the chart with default values (release name `berth`).
     let chart = render_chart("", &[]);
-    let base: BTreeMap<_, _> = docs
+    let base: BTreeMap<_, _> =
+        docs.iter().filter(|d| kind_of(d) != "Namespace").map(|d| (key(d), normalise(d.clone()))).collect();
+    let helm: BTreeMap<_, _> = chart
+        .docs
         .iter()
-        .filter(|d| !matches!(kind_of(d).as_str(), "Namespace" | "CustomResourceDefinition"))
-        .map(|d| (key(d), normalise(d.clone())))
+        .map(|d| if kind_of(d) == "CustomResourceDefinition" { without_keep(d.clone()) } else { d.clone() })
+        .map(|d| (key(&d), normalise(d)))
         .collect();
-    let helm: BTreeMap<_, _> = chart.docs.iter().map(|d| (key(d), normalise(d.clone()))).collect();
     assert_eq!(
         base.keys().collect::<Vec<_>>(),
         helm.keys().collect::<Vec<_>>(),

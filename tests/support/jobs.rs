@@ -560,9 +560,25 @@ async fn object_data(
 }
 
 /// Kills a process group when dropped (end of run, deadline, task aborted).
-struct GroupGuard {
+pub struct GroupGuard {
     pgid: i32,
     registry: Option<ProcessGroups>,
+}
+
+impl GroupGuard {
+    /// Guards the process group led by `pid`, listed in `registry` until dropped.
+    pub fn new(pid: u32, registry: Option<&ProcessGroups>) -> GroupGuard {
+        if let Some(r) = registry {
+            r.lock().unwrap().insert(pid as i32);
+        }
+        GroupGuard { pgid: pid as i32, registry: registry.cloned() }
+    }
+
+    /// Sends `signal` to the whole group.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain signal to the process group we started.
+        unsafe { libc::kill(-self.pgid, signal) };
+    }
 }
 
 impl Drop for GroupGuard {
@@ -575,15 +591,14 @@ impl Drop for GroupGuard {
     }
 }
 
-/// Runs the prepared container with the berth binary, as `identity` when given, killed at
-/// `deadline`. Dropping the future kills the process group.
-pub async fn run_process(
+/// The test crate's `berth` binary for a prepared container: only the container's environment
+/// plus `PATH` and `extra_env`, in its own process group (killed when dropped), as `identity`
+/// when given. Standard streams are the caller's choice (stdin is closed).
+pub fn berth_command(
     p: &Prepared,
     extra_env: &[(String, String)],
     identity: Option<&Identity>,
-    deadline: Option<Duration>,
-    registry: Option<&ProcessGroups>,
-) -> ProcessResult {
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"));
     cmd.args(&p.args)
         .env_clear()
@@ -592,8 +607,6 @@ pub async fn run_process(
         .envs(p.env.iter().cloned())
         .current_dir(&p.cwd)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
     if let Some(id) = identity.cloned() {
@@ -612,6 +625,20 @@ pub async fn run_process(
             });
         }
     }
+    cmd
+}
+
+/// Runs the prepared container with the berth binary, as `identity` when given, killed at
+/// `deadline`. Dropping the future kills the process group.
+pub async fn run_process(
+    p: &Prepared,
+    extra_env: &[(String, String)],
+    identity: Option<&Identity>,
+    deadline: Option<Duration>,
+    registry: Option<&ProcessGroups>,
+) -> ProcessResult {
+    let mut cmd = berth_command(p, extra_env, identity);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut result = ProcessResult::default();
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -626,10 +653,7 @@ pub async fn run_process(
         result.start_error = true;
         return result;
     };
-    let guard = GroupGuard { pgid: pid as i32, registry: registry.cloned() };
-    if let Some(r) = registry {
-        r.lock().unwrap().insert(pid as i32);
-    }
+    let guard = GroupGuard::new(pid, registry);
     let read = |pipe: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>| {
         tokio::spawn(async move {
             let mut buf = Vec::new();

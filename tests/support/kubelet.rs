@@ -54,6 +54,10 @@
 //!   dnsNames, valid 90 days) and `Ready=True`; re-issued when dnsNames or commonName change or
 //!   the Secret goes.
 //!
+//! - **Long-running pods of registered images** ([`Kubelet::run_image`], the operator's own)
+//!   run as local `berth` processes with the pod's service-account token, ports remapped to
+//!   loopback, probes, restarts and graceful deletion: see [`serve`].
+//!
 //! Writes are logged to stderr with `BERTH_TEST_KUBELET_LOG=1`. An error on one object is
 //! logged and retried on the next pass (every second, and on every watch event).
 
@@ -73,6 +77,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
+
+mod serve;
+pub use serve::ServedPod;
 
 use super::jobs::{
     Identity, JobRun, LocalVolume, PodFields, PrepareError, Prepared, ProcessGroups, Sandbox, kill_all, prepare,
@@ -134,6 +141,12 @@ struct Inner {
     volumes_set_up: Mutex<HashSet<String>>,
     /// When the node's Ready condition first became true.
     ready_since: Time,
+    /// Image repositories whose workload pods run as local processes (`serve`).
+    served_images: Mutex<Vec<String>>,
+    /// Those pods' tasks, by uid.
+    served: Mutex<HashMap<String, serve::ServedTask>>,
+    /// The API server URL for served pods' kubeconfigs.
+    api_server: Mutex<Option<String>>,
 }
 
 impl Kubelet {
@@ -207,6 +220,9 @@ impl Kubelet {
             deleted: Mutex::default(),
             volumes_set_up: Mutex::default(),
             ready_since: Time(jiff::Timestamp::now()),
+            served_images: Mutex::default(),
+            served: Mutex::default(),
+            api_server: Mutex::default(),
         });
 
         // The node and the class first, so that nothing is scheduled before the node exists.
@@ -303,6 +319,9 @@ impl Drop for Kubelet {
         }
         for (_, t) in self.inner.job_pods.lock().unwrap().drain() {
             t.handle.abort();
+        }
+        for (_, t) in self.inner.served.lock().unwrap().drain() {
+            t.abort();
         }
         kill_all(&self.inner.groups);
     }
@@ -696,6 +715,9 @@ impl Inner {
                 Ok(())
             } else if is_terminal(pod) {
                 Ok(())
+            } else if self.runs_locally(pod) {
+                self.start_served_pod(pod);
+                Ok(())
             } else {
                 self.workload_status(pod).await
             };
@@ -716,12 +738,25 @@ impl Inner {
         for uid in gone {
             self.log(format!("pod {uid} is gone: process killed"));
         }
+        let gone: Vec<String> = self.served.lock().unwrap().keys().filter(|u| !live.contains(*u)).cloned().collect();
+        for uid in gone {
+            self.stop_served(&uid, Duration::ZERO);
+        }
         self.deleted.lock().unwrap().retain(|uid, _| live.contains(uid));
         self.volumes_set_up.lock().unwrap().retain(|uid| live.contains(uid));
     }
 
     async fn delete_pod(&self, pod: &Pod) -> Result<(), String> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
+        // A running process gets its grace period first; the pod goes once it has ended.
+        let grace = pod.metadata.deletion_grace_period_seconds.map(|s| Duration::from_secs(s.max(0) as u64));
+        let grace = grace.or_else(|| {
+            let spec = pod.spec.as_ref()?;
+            spec.termination_grace_period_seconds.map(|s| Duration::from_secs(s.max(0) as u64))
+        });
+        if !self.stop_served(&uid, grace.unwrap_or(Duration::from_secs(30))) {
+            return Ok(());
+        }
         if let Some(t) = self.job_pods.lock().unwrap().get_mut(&uid)
             && let Some(c) = t.cancel.take()
         {
@@ -1305,6 +1340,22 @@ impl Inner {
         self.scratch.join("pv").join(pv)
     }
 
+    /// What `fieldRef`s and downward API volumes read of the pod.
+    fn pod_fields(&self, pod: &Pod) -> PodFields {
+        let spec = pod.spec.as_ref();
+        PodFields {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            node_name: Kubelet::NODE.into(),
+            pod_ip: self.pod_ip(pod),
+            host_ip: HOST_IP.into(),
+            service_account: spec.and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into()),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            annotations: pod.metadata.annotations.clone().unwrap_or_default(),
+        }
+    }
+
     fn start_job_pod(self: &Arc<Self>, pod: &Pod) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if is_terminal(pod) {
@@ -1335,17 +1386,7 @@ impl Inner {
         let began = Instant::now();
         let deadline = spec.active_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64));
         let left = || deadline.map(|d| d.saturating_sub(began.elapsed()));
-        let fields = PodFields {
-            name: name.clone(),
-            namespace: ns.clone(),
-            uid: uid.clone(),
-            node_name: Kubelet::NODE.into(),
-            pod_ip: self.pod_ip(&pod),
-            host_ip: HOST_IP.into(),
-            service_account: spec.service_account_name.clone().unwrap_or_else(|| "default".into()),
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
-            annotations: pod.metadata.annotations.clone().unwrap_or_default(),
-        };
+        let fields = self.pod_fields(&pod);
         let dir = self.scratch.join("pods").join(&uid);
         let _ = std::fs::create_dir_all(&dir);
         set_mode(&dir, 0o755);

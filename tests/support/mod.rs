@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod install;
 pub mod jobs;
 pub mod kubectl;
 pub mod kubelet;

@@ -30,6 +30,9 @@ pub struct AuditEvent {
 pub struct User {
     #[serde(default)]
     pub username: String,
+    /// E.g. `authentication.kubernetes.io/pod-name` for a token bound to a pod.
+    #[serde(default)]
+    pub extra: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -70,7 +73,7 @@ impl AuditEvent {
         format!("{} {}{} {}/{} -> {}", self.verb, o.resource, sub, o.namespace, o.name, self.code())
     }
 
-    fn resource(&self) -> &str {
+    pub fn resource(&self) -> &str {
         self.object_ref.as_ref().map_or("", |o| o.resource.as_str())
     }
 }
@@ -91,6 +94,11 @@ impl AuditLog {
     fn read(&self) -> Vec<AuditEvent> {
         let text = std::fs::read_to_string(&self.path).unwrap_or_default();
         text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// Every request so far.
+    pub fn all(&self) -> Vec<AuditEvent> {
+        self.read()
     }
 
     /// The current end of the log.

@@ -132,6 +132,7 @@ impl Cluster {
     pub async fn start() -> Cluster {
         let mut cluster = Cluster::start_control_plane().await;
         let kubelet = Kubelet::start(cluster.client.clone(), &cluster.dir.path().join("kubelet")).await;
+        kubelet.set_api_server(&cluster.url);
         cluster.kubelet = Some(kubelet);
         cluster
     }
