@@ -24,8 +24,8 @@ use support::stall_proxy::StallProxy;
 use support::wait::eventually;
 
 /// Shorter than the defaults (15/10/2) to keep the test short; the same margins apply.
-const LEASE_DURATION: u64 = 9;
-const RENEW_DEADLINE: u64 = 6;
+const LEASE_DURATION: u64 = 12;
+const RENEW_DEADLINE: u64 = 8;
 const RETRY_PERIOD: u64 = 1;
 const LEASE_NAME: &str = "berth-operator";
 
@@ -161,6 +161,7 @@ async fn a_leader_whose_api_connection_hangs_stops_before_the_standby_takes_over
 
     // Hang the leader's API connection.
     proxy_a.stall();
+    let stalled = std::time::Instant::now();
 
     // The leader gives up within its renew deadline (plus a retry period and slack for a loaded
     // machine) and exits with a failure, without any answer from the API server.
@@ -171,6 +172,7 @@ async fn a_leader_whose_api_connection_hangs_stops_before_the_standby_takes_over
     )
     .await;
     assert!(!exited.success(), "a replica that lost its lease exits with a failure: {exited}");
+    eprintln!("berth-a exited {} ms after its connection hung", stalled.elapsed().as_millis());
 
     // The standby takes over, as the lease's next term.
     eventually("berth-b to hold the lease", Duration::from_secs(60), || async {
@@ -210,5 +212,28 @@ async fn a_leader_whose_api_connection_hangs_stops_before_the_standby_takes_over
         (deployment_image(&deployments, "shop-dev").await? == "ghcr.io/example/shop:1.4.3").then_some(())
     })
     .await;
+    cluster.assert_clean().await;
     drop(proxy_b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operators_started_together_elect_one_leader() {
+    let cluster = Cluster::start_control_plane().await;
+    cluster.install_crds_from_dir(&repo().join("crds")).await;
+    let kubeconfig = cluster.operator_kubeconfig(&[]).await;
+    let leases: Api<Lease> = Api::namespaced(cluster.client(), OPERATOR_NAMESPACE);
+    let work = tempfile::tempdir().unwrap();
+
+    // No Lease exists: both try to create it at once, and the API server lets one win.
+    let mut a = Replica::start("berth-a", &kubeconfig, work.path());
+    let mut b = Replica::start("berth-b", &kubeconfig, work.path());
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let (leader, transitions) = eventually("a Lease holder", Duration::from_secs(30), || holder(&leases)).await;
+    assert_eq!(transitions, 0);
+    // Several renewals later, still one leader, the one the Lease names.
+    tokio::time::sleep(Duration::from_secs(3 * RETRY_PERIOD)).await;
+    assert_eq!(holder(&leases).await, Some((leader.clone(), 0)));
+    let leading: Vec<&str> = [&a, &b].iter().filter(|r| !r.leadership().is_empty()).map(|r| r.identity).collect();
+    assert_eq!(leading, [leader.as_str()], "berth-a:\n{}\nberth-b:\n{}", a.log_text(), b.log_text());
 }
