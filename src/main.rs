@@ -83,7 +83,11 @@ fn run_async<F: Future<Output = anyhow::Result<ExitCode>>>(fut: F) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(fut) {
+    let result = runtime.block_on(fut);
+    // Dropping the runtime would wait for every blocking-pool thread; one stuck in a system
+    // call must not keep a process alive that has to exit (an operator that lost its lease).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("berth: {e:#}");

@@ -51,6 +51,17 @@ pub struct OperatorArgs {
     /// Namespace of the Lease (defaults to the pod's namespace, else `default`).
     #[arg(long, env = "BERTH_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
+    /// Seconds a standby waits, from the last change it saw of the Lease, before it takes over
+    /// (client-go's LeaseDuration).
+    #[arg(long, env = "BERTH_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// Seconds the leader may go without a successful renewal before it stops; less than the
+    /// lease duration (client-go's RenewDeadline).
+    #[arg(long, env = "BERTH_LEASE_RENEW_DEADLINE_SECONDS", default_value_t = 10)]
+    pub lease_renew_deadline_seconds: u64,
+    /// Seconds between attempts to acquire or renew the Lease (client-go's RetryPeriod).
+    #[arg(long, env = "BERTH_LEASE_RETRY_PERIOD_SECONDS", default_value_t = 2)]
+    pub lease_retry_period_seconds: u64,
     /// Log format.
     #[arg(long, env = "BERTH_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -108,6 +119,16 @@ async fn cert_manager_installed(client: &kube::Client, namespace: Option<&str>) 
     }
 }
 
+/// Cancels every controller task and waits (briefly) until they are gone: an aborted task is
+/// dropped at its next await, so a reconcile stuck on a hung connection ends at once.
+async fn stop_leading(controllers: &mut tokio::task::JoinSet<()>) {
+    controllers.abort_all();
+    let gone = tokio::time::timeout(Duration::from_secs(1), async { while controllers.join_next().await.is_some() {} });
+    if gone.await.is_err() {
+        warn!("controller tasks still running 1 s after they were cancelled; exiting anyway");
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -124,6 +145,12 @@ async fn shutdown_signal() {
 /// Runs the operator until SIGTERM (exit 0) or a fatal error such as a lost lease (exit 1).
 pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     init_tracing(args.log_format);
+    let timings = LeaseTimings::from_seconds(
+        args.lease_duration_seconds,
+        args.lease_renew_deadline_seconds,
+        args.lease_retry_period_seconds,
+    )
+    .map_err(|e| anyhow::anyhow!("invalid leader-election timings: {e}"))?;
     let client = kube::Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("cannot configure the Kubernetes client: {e}"))?;
@@ -133,18 +160,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     info!(addr = %args.metrics_addr, "serving /metrics, /healthz and /readyz");
 
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("berth-{}", std::process::id()));
-    let elector = args.leader_election.then(|| {
+    let mut elector = args.leader_election.then(|| {
         let ns = args
             .lease_namespace
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| "default".into());
-        LeaderElector::new(
-            Api::<Lease>::namespaced(client.clone(), &ns),
-            &args.lease_name,
-            &identity,
-            LeaseTimings::default(),
-        )
+        LeaderElector::new(Api::<Lease>::namespaced(client.clone(), &ns), &args.lease_name, &identity, timings)
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -156,7 +178,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    if let Some(elector) = &elector {
+    if let Some(elector) = &mut elector {
         let h = health.clone();
         tokio::select! {
             _ = elector.acquire(move || h.leadership_known.store(true, Ordering::SeqCst)) => {}
@@ -167,6 +189,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     }
     health.leading.store(true, Ordering::SeqCst);
     metrics.leader.set(1);
+    info!(lease = %args.lease_name, %identity, monotonic_ns = leader::monotonic_ns(), "started leading");
 
     let first_namespace = args.namespaces.iter().find(|n| !n.is_empty()).map(String::as_str);
     let cert_manager = cert_manager_installed(&client, first_namespace).await;
@@ -186,6 +209,12 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         let named: Vec<String> = args.namespaces.iter().filter(|n| !n.is_empty()).cloned().collect();
         if named.is_empty() { vec![None] } else { named.into_iter().map(Some).collect() }
     };
+    // The calls since acquiring did not renew the lease: start no controller on a lease that
+    // may already be another replica's.
+    if let Some(reason) = elector.as_ref().and_then(LeaderElector::lost) {
+        error!(%reason, monotonic_ns = leader::monotonic_ns(), "stopped leading before starting the controllers");
+        return Ok(ExitCode::FAILURE);
+    }
     // Controllers per scope: AppEnvironment, DatabaseInstance, Backup, BackupPolicy, Restore.
     let pending = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len() * 5));
     let mut controllers = tokio::task::JoinSet::new();
@@ -224,42 +253,57 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         controllers.spawn(controllers::restore::run(ctx.clone(), scope, stopped(stop_rx.clone()), on_synced));
     }
 
-    let lost = async {
-        match &elector {
-            Some(e) => e.hold().await,
-            None => std::future::pending().await,
-        }
-    };
-    let code = tokio::select! {
-        reason = lost => {
-            error!(%reason, "lost leadership; exiting so that a new leader takes over cleanly");
-            health.alive.store(false, Ordering::SeqCst);
-            ExitCode::FAILURE
-        }
-        finished = controllers.join_next() => {
-            // Controllers end only on shutdown; one that ends (or panics) otherwise is fatal.
-            if *stop_rx.borrow() {
-                // In-flight reconciles may wait on slow storage (an S3 retry loop); they are
-                // idempotent, so the next leader redoes them. Waiting longer than the grace
-                // period would only get the pod killed.
-                let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-                    while controllers.join_next().await.is_some() {}
-                })
-                .await;
-                if drained.is_err() {
-                    warn!("abandoning reconciles still running after {}s", SHUTDOWN_GRACE.as_secs());
-                    controllers.abort_all();
+    let (code, still_leading) = {
+        let leading = async {
+            match &mut elector {
+                Some(e) => e.hold().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(leading);
+        tokio::select! {
+            reason = &mut leading => {
+                // The renew deadline has passed or another replica holds the lease: stop
+                // reconciling now, well before a standby may take over (a lease duration after
+                // our last renewal), and exit rather than wait for anything.
+                stop_leading(&mut controllers).await;
+                error!(%reason, monotonic_ns = leader::monotonic_ns(), "stopped leading; exiting so that a new leader takes over cleanly");
+                (ExitCode::FAILURE, false)
+            }
+            finished = controllers.join_next() => {
+                // Controllers end only on shutdown; one that ends (or panics) otherwise is fatal.
+                let shutdown = *stop_rx.borrow();
+                let mut still_leading = true;
+                if shutdown {
+                    // In-flight reconciles may wait on slow storage (an S3 retry loop); they are
+                    // idempotent, so the next leader redoes them. Waiting longer than the grace
+                    // period would only get the pod killed. The lease is still renewed meanwhile.
+                    let drain = tokio::time::timeout(SHUTDOWN_GRACE, async {
+                        while controllers.join_next().await.is_some() {}
+                    });
+                    tokio::select! {
+                        drained = drain => if drained.is_err() {
+                            warn!("abandoning reconciles still running after {}s", SHUTDOWN_GRACE.as_secs());
+                        },
+                        reason = &mut leading => {
+                            warn!(%reason, "leadership lost while stopping");
+                            still_leading = false;
+                        }
+                    }
+                } else {
+                    error!(result = ?finished.map(|r| r.map_err(|e| e.to_string())), "a controller stopped unexpectedly");
                 }
-                info!("controllers stopped");
-                ExitCode::SUCCESS
-            } else {
-                error!(result = ?finished.map(|r| r.map_err(|e| e.to_string())), "a controller stopped unexpectedly");
-                health.alive.store(false, Ordering::SeqCst);
-                ExitCode::FAILURE
+                stop_leading(&mut controllers).await;
+                info!(monotonic_ns = leader::monotonic_ns(), "stopped leading; controllers stopped");
+                (if shutdown { ExitCode::SUCCESS } else { ExitCode::FAILURE }, still_leading)
             }
         }
     };
-    if let Some(e) = &elector {
+    health.alive.store(code == ExitCode::SUCCESS, Ordering::SeqCst);
+    metrics.leader.set(0);
+    if let Some(e) = &elector
+        && still_leading
+    {
         e.release().await;
     }
     signal.abort();

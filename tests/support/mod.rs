@@ -11,4 +11,5 @@ pub mod kubectl;
 pub mod kubelet;
 pub mod operator;
 pub mod servers;
+pub mod stall_proxy;
 pub mod wait;
