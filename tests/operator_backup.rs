@@ -532,7 +532,7 @@ async fn an_apps_volume_is_backed_up_on_its_node_and_restored() {
         json!({
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0"},
             "spec": {"nodeName": support::kubelet::Kubelet::NODE,
-                     "securityContext": {"fsGroup": 1000},
+                     "securityContext": {"fsGroup": 1000, "supplementalGroups": [3000]},
                      "containers": [{"name": "web", "image": "ghcr.io/example/web:1", "securityContext": restricted,
                                      "volumeMounts": [{"name": "data", "mountPath": "/srv/data"}]}],
                      "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "web-data"}}]}
@@ -544,6 +544,16 @@ async fn an_apps_volume_is_backed_up_on_its_node_and_restored() {
         (pods.get("web-0").await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
     })
     .await;
+    // Written after the kubelet applied the fsGroup: an upload only its owner may read, and a
+    // report only the app's supplemental group 3000 may read.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::set_permissions(data.join("uploads/a.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::create_dir(data.join("reports")).unwrap();
+    std::fs::write(data.join("reports/q3.csv"), "quarter,revenue\n3,42\n").unwrap();
+    for (path, mode) in [(data.join("reports"), 0o750), (data.join("reports/q3.csv"), 0o640)] {
+        std::os::unix::fs::chown(&path, Some(0), Some(3000)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
     let mut volumes = policy(&s3, "0 3 * * *", true);
     volumes["spec"]["scope"] = json!({"databases": false, "volumes": true});
     let _: BackupPolicy = create(&client, NS, volumes).await;
@@ -572,6 +582,7 @@ async fn an_apps_volume_is_backed_up_on_its_node_and_restored() {
     );
 
     std::fs::remove_dir_all(data.join("uploads")).unwrap();
+    std::fs::remove_dir_all(data.join("reports")).unwrap();
     std::fs::write(data.join("index.db"), b"corrupted").unwrap();
     let _: Restore = create(
         &client,
@@ -597,7 +608,10 @@ async fn an_apps_volume_is_backed_up_on_its_node_and_restored() {
     let restore_run = agent.iter().find(|r| r.exit_code == Some(0)).expect("a successful restore run");
     assert_eq!(restore_run.user.map(|(uid, _)| uid), Some(1000), "{restore_run:?}");
     let restored_file = std::fs::metadata(data.join("uploads/a.txt")).unwrap();
-    assert_eq!(std::os::unix::fs::MetadataExt::uid(&restored_file), 1000);
+    assert_eq!((restored_file.uid(), restored_file.gid()), (1000, 1000));
+    assert_eq!(restored_file.permissions().mode() & 0o7777, 0o600, "the owner-only upload keeps its mode");
+    // Read through the supplemental group at backup time, so it is in the backup.
+    assert_eq!(std::fs::read_to_string(data.join("reports/q3.csv")).unwrap(), "quarter,revenue\n3,42\n");
     cluster.assert_clean().await;
     assert_eq!(operator.terminate().code(), Some(0));
 }

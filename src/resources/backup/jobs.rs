@@ -215,6 +215,8 @@ pub struct VolumeConsumer {
     pub run_as_user: Option<i64>,
     pub run_as_group: Option<i64>,
     pub fs_group: Option<i64>,
+    /// The pod's supplemental groups: files only a group of the app may read are backed up.
+    pub supplemental_groups: Vec<i64>,
 }
 
 /// The consumer of `claim` among `pods`: the first running pod that mounts it. Root (UID or
@@ -248,6 +250,12 @@ pub fn volume_consumer(pods: &[Pod], claim: &str) -> Option<VolumeConsumer> {
                 container_context.and_then(|c| c.run_as_group).or(pod_context.and_then(|p| p.run_as_group)),
             ),
             fs_group: non_root(pod_context.and_then(|p| p.fs_group)),
+            supplemental_groups: pod_context
+                .and_then(|p| p.supplemental_groups.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|&g| g > 0)
+                .collect(),
         })
     })
 }
@@ -271,6 +279,7 @@ fn pod_identity(task: &AgentTask, consumer: Option<&VolumeConsumer>) -> PodSecur
             AGENT_UID
         })),
         fs_group,
+        supplemental_groups: Some(consumer.supplemental_groups.clone()).filter(|g| !g.is_empty()),
         // The kubelet re-owns the volume only when its root does not match already.
         fs_group_change_policy: fs_group.map(|_| "OnRootMismatch".into()),
         seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),

@@ -281,7 +281,7 @@ fn consumer_pod(claim: &str, phase: &str, user: Option<i64>, fs_group: Option<i6
         "metadata": {"name": "web-0"},
         "spec": {
             "nodeName": "node-7",
-            "securityContext": {"runAsUser": 999, "fsGroup": fs_group},
+            "securityContext": {"runAsUser": 999, "fsGroup": fs_group, "supplementalGroups": [0, 3000]},
             "containers": [
                 {"name": "sidecar", "securityContext": {"runAsUser": 5}},
                 {"name": "web", "securityContext": {"runAsUser": user, "runAsGroup": 1001},
@@ -309,7 +309,9 @@ fn volume_consumer_is_the_running_pod_and_container_that_mount_the_claim() {
             run_as_user: Some(1000),
             run_as_group: Some(1001),
             fs_group: Some(2000),
-        }
+            supplemental_groups: vec![3000],
+        },
+        "root's group is never taken over"
     );
     assert_eq!(volume_consumer(&pods[..2], "uploads"), None, "a pending pod mounts nothing yet");
     // The pod-level user counts when the mounting container sets none; root is never taken.
@@ -326,6 +328,7 @@ fn volume_jobs_run_as_the_consumer() {
         run_as_user: Some(1000),
         run_as_group: Some(1001),
         fs_group: Some(2000),
+        supplemental_groups: vec![3000],
     };
     for task in [
         AgentTask::BackupVolume { pvc: "uploads".into() },
@@ -345,6 +348,7 @@ fn volume_jobs_run_as_the_consumer() {
         let job = agent_job(&task, &settings);
         let psc = pod(&job).security_context.as_ref().unwrap();
         assert_eq!((psc.run_as_user, psc.run_as_group, psc.fs_group), (Some(1000), Some(1001), Some(2000)));
+        assert_eq!(psc.supplemental_groups, Some(vec![3000]));
         assert_eq!(psc.run_as_non_root, Some(true));
         assert!(serde_json::to_string(&pod(&job).affinity).unwrap().contains("node-7"));
     }
