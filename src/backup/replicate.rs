@@ -31,8 +31,8 @@
 //!   incomplete: no key, or no pack / index file / snapshot at the source while the target has
 //!   some (retention always keeps the newest snapshot of every series, so a repository emptied
 //!   of them is not a result of retention).
-//! * **Concurrency with writers at the source**: by default a shared lock is taken at the
-//!   source for the whole run (refreshed like every other lock), so `prune` — which needs an
+//! * **Concurrency with writers at the source**: by default a shared lock ([`RepoLock`], with
+//!   its MAC) is taken at the source for the whole run, so `prune` — which needs an
 //!   exclusive lock — cannot repack under it, while backups may continue. Objects that vanish
 //!   between listing and copying (a manifest or snapshot removed by `forget`) are skipped and
 //!   counted as [`ReplicateReport::vanished`]. Without the lock (read-only credentials at the
@@ -41,7 +41,9 @@
 //! * **Integrity**: a pack's name is the BLAKE3 hash of its bytes; with
 //!   [`ReplicateOptions::verify_packs`] every copied pack is hashed and a damaged one fails the
 //!   run instead of spreading to the offsite copy. Everything else is authenticated with the
-//!   repository key, which replication does not need and does not have.
+//!   repository key (encrypted, or carrying a MAC): the source is an open [`Repository`], so
+//!   its `config` was verified before anything is copied; readers of the target verify the
+//!   rest.
 //!
 //! **Memory**: [`Storage::put`] takes a whole object (multipart uploads are cut from it
 //! internally) and has no streaming form, so reading in ranges with
@@ -51,7 +53,6 @@
 //! Packs are 16 MiB by default, so the default budget lets 8 copies run at once.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -59,7 +60,8 @@ use tokio::sync::Semaphore;
 
 use super::crypto::Id;
 use super::error::{BackupError, Result};
-use super::lock::LockInfo;
+use super::lock::RepoLock;
+use super::repo::Repository;
 use super::storage::Storage;
 
 /// Options of [`replicate`].
@@ -188,9 +190,10 @@ fn deletion_refused(source: &BTreeMap<Class, Listing>, target: &BTreeMap<Class, 
     None
 }
 
-/// Makes `target` hold the same repository as `source`; see the module documentation for the
+/// Makes `target` hold the same repository as `repo`; see the module documentation for the
 /// order, the safety rules and the memory bound.
-pub async fn replicate(source: &Storage, target: &Storage, opts: ReplicateOptions) -> Result<ReplicateReport> {
+pub async fn replicate(repo: &Repository, target: &Storage, opts: ReplicateOptions) -> Result<ReplicateReport> {
+    let source = repo.storage();
     source.ensure_bucket().await?;
     target.ensure_bucket().await?;
     let source_config = match source.get("config").await {
@@ -209,7 +212,11 @@ pub async fn replicate(source: &Storage, target: &Storage, opts: ReplicateOption
         Ok(_) | Err(BackupError::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
-    let lock = if opts.lock_source { Some(SourceLock::acquire(source, target.url()).await?) } else { None };
+    let lock = if opts.lock_source {
+        Some(RepoLock::acquire(repo, false, &format!("replicate to {}", target.url())).await?)
+    } else {
+        None
+    };
     let result = replicate_locked(source, target, opts).await;
     let released = match lock {
         Some(l) => l.release().await,
@@ -370,86 +377,6 @@ impl Budget {
     }
 }
 
-/// Same timing as [`lock`](super::lock): refreshed every 5 minutes, stale after 30.
-const LOCK_REFRESH: Duration = Duration::from_secs(300);
-
-/// A shared lock at the source, in the format of [`lock`](super::lock) (which needs an open
-/// [`Repository`](super::Repository), i.e. the key; replication works without it).
-struct SourceLock {
-    storage: Storage,
-    key: String,
-    refresher: tokio::task::JoinHandle<()>,
-}
-
-impl SourceLock {
-    async fn acquire(storage: &Storage, target_url: &str) -> Result<Self> {
-        check_no_exclusive(storage, None).await?;
-        let now = jiff::Timestamp::now().to_string();
-        let mut info = LockInfo {
-            exclusive: false,
-            hostname: super::hostname(),
-            pid: std::process::id(),
-            operation: format!("replicate to {target_url}"),
-            created: now.clone(),
-            refreshed: now,
-        };
-        let name = Id::random().to_hex();
-        let key = format!("locks/{name}");
-        storage.put(&key, Bytes::from(serde_json::to_vec_pretty(&info).expect("json"))).await?;
-        if let Err(e) = check_no_exclusive(storage, Some(&name)).await {
-            storage.delete(&key).await?;
-            return Err(e);
-        }
-        let (s, k) = (storage.clone(), key.clone());
-        let refresher = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(LOCK_REFRESH).await;
-                info.refreshed = jiff::Timestamp::now().to_string();
-                if let Err(e) = s.put(&k, Bytes::from(serde_json::to_vec_pretty(&info).expect("json"))).await {
-                    tracing::warn!(error = %e, "refreshing the replication lock failed");
-                }
-            }
-        });
-        Ok(Self { storage: storage.clone(), key, refresher })
-    }
-
-    async fn release(self) -> Result<()> {
-        self.refresher.abort();
-        self.storage.delete(&self.key).await
-    }
-}
-
-impl Drop for SourceLock {
-    fn drop(&mut self) {
-        self.refresher.abort();
-    }
-}
-
-/// Fails with [`BackupError::Locked`] when a live exclusive lock (a `prune`) exists.
-async fn check_no_exclusive(storage: &Storage, mine: Option<&str>) -> Result<()> {
-    for obj in storage.list("locks").await? {
-        if Some(obj.name.as_str()) == mine {
-            continue;
-        }
-        let data = match storage.get(&format!("locks/{}", obj.name)).await {
-            Ok(d) => d,
-            Err(BackupError::NotFound(_)) => continue,
-            Err(e) => return Err(e),
-        };
-        match serde_json::from_slice::<LockInfo>(&data) {
-            Ok(info) if info.exclusive && !info.is_stale() => {
-                return Err(BackupError::Locked(format!(
-                    "exclusive lock held by {} (pid {} on {}, refreshed {})",
-                    info.operation, info.pid, info.hostname, info.refreshed
-                )));
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(lock = %obj.name, error = %e, "unreadable lock ignored"),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,28 +413,27 @@ mod tests {
     async fn copies_skips_locks_rechecks_manifests_refuses_damaged_packs() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (local(dir.path(), "a").await, local(dir.path(), "b").await);
+        let repo = Repository::init(a.clone(), b"secret").await.unwrap();
         let pack = Bytes::from_static(b"pack bytes");
         let pack_key = crate::backup::pack::pack_key(&Id(*blake3::hash(&pack).as_bytes()));
         a.put(&pack_key, pack).await.unwrap();
-        a.put("config", Bytes::from_static(b"{}")).await.unwrap();
-        a.put("keys/k", Bytes::from_static(b"key")).await.unwrap();
         a.put("locks/someone", Bytes::from_static(b"not json")).await.unwrap();
         a.put("backups/n/backup.json", Bytes::from_static(b"v1")).await.unwrap();
-        let r = replicate(&a, &b, ReplicateOptions::default()).await.unwrap();
+        let r = replicate(&repo, &b, ReplicateOptions::default()).await.unwrap();
         assert_eq!((r.copied, r.skipped, r.deleted), (4, 0, 0), "{r:?}");
         assert!(b.list("locks").await.unwrap().is_empty());
         assert!(a.list("locks").await.unwrap().len() == 1, "our lock is released");
 
         // A manifest rewritten in place with the same size is copied again.
         a.put("backups/n/backup.json", Bytes::from_static(b"v2")).await.unwrap();
-        let r = replicate(&a, &b, ReplicateOptions::default()).await.unwrap();
+        let r = replicate(&repo, &b, ReplicateOptions::default()).await.unwrap();
         assert_eq!((r.copied, r.skipped), (1, 3), "{r:?}");
         assert_eq!(&b.get("backups/n/backup.json").await.unwrap()[..], b"v2");
 
         // A pack whose bytes do not match its name is not spread.
         let bad = crate::backup::pack::pack_key(&Id([7; 32]));
         a.put(&bad, Bytes::from_static(b"garbage")).await.unwrap();
-        let err = replicate(&a, &b, ReplicateOptions::default()).await.unwrap_err();
+        let err = replicate(&repo, &b, ReplicateOptions::default()).await.unwrap_err();
         assert!(matches!(err, BackupError::Corrupt { .. }), "{err}");
         assert_eq!(b.head(&bad).await.unwrap(), None);
 
@@ -515,7 +441,7 @@ mod tests {
         let c = local(dir.path(), "c").await;
         c.put("config", Bytes::from_static(b"{\"other\":1}")).await.unwrap();
         a.delete(&bad).await.unwrap();
-        let err = replicate(&a, &c, ReplicateOptions::default()).await.unwrap_err();
+        let err = replicate(&repo, &c, ReplicateOptions::default()).await.unwrap_err();
         assert!(err.to_string().contains("different repository"), "{err}");
     }
 
@@ -523,7 +449,7 @@ mod tests {
     async fn budget_bounds_bytes_in_flight() {
         let b = Budget::new(10 * 1024);
         let p1 = b.acquire(6 * 1024).await.unwrap();
-        assert!(tokio::time::timeout(Duration::from_millis(50), b.acquire(6 * 1024)).await.is_err());
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(50), b.acquire(6 * 1024)).await.is_err());
         drop(p1);
         // Larger than the whole budget: runs alone instead of waiting forever.
         let _p = b.acquire(1 << 30).await.unwrap();
