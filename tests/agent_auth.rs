@@ -7,6 +7,7 @@ mod agent_support;
 mod support;
 
 use agent_support::{Agent, files_below, pseudo_random};
+use berth::backup::{S3Config, Storage, StorageConfig};
 
 fn config_path(agent: &Agent) -> std::path::PathBuf {
     agent.repo_dir().join("config")
@@ -14,6 +15,27 @@ fn config_path(agent: &Agent) -> std::path::PathBuf {
 
 fn read_json(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Replaces a repository object through S3 (s3s-fs keeps metadata beside its files, so a
+/// file rewritten on disk with another length no longer reads back).
+fn write(agent: &Agent, path: &std::path::Path, data: impl Into<Vec<u8>>) {
+    let key = path.strip_prefix(agent.repo_dir()).unwrap().to_str().unwrap().to_string();
+    let config = StorageConfig::S3(S3Config {
+        bucket: "backups".into(),
+        prefix: "berth/test".into(),
+        endpoint: Some(agent.s3.endpoint.clone()),
+        insecure_http: true,
+        region: Some(agent.s3.region.clone()),
+        path_style: true,
+        access_key_id: Some(agent.s3.access_key.clone()),
+        secret_access_key: Some(agent.s3.secret_key.clone()),
+        ..S3Config::default()
+    });
+    let data = data.into();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        Storage::connect(&config).await.unwrap().put(&key, data.into()).await.unwrap();
+    });
 }
 
 #[test]
@@ -40,24 +62,24 @@ fn tampered_config_and_forged_key_files_are_refused() {
 
     // Any change to the config (here: the chunker, which would silently end deduplication).
     config["chunker"]["avg_size"] = 65536.into();
-    std::fs::write(&path, config.to_string()).unwrap();
+    write(&agent, &path, config.to_string().into_bytes());
     let err = agent.fails(&["snapshots"]);
     assert!(err.contains("config failed authentication with this repository's key"), "{err}");
-    std::fs::write(&path, &genuine).unwrap();
+    write(&agent, &path, genuine.clone());
 
     // 10^9 rounds in the config: refused before any key is derived.
     let mut config = read_json(&path);
     config["kdf"]["iterations"] = 1_000_000_000u32.into();
-    std::fs::write(&path, config.to_string()).unwrap();
+    write(&agent, &path, config.to_string().into_bytes());
     let err = agent.fails(&["snapshots"]);
     assert!(err.contains("config refused before deriving any key") && err.contains("1000000000"), "{err}");
-    std::fs::write(&path, &genuine).unwrap();
+    write(&agent, &path, genuine.clone());
 
     // The same in a key file.
     let key_file = files_below(&agent.repo_dir().join("keys")).remove(0);
     let mut key = read_json(&key_file);
     key["iterations"] = 1_000_000_000u32.into();
-    std::fs::write(&key_file, key.to_string()).unwrap();
+    write(&agent, &key_file, key.to_string().into_bytes());
     let err = agent.fails(&["snapshots"]);
     assert!(err.contains("refused before deriving any key") && err.contains("keys/"), "{err}");
 }
@@ -81,7 +103,7 @@ fn format_1_repository_is_refused_then_migrated() {
     let v1 = serde_json::json!({
         "format": v2["format"], "version": 1, "id": v2["id"], "created": v2["created"], "chunker": v2["chunker"],
     });
-    std::fs::write(&path, serde_json::to_vec_pretty(&v1).unwrap()).unwrap();
+    write(&agent, &path, serde_json::to_vec_pretty(&v1).unwrap());
 
     let err = agent.fails(&["snapshots"]);
     assert!(err.contains("format version 1") && err.contains("berth agent repo migrate"), "{err}");
