@@ -11,7 +11,8 @@
 //! `backup=<name>` that the Backup wrote, and every object it lists reads back with the keyed
 //! checksum it records. A manifest that fails stays as it is and is refused by version-2
 //! readers; the report lists it. `config` is rewritten last, so an interrupted migration is
-//! simply run again (manifests already authenticated are kept).
+//! simply run again (manifests already authenticated are kept). An offsite replica follows at
+//! the next replication, which replaces its format-1 `config` and manifests.
 
 use serde::{Deserialize, Serialize};
 

@@ -27,7 +27,8 @@
 //!   `config` is never deleted.
 //! * **Safety**: nothing at all happens when the source has no `config` (an empty, wrong or
 //!   unreachable prefix) or when the target holds a *different* repository (its `config`
-//!   differs). Deletion is refused — before anything is copied — when the source listing looks
+//!   differs, other than being this repository's in an older format: a replica of a source
+//!   migrated since, whose `config` and manifests the next run replaces). Deletion is refused — before anything is copied — when the source listing looks
 //!   incomplete: no key, or no pack / index file / snapshot at the source while the target has
 //!   some (retention always keeps the newest snapshot of every series, so a repository emptied
 //!   of them is not a result of retention).
@@ -202,7 +203,7 @@ pub async fn replicate(repo: &Repository, target: &Storage, opts: ReplicateOptio
         Err(e) => return Err(e),
     };
     match target.get("config").await {
-        Ok(c) if c != source_config => {
+        Ok(c) if c != source_config && !older_copy(&c, repo) => {
             return Err(BackupError::Invalid(format!(
                 "{} holds a different repository than {} (their config objects differ); nothing replicated",
                 target.url(),
@@ -225,6 +226,18 @@ pub async fn replicate(repo: &Repository, target: &Storage, opts: ReplicateOptio
     let report = result?;
     released?;
     Ok(report)
+}
+
+/// Whether the target's `config` is this repository's in an older format (a replica of a
+/// repository migrated since): it is replaced like any other object.
+fn older_copy(target_config: &[u8], repo: &Repository) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Header {
+        id: String,
+        version: u32,
+    }
+    serde_json::from_slice::<Header>(target_config)
+        .is_ok_and(|h| repo.is_this(&h.id) && h.version < repo.config().version)
 }
 
 async fn replicate_locked(source: &Storage, target: &Storage, opts: ReplicateOptions) -> Result<ReplicateReport> {
@@ -437,10 +450,18 @@ mod tests {
         assert!(matches!(err, BackupError::Corrupt { .. }), "{err}");
         assert_eq!(b.head(&bad).await.unwrap(), None);
 
+        // A replica still in format 1 (the source was migrated since) is brought up to date.
+        let d = local(dir.path(), "d").await;
+        let v1 = serde_json::json!({"format": "berth-repository", "version": 1, "id": repo.config().id,
+            "created": repo.config().created, "chunker": repo.config().chunker});
+        d.put("config", Bytes::from(serde_json::to_vec_pretty(&v1).unwrap())).await.unwrap();
+        a.delete(&bad).await.unwrap();
+        replicate(&repo, &d, ReplicateOptions::default()).await.unwrap();
+        assert_eq!(d.get("config").await.unwrap(), a.get("config").await.unwrap());
+
         // A different repository at the target is refused.
         let c = local(dir.path(), "c").await;
         c.put("config", Bytes::from_static(b"{\"other\":1}")).await.unwrap();
-        a.delete(&bad).await.unwrap();
         let err = replicate(&repo, &c, ReplicateOptions::default()).await.unwrap_err();
         assert!(err.to_string().contains("different repository"), "{err}");
     }
