@@ -264,7 +264,9 @@ mod tests {
         archiver::restore_dir(&repo, &snap.root, &target, 4, &|_| {}).await.unwrap();
         assert_eq!(std::fs::read(target.join("sub/data.bin")).unwrap(), content);
         assert_eq!(std::fs::read(target.join("small.txt")).unwrap(), b"small");
-        assert!(ops::check(&repo, true).await.unwrap().ok());
+        let check = ops::check(&repo, true).await.unwrap();
+        assert_eq!(check.errors.len(), 1, "only the forged manifest: {check:?}");
+        assert!(check.errors[0].contains("backups/forged/backup.json"), "{check:?}");
 
         let again = migrate(storage, b"secret").await.unwrap();
         assert!(again.already_current && again.authenticated == ["nightly-1"], "{again:?}");

@@ -361,6 +361,9 @@ mod tests {
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].key, "backups/replayed/backup.json");
         assert_eq!(list_manifests(&repo).await.unwrap().len(), 1);
+        let check = crate::backup::ops::check(&repo, false).await.unwrap();
+        assert_eq!(check.errors.len(), 1, "{check:?}");
+        assert!(check.errors[0].contains("backups/replayed/backup.json failed authentication"), "{check:?}");
     }
 
     /// A lock without a valid MAC is ignored (it cannot block a prune) and `unlock` removes it;
