@@ -99,7 +99,7 @@ u = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 print(int(float(m.group(1)) * u[m.group(2)]) if m else 0)'
 }
 
-export BERTH_S3_ENDPOINT=http://127.0.0.1:$S3P
+export BERTH_S3_ENDPOINT=http://127.0.0.1:$S3P BERTH_S3_INSECURE_HTTP=true
 export BERTH_REPOSITORY_KEY=bench-key BERTH_PROGRESS=none BERTH_LOG=warn
 export RESTIC_PASSWORD=bench-key
 # Run i uses bucket berth<i> / restic<i>.

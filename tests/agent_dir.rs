@@ -10,6 +10,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use agent_support::{Agent, files_below, pseudo_random};
+use berth::backup::lock::RepoLock;
+use berth::backup::{Repository, S3Config, Storage, StorageConfig};
 
 #[derive(Debug, PartialEq, Eq)]
 struct Entry {
@@ -224,25 +226,47 @@ fn clear_errors_for_wrong_key_missing_bucket_and_truncated_pack() {
 }
 
 #[test]
-fn prune_refuses_while_another_process_holds_a_lock() {
+fn prune_refuses_while_another_process_holds_a_lock_and_ignores_forged_ones() {
     let agent = Agent::new();
     let src = agent.dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("f"), b"x").unwrap();
-    // A fresh shared lock of a backup running elsewhere.
+    // A forged exclusive lock (no MAC): refused, so it blocks neither backups nor prune, and
+    // `unlock` removes it.
     let now = jiff::Timestamp::now().to_string();
-    let lock = serde_json::json!({
-        "exclusive": false, "hostname": "other-pod", "pid": 1, "operation": "backup dir",
+    let forged = serde_json::json!({
+        "exclusive": true, "hostname": "other-pod", "pid": 1, "operation": "prune",
         "created": now, "refreshed": now
     });
     let locks = agent.repo_dir().join("locks");
     std::fs::create_dir_all(&locks).unwrap();
-    std::fs::write(locks.join("a".repeat(64)), lock.to_string()).unwrap();
+    std::fs::write(locks.join("a".repeat(64)), forged.to_string()).unwrap();
+    agent.ok(&["backup-dir", src.to_str().unwrap()]);
+    agent.ok(&["prune"]);
+    assert!(agent.ok(&["unlock"]).contains("removed 1 lock(s)"));
+
+    // A genuine shared lock of a backup running in another process (this one, with the key).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let repo = rt.block_on(async {
+        let config = StorageConfig::S3(S3Config {
+            bucket: "backups".into(),
+            prefix: "berth/test".into(),
+            endpoint: Some(agent.s3.endpoint.clone()),
+            insecure_http: true,
+            region: Some(agent.s3.region.clone()),
+            path_style: true,
+            access_key_id: Some(agent.s3.access_key.clone()),
+            secret_access_key: Some(agent.s3.secret_key.clone()),
+            ..S3Config::default()
+        });
+        Repository::open(Storage::connect(&config).await.unwrap(), b"correct horse battery staple").await.unwrap()
+    });
+    let lock = rt.block_on(RepoLock::acquire(&repo, false, "backup elsewhere")).unwrap();
     // Backups share the lock; prune needs it exclusively.
     agent.ok(&["backup-dir", src.to_str().unwrap()]);
     let err = agent.fails(&["prune"]);
-    assert!(err.contains("locked") && err.contains("other-pod"), "{err}");
-    agent.ok(&["unlock", "--all"]);
+    assert!(err.contains("locked") && err.contains("backup elsewhere"), "{err}");
+    rt.block_on(lock.release()).unwrap();
     agent.ok(&["prune"]);
     agent.ok(&["check", "--read-data"]);
 }

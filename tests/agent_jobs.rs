@@ -54,6 +54,8 @@ impl World {
             prefix: Some("team".into()),
             region: Some(s3.region.clone()),
             endpoint: Some(s3.endpoint.clone()),
+            // The loopback S3 server speaks plain HTTP.
+            insecure_http: true,
             force_path_style: true,
             credentials_secret: Some("s3-credentials".into()),
             ca_secret: None,
@@ -139,6 +141,7 @@ fn storage_config(s3: &S3Server, storage: &StorageLocation) -> StorageConfig {
         bucket: storage.bucket.clone(),
         prefix: storage.prefix.clone().unwrap_or_default(),
         endpoint: Some(s3.endpoint.clone()),
+        insecure_http: true,
         region: Some(s3.region.clone()),
         path_style: true,
         access_key_id: Some(s3.access_key.clone()),

@@ -23,6 +23,7 @@ async fn storage(s3: &S3Server, bucket: &str, prefix: &str) -> Storage {
         bucket: bucket.into(),
         prefix: prefix.into(),
         endpoint: Some(s3.endpoint.clone()),
+        insecure_http: true,
         region: Some(s3.region.clone()),
         path_style: true,
         access_key_id: Some(s3.access_key.clone()),
@@ -122,7 +123,7 @@ async fn replicate_restore_prune_and_refuse() {
     // First replication copies everything but locks.
     let at_a = objects(&a).await;
     assert!(under(&at_a, "data/").count() > 3, "expected several packs: {at_a:?}");
-    let r1 = replicate(&a, &b, opts(false)).await.unwrap();
+    let r1 = replicate(&ra, &b, opts(false)).await.unwrap();
     assert_eq!((r1.copied, r1.skipped, r1.deleted, r1.vanished), (at_a.len(), 0, 0, 0), "{r1:?}");
     assert_eq!(r1.bytes, at_a.values().sum::<u64>());
     assert_eq!(objects(&b).await, at_a);
@@ -136,7 +137,7 @@ async fn replicate_restore_prune_and_refuse() {
     assert_eq!(back, vec![ns.clone()]);
 
     // Nothing changed: nothing copied.
-    let r2 = replicate(&a, &b, opts(false)).await.unwrap();
+    let r2 = replicate(&ra, &b, opts(false)).await.unwrap();
     assert_eq!((r2.copied, r2.bytes, r2.skipped, r2.deleted), (0, 0, at_a.len(), 0), "{r2:?}");
 
     // Retention at the source; without delete_extraneous the replica keeps everything.
@@ -148,14 +149,14 @@ async fn replicate_restore_prune_and_refuse() {
     let before_b = objects(&b).await;
     let pruned_packs: Vec<&String> = under(&before_b, "data/").filter(|k| !after_prune.contains_key(*k)).collect();
     assert!(!pruned_packs.is_empty());
-    let r3 = replicate(&a, &b, opts(false)).await.unwrap();
+    let r3 = replicate(&ra, &b, opts(false)).await.unwrap();
     assert_eq!(r3.deleted, 0);
     assert!(r3.copied > 0, "the repacked data and new index are copied: {r3:?}");
     let union = objects(&b).await;
     assert!(before_b.keys().chain(after_prune.keys()).all(|k| union.contains_key(k)), "kept without deletion");
 
     // With delete_extraneous the replica mirrors the pruned source and is still sound.
-    let r4 = replicate(&a, &b, opts(true)).await.unwrap();
+    let r4 = replicate(&ra, &b, opts(true)).await.unwrap();
     assert_eq!(r4.copied, 0, "everything new was copied by the previous run: {r4:?}");
     let at_b = objects(&b).await;
     assert_eq!(at_b, after_prune);
@@ -171,22 +172,24 @@ async fn replicate_restore_prune_and_refuse() {
 
     // Sources that must never wipe the replica; each is refused and B is untouched.
     let snapshot_of_b = objects(&b).await;
+    // (The source is an open repository: one that does not open is never replicated.)
     let missing_prefix = storage(&s3a, "primary", "no-such-prefix").await;
-    let err = replicate(&missing_prefix, &b, opts(true)).await.unwrap_err();
+    let err = Repository::open(missing_prefix, KEY).await.unwrap_err();
     assert!(matches!(err, BackupError::NotARepository(_)), "{err}");
     let missing_bucket = storage(&s3a, "no-such-bucket", "prod").await;
-    let err = replicate(&missing_bucket, &b, opts(true)).await.unwrap_err();
+    let err = Repository::open(missing_bucket, KEY).await.unwrap_err();
     assert!(matches!(err, BackupError::NoSuchBucket { .. }), "{err}");
     // Only config and keys (a listing that lost the data): deletion refused, nothing copied.
     let partial = storage(&s3a, "primary", "partial").await;
     for k in under(&after_prune, "keys/").chain(["config".to_string()].iter()) {
         partial.put(k, a.get(k).await.unwrap()).await.unwrap();
     }
+    let partial = Repository::open(partial, KEY).await.unwrap();
     let err = replicate(&partial, &b, opts(true)).await.unwrap_err();
     assert!(err.to_string().contains("no object under"), "{err}");
     // Another repository.
     let other = storage(&s3a, "primary", "other").await;
-    Repository::init(other.clone(), KEY).await.unwrap();
+    let other = Repository::init(other, KEY).await.unwrap();
     let err = replicate(&other, &b, opts(true)).await.unwrap_err();
     assert!(err.to_string().contains("different repository"), "{err}");
     assert_eq!(objects(&b).await, snapshot_of_b);

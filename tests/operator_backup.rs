@@ -89,7 +89,7 @@ fn policy(s3: &S3Server, schedule: &str, suspend: bool) -> Value {
         "spec": {
             "schedule": schedule, "suspend": suspend,
             "storage": {"bucket": "backups", "prefix": "shop", "region": s3.region, "endpoint": s3.endpoint,
-                        "forcePathStyle": true, "credentialsSecret": "s3-credentials",
+                        "insecureHTTP": true, "forcePathStyle": true, "credentialsSecret": "s3-credentials",
                         "encryptionKeySecret": "repository-key"},
             "scope": {"databases": true},
             "retention": {"keepLast": 5}
@@ -297,6 +297,14 @@ async fn scheduled_backup_restores_here_elsewhere_and_in_a_new_cluster() {
     drop(cluster);
 
     // Disaster recovery: a brand-new cluster with only a suspended policy on the old bucket.
+    // A manifest forged in the bucket (the genuine one under another name, without a valid
+    // MAC for that name) is never adopted.
+    let manifests = servers.s3.root().join("backups/shop/backups");
+    let genuine = std::fs::read_to_string(manifests.join(&name).join("backup.json")).unwrap();
+    std::fs::create_dir_all(manifests.join("forged-1")).unwrap();
+    let forged = genuine.replace(&format!("\"name\": \"{name}\""), "\"name\": \"forged-1\"");
+    assert_ne!(forged, genuine);
+    std::fs::write(manifests.join("forged-1/backup.json"), forged).unwrap();
     let fresh = self::cluster(&servers.overrides()).await;
     let fresh_client = fresh.client();
     let mut operator = servers.operator(&fresh).await;
@@ -305,6 +313,8 @@ async fn scheduled_backup_restores_here_elsewhere_and_in_a_new_cluster() {
     let fresh_backups: Api<Backup> = Api::namespaced(fresh_client.clone(), NS);
     let synced = wait_phase(&fresh_backups, &name, "Completed", backup_phase).await;
     assert_eq!(synced.metadata.labels.as_ref().unwrap()["berth.dev/synced"], "true");
+    // The same pass that adopted the genuine manifest refused the forged one.
+    assert!(fresh_backups.get_opt("forged-1").await.unwrap().is_none(), "a forged manifest was adopted");
     // A dry run lists what would happen and changes nothing.
     let dry = json!({
         "apiVersion": "berth.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "look"},
@@ -452,6 +462,7 @@ async fn retention_keeps_the_newest_and_only_its_own_and_data_deletion_is_opt_in
             bucket: "backups".into(),
             prefix: "shop".into(),
             endpoint: Some(s3.endpoint.clone()),
+            insecure_http: true,
             region: Some(s3.region.clone()),
             path_style: true,
             access_key_id: Some(s3.access_key.clone()),

@@ -372,7 +372,7 @@ async fn a_restore_into_a_missing_namespace_waits_for_it_and_never_creates_it() 
         "spec": {
             "schedule": "0 3 * * *", "suspend": true,
             "storage": {"bucket": "backups", "prefix": "shop", "region": s3.region, "endpoint": s3.endpoint,
-                        "forcePathStyle": true, "credentialsSecret": "s3-credentials",
+                        "insecureHTTP": true, "forcePathStyle": true, "credentialsSecret": "s3-credentials",
                         "encryptionKeySecret": "repository-key"},
             "scope": {"databases": false},
             "retention": {"keepLast": 5}

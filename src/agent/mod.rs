@@ -4,7 +4,8 @@
 //!
 //! Repository location and secrets come from flags or the environment:
 //! `BERTH_REPOSITORY` (`s3://bucket/prefix`), `BERTH_S3_ENDPOINT`, `BERTH_S3_REGION`
-//! (or `AWS_REGION`), `BERTH_S3_CA_FILE`, AWS credentials from the usual chain
+//! (or `AWS_REGION`), `BERTH_S3_CA_FILE`, `BERTH_S3_INSECURE_HTTP` (a plain `http://`
+//! endpoint is refused without it), AWS credentials from the usual chain
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_PROFILE`, web
 //! identity), and the repository key from `BERTH_REPOSITORY_KEY_FILE` (a mounted Secret) or
 //! `BERTH_REPOSITORY_KEY`.
@@ -44,9 +45,13 @@ pub struct RepoArgs {
     /// Repository URL: s3://bucket/prefix (or file:///path).
     #[arg(long = "repo", env = "BERTH_REPOSITORY", global = true)]
     pub repo: Option<String>,
-    /// S3 endpoint for non-AWS servers, e.g. http://minio:9000.
+    /// S3 endpoint for non-AWS servers, e.g. https://minio:9000.
     #[arg(long, env = "BERTH_S3_ENDPOINT", global = true)]
     pub endpoint: Option<String>,
+    /// Allow a plain http:// endpoint (tests, an in-cluster MinIO): credentials and objects
+    /// then travel unprotected on the network.
+    #[arg(long, env = "BERTH_S3_INSECURE_HTTP", global = true)]
+    pub insecure_http: bool,
     /// S3 region (default: AWS_REGION, the AWS config files, then us-east-1).
     #[arg(long, env = "BERTH_S3_REGION", global = true)]
     pub region: Option<String>,
@@ -180,11 +185,25 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Remove stale locks (with --all: every lock).
+    /// Remove stale locks and locks that fail authentication (with --all: every lock).
     Unlock {
         #[arg(long)]
         all: bool,
     },
+    /// Repository maintenance.
+    Repo {
+        #[command(subcommand)]
+        command: RepoCommand,
+    },
+}
+
+/// `berth agent repo …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum RepoCommand {
+    /// Upgrade a format-1 repository: verify its config and backup manifests with the key and
+    /// rewrite them with MACs (stop backups to it first). Manifests that fail verification are
+    /// listed and stay refused.
+    Migrate,
 }
 
 fn init_tracing() {
@@ -219,8 +238,9 @@ fn read_key(args: &RepoArgs) -> anyhow::Result<Vec<u8>> {
 pub fn storage_config(args: &RepoArgs) -> anyhow::Result<StorageConfig> {
     let url = args.repo.as_deref().context("no repository: set --repo or BERTH_REPOSITORY (s3://bucket/prefix)")?;
     let mut cfg = StorageConfig::parse(url)?;
-    if let StorageConfig::S3(S3Config { endpoint, region, path_style, ca_file, .. }) = &mut cfg {
+    if let StorageConfig::S3(S3Config { endpoint, region, path_style, ca_file, insecure_http, .. }) = &mut cfg {
         endpoint.clone_from(&args.endpoint);
+        *insecure_http = args.insecure_http;
         region.clone_from(&args.region);
         *path_style = !args.virtual_hosted;
         ca_file.clone_from(&args.ca_file);
@@ -495,6 +515,29 @@ async fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
             let repo = open_repo(&args.repo).await?;
             let n = lock::remove_locks(&repo, all).await?;
             println!("removed {n} lock(s)");
+        }
+        Command::Repo { command: RepoCommand::Migrate } => {
+            let storage = Storage::connect(&storage_config(&args.repo)?).await?;
+            let key = read_key(&args.repo)?;
+            let report = crate::backup::migrate::migrate(storage, &key).await?;
+            if out.json {
+                print_json(&report);
+            } else {
+                for r in &report.refused {
+                    eprintln!("warning: {} not authenticated, stays refused: {}", r.key, r.reason);
+                }
+                if report.already_current {
+                    println!("repository already has format {}: nothing to migrate", crate::backup::repo::REPO_VERSION);
+                } else {
+                    println!(
+                        "migrated the repository from format {} to {}: {} manifests authenticated, {} refused",
+                        report.from_version,
+                        crate::backup::repo::REPO_VERSION,
+                        report.authenticated.len(),
+                        report.refused.len()
+                    );
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -75,9 +75,16 @@ pub struct StorageLocation {
     /// Region, e.g. `eu-west-1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    /// Endpoint URL of an S3-compatible server (MinIO, Garage, Ceph). AWS when absent.
+    /// Endpoint URL of an S3-compatible server (MinIO, Garage, Ceph). AWS when absent. A plain
+    /// `http://` endpoint is refused unless `insecureHTTP` is true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Allow a plain `http://` endpoint, for a network you trust (tests, an in-cluster
+    /// MinIO): S3 credentials and the repository's objects then travel unencrypted, and a
+    /// party on the path can read them or (for readable metadata, which carries a MAC) make
+    /// the operator refuse them. Defaults to false.
+    #[serde(default, rename = "insecureHTTP", skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
     /// Address buckets by path (`endpoint/bucket`), as most S3-compatible servers need.
     #[serde(default)]
     pub force_path_style: bool,

@@ -7,6 +7,13 @@
 //! * Every encrypted object is `nonce (12) || ciphertext || tag (16)`; the associated data
 //!   binds it to what it is (a blob id, an object kind), so objects cannot be swapped.
 //!
+//! * Objects kept readable (the `config`, `backups/*/backup.json`, `locks/*`) carry a MAC:
+//!   keyed BLAKE3 with a key derived from the master key ([`MasterKey::mac`], see
+//!   [`super::auth`]), over the object's name and content, so that a file changed, forged or
+//!   copied to another name is refused.
+//! * Key files are opened with PBKDF2 parameters read before any key exists; they are bounded
+//!   ([`check_kdf`]) so that a forged key file cannot make opening a repository run for hours.
+//!
 //! Nonces are random (96 bit). With chunks of ~512 KiB a repository would need more than 2^32
 //! encryptions (2 PiB of unique data) before the birthday bound matters.
 
@@ -22,7 +29,20 @@ use super::error::{BackupError, Result};
 const TAG_LEN: usize = 16;
 /// Bytes added by [`MasterKey::seal`].
 pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
-const KDF_ITERATIONS: u32 = 100_000;
+/// PBKDF2-HMAC-SHA256 rounds of every key file berth writes.
+pub const KDF_ITERATIONS: u32 = 100_000;
+/// Key files asking for more rounds are refused before the KDF runs (a forged file must not
+/// make opening the repository take hours): ten times what berth writes.
+pub const KDF_MAX_ITERATIONS: u32 = 10 * KDF_ITERATIONS;
+/// Key files asking for fewer rounds are refused: berth never wrote fewer.
+pub const KDF_MIN_ITERATIONS: u32 = KDF_ITERATIONS;
+/// The only key derivation berth writes.
+pub const KDF_ALGORITHM: &str = "pbkdf2-sha256";
+/// Salts longer than this are refused (berth writes 32 bytes).
+const KDF_MAX_SALT: usize = 64;
+/// Context of the MAC key's derivation from the master key (BLAKE3 `derive_key`): a
+/// distinct context string gives a key independent of the encryption and id keys.
+const MAC_KEY_CONTEXT: &str = "berth 2026-12 repository metadata MAC key v1";
 
 /// Fills a buffer from the operating system's CSPRNG (`getrandom(2)`). Not aws-lc's
 /// generator: that one seeds every new thread from CPU-jitter entropy, tens of milliseconds
@@ -95,6 +115,7 @@ pub struct MasterKey {
     aead: LessSafeKey,
     raw: [u8; 32],
     id_key: [u8; 32],
+    mac_key: [u8; 32],
     /// Seed of the chunker's gear table, so that chunk boundaries do not leak content.
     pub chunker_seed: u64,
 }
@@ -133,7 +154,29 @@ impl MasterKey {
 
     fn from_parts(raw: [u8; 32], id_key: [u8; 32], chunker_seed: u64) -> Self {
         let aead = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &raw).expect("32-byte key"));
-        Self { aead, raw, id_key, chunker_seed }
+        let mut material = [0u8; 64];
+        material[..32].copy_from_slice(&raw);
+        material[32..].copy_from_slice(&id_key);
+        let mac_key = blake3::derive_key(MAC_KEY_CONTEXT, &material);
+        Self { aead, raw, id_key, mac_key, chunker_seed }
+    }
+
+    /// MAC of a readable repository object: keyed BLAKE3 over `domain` (what kind of object),
+    /// `name` (its key in the repository, so that it cannot be replayed under another name)
+    /// and `body`, each length-prefixed so that no two inputs collide.
+    pub fn mac(&self, domain: &str, name: &str, body: &[u8]) -> blake3::Hash {
+        let mut h = blake3::Hasher::new_keyed(&self.mac_key);
+        for part in [domain.as_bytes(), name.as_bytes(), body] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.finalize()
+    }
+
+    /// Whether `mac` (hex) authenticates `body` as [`mac`](Self::mac) computes it; the
+    /// comparison is constant-time (`blake3::Hash`'s equality).
+    pub fn verify_mac(&self, domain: &str, name: &str, body: &[u8], mac: &str) -> bool {
+        blake3::Hash::from_hex(mac).is_ok_and(|given| given == self.mac(domain, name, body))
     }
 
     /// Keyed BLAKE3 id of plaintext data.
@@ -211,21 +254,23 @@ impl MasterKey {
             version: 1,
             created: jiff::Timestamp::now().to_string(),
             hostname: super::hostname(),
-            kdf: "pbkdf2-sha256".into(),
+            kdf: KDF_ALGORITHM.into(),
             iterations: KDF_ITERATIONS,
             salt: b64.encode(salt),
             data: b64.encode(sealed),
         }
     }
 
-    /// Unwraps a key file; `None` when the secret does not open it.
-    pub fn unwrap_key(file: &KeyFile, secret: &[u8]) -> Result<Option<Self>> {
-        if file.kdf != "pbkdf2-sha256" {
-            return Err(BackupError::Invalid(format!("unsupported key derivation {:?}", file.kdf)));
-        }
+    /// Unwraps a key file; `None` when the secret does not open it. The parameters are
+    /// checked ([`check_kdf`]) before the KDF runs.
+    pub fn unwrap_key(file: &KeyFile, secret: &[u8], name: &str) -> Result<Option<Self>> {
+        check_kdf(file, name)?;
         let b64 = base64::engine::general_purpose::STANDARD;
-        let salt = b64.decode(&file.salt).map_err(|e| BackupError::corrupt("key file", e))?;
-        let sealed = b64.decode(&file.data).map_err(|e| BackupError::corrupt("key file", e))?;
+        let salt = b64.decode(&file.salt).map_err(|e| BackupError::corrupt(name, e))?;
+        if salt.len() > KDF_MAX_SALT {
+            return Err(BackupError::corrupt(name, format!("salt of {} bytes (at most {KDF_MAX_SALT})", salt.len())));
+        }
+        let sealed = b64.decode(&file.data).map_err(|e| BackupError::corrupt(name, e))?;
         let wrapping = derive(secret, &salt, file.iterations);
         let Ok(material) = wrapping.open(b"berth key", &sealed, "key file") else {
             return Ok(None);
@@ -238,6 +283,28 @@ impl MasterKey {
         hex::decode_to_slice(&m.id, &mut id_key).map_err(|e| BackupError::corrupt("key file", e))?;
         Ok(Some(Self::from_parts(raw, id_key, m.chunker_seed)))
     }
+}
+
+/// Refuses key-derivation parameters berth would never write, before any derivation runs:
+/// an unknown algorithm, or a round count outside
+/// [`KDF_MIN_ITERATIONS`]..=[`KDF_MAX_ITERATIONS`]. `name` is the key file's object key.
+pub fn check_kdf(file: &KeyFile, name: &str) -> Result<()> {
+    if file.kdf != KDF_ALGORITHM {
+        return Err(BackupError::KdfRefused {
+            key: name.to_string(),
+            detail: format!("unsupported key derivation {:?} (berth writes {KDF_ALGORITHM})", file.kdf),
+        });
+    }
+    if !(KDF_MIN_ITERATIONS..=KDF_MAX_ITERATIONS).contains(&file.iterations) {
+        return Err(BackupError::KdfRefused {
+            key: name.to_string(),
+            detail: format!(
+                "{} PBKDF2 rounds, outside the accepted {KDF_MIN_ITERATIONS}..={KDF_MAX_ITERATIONS}",
+                file.iterations
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn derive(secret: &[u8], salt: &[u8], iterations: u32) -> MasterKey {
@@ -275,10 +342,43 @@ mod tests {
     fn wrap_unwrap() {
         let k = MasterKey::generate();
         let f = k.wrap(b"correct horse");
-        let back = MasterKey::unwrap_key(&f, b"correct horse").unwrap().unwrap();
+        let back = MasterKey::unwrap_key(&f, b"correct horse", "keys/k").unwrap().unwrap();
         assert_eq!(back.blob_id(b"x"), k.blob_id(b"x"));
         assert_eq!(back.chunker_seed, k.chunker_seed);
-        assert!(MasterKey::unwrap_key(&f, b"wrong").unwrap().is_none());
+        assert_eq!(back.mac("d", "n", b"b"), k.mac("d", "n", b"b"));
+        assert!(MasterKey::unwrap_key(&f, b"wrong", "keys/k").unwrap().is_none());
+    }
+
+    /// Parameters outside the bounds are refused before the KDF runs: the error kind says so
+    /// (a derivation with 10^9 rounds would not return for minutes, and would then fail
+    /// authentication with `Ok(None)`, not `KdfRefused`).
+    #[test]
+    fn kdf_parameters_are_bounded_before_deriving() {
+        let k = MasterKey::generate();
+        let mut f = k.wrap(b"pw");
+        f.iterations = 1_000_000_000;
+        let err = MasterKey::unwrap_key(&f, b"pw", "keys/forged").unwrap_err();
+        assert!(matches!(err, BackupError::KdfRefused { .. }), "{err}");
+        assert!(err.to_string().contains("keys/forged") && err.to_string().contains("1000000000"), "{err}");
+        f.iterations = 1000;
+        assert!(matches!(MasterKey::unwrap_key(&f, b"pw", "k"), Err(BackupError::KdfRefused { .. })));
+        f.iterations = KDF_ITERATIONS;
+        f.kdf = "scrypt".into();
+        assert!(matches!(MasterKey::unwrap_key(&f, b"pw", "k"), Err(BackupError::KdfRefused { .. })));
+    }
+
+    #[test]
+    fn macs_bind_domain_name_and_body() {
+        let k = MasterKey::generate();
+        let mac = k.mac("manifest", "backups/a/backup.json", b"{}").to_hex();
+        assert!(k.verify_mac("manifest", "backups/a/backup.json", b"{}", &mac));
+        assert!(!k.verify_mac("manifest", "backups/b/backup.json", b"{}", &mac));
+        assert!(!k.verify_mac("lock", "backups/a/backup.json", b"{}", &mac));
+        assert!(!k.verify_mac("manifest", "backups/a/backup.json", b"{ }", &mac));
+        assert!(!k.verify_mac("manifest", "backups/a/backup.json", b"{}", "not hex"));
+        assert!(!MasterKey::generate().verify_mac("manifest", "backups/a/backup.json", b"{}", &mac));
+        // Length prefixes: moving bytes between name and body changes the MAC.
+        assert_ne!(k.mac("d", "ab", b"c"), k.mac("d", "a", b"bc"));
     }
 
     #[test]

@@ -24,6 +24,28 @@ pub enum BackupError {
     /// Data failed authentication, hashing or parsing.
     #[error("repository data is corrupt: {what}: {detail}")]
     Corrupt { what: String, detail: String },
+    /// A readable repository object (`config`, a manifest, a lock) whose MAC does not verify
+    /// with this repository's key.
+    #[error(
+        "{key} failed authentication with this repository's key ({detail}): it was modified, copied from another name or written with another key; it is refused (restore it from a good copy, e.g. the offsite replica, or delete it)"
+    )]
+    Unauthenticated { key: String, detail: String },
+    /// A key file asks for key-derivation parameters berth never writes; refused before the
+    /// derivation runs.
+    #[error(
+        "key file {key} refused before deriving any key: {detail}; it was not written by berth (remove it, or restore the keys/ directory from a good copy)"
+    )]
+    KdfRefused { key: String, detail: String },
+    /// A repository of an older format that must be migrated before use.
+    #[error(
+        "repository {url} has format version {found}, whose config and backup manifests are not authenticated; this berth reads version {supported} only. stop the backups writing to it and run `berth agent repo migrate` once with its settings and key (BERTH_REPOSITORY={url}, BERTH_REPOSITORY_KEY_FILE)"
+    )]
+    MigrationNeeded { url: String, found: u32, supported: u32 },
+    /// A plain-HTTP S3 endpoint without the explicit opt-in.
+    #[error(
+        "S3 endpoint {endpoint} is plain HTTP: credentials and repository objects would travel unprotected. Use https://, or allow plain HTTP explicitly where the network is trusted (tests, an in-cluster MinIO): `insecureHTTP: true` in the BackupPolicy's storage location, `--insecure-http` (BERTH_S3_INSECURE_HTTP=true) for `berth agent`"
+    )]
+    InsecureEndpoint { endpoint: String },
     /// Another process holds a conflicting lock.
     #[error("repository is locked: {0}")]
     Locked(String),

@@ -1,4 +1,7 @@
-//! Repository locks (`locks/<id>`, plain JSON).
+//! Repository locks (`locks/<id>`, JSON with a MAC, see [`super::auth`]).
+//!
+//! A lock whose MAC does not verify was not written by a holder of the repository key: it is
+//! refused (ignored, with a warning) and `unlock` removes it.
 //!
 //! Writers (backup, check) take shared locks, `prune` takes an exclusive one. A lock is taken
 //! by writing it and then listing again: if a conflicting lock shows up, ours is removed and
@@ -12,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::auth::{self, Kind};
 use super::crypto::Id;
 use super::error::{BackupError, Result};
 use super::repo::Repository;
@@ -51,7 +55,7 @@ impl LockInfo {
         false
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "{} lock held by {} (pid {} on {}, since {}, refreshed {})",
             if self.exclusive { "exclusive" } else { "shared" },
@@ -71,30 +75,40 @@ pub struct RepoLock {
     refresher: tokio::task::JoinHandle<()>,
 }
 
-/// Lists the locks of a repository.
-pub async fn list_locks(repo: &Repository) -> Result<Vec<(String, LockInfo)>> {
+/// The authenticated locks of a repository, and the names of those refused.
+async fn read_locks(repo: &Repository) -> Result<(Vec<(String, LockInfo)>, Vec<String>)> {
     let mut out = Vec::new();
+    let mut refused = Vec::new();
     for obj in repo.storage().list("locks").await? {
-        match repo.storage().get(&format!("locks/{}", obj.name)).await {
-            Ok(data) => match serde_json::from_slice::<LockInfo>(&data) {
+        let key = format!("locks/{}", obj.name);
+        match repo.storage().get(&key).await {
+            Ok(data) => match auth::open::<LockInfo>(repo.key(), Kind::Lock, &key, &data) {
                 Ok(info) => out.push((obj.name, info)),
-                Err(e) => tracing::warn!(lock = %obj.name, error = %e, "unreadable lock ignored"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "lock refused; `berth agent unlock` removes it");
+                    refused.push(obj.name);
+                }
             },
             Err(BackupError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(out)
+    Ok((out, refused))
 }
 
-/// Removes stale locks (or all locks with `all`); returns how many.
+/// Lists the authenticated locks of a repository (refused ones are logged and left out).
+pub async fn list_locks(repo: &Repository) -> Result<Vec<(String, LockInfo)>> {
+    Ok(read_locks(repo).await?.0)
+}
+
+/// Removes stale and refused locks (or all locks with `all`); returns how many.
 pub async fn remove_locks(repo: &Repository, all: bool) -> Result<usize> {
-    let mut n = 0;
-    for (name, info) in list_locks(repo).await? {
-        if all || info.is_stale() {
-            repo.storage().delete(&format!("locks/{name}")).await?;
-            n += 1;
-        }
+    let (locks, refused) = read_locks(repo).await?;
+    let mut doomed = refused;
+    doomed.extend(locks.into_iter().filter(|(_, info)| all || info.is_stale()).map(|(name, _)| name));
+    let n = doomed.len();
+    for name in doomed {
+        repo.storage().delete(&format!("locks/{name}")).await?;
     }
     Ok(n)
 }
@@ -122,7 +136,7 @@ impl RepoLock {
         };
         let name = Id::random().to_hex();
         let key = format!("locks/{name}");
-        repo.storage().put(&key, Bytes::from(serde_json::to_vec_pretty(&info).expect("json"))).await?;
+        repo.storage().put(&key, Bytes::from(auth::seal(repo.key(), Kind::Lock, &key, &info))).await?;
         for (other_name, other) in list_locks(repo).await? {
             if other_name != name && conflict(exclusive, &other) {
                 repo.storage().delete(&key).await?;
@@ -135,9 +149,8 @@ impl RepoLock {
             loop {
                 tokio::time::sleep(REFRESH).await;
                 info.refreshed = jiff::Timestamp::now().to_string();
-                if let Err(e) =
-                    r.storage().put(&key, Bytes::from(serde_json::to_vec_pretty(&info).expect("json"))).await
-                {
+                let sealed = Bytes::from(auth::seal(r.key(), Kind::Lock, &key, &info));
+                if let Err(e) = r.storage().put(&key, sealed).await {
                     tracing::warn!(error = %e, "refreshing the repository lock failed");
                 }
             }

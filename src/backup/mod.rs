@@ -5,18 +5,21 @@
 //! ([`storage`]). The Backup controller and `berth agent` use it through:
 //!
 //! * [`StorageConfig`] / [`Storage::connect`] → [`Repository::init`] / [`Repository::open`]
-//! * [`resources::store_objects`] / [`resources::load_objects`] / [`resources::list_manifests`]
+//! * [`resources::store_objects`] / [`resources::load_objects`] / [`resources::scan_manifests`]
+//! * [`migrate::migrate`] from format version 1 (no MACs on readable objects)
 //! * [`ops::backup_directory`], [`ops::run_backup`] (any producer of files)
 //! * [`ops::forget`] with a [`RetentionPolicy`], [`ops::prune`], [`ops::check`]
 //! * [`archiver::restore_dir`], [`archiver::stream_file`]
 //! * [`replicate::replicate`] to an offsite copy
 
 pub mod archiver;
+pub mod auth;
 pub mod chunker;
 pub mod crypto;
 pub mod direct;
 pub mod error;
 pub mod lock;
+pub mod migrate;
 pub mod ops;
 pub mod pack;
 pub mod prefetch;

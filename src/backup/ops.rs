@@ -412,7 +412,8 @@ impl CheckReport {
 }
 
 /// Verifies the repository structure: every snapshot readable, every tree readable and
-/// authentic, every referenced blob indexed, every indexed pack present with the right size.
+/// authentic, every backup manifest authentic, every referenced blob indexed, every indexed
+/// pack present with the right size.
 /// With `read_data`, also downloads every pack and verifies every blob.
 pub async fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
     let lock = RepoLock::acquire(repo, false, "check").await?;
@@ -473,6 +474,9 @@ async fn check_locked(repo: &Repository, read_data: bool) -> Result<CheckReport>
             Err(_) => report.warnings.push(format!("unexpected object snapshots/{}", n.name)),
         }
     }
+    // Manifests that fail authentication would be refused by every reader.
+    let (_, refused) = super::resources::scan_manifests(repo).await?;
+    report.errors.extend(refused.into_iter().map(|r| r.reason));
     let mut visited: HashSet<Id> = HashSet::new();
     let mut todo = roots;
     while !todo.is_empty() {

@@ -27,12 +27,13 @@
 //!   `config` is never deleted.
 //! * **Safety**: nothing at all happens when the source has no `config` (an empty, wrong or
 //!   unreachable prefix) or when the target holds a *different* repository (its `config`
-//!   differs). Deletion is refused — before anything is copied — when the source listing looks
+//!   differs, other than being this repository's in an older format: a replica of a source
+//!   migrated since, whose `config` and manifests the next run replaces). Deletion is refused — before anything is copied — when the source listing looks
 //!   incomplete: no key, or no pack / index file / snapshot at the source while the target has
 //!   some (retention always keeps the newest snapshot of every series, so a repository emptied
 //!   of them is not a result of retention).
-//! * **Concurrency with writers at the source**: by default a shared lock is taken at the
-//!   source for the whole run (refreshed like every other lock), so `prune` — which needs an
+//! * **Concurrency with writers at the source**: by default a shared lock ([`RepoLock`], with
+//!   its MAC) is taken at the source for the whole run, so `prune` — which needs an
 //!   exclusive lock — cannot repack under it, while backups may continue. Objects that vanish
 //!   between listing and copying (a manifest or snapshot removed by `forget`) are skipped and
 //!   counted as [`ReplicateReport::vanished`]. Without the lock (read-only credentials at the
@@ -41,7 +42,9 @@
 //! * **Integrity**: a pack's name is the BLAKE3 hash of its bytes; with
 //!   [`ReplicateOptions::verify_packs`] every copied pack is hashed and a damaged one fails the
 //!   run instead of spreading to the offsite copy. Everything else is authenticated with the
-//!   repository key, which replication does not need and does not have.
+//!   repository key (encrypted, or carrying a MAC): the source is an open [`Repository`], so
+//!   its `config` was verified before anything is copied; readers of the target verify the
+//!   rest.
 //!
 //! **Memory**: [`Storage::put`] takes a whole object (multipart uploads are cut from it
 //! internally) and has no streaming form, so reading in ranges with
@@ -51,7 +54,6 @@
 //! Packs are 16 MiB by default, so the default budget lets 8 copies run at once.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -59,7 +61,8 @@ use tokio::sync::Semaphore;
 
 use super::crypto::Id;
 use super::error::{BackupError, Result};
-use super::lock::LockInfo;
+use super::lock::RepoLock;
+use super::repo::Repository;
 use super::storage::Storage;
 
 /// Options of [`replicate`].
@@ -188,9 +191,10 @@ fn deletion_refused(source: &BTreeMap<Class, Listing>, target: &BTreeMap<Class, 
     None
 }
 
-/// Makes `target` hold the same repository as `source`; see the module documentation for the
+/// Makes `target` hold the same repository as `repo`; see the module documentation for the
 /// order, the safety rules and the memory bound.
-pub async fn replicate(source: &Storage, target: &Storage, opts: ReplicateOptions) -> Result<ReplicateReport> {
+pub async fn replicate(repo: &Repository, target: &Storage, opts: ReplicateOptions) -> Result<ReplicateReport> {
+    let source = repo.storage();
     source.ensure_bucket().await?;
     target.ensure_bucket().await?;
     let source_config = match source.get("config").await {
@@ -199,7 +203,7 @@ pub async fn replicate(source: &Storage, target: &Storage, opts: ReplicateOption
         Err(e) => return Err(e),
     };
     match target.get("config").await {
-        Ok(c) if c != source_config => {
+        Ok(c) if c != source_config && !older_copy(&c, repo) => {
             return Err(BackupError::Invalid(format!(
                 "{} holds a different repository than {} (their config objects differ); nothing replicated",
                 target.url(),
@@ -209,7 +213,11 @@ pub async fn replicate(source: &Storage, target: &Storage, opts: ReplicateOption
         Ok(_) | Err(BackupError::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
-    let lock = if opts.lock_source { Some(SourceLock::acquire(source, target.url()).await?) } else { None };
+    let lock = if opts.lock_source {
+        Some(RepoLock::acquire(repo, false, &format!("replicate to {}", target.url())).await?)
+    } else {
+        None
+    };
     let result = replicate_locked(source, target, opts).await;
     let released = match lock {
         Some(l) => l.release().await,
@@ -218,6 +226,18 @@ pub async fn replicate(source: &Storage, target: &Storage, opts: ReplicateOption
     let report = result?;
     released?;
     Ok(report)
+}
+
+/// Whether the target's `config` is this repository's in an older format (a replica of a
+/// repository migrated since): it is replaced like any other object.
+fn older_copy(target_config: &[u8], repo: &Repository) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Header {
+        id: String,
+        version: u32,
+    }
+    serde_json::from_slice::<Header>(target_config)
+        .is_ok_and(|h| repo.is_this(&h.id) && h.version < repo.config().version)
 }
 
 async fn replicate_locked(source: &Storage, target: &Storage, opts: ReplicateOptions) -> Result<ReplicateReport> {
@@ -370,86 +390,6 @@ impl Budget {
     }
 }
 
-/// Same timing as [`lock`](super::lock): refreshed every 5 minutes, stale after 30.
-const LOCK_REFRESH: Duration = Duration::from_secs(300);
-
-/// A shared lock at the source, in the format of [`lock`](super::lock) (which needs an open
-/// [`Repository`](super::Repository), i.e. the key; replication works without it).
-struct SourceLock {
-    storage: Storage,
-    key: String,
-    refresher: tokio::task::JoinHandle<()>,
-}
-
-impl SourceLock {
-    async fn acquire(storage: &Storage, target_url: &str) -> Result<Self> {
-        check_no_exclusive(storage, None).await?;
-        let now = jiff::Timestamp::now().to_string();
-        let mut info = LockInfo {
-            exclusive: false,
-            hostname: super::hostname(),
-            pid: std::process::id(),
-            operation: format!("replicate to {target_url}"),
-            created: now.clone(),
-            refreshed: now,
-        };
-        let name = Id::random().to_hex();
-        let key = format!("locks/{name}");
-        storage.put(&key, Bytes::from(serde_json::to_vec_pretty(&info).expect("json"))).await?;
-        if let Err(e) = check_no_exclusive(storage, Some(&name)).await {
-            storage.delete(&key).await?;
-            return Err(e);
-        }
-        let (s, k) = (storage.clone(), key.clone());
-        let refresher = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(LOCK_REFRESH).await;
-                info.refreshed = jiff::Timestamp::now().to_string();
-                if let Err(e) = s.put(&k, Bytes::from(serde_json::to_vec_pretty(&info).expect("json"))).await {
-                    tracing::warn!(error = %e, "refreshing the replication lock failed");
-                }
-            }
-        });
-        Ok(Self { storage: storage.clone(), key, refresher })
-    }
-
-    async fn release(self) -> Result<()> {
-        self.refresher.abort();
-        self.storage.delete(&self.key).await
-    }
-}
-
-impl Drop for SourceLock {
-    fn drop(&mut self) {
-        self.refresher.abort();
-    }
-}
-
-/// Fails with [`BackupError::Locked`] when a live exclusive lock (a `prune`) exists.
-async fn check_no_exclusive(storage: &Storage, mine: Option<&str>) -> Result<()> {
-    for obj in storage.list("locks").await? {
-        if Some(obj.name.as_str()) == mine {
-            continue;
-        }
-        let data = match storage.get(&format!("locks/{}", obj.name)).await {
-            Ok(d) => d,
-            Err(BackupError::NotFound(_)) => continue,
-            Err(e) => return Err(e),
-        };
-        match serde_json::from_slice::<LockInfo>(&data) {
-            Ok(info) if info.exclusive && !info.is_stale() => {
-                return Err(BackupError::Locked(format!(
-                    "exclusive lock held by {} (pid {} on {}, refreshed {})",
-                    info.operation, info.pid, info.hostname, info.refreshed
-                )));
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(lock = %obj.name, error = %e, "unreadable lock ignored"),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,36 +426,43 @@ mod tests {
     async fn copies_skips_locks_rechecks_manifests_refuses_damaged_packs() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (local(dir.path(), "a").await, local(dir.path(), "b").await);
+        let repo = Repository::init(a.clone(), b"secret").await.unwrap();
         let pack = Bytes::from_static(b"pack bytes");
         let pack_key = crate::backup::pack::pack_key(&Id(*blake3::hash(&pack).as_bytes()));
         a.put(&pack_key, pack).await.unwrap();
-        a.put("config", Bytes::from_static(b"{}")).await.unwrap();
-        a.put("keys/k", Bytes::from_static(b"key")).await.unwrap();
         a.put("locks/someone", Bytes::from_static(b"not json")).await.unwrap();
         a.put("backups/n/backup.json", Bytes::from_static(b"v1")).await.unwrap();
-        let r = replicate(&a, &b, ReplicateOptions::default()).await.unwrap();
+        let r = replicate(&repo, &b, ReplicateOptions::default()).await.unwrap();
         assert_eq!((r.copied, r.skipped, r.deleted), (4, 0, 0), "{r:?}");
         assert!(b.list("locks").await.unwrap().is_empty());
         assert!(a.list("locks").await.unwrap().len() == 1, "our lock is released");
 
         // A manifest rewritten in place with the same size is copied again.
         a.put("backups/n/backup.json", Bytes::from_static(b"v2")).await.unwrap();
-        let r = replicate(&a, &b, ReplicateOptions::default()).await.unwrap();
+        let r = replicate(&repo, &b, ReplicateOptions::default()).await.unwrap();
         assert_eq!((r.copied, r.skipped), (1, 3), "{r:?}");
         assert_eq!(&b.get("backups/n/backup.json").await.unwrap()[..], b"v2");
 
         // A pack whose bytes do not match its name is not spread.
         let bad = crate::backup::pack::pack_key(&Id([7; 32]));
         a.put(&bad, Bytes::from_static(b"garbage")).await.unwrap();
-        let err = replicate(&a, &b, ReplicateOptions::default()).await.unwrap_err();
+        let err = replicate(&repo, &b, ReplicateOptions::default()).await.unwrap_err();
         assert!(matches!(err, BackupError::Corrupt { .. }), "{err}");
         assert_eq!(b.head(&bad).await.unwrap(), None);
+
+        // A replica still in format 1 (the source was migrated since) is brought up to date.
+        let d = local(dir.path(), "d").await;
+        let v1 = serde_json::json!({"format": "berth-repository", "version": 1, "id": repo.config().id,
+            "created": repo.config().created, "chunker": repo.config().chunker});
+        d.put("config", Bytes::from(serde_json::to_vec_pretty(&v1).unwrap())).await.unwrap();
+        a.delete(&bad).await.unwrap();
+        replicate(&repo, &d, ReplicateOptions::default()).await.unwrap();
+        assert_eq!(d.get("config").await.unwrap(), a.get("config").await.unwrap());
 
         // A different repository at the target is refused.
         let c = local(dir.path(), "c").await;
         c.put("config", Bytes::from_static(b"{\"other\":1}")).await.unwrap();
-        a.delete(&bad).await.unwrap();
-        let err = replicate(&a, &c, ReplicateOptions::default()).await.unwrap_err();
+        let err = replicate(&repo, &c, ReplicateOptions::default()).await.unwrap_err();
         assert!(err.to_string().contains("different repository"), "{err}");
     }
 
@@ -523,7 +470,7 @@ mod tests {
     async fn budget_bounds_bytes_in_flight() {
         let b = Budget::new(10 * 1024);
         let p1 = b.acquire(6 * 1024).await.unwrap();
-        assert!(tokio::time::timeout(Duration::from_millis(50), b.acquire(6 * 1024)).await.is_err());
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(50), b.acquire(6 * 1024)).await.is_err());
         drop(p1);
         // Larger than the whole budget: runs alone instead of waiting forever.
         let _p = b.acquire(1 << 30).await.unwrap();

@@ -3,14 +3,20 @@
 //! Layout under `s3://bucket/prefix/`:
 //!
 //! ```text
-//! config                    plain JSON: format, version, id, chunker parameters
+//! config                    JSON + MAC: format, version, id, chunker and KDF parameters
 //! keys/<id>                 master key wrapped by a user secret (JSON)
 //! data/<ab>/<pack id>       pack files
 //! index/<id>                encrypted index files
 //! snapshots/<id>            encrypted snapshot manifests (JSON)
-//! locks/<id>                lock objects (JSON)
-//! backups/<name>/backup.json  plain, person-readable manifests of Kubernetes backups
+//! locks/<id>                lock objects (JSON + MAC)
+//! backups/<name>/backup.json  person-readable manifests of Kubernetes backups (JSON + MAC)
 //! ```
+//!
+//! Opening reads `config` before any key exists only for what it must: the format, the
+//! version and the KDF parameters, which are bounded before the KDF runs. Once a key file
+//! opens, the whole `config` is verified with its MAC ([`super::auth`]) and the parameters
+//! that opened the key must be the ones it records. Format version 1 had no MACs; such a
+//! repository is refused with [`BackupError::MigrationNeeded`] (see [`super::migrate`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -19,14 +25,19 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::crypto::{Id, KeyFile, MasterKey};
+use super::auth::{self, Kind};
+use super::crypto::{self, Id, KeyFile, MasterKey};
 use super::error::{BackupError, Result};
 use super::pack::{self, BlobKind, Index, PackInfo};
 use super::snapshot::{SNAPSHOT_VERSION, Snapshot, Tree};
 use super::storage::Storage;
 
-/// Repository format version written by this build.
-pub const REPO_VERSION: u32 = 1;
+/// Repository format version written by this build: 2 authenticates `config`, manifests and
+/// locks (version 1 did not).
+pub const REPO_VERSION: u32 = 2;
+/// Key files tried when opening: each costs a key derivation, so a bucket filled with forged
+/// key files must not turn opening into hours of PBKDF2.
+pub const MAX_KEY_FILES: usize = 32;
 
 /// Chunker parameters, fixed at `init` (changing them would defeat deduplication).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,7 +56,21 @@ impl Default for ChunkerParams {
     }
 }
 
-/// The `config` object.
+/// The key derivation of the repository's key files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// `pbkdf2-sha256`.
+    pub algorithm: String,
+    pub iterations: u32,
+}
+
+impl Default for KdfParams {
+    fn default() -> Self {
+        Self { algorithm: crypto::KDF_ALGORITHM.into(), iterations: crypto::KDF_ITERATIONS }
+    }
+}
+
+/// The `config` object (stored with a `mac`, see [`super::auth`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoConfig {
     /// Always `berth-repository`.
@@ -54,7 +79,22 @@ pub struct RepoConfig {
     pub id: String,
     pub created: String,
     pub chunker: ChunkerParams,
+    /// Parameters of every key file (checked against the key file that opened).
+    pub kdf: KdfParams,
 }
+
+/// What is read from `config` before any key exists.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ConfigHeader {
+    pub format: String,
+    pub version: u32,
+    /// Absent in format version 1.
+    #[serde(default)]
+    pub kdf: Option<KdfParams>,
+}
+
+/// Object key of the configuration.
+pub const CONFIG_KEY: &str = "config";
 
 /// Tunables of writers (not stored in the repository).
 #[derive(Debug, Clone, Copy)]
@@ -119,63 +159,53 @@ impl Repository {
             id: Id::random().to_hex(),
             created: jiff::Timestamp::now().to_string(),
             chunker: ChunkerParams::default(),
+            kdf: KdfParams::default(),
         };
+        let repo = Self::assemble(storage, key, config);
         // `config` last: a repository is complete once it exists.
-        storage.put("config", Bytes::from(serde_json::to_vec_pretty(&config).expect("json"))).await?;
-        Ok(Self {
+        repo.write_config().await?;
+        Ok(repo)
+    }
+
+    pub(crate) fn assemble(storage: Storage, key: MasterKey, config: RepoConfig) -> Self {
+        Self {
             storage,
             key: Arc::new(key),
             config: Arc::new(config),
             index: Arc::default(),
             index_files: Arc::default(),
             write_options: WriteOptions::default(),
-        })
+        }
+    }
+
+    /// Writes this repository's `config` with its MAC.
+    pub(crate) async fn write_config(&self) -> Result<()> {
+        let sealed = auth::seal(&self.key, Kind::Config, CONFIG_KEY, &*self.config);
+        self.storage.put(CONFIG_KEY, Bytes::from(sealed)).await
     }
 
     /// Opens an existing repository and loads its index.
     pub async fn open(storage: Storage, secret: &[u8]) -> Result<Self> {
-        storage.ensure_bucket().await?;
-        let config_bytes = match storage.get("config").await {
-            Ok(b) => b,
-            Err(BackupError::NotFound(_)) => {
-                return Err(BackupError::NotARepository(storage.url().to_string()));
-            }
-            Err(e) => return Err(e),
-        };
-        let config: RepoConfig =
-            serde_json::from_slice(&config_bytes).map_err(|e| BackupError::corrupt("config", e))?;
-        if config.format != "berth-repository" {
-            return Err(BackupError::NotARepository(storage.url().to_string()));
+        let (header, config_bytes) = read_header(&storage).await?;
+        let (key, used) = unlock(&storage, secret).await?;
+        if header.version < REPO_VERSION {
+            return Err(BackupError::MigrationNeeded {
+                url: storage.url().to_string(),
+                found: header.version,
+                supported: REPO_VERSION,
+            });
         }
-        if config.version > REPO_VERSION {
-            return Err(BackupError::UnsupportedVersion { found: config.version, supported: REPO_VERSION });
+        let config: RepoConfig = auth::open(&key, Kind::Config, CONFIG_KEY, &config_bytes)?;
+        if config.kdf != used.1 {
+            return Err(BackupError::Unauthenticated {
+                key: used.0,
+                detail: format!(
+                    "it was opened with KDF parameters {:?} but the authenticated config records {:?}",
+                    used.1, config.kdf
+                ),
+            });
         }
-        let keys = storage.list("keys").await?;
-        let mut found = None;
-        for k in &keys {
-            let data = storage.get(&format!("keys/{}", k.name)).await?;
-            let file: KeyFile =
-                serde_json::from_slice(&data).map_err(|e| BackupError::corrupt(format!("keys/{}", k.name), e))?;
-            let secret = secret.to_vec();
-            let opened = tokio::task::spawn_blocking(move || MasterKey::unwrap_key(&file, &secret))
-                .await
-                .map_err(|e| BackupError::Aborted(e.to_string()))??;
-            if let Some(key) = opened {
-                found = Some(key);
-                break;
-            }
-        }
-        let Some(key) = found else {
-            return Err(BackupError::WrongKey { url: storage.url().to_string(), count: keys.len() });
-        };
-        let repo = Self {
-            storage,
-            key: Arc::new(key),
-            config: Arc::new(config),
-            index: Arc::default(),
-            index_files: Arc::default(),
-            write_options: WriteOptions::default(),
-        };
+        let repo = Self::assemble(storage, key, config);
         repo.load_index().await?;
         Ok(repo)
     }
@@ -186,6 +216,11 @@ impl Repository {
         let file = self.key.wrap(secret);
         self.storage.put(&format!("keys/{id}"), Bytes::from(serde_json::to_vec_pretty(&file).expect("json"))).await?;
         Ok(id)
+    }
+
+    /// Whether `id` names this repository (a manifest's `repositoryId`).
+    pub fn is_this(&self, id: &str) -> bool {
+        self.config.id == id
     }
 
     pub fn storage(&self) -> &Storage {
@@ -405,5 +440,144 @@ impl Repository {
     /// Deletes a snapshot manifest (its data stays until `prune`).
     pub async fn delete_snapshot(&self, id: &Id) -> Result<()> {
         self.storage.delete(&format!("snapshots/{id}")).await
+    }
+}
+
+/// Reads `config` as far as it can be read without a key: refuses a location without a
+/// repository, an unknown format, a newer version, and KDF parameters out of bounds.
+pub(crate) async fn read_header(storage: &Storage) -> Result<(ConfigHeader, Bytes)> {
+    storage.ensure_bucket().await?;
+    let bytes = match storage.get(CONFIG_KEY).await {
+        Ok(b) => b,
+        Err(BackupError::NotFound(_)) => return Err(BackupError::NotARepository(storage.url().to_string())),
+        Err(e) => return Err(e),
+    };
+    let header: ConfigHeader = serde_json::from_slice(&bytes).map_err(|e| BackupError::corrupt(CONFIG_KEY, e))?;
+    if header.format != "berth-repository" {
+        return Err(BackupError::NotARepository(storage.url().to_string()));
+    }
+    if header.version > REPO_VERSION {
+        return Err(BackupError::UnsupportedVersion { found: header.version, supported: REPO_VERSION });
+    }
+    if let Some(kdf) = &header.kdf {
+        let probe = KeyFile {
+            version: 1,
+            created: String::new(),
+            hostname: String::new(),
+            kdf: kdf.algorithm.clone(),
+            iterations: kdf.iterations,
+            salt: String::new(),
+            data: String::new(),
+        };
+        crypto::check_kdf(&probe, CONFIG_KEY)?;
+    }
+    Ok((header, bytes))
+}
+
+/// Opens the master key with `secret`: tries at most [`MAX_KEY_FILES`] key files, each with
+/// its parameters bounded before the KDF runs. Returns the key and the name and parameters of
+/// the key file that opened it.
+pub(crate) async fn unlock(storage: &Storage, secret: &[u8]) -> Result<(MasterKey, (String, KdfParams))> {
+    let keys = storage.list("keys").await?;
+    if keys.len() > MAX_KEY_FILES {
+        return Err(BackupError::Invalid(format!(
+            "repository {} has {} key files under keys/; at most {MAX_KEY_FILES} are tried (each costs a key derivation): remove the ones that are not yours",
+            storage.url(),
+            keys.len()
+        )));
+    }
+    for k in &keys {
+        let name = format!("keys/{}", k.name);
+        let data = storage.get(&name).await?;
+        let file: KeyFile = serde_json::from_slice(&data).map_err(|e| BackupError::corrupt(&name, e))?;
+        crypto::check_kdf(&file, &name)?;
+        let params = KdfParams { algorithm: file.kdf.clone(), iterations: file.iterations };
+        let secret = secret.to_vec();
+        let n = name.clone();
+        let opened = tokio::task::spawn_blocking(move || MasterKey::unwrap_key(&file, &secret, &n))
+            .await
+            .map_err(|e| BackupError::Aborted(e.to_string()))??;
+        if let Some(key) = opened {
+            return Ok((key, (name, params)));
+        }
+    }
+    Err(BackupError::WrongKey { url: storage.url().to_string(), count: keys.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::StorageConfig;
+
+    async fn fresh() -> (tempfile::TempDir, Storage) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::connect(&StorageConfig::Local(dir.path().join("repo"))).await.unwrap();
+        Repository::init(storage.clone(), b"secret").await.unwrap();
+        (dir, storage)
+    }
+
+    async fn edit_config(storage: &Storage, f: impl FnOnce(&mut serde_json::Value)) {
+        let mut doc: serde_json::Value = serde_json::from_slice(&storage.get(CONFIG_KEY).await.unwrap()).unwrap();
+        f(&mut doc);
+        storage.put(CONFIG_KEY, Bytes::from(serde_json::to_vec_pretty(&doc).unwrap())).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn config_is_readable_and_authenticated() {
+        let (_dir, storage) = fresh().await;
+        let text = String::from_utf8(storage.get(CONFIG_KEY).await.unwrap().to_vec()).unwrap();
+        assert!(text.contains("\"version\": 2") && text.contains("\"mac\"") && text.contains("100000"), "{text}");
+        Repository::open(storage.clone(), b"secret").await.unwrap();
+
+        // Changing what the chunker does (or anything else) breaks the MAC.
+        edit_config(&storage, |c| c["chunker"]["avg_size"] = 4096.into()).await;
+        let err = Repository::open(storage.clone(), b"secret").await.unwrap_err();
+        assert!(matches!(&err, BackupError::Unauthenticated { key, .. } if key == "config"), "{err}");
+        assert!(err.to_string().contains("config failed authentication with this repository's key"), "{err}");
+    }
+
+    /// A forged config or key file asking for 10^9 PBKDF2 rounds is refused before any
+    /// derivation: the error is `KdfRefused`, which only the bounds check returns (a derivation
+    /// would run for minutes and then end in `Unauthenticated` or `WrongKey`).
+    #[tokio::test]
+    async fn kdf_parameters_are_bounded_before_deriving() {
+        let (_dir, storage) = fresh().await;
+        edit_config(&storage, |c| c["kdf"]["iterations"] = 1_000_000_000u32.into()).await;
+        let err = Repository::open(storage.clone(), b"secret").await.unwrap_err();
+        assert!(matches!(&err, BackupError::KdfRefused { key, .. } if key == "config"), "{err}");
+        assert!(err.to_string().contains("1000000000 PBKDF2 rounds"), "{err}");
+
+        let (_dir, storage) = fresh().await;
+        let key_name = format!("keys/{}", storage.list("keys").await.unwrap()[0].name);
+        let mut file: serde_json::Value = serde_json::from_slice(&storage.get(&key_name).await.unwrap()).unwrap();
+        file["iterations"] = 1_000_000_000u32.into();
+        storage.put(&key_name, Bytes::from(serde_json::to_vec(&file).unwrap())).await.unwrap();
+        let err = Repository::open(storage.clone(), b"secret").await.unwrap_err();
+        assert!(matches!(&err, BackupError::KdfRefused { key, .. } if *key == key_name), "{err}");
+    }
+
+    /// A key file with other (in-bounds) parameters than the authenticated config records is
+    /// refused once the config is verified.
+    #[tokio::test]
+    async fn key_file_parameters_are_checked_under_the_mac() {
+        let (_dir, storage) = fresh().await;
+        let repo = Repository::open(storage.clone(), b"secret").await.unwrap();
+        let mut config = repo.config().clone();
+        config.kdf.iterations = 2 * crypto::KDF_ITERATIONS;
+        // Sealed with the right key: only the recorded parameters differ from the key file's.
+        let sealed = auth::seal(repo.key(), Kind::Config, CONFIG_KEY, &config);
+        storage.put(CONFIG_KEY, Bytes::from(sealed)).await.unwrap();
+        let err = Repository::open(storage.clone(), b"secret").await.unwrap_err();
+        assert!(matches!(&err, BackupError::Unauthenticated { key, .. } if key.starts_with("keys/")), "{err}");
+    }
+
+    #[tokio::test]
+    async fn too_many_key_files_are_refused_before_deriving() {
+        let (_dir, storage) = fresh().await;
+        for i in 0..MAX_KEY_FILES {
+            storage.put(&format!("keys/forged-{i}"), Bytes::from_static(b"{}")).await.unwrap();
+        }
+        let err = Repository::open(storage, b"secret").await.unwrap_err();
+        assert!(err.to_string().contains("at most 32 are tried"), "{err}");
     }
 }

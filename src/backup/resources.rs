@@ -8,7 +8,10 @@
 //!
 //! Next to it, `backups/<name>/backup.json` is a plain, person-readable manifest (format
 //! version, times, counts, sizes, the snapshot ids of everything the Backup wrote and a
-//! checksum per object). The operator lists `backups/` to rediscover backups in a bucket.
+//! checksum per object) with a `mac` over its content and its own object key
+//! ([`super::auth`]): a manifest changed in the bucket, forged, or copied to another backup's
+//! name is refused. The operator lists `backups/` to rediscover backups in a bucket and
+//! adopts only the manifests that verify ([`scan_manifests`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::archiver;
+use super::auth::{self, Kind};
 use super::crypto::Id;
 use super::error::{BackupError, Result};
 use super::ops::{BackupSpec, run_backup};
@@ -77,7 +81,8 @@ pub struct BackupManifest {
     pub labels: BTreeMap<String, String>,
 }
 
-fn manifest_key(name: &str) -> Result<String> {
+/// Object key of the manifest of Backup `name`.
+pub fn manifest_key(name: &str) -> Result<String> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
         return Err(BackupError::Invalid(format!("invalid backup name {name:?}")));
     }
@@ -143,7 +148,7 @@ pub async fn store_objects(
     objects: &[serde_json::Value],
     extra: Vec<SnapshotRef>,
 ) -> Result<BackupManifest> {
-    let key = manifest_key(name)?;
+    manifest_key(name)?;
     let started = jiff::Timestamp::now().to_string();
     let mut items = Vec::new();
     let mut files = Vec::new();
@@ -193,45 +198,82 @@ pub async fn store_objects(
         labels: BTreeMap::new(),
     };
     save_manifest(repo, &manifest).await?;
-    let _ = key;
     Ok(manifest)
+}
+
+/// The bytes of a manifest as stored: indented JSON with its `mac`.
+pub fn seal_manifest(repo: &Repository, manifest: &BackupManifest) -> Result<Bytes> {
+    let key = manifest_key(&manifest.name)?;
+    Ok(Bytes::from(auth::seal(repo.key(), Kind::Manifest, &key, manifest)))
 }
 
 /// Writes (or replaces) a manifest.
 pub async fn save_manifest(repo: &Repository, manifest: &BackupManifest) -> Result<()> {
     let key = manifest_key(&manifest.name)?;
-    repo.storage().put(&key, Bytes::from(serde_json::to_vec_pretty(manifest).expect("json"))).await
+    repo.storage().put(&key, seal_manifest(repo, manifest)?).await
 }
 
-/// Reads a manifest.
-pub async fn load_manifest(repo: &Repository, name: &str) -> Result<BackupManifest> {
+/// Parses and authenticates the bytes of the manifest of Backup `name`.
+pub fn open_manifest(repo: &Repository, name: &str, data: &[u8]) -> Result<BackupManifest> {
     let key = manifest_key(name)?;
-    let data = repo.storage().get(&key).await?;
-    let m: BackupManifest = serde_json::from_slice(&data).map_err(|e| BackupError::corrupt(&key, e))?;
+    let m: BackupManifest = auth::open(repo.key(), Kind::Manifest, &key, data)?;
     if m.format_version > MANIFEST_VERSION {
         return Err(BackupError::UnsupportedVersion { found: m.format_version, supported: MANIFEST_VERSION });
     }
     Ok(m)
 }
 
-/// Every manifest in the repository (for disaster recovery discovery), by name.
-pub async fn list_manifests(repo: &Repository) -> Result<Vec<BackupManifest>> {
+/// Reads a manifest; fails with [`BackupError::Unauthenticated`] when its MAC does not verify.
+pub async fn load_manifest(repo: &Repository, name: &str) -> Result<BackupManifest> {
+    let data = repo.storage().get(&manifest_key(name)?).await?;
+    open_manifest(repo, name, &data)
+}
+
+/// A manifest in the bucket that was not adopted, and why (no secrets in either).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedManifest {
+    /// Its object key, `backups/<name>/backup.json`.
+    pub key: String,
+    pub reason: String,
+}
+
+/// Every manifest under `backups/`: those that verify, by name, and those refused.
+pub async fn scan_manifests(repo: &Repository) -> Result<(Vec<BackupManifest>, Vec<RefusedManifest>)> {
     let mut out = Vec::new();
+    let mut refused = Vec::new();
     for o in repo.storage().list("backups").await? {
-        if let Some(name) = o.name.strip_suffix("/backup.json") {
-            match load_manifest(repo, name).await {
-                Ok(m) => out.push(m),
-                Err(e) => tracing::warn!(backup = name, error = %e, "unreadable backup manifest"),
-            }
+        let Some(name) = o.name.strip_suffix("/backup.json") else { continue };
+        match load_manifest(repo, name).await {
+            Ok(m) => out.push(m),
+            Err(BackupError::NotFound(_)) => {}
+            Err(e) => refused.push(RefusedManifest { key: format!("backups/{}", o.name), reason: e.to_string() }),
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    Ok((out, refused))
+}
+
+/// Every manifest that verifies (for disaster recovery discovery), by name; the others are
+/// logged and left out.
+pub async fn list_manifests(repo: &Repository) -> Result<Vec<BackupManifest>> {
+    let (manifests, refused) = scan_manifests(repo).await?;
+    for r in refused {
+        tracing::warn!(object = %r.key, reason = %r.reason, "backup manifest refused");
+    }
+    Ok(manifests)
 }
 
 /// Reads back the objects of Backup `name`, verified against the manifest's checksums.
 pub async fn load_objects(repo: &Repository, name: &str) -> Result<(BackupManifest, Vec<serde_json::Value>)> {
     let manifest = load_manifest(repo, name).await?;
+    let objects = read_objects(repo, &manifest).await?;
+    Ok((manifest, objects))
+}
+
+/// Reads the objects `manifest` lists from its `kubernetes` snapshot, each verified against
+/// the manifest's checksum (keyed with the repository key).
+pub async fn read_objects(repo: &Repository, manifest: &BackupManifest) -> Result<Vec<serde_json::Value>> {
+    let name = &manifest.name;
     let snap_id = manifest
         .snapshots
         .iter()
@@ -247,7 +289,7 @@ pub async fn load_objects(repo: &Repository, name: &str) -> Result<(BackupManife
         }
         objects.push(serde_json::from_slice(&doc).map_err(|e| BackupError::corrupt(&item.path, e))?);
     }
-    Ok((manifest, objects))
+    Ok(objects)
 }
 
 /// Deletes a manifest (the snapshots it names are removed by forget/prune).
@@ -277,5 +319,68 @@ mod tests {
             object_path(&serde_json::json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "../x"}})).is_err()
         );
         assert!(manifest_key("a/b").is_err());
+    }
+
+    async fn repo_with_backup() -> (tempfile::TempDir, Repository) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage =
+            crate::backup::Storage::connect(&crate::backup::StorageConfig::Local(dir.path().join("r"))).await.unwrap();
+        let repo = Repository::init(storage, b"secret").await.unwrap();
+        let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "namespace": "shop"}, "data": {"k": "v"}});
+        let mut m = store_objects(&repo, "nightly-1", vec!["shop".into()], &[cm], vec![]).await.unwrap();
+        m.labels.insert("berth.dev/policy".into(), "nightly".into());
+        save_manifest(&repo, &m).await.unwrap();
+        (dir, repo)
+    }
+
+    #[tokio::test]
+    async fn tampered_manifests_are_refused() {
+        let (_dir, repo) = repo_with_backup().await;
+        let key = "backups/nightly-1/backup.json";
+        let genuine = repo.storage().get(key).await.unwrap();
+        let text = String::from_utf8(genuine.to_vec()).unwrap();
+        assert!(text.contains("\"berth.dev/policy\": \"nightly\"") && text.contains("\"mac\""), "{text}");
+        assert_eq!(load_objects(&repo, "nightly-1").await.unwrap().1.len(), 1);
+
+        // Moved to another policy by editing a label.
+        let forged = text.replace("\"berth.dev/policy\": \"nightly\"", "\"berth.dev/policy\": \"other\"");
+        repo.storage().put(key, Bytes::from(forged)).await.unwrap();
+        let err = load_manifest(&repo, "nightly-1").await.unwrap_err();
+        assert!(matches!(&err, BackupError::Unauthenticated { key: k, .. } if k == key), "{err}");
+        assert!(load_objects(&repo, "nightly-1").await.is_err());
+
+        // A genuine manifest copied to another backup's name.
+        repo.storage().put(key, genuine.clone()).await.unwrap();
+        repo.storage().put("backups/replayed/backup.json", genuine).await.unwrap();
+        let err = load_manifest(&repo, "replayed").await.unwrap_err();
+        assert!(err.to_string().contains("backups/replayed/backup.json failed authentication"), "{err}");
+
+        let (found, refused) = scan_manifests(&repo).await.unwrap();
+        assert_eq!(found.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["nightly-1"]);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].key, "backups/replayed/backup.json");
+        assert_eq!(list_manifests(&repo).await.unwrap().len(), 1);
+        let check = crate::backup::ops::check(&repo, false).await.unwrap();
+        assert_eq!(check.errors.len(), 1, "{check:?}");
+        assert!(check.errors[0].contains("backups/replayed/backup.json failed authentication"), "{check:?}");
+    }
+
+    /// A lock without a valid MAC is ignored (it cannot block a prune) and `unlock` removes it;
+    /// the locks berth writes verify.
+    #[tokio::test]
+    async fn forged_locks_are_refused() {
+        use crate::backup::lock::{RepoLock, list_locks, remove_locks};
+        let (_dir, repo) = repo_with_backup().await;
+        let forged = serde_json::json!({"exclusive": true, "hostname": "elsewhere", "pid": 1,
+            "operation": "prune", "created": jiff::Timestamp::now().to_string(),
+            "refreshed": jiff::Timestamp::now().to_string()});
+        repo.storage().put("locks/forged", Bytes::from(serde_json::to_vec(&forged).unwrap())).await.unwrap();
+        assert!(list_locks(&repo).await.unwrap().is_empty());
+        let lock = RepoLock::acquire(&repo, true, "prune").await.unwrap();
+        assert_eq!(list_locks(&repo).await.unwrap().len(), 1, "our own lock verifies");
+        lock.release().await.unwrap();
+        assert_eq!(remove_locks(&repo, false).await.unwrap(), 1);
+        assert!(repo.storage().list("locks").await.unwrap().is_empty());
     }
 }

@@ -17,6 +17,11 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::error::{BackupError, Result};
 
+/// Whether `endpoint` is plain HTTP.
+pub fn is_plain_http(endpoint: &str) -> bool {
+    endpoint.trim_start().get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+}
+
 /// Default size of one multipart part; objects up to this size use a single PUT.
 pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 
@@ -36,8 +41,12 @@ pub struct S3Config {
     pub bucket: String,
     /// Key prefix without leading or trailing slash; empty for the bucket root.
     pub prefix: String,
-    /// Custom endpoint (`http://127.0.0.1:3900`); `None` for AWS.
+    /// Custom endpoint (`https://minio.example:9000`); `None` for AWS.
     pub endpoint: Option<String>,
+    /// Allow a plain `http://` endpoint (tests, an in-cluster MinIO). Uploads are not signed
+    /// over their payload (UNSIGNED-PAYLOAD), and credentials and readable metadata would
+    /// travel in the clear, so plain HTTP is refused unless asked for.
+    pub insecure_http: bool,
     /// Region; falls back to the AWS chain, then `us-east-1`.
     pub region: Option<String>,
     /// Path-style addressing (`endpoint/bucket/key`), needed by most non-AWS servers.
@@ -144,6 +153,11 @@ impl Storage {
         match config {
             StorageConfig::Local(root) => Ok(Self { inner: Arc::new(Backend::Local { root: root.clone() }), url }),
             StorageConfig::S3(c) => {
+                if let Some(endpoint) = c.endpoint.as_deref().filter(|e| is_plain_http(e))
+                    && !c.insecure_http
+                {
+                    return Err(BackupError::InsecureEndpoint { endpoint: endpoint.to_string() });
+                }
                 let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .retry_config(
                         aws_config::retry::RetryConfig::standard()
@@ -172,7 +186,7 @@ impl Storage {
                 // A custom client when a CA file is given, and for plain-HTTP endpoints: the
                 // default one reads every file of /etc/ssl/certs at start (0.2 s on a cold
                 // page cache) even when no TLS connection is ever made.
-                let plain_http = c.endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
+                let plain_http = c.endpoint.as_deref().is_some_and(is_plain_http);
                 if c.ca_file.is_some() || plain_http {
                     use aws_smithy_http_client::tls;
                     let trust = match &c.ca_file {
@@ -273,7 +287,8 @@ impl Storage {
                         .body(ByteStream::from(data))
                         // UNSIGNED-PAYLOAD: hashing every uploaded byte with SHA-256 (here and
                         // again on the server) buys little: packs, indexes and snapshots are
-                        // sealed with AES-GCM and verified whenever read; endpoints use TLS.
+                        // sealed with AES-GCM, config, manifests and locks carry a MAC, all
+                        // verified whenever read; endpoints use TLS unless `insecure_http`.
                         .customize()
                         .disable_payload_signing()
                         .send()
@@ -665,6 +680,23 @@ mod tests {
         assert!(StorageConfig::parse("s3:///x").is_err());
         assert!(StorageConfig::parse("ftp://x").is_err());
         assert_eq!(StorageConfig::parse("/tmp/r").unwrap(), StorageConfig::Local(PathBuf::from("/tmp/r")));
+    }
+
+    #[tokio::test]
+    async fn plain_http_needs_the_opt_in() {
+        let config = |insecure_http| {
+            StorageConfig::S3(S3Config {
+                bucket: "b".into(),
+                endpoint: Some("HTTP://127.0.0.1:9".into()),
+                insecure_http,
+                ..S3Config::default()
+            })
+        };
+        let err = Storage::connect(&config(false)).await.unwrap_err();
+        assert!(matches!(err, BackupError::InsecureEndpoint { .. }), "{err}");
+        assert!(err.to_string().contains("--insecure-http") && err.to_string().contains("insecureHTTP"), "{err}");
+        Storage::connect(&config(true)).await.unwrap();
+        assert!(!is_plain_http("https://s3.example"));
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -26,7 +27,7 @@ use crate::api::conditions::{self, DesiredCondition, READY};
 use crate::backup::Repository;
 use crate::backup::ops::{PruneOptions, prune};
 use crate::backup::replicate::{ReplicateOptions, replicate};
-use crate::backup::resources::{BackupManifest, list_manifests};
+use crate::backup::resources::{BackupManifest, RefusedManifest, scan_manifests};
 use crate::resources::backuppolicy::{
     BackupFact, ValidPolicy, backup_name, due, freshness, next_run, retention_victims, validate,
 };
@@ -362,7 +363,7 @@ async fn maintain(
     let target = crate::backup::Storage::connect(&config).await.map_err(MaintenanceError::Replication)?;
     // Retention ran at the source: the copy follows it, never ahead of a complete source.
     let options = ReplicateOptions { delete_extraneous: true, ..ReplicateOptions::default() };
-    let report = replicate(repo.storage(), &target, options).await.map_err(MaintenanceError::Replication)?;
+    let report = replicate(&repo, &target, options).await.map_err(MaintenanceError::Replication)?;
     info!(backuppolicy = %key(policy), copied = report.copied, bytes = report.bytes, "replicated offsite");
     Ok(Some(format!(
         "replicated to spec.offsite: {} objects ({} bytes) copied, {} already there, {} deleted",
@@ -371,12 +372,18 @@ async fn maintain(
 }
 
 /// Creates a Completed Backup object (labelled synced) for every manifest of this policy in
-/// the repository that has no object in the namespace.
+/// the repository that has no object in the namespace. Only manifests that verify with the
+/// repository key are adopted; the others are logged and evented as refused.
 async fn sync_backups(ctx: &Ctx, policy: &BackupPolicy, repo: &Repository) -> Result<(), Error> {
     let ns = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
-    let manifests = match list_manifests(repo).await {
-        Ok(m) => m,
+    let manifests = match scan_manifests(repo).await {
+        Ok((manifests, refused)) => {
+            for r in &refused {
+                report_refused(ctx, policy, r).await;
+            }
+            manifests
+        }
         Err(e) => {
             warn!(backuppolicy = %key(policy), error = %e, "cannot list the backups in the bucket");
             return Ok(());
@@ -417,6 +424,21 @@ async fn sync_backups(ctx: &Ctx, policy: &BackupPolicy, repo: &Repository) -> Re
         }
     }
     Ok(())
+}
+
+/// Logs and events a manifest disaster recovery refused (object key and reason only).
+async fn report_refused(ctx: &Ctx, policy: &BackupPolicy, refused: &RefusedManifest) {
+    warn!(backuppolicy = %key(policy), object = %refused.key, reason = %refused.reason, "backup manifest refused");
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ManifestRefused".into(),
+        note: Some(refused.reason.chars().take(1024).collect()),
+        action: "Sync".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.shared.recorder.publish(&event, &policy.object_ref(&())).await {
+        warn!(backuppolicy = %key(policy), error = %e, "could not record an event");
+    }
 }
 
 /// The status of a Backup known only from its manifest.

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
 use crate::api::backuppolicy::StorageLocation;
+use crate::backup::storage::is_plain_http;
 use crate::backup::{BackupError, Repository, S3Config, Storage, StorageConfig};
 
 /// How long opening a repository may take before the backup reports the storage unreachable.
@@ -20,6 +21,10 @@ static INIT_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub enum RepositoryError {
     #[error("{field}: {message}")]
     Secret { field: &'static str, message: String },
+    #[error(
+        "{field}.endpoint {endpoint} is plain HTTP: S3 credentials and repository objects would travel unprotected; use https://, or set {field}.insecureHTTP: true if the network is trusted (tests, an in-cluster MinIO)"
+    )]
+    InsecureEndpoint { field: &'static str, endpoint: String },
     #[error("cannot reach the backup storage at {url}: {message}")]
     Unreachable { url: String, message: String },
     #[error("{0}")]
@@ -33,8 +38,13 @@ impl RepositoryError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Secret { .. } => "SecretMissing",
+            Self::InsecureEndpoint { .. } => "InsecureEndpoint",
             Self::Unreachable { .. } => "StorageUnreachable",
             Self::Repository(BackupError::WrongKey { .. }) => "WrongKey",
+            Self::Repository(BackupError::Unauthenticated { .. } | BackupError::KdfRefused { .. }) => {
+                "RepositoryUnauthenticated"
+            }
+            Self::Repository(BackupError::MigrationNeeded { .. }) => "RepositoryMigrationNeeded",
             Self::Repository(_) => "RepositoryError",
             Self::Kube(_) => "KubernetesError",
         }
@@ -67,11 +77,17 @@ pub async fn storage_config(
     location: &StorageLocation,
     field: &'static str,
 ) -> Result<StorageConfig, RepositoryError> {
+    if let Some(endpoint) = location.endpoint.as_deref().filter(|e| is_plain_http(e))
+        && !location.insecure_http
+    {
+        return Err(RepositoryError::InsecureEndpoint { field, endpoint: endpoint.to_string() });
+    }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut config = S3Config {
         bucket: location.bucket.clone(),
         prefix: location.prefix.clone().unwrap_or_default().trim_matches('/').to_string(),
         endpoint: location.endpoint.clone(),
+        insecure_http: location.insecure_http,
         region: location.region.clone(),
         path_style: location.force_path_style,
         ..S3Config::default()

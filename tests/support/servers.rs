@@ -466,9 +466,12 @@ impl S3Server {
         self.root.path()
     }
 
-    /// Environment for `berth agent` and AWS tools.
+    /// Environment for `berth agent` and AWS tools. The server speaks plain HTTP on
+    /// loopback, so this opts in with `BERTH_S3_INSECURE_HTTP` (the agent refuses an
+    /// `http://` endpoint without it).
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
+            ("BERTH_S3_INSECURE_HTTP".into(), "true".into()),
             ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
             ("AWS_SECRET_ACCESS_KEY".into(), self.secret_key.clone()),
             ("AWS_REGION".into(), self.region.clone()),

@@ -4,7 +4,7 @@
 //! The pod runs the operator's own image (its entrypoint is the `berth` binary) with:
 //! - the repository from the [`StorageLocation`]: `BERTH_REPOSITORY=s3://bucket/prefix`,
 //!   `BERTH_S3_ENDPOINT`, `BERTH_S3_REGION`, `BERTH_S3_VIRTUAL_HOSTED` (unless
-//!   `forcePathStyle`), S3 credentials from `credentialsSecret` through `secretKeyRef`, the
+//!   `forcePathStyle`), `BERTH_S3_INSECURE_HTTP` (with `insecureHTTP`), S3 credentials from `credentialsSecret` through `secretKeyRef`, the
 //!   encryption key from `encryptionKeySecret` mounted at [`KEY_MOUNT_PATH`] and named by
 //!   `BERTH_REPOSITORY_KEY_FILE`, a private CA from `caSecret` at [`CA_MOUNT_PATH`];
 //! - the database connection from the instance's `<instance>-credentials` Secret (keys
@@ -315,6 +315,9 @@ fn repository_env(storage: &StorageLocation) -> Vec<EnvVar> {
     let mut env = vec![literal("BERTH_REPOSITORY", repository_url(storage))];
     if let Some(endpoint) = &storage.endpoint {
         env.push(literal("BERTH_S3_ENDPOINT", endpoint.clone()));
+    }
+    if storage.insecure_http {
+        env.push(literal("BERTH_S3_INSECURE_HTTP", "true"));
     }
     if let Some(region) = &storage.region {
         env.push(literal("BERTH_S3_REGION", region.clone()));

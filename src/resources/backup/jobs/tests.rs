@@ -22,6 +22,7 @@ fn storage() -> StorageLocation {
         prefix: Some("/team-a/".into()),
         region: Some("eu-west-1".into()),
         endpoint: Some("https://s3.example.test".into()),
+        insecure_http: false,
         force_path_style: true,
         credentials_secret: Some("s3-creds".into()),
         ca_secret: Some("s3-ca".into()),
@@ -365,11 +366,24 @@ fn minimal_storage_location() {
     let e = env(&job);
     assert_eq!(e["BERTH_REPOSITORY"], "s3://backups");
     assert_eq!(e["BERTH_S3_VIRTUAL_HOSTED"], "true", "AWS without forcePathStyle: virtual-hosted");
-    for absent in
-        ["BERTH_S3_ENDPOINT", "BERTH_S3_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "BERTH_S3_CA_FILE"]
-    {
+    for absent in [
+        "BERTH_S3_ENDPOINT",
+        "BERTH_S3_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "BERTH_S3_CA_FILE",
+        "BERTH_S3_INSECURE_HTTP",
+    ] {
         assert!(!e.contains_key(absent), "{absent}: {e:?}");
     }
+    // The plain-HTTP opt-in reaches the agent, which refuses http:// without it.
+    let http = StorageLocation {
+        endpoint: Some("http://minio.backup.svc:9000".into()),
+        insecure_http: true,
+        ..minimal.clone()
+    };
+    let e = env(&build(&AgentTask::BackupPostgres { instance: "db".into() }, &http, None));
+    assert_eq!(e["BERTH_S3_INSECURE_HTTP"], "true");
     assert!(!mounts(&job).contains_key(CA_MOUNT_PATH));
     assert!(pod(&job).volumes.as_ref().unwrap().iter().all(|v| v.name != CA_VOLUME));
     assert_eq!(e["BERTH_REPOSITORY_KEY_FILE"], KEY_FILE_PATH);
