@@ -81,7 +81,7 @@ fn policy(s3: &S3Server, extra_resources: &[&str]) -> Value {
         "spec": {
             "schedule": "0 3 * * *", "suspend": true,
             "storage": {"bucket": "backups", "prefix": "shop", "region": s3.region, "endpoint": s3.endpoint,
-                        "forcePathStyle": true, "credentialsSecret": "s3-credentials",
+                        "forcePathStyle": true, "insecureHTTP": true, "credentialsSecret": "s3-credentials",
                         "encryptionKeySecret": "repository-key"},
             "scope": {"databases": false, "extraResources": extra_resources},
             "retention": {"keepLast": 5}
@@ -279,7 +279,7 @@ async fn offsite_replication_runs_beside_the_reconcile_and_stops_with_its_policy
     let mut spec = policy(&s3, &[]);
     spec["spec"]["offsite"] = json!({
         "bucket": "offsite", "prefix": "shop-copy", "region": offsite.region, "endpoint": offsite.endpoint,
-        "forcePathStyle": true, "credentialsSecret": "offsite-credentials", "encryptionKeySecret": "repository-key"
+        "forcePathStyle": true, "insecureHTTP": true, "credentialsSecret": "offsite-credentials", "encryptionKeySecret": "repository-key"
     });
     let _: BackupPolicy = create(&client, spec).await;
     let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), NS);
