@@ -52,6 +52,10 @@ pub struct RepoArgs {
     /// then travel unprotected on the network.
     #[arg(long, env = "BERTH_S3_INSECURE_HTTP", global = true)]
     pub insecure_http: bool,
+    /// Seconds one S3 request may go without completing, retries included, before the work
+    /// fails (a server that stops answering).
+    #[arg(long, env = "BERTH_S3_NO_PROGRESS_TIMEOUT", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub no_progress_timeout: u64,
     /// S3 region (default: AWS_REGION, the AWS config files, then us-east-1).
     #[arg(long, env = "BERTH_S3_REGION", global = true)]
     pub region: Option<String>,
@@ -238,7 +242,17 @@ fn read_key(args: &RepoArgs) -> anyhow::Result<Vec<u8>> {
 pub fn storage_config(args: &RepoArgs) -> anyhow::Result<StorageConfig> {
     let url = args.repo.as_deref().context("no repository: set --repo or BERTH_REPOSITORY (s3://bucket/prefix)")?;
     let mut cfg = StorageConfig::parse(url)?;
-    if let StorageConfig::S3(S3Config { endpoint, region, path_style, ca_file, insecure_http, .. }) = &mut cfg {
+    if let StorageConfig::S3(S3Config {
+        endpoint,
+        region,
+        path_style,
+        ca_file,
+        insecure_http,
+        no_progress_timeout,
+        ..
+    }) = &mut cfg
+    {
+        *no_progress_timeout = std::time::Duration::from_secs(args.no_progress_timeout);
         endpoint.clone_from(&args.endpoint);
         *insecure_http = args.insecure_http;
         region.clone_from(&args.region);

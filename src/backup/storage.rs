@@ -60,6 +60,27 @@ pub struct S3Config {
     pub part_size: usize,
     /// Parallel requests per multipart upload; 0 means 4.
     pub upload_concurrency: usize,
+    /// Longest one request may go without completing, retries included, before the work
+    /// fails: a server that stops answering ends the work in this time instead of read
+    /// timeouts retried for many minutes. Zero means [`DEFAULT_NO_PROGRESS_TIMEOUT`].
+    pub no_progress_timeout: Duration,
+}
+
+/// How long a request to S3 may make no progress by default.
+pub const DEFAULT_NO_PROGRESS_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn stalled_hint() -> &'static str {
+    "the S3 server made no progress within the no-progress bound (BERTH_S3_NO_PROGRESS_TIMEOUT, --no-progress-timeout; default 300 s)"
+}
+
+fn stalled(bound: Duration) -> String {
+    format!("{} of {} s while sending the response body", stalled_hint(), bound.as_secs())
+}
+
+impl S3Config {
+    fn no_progress_timeout(&self) -> Duration {
+        if self.no_progress_timeout.is_zero() { DEFAULT_NO_PROGRESS_TIMEOUT } else { self.no_progress_timeout }
+    }
 }
 
 impl StorageConfig {
@@ -122,6 +143,8 @@ enum Backend {
         endpoint: String,
         part_size: usize,
         concurrency: usize,
+        /// Longest a response body may stall (the SDK's operation timeout ends at the headers).
+        no_progress: Duration,
     },
     Local {
         root: PathBuf,
@@ -140,6 +163,10 @@ where
     R: std::fmt::Debug,
 {
     let code = err.code().map(str::to_string);
+    if let aws_sdk_s3::error::SdkError::TimeoutError(_) = &err {
+        let message = format!("{}: {}", stalled_hint(), DisplayErrorContext(&err));
+        return BackupError::Storage { op, key: key.to_string(), message };
+    }
     match code.as_deref() {
         Some("NoSuchKey") | Some("NotFound") => BackupError::NotFound(key.to_string()),
         _ => BackupError::Storage { op, key: key.to_string(), message: format!("{}", DisplayErrorContext(&err)) },
@@ -168,7 +195,10 @@ impl Storage {
                     .timeout_config(
                         aws_config::timeout::TimeoutConfig::builder()
                             .connect_timeout(Duration::from_secs(10))
-                            .read_timeout(Duration::from_secs(120))
+                            .read_timeout(Duration::from_secs(120).min(c.no_progress_timeout()))
+                            // Every attempt and backoff of one request together: the bound on
+                            // a server that accepts connections and never answers.
+                            .operation_timeout(c.no_progress_timeout())
                             .build(),
                     );
                 if let Some(region) = &c.region {
@@ -223,6 +253,7 @@ impl Storage {
                         endpoint: c.endpoint.clone().unwrap_or_else(|| "AWS S3".into()),
                         part_size: if c.part_size == 0 { DEFAULT_PART_SIZE } else { c.part_size.max(5 * 1024 * 1024) },
                         concurrency: if c.upload_concurrency == 0 { 4 } else { c.upload_concurrency },
+                        no_progress: c.no_progress_timeout(),
                     }),
                     url,
                 })
@@ -334,7 +365,7 @@ impl Storage {
                     .await
                     .map_err(|e| BackupError::Aborted(e.to_string()))?
             }
-            Backend::S3 { client, bucket, prefix, .. } => {
+            Backend::S3 { client, bucket, prefix, no_progress, .. } => {
                 let full = Self::full_key(prefix, key);
                 // The SDK retries the request; a body that breaks off mid-way is retried here.
                 let mut attempt = 0u32;
@@ -369,14 +400,25 @@ impl Storage {
                         buf = Vec::new();
                         buf.reserve_exact(want.next_power_of_two());
                     }
+                    // `Ok(false)`: the body stalled; asking again would only wait as long again.
                     let body = async {
-                        while let Some(piece) = out.body.next().await {
-                            buf.extend_from_slice(&piece?);
+                        loop {
+                            match tokio::time::timeout(*no_progress, out.body.next()).await {
+                                Ok(Some(piece)) => buf.extend_from_slice(&piece?),
+                                Ok(None) => return Ok::<_, aws_sdk_s3::primitives::ByteStreamError>(true),
+                                Err(_) => return Ok(false),
+                            }
                         }
-                        Ok::<_, aws_sdk_s3::primitives::ByteStreamError>(())
                     };
                     match body.await {
-                        Ok(()) => return Ok(buf),
+                        Ok(true) => return Ok(buf),
+                        Ok(false) => {
+                            return Err(BackupError::Storage {
+                                op: "GetObject",
+                                key: full,
+                                message: stalled(*no_progress),
+                            });
+                        }
                         Err(e) if range.is_some() && self.shorter_than(key, range).await => {
                             let (start, len) = range.expect("range");
                             return Err(BackupError::corrupt(
