@@ -26,6 +26,9 @@ pub fn is_plain_http(endpoint: &str) -> bool {
 pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 
 /// Where a repository lives.
+// Built once per repository open and never stored in bulk: boxing the S3 variant would buy
+// nothing and cost every constructor a `Box::new`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageConfig {
     /// `s3://bucket/prefix` on AWS or any S3-compatible server.
