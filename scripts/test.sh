@@ -5,7 +5,9 @@
 #   3. the Kubernetes control plane the end-to-end tests run on (kube-apiserver,
 #      kube-controller-manager, etcd), built from the Go module proxy once per version into
 #      ~/.cache/berth/control-plane (scripts/build-control-plane.sh; about 7 minutes on 2 cores);
-#   4. every test with cargo-nextest (installed from crates.io if missing).
+#   4. the container image from the release build, smoke-tested (scripts/build-image.sh;
+#      BERTH_SKIP_IMAGE=1 skips it);
+#   5. every test with cargo-nextest (installed from crates.io if missing).
 # Servers the tests need are started by the tests themselves on free loopback ports.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -31,6 +33,8 @@ scripts/install-tools.sh
 
 BERTH_CONTROL_PLANE_BIN="$(scripts/build-control-plane.sh | tail -n1)"
 export BERTH_CONTROL_PLANE_BIN
+
+[ "${BERTH_SKIP_IMAGE:-0}" = 1 ] || scripts/build-image.sh
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"

@@ -10,8 +10,11 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `berth --version`: the crate version and the git commit it was built from (build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BERTH_GIT_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(name = "berth", version, about = "Kubernetes operator for app environments, databases and backups")]
+#[command(name = "berth", version = VERSION, about = "Kubernetes operator for app environments, databases and backups")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -102,3 +102,48 @@ fn dump_drop_restore_gives_same_tables_and_roles() {
     assert!(dir.join("databases/shop.dump").is_file());
     agent.ok(&["check", "--read-data"]);
 }
+
+/// A directory for `--pg-bin-dir` with the real psql and pg_dumpall of PostgreSQL 15 and a
+/// `pg_dump` that reports `version` but dumps with the real pg_dump 15. (A stub on PATH would
+/// not be used here: the agent prefers /usr/lib/postgresql/<server major>/bin to PATH.)
+fn bin_dir_with_pg_dump_reporting(version: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for tool in ["psql", "pg_dumpall"] {
+        std::os::unix::fs::symlink(std::path::Path::new(Postgres::BIN_DIR).join(tool), dir.path().join(tool)).unwrap();
+    }
+    let stub = dir.path().join("pg_dump");
+    std::fs::write(
+        &stub,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'pg_dump (PostgreSQL) {version}'; exit 0; fi\n\
+             exec {}/pg_dump \"$@\"\n",
+            Postgres::BIN_DIR
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[test]
+fn pg_dump_older_than_the_server_is_refused_with_both_versions() {
+    let pg = Postgres::start();
+    let agent = {
+        let mut a = Agent::new();
+        a.extra_env = pg.env();
+        a
+    };
+    pg.psql("postgres", "CREATE DATABASE shop");
+
+    let old = bin_dir_with_pg_dump_reporting("14.11");
+    let err = agent.fails(&["backup-postgres", "--pg-bin-dir", old.path().to_str().unwrap()]);
+    assert!(err.contains("is PostgreSQL 14, older than the server's PostgreSQL 15"), "{err}");
+    assert!(err.contains("--agent-image") && err.contains("--pg-bin-dir"), "the fix is named: {err}");
+    assert_eq!(agent.json(&["snapshots"]).as_array().map(Vec::len), Some(0), "nothing was backed up");
+
+    // A newer client dumps an older server: accepted.
+    let newer = bin_dir_with_pg_dump_reporting("17.2 (Debian 17.2-1)");
+    let out = agent.json(&["backup-postgres", "--pg-bin-dir", newer.path().to_str().unwrap()]);
+    assert!(out["snapshot"]["summary"]["files"].as_u64().unwrap() >= 2, "{out}");
+    assert_eq!(agent.json(&["snapshots"]).as_array().map(Vec::len), Some(1));
+}

@@ -68,6 +68,24 @@ fn whole_examples_directory_renders() {
     assert!(docs.iter().all(|d| d.get("apiVersion").is_some() && d.pointer("/metadata/name").is_some()));
 }
 
+/// Backup Jobs run the agent from the operator's own release (never a moving `latest`), so
+/// that its `pg_dump` and data format match the operator that scheduled them.
+#[test]
+fn backup_jobs_run_the_agent_of_the_operators_own_version() {
+    let (code, out, err) = render(&[&repo().join("deploy/examples")]);
+    assert_eq!(code, 0, "{err}");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&out).expect("output is a YAML stream");
+    let images: Vec<&str> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Job")
+        .flat_map(|j| j["spec"]["template"]["spec"]["containers"].as_array().unwrap())
+        .map(|c| c["image"].as_str().unwrap())
+        .collect();
+    assert!(!images.is_empty(), "the examples' Backup renders agent Jobs");
+    let own = format!("ghcr.io/berth-dev/berth:{}", env!("CARGO_PKG_VERSION"));
+    assert!(images.iter().all(|i| *i == own), "{images:?}");
+}
+
 const HEAD: &str = "apiVersion: berth.dev/v1alpha1\nkind: AppEnvironment\nmetadata:\n  name: web\n";
 
 #[test]

@@ -123,6 +123,38 @@ pub fn server_major(conn: &PgConn) -> anyhow::Result<u32> {
     Ok(n / 10000)
 }
 
+/// Major version of a PostgreSQL client tool from its `--version` line, e.g.
+/// `pg_dump (PostgreSQL) 17.2 (Debian 17.2-1.pgdg120+1)` → 17, `pg_dump (PostgreSQL) 18beta1` → 18.
+pub fn parse_tool_major(version_line: &str) -> Option<u32> {
+    let (_, rest) = version_line.split_once("(PostgreSQL) ")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Refuses a `pg_dump` older than the server: it cannot dump a newer server (it stops with
+/// "aborting because of server version mismatch"), so say which versions and what to change.
+fn check_tool_version(tool: &Path, server_major: u32) -> anyhow::Result<()> {
+    let out = std::process::Command::new(tool)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} --version", tool.display()))?;
+    let line = String::from_utf8_lossy(&out.stdout);
+    let Some(client_major) = parse_tool_major(&line).filter(|_| out.status.success()) else {
+        bail!("cannot read the version of {}: {:?}", tool.display(), line.trim());
+    };
+    if client_major < server_major {
+        bail!(
+            "{} is PostgreSQL {client_major}, older than the server's PostgreSQL {server_major}: it cannot dump a \
+             newer server. Run the agent with PostgreSQL {server_major} client tools or newer: an agent image \
+             that has them (operator flag --agent-image / BERTH_AGENT_IMAGE; Berth's image carries the newest \
+             version a DatabaseInstance accepts), or --pg-bin-dir / BERTH_PG_BIN_DIR pointing at them",
+            tool.display()
+        );
+    }
+    Ok(())
+}
+
 /// A dump under way: tools found, databases listed, roles read, and the first `pg_dump`
 /// already running, so that its start (connection, locks, catalog reads) overlaps opening and
 /// locking the repository. Dropping it stops a `pg_dump` that was not read.
@@ -170,6 +202,7 @@ impl Dump {
     pub fn start(conn: &PgConn, databases: &[String], globals: bool) -> anyhow::Result<Self> {
         let major = server_major(conn)?;
         let pg_dump = find_tool(conn, "pg_dump", Some(major))?;
+        check_tool_version(&pg_dump, major)?;
         let dbs: Vec<String> = if databases.is_empty() {
             let psql = find_tool(conn, "psql", Some(major))?;
             run_psql(
@@ -186,6 +219,7 @@ impl Dump {
         };
         let globals = if globals {
             let pg_dumpall = find_tool(conn, "pg_dumpall", Some(major))?;
+            check_tool_version(&pg_dumpall, major)?;
             let out = conn
                 .command(&pg_dumpall)
                 .args(["--globals-only", "--no-password"])
@@ -336,4 +370,19 @@ pub async fn restore(repo: &Repository, root: &Node, conn: &PgConn, only: &[Stri
         bail!("none of the databases {only:?} is in the snapshot");
     }
     Ok(restored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_tool_major;
+
+    #[test]
+    fn tool_major_versions() {
+        assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 17.2 (Debian 17.2-1.pgdg120+1)\n"), Some(17));
+        assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"), Some(15));
+        assert_eq!(parse_tool_major("pg_dumpall (PostgreSQL) 18beta1"), Some(18));
+        assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(parse_tool_major("pg_dump 17.2"), None);
+        assert_eq!(parse_tool_major(""), None);
+    }
 }

@@ -25,8 +25,9 @@ use kube::{Api, Client, Resource};
 use crate::api::conditions::{DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::runtime::metrics::{ErrorCategory, Metrics};
 
-/// Image of agent Jobs when none is configured.
-pub const DEFAULT_AGENT_IMAGE: &str = "ghcr.io/berth-dev/berth:latest";
+/// Image of agent Jobs when none is configured: the operator's own release, whose `pg_dump`
+/// and agent match this operator (a moving `latest` would not).
+pub const DEFAULT_AGENT_IMAGE: &str = concat!("ghcr.io/berth-dev/berth:", env!("CARGO_PKG_VERSION"));
 
 /// Errors a reconcile can end with. Invalid specs are not errors: they become a `Ready=False`
 /// condition and the controller waits for the next change.
