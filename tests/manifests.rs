@@ -554,10 +554,11 @@ fn checkov_passes_on_the_rendered_chart() {
 
 const CRD_DRIFT_HINT: &str = "run `cargo run -- crds --dir crds --chart-dir charts/berth/templates/crds`";
 
-/// A CRD without the chart's `helm.sh/resource-policy: keep` annotation.
+/// A CRD without the chart's keep annotations (Helm's and Argo CD's).
 fn without_keep(mut crd: Value) -> Value {
     if let Some(Value::Object(a)) = crd.pointer_mut("/metadata/annotations") {
         a.remove("helm.sh/resource-policy");
+        a.remove("argocd.argoproj.io/sync-options");
         if a.is_empty() {
             crd["metadata"].as_object_mut().unwrap().remove("annotations");
         }
@@ -584,6 +585,8 @@ fn crds_validate_and_the_chart_renders_the_same_crds_kept_on_uninstall() {
     assert_eq!(rendered.keys().cloned().collect::<BTreeSet<_>>(), expected, "the chart's CRDs: {CRD_DRIFT_HINT}");
     for (f, crd) in &rendered {
         assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep", "{f}: kept on uninstall");
+        let argocd = &crd["metadata"]["annotations"]["argocd.argoproj.io/sync-options"];
+        assert_eq!(argocd, "Prune=false,Delete=false", "{f}: kept when Argo CD deletes its Application");
         let file = parse_docs(&fs::read_to_string(crds.join(f)).unwrap(), f).remove(0);
         assert!(without_keep((*crd).clone()) == file, "the chart's {f} differs from crds/{f}: {CRD_DRIFT_HINT}");
     }
