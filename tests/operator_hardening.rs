@@ -7,6 +7,8 @@
 //!   `DataDeleted`, until the documented annotation lets it go with its data left in the bucket;
 //! - offsite replication runs beside the policy's reconcile, its progress in status, and stops
 //!   when its policy is deleted;
+//! - a policy without `credentialsSecret` gets the operator's own cloud identity only when the
+//!   cluster admin allows it (`--allow-operator-storage-identity`);
 //! - a Restore that cannot finish ends Failed with `TimedOut` when `spec.timeout` runs out, and
 //!   the API server refuses a timeout that is not a duration.
 
@@ -327,4 +329,61 @@ async fn offsite_replication_runs_beside_the_reconcile_and_stops_with_its_policy
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(hole.accepted(), accepted, "no new attempt after the policy is gone");
     cluster.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_own_cloud_identity_is_lent_only_where_the_admin_allows_it() {
+    let s3 = S3Server::start();
+    s3.create_bucket("backups");
+    let cluster = cluster().await;
+    let client = cluster.client();
+    storage_secrets(&client, &s3).await;
+    let mut spec = policy(&s3, &[]);
+    spec["spec"]["storage"].as_object_mut().unwrap().remove("credentialsSecret");
+    let _: BackupPolicy = create(&client, spec).await;
+    let backups: Api<Backup> = Api::namespaced(client.clone(), NS);
+    let by_hand = |name: &str| {
+        json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name},
+               "spec": {"policyName": "nightly"}})
+    };
+    let ended = |name: &'static str| {
+        let backups = backups.clone();
+        async move {
+            eventually(&format!("{name} ends"), WAIT, || async {
+                let b = backups.get(name).await.ok()?;
+                matches!(phase(&b), Some("Completed" | "PartiallyFailed" | "Failed")).then_some(b)
+            })
+            .await
+        }
+    };
+    // The operator holds credentials of its own (as an IRSA role would give it).
+    let own_identity =
+        [("AWS_ACCESS_KEY_ID", s3.access_key.as_str()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key.as_str())];
+    let kubeconfig = cluster.operator_kubeconfig(&[]).await;
+
+    // By default a policy without credentialsSecret does not get them.
+    let mut operator = Operator::start_with_env(&kubeconfig, &["--leader-election=false"], &own_identity);
+    operator.wait_ready(WAIT);
+    let _: Backup = create(&client, by_hand("borrowed")).await;
+    let refused = ended("borrowed").await;
+    assert_eq!(phase(&refused), Some("Failed"));
+    let ready = refused.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(
+        ready.message.starts_with("CredentialsRequired: spec.storage.credentialsSecret is not set"),
+        "{}",
+        ready.message
+    );
+    assert!(ready.message.contains("--allow-operator-storage-identity"), "{}", ready.message);
+    assert!(!s3.root().join("backups/shop/config").exists(), "nothing was written with the operator's identity");
+    assert_eq!(operator.terminate().code(), Some(0));
+
+    // A cluster admin who allows it lends the operator's identity.
+    let allowed = ["--leader-election=false", "--allow-operator-storage-identity=true"];
+    let mut operator = Operator::start_with_env(&kubeconfig, &allowed, &own_identity);
+    operator.wait_ready(WAIT);
+    let _: Backup = create(&client, by_hand("lent")).await;
+    assert_eq!(phase(&ended("lent").await), Some("Completed"));
+    assert!(s3.root().join("backups/shop/config").exists(), "the repository now exists where the refusal found none");
+    cluster.assert_clean().await;
+    assert_eq!(operator.terminate().code(), Some(0));
 }

@@ -16,6 +16,17 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 static INIT_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Whether a location without `credentialsSecret` may be reached with the operator's own cloud
+/// identity (its IRSA role, instance profile or environment). Off unless the cluster admin
+/// turns it on (`--allow-operator-storage-identity`): otherwise any namespace editor could use
+/// the operator's IAM role on any bucket. Set once at start.
+static OPERATOR_IDENTITY_ALLOWED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets (or forbids) locations without `credentialsSecret` use the operator's own identity.
+pub fn allow_operator_identity(allowed: bool) {
+    OPERATOR_IDENTITY_ALLOWED.store(allowed, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Why a repository could not be opened, with the reason a condition shows.
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {
@@ -25,6 +36,10 @@ pub enum RepositoryError {
         "{field}.endpoint {endpoint} is plain HTTP: S3 credentials and repository objects would travel unprotected; use https://, or set {field}.insecureHTTP: true if the network is trusted (tests, an in-cluster MinIO)"
     )]
     InsecureEndpoint { field: &'static str, endpoint: String },
+    #[error(
+        "{field}.credentialsSecret is not set: Berth does not lend the operator's own cloud identity to a namespace's backups. Create a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in this namespace and name it in {field}.credentialsSecret (a cluster admin may instead allow the operator's identity with --allow-operator-storage-identity)"
+    )]
+    CredentialsRequired { field: &'static str },
     #[error("cannot reach the backup storage at {url}: {message}")]
     Unreachable { url: String, message: String },
     #[error("{0}")]
@@ -39,6 +54,7 @@ impl RepositoryError {
         match self {
             Self::Secret { .. } => "SecretMissing",
             Self::InsecureEndpoint { .. } => "InsecureEndpoint",
+            Self::CredentialsRequired { .. } => "CredentialsRequired",
             Self::Unreachable { .. } => "StorageUnreachable",
             Self::Repository(BackupError::WrongKey { .. }) => "WrongKey",
             Self::Repository(BackupError::Unauthenticated { .. } | BackupError::KdfRefused { .. }) => {
@@ -81,6 +97,9 @@ pub async fn storage_config(
         && !location.insecure_http
     {
         return Err(RepositoryError::InsecureEndpoint { field, endpoint: endpoint.to_string() });
+    }
+    if location.credentials_secret.is_none() && !OPERATOR_IDENTITY_ALLOWED.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(RepositoryError::CredentialsRequired { field });
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut config = S3Config {

@@ -77,6 +77,11 @@ pub struct OperatorArgs {
     /// (the Helm chart sets it).
     #[arg(long, env = "BERTH_AGENT_IMAGE", default_value = controllers::DEFAULT_AGENT_IMAGE)]
     pub agent_image: String,
+    /// Let BackupPolicies without `credentialsSecret` reach their storage with the operator's
+    /// own cloud identity (its IRSA role or instance profile). Off by default: with it, every
+    /// namespace that may create a BackupPolicy can use that identity on any bucket.
+    #[arg(long, env = "BERTH_ALLOW_OPERATOR_STORAGE_IDENTITY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_operator_storage_identity: bool,
 }
 
 /// Parses `host:port=host:port`.
@@ -203,6 +208,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     context.operator_namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "berth-system".into());
     context.endpoint_overrides = args.endpoint_overrides.iter().cloned().collect();
     context.agent_image = args.agent_image.clone();
+    controllers::repository::allow_operator_identity(args.allow_operator_storage_identity);
     let ctx = Arc::new(context);
 
     let scopes: Vec<Option<String>> = {

@@ -21,8 +21,15 @@ pub fn free_port() -> u16 {
 impl Operator {
     /// Starts `berth operator` against `kubeconfig` with `extra` flags.
     pub fn start(kubeconfig: &Path, extra: &[&str]) -> Operator {
+        Self::start_with_env(kubeconfig, extra, &[])
+    }
+
+    /// [`Operator::start`] with extra environment variables (e.g. the operator's own cloud
+    /// credentials).
+    pub fn start_with_env(kubeconfig: &Path, extra: &[&str], env: &[(&str, &str)]) -> Operator {
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .envs(env.iter().copied())
             .arg("operator")
             .arg("--metrics-addr")
             .arg(metrics_addr.to_string())
