@@ -88,8 +88,8 @@ pub struct StorageLocation {
     /// Address buckets by path (`endpoint/bucket`), as most S3-compatible servers need.
     #[serde(default)]
     pub force_path_style: bool,
-    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. The pod's identity (IRSA)
-    /// when absent.
+    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. Required unless the cluster
+    /// admin lets the operator lend its own identity (`--allow-operator-storage-identity`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
     /// Secret with `ca.crt` for a server with a private CA.
