@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod backup;
+pub mod cli;
 pub mod controllers;
 pub mod crds;
 pub mod provision;

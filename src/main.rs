@@ -1,9 +1,10 @@
-//! The `berth` binary: the operator, CRD printing, offline rendering and the data-path agent.
+//! The `berth` binary: the operator, CRD printing, offline rendering, the data-path agent and
+//! the commands for people (`status`, `backup`, `restore`; also `kubectl berth` as `kubectl-berth`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 // The data path allocates and frees megabyte buffers per chunk on many threads; glibc returns
 // them to the kernel and faults fresh zeroed pages in again, mimalloc keeps and reuses them.
@@ -41,10 +42,16 @@ enum Command {
     },
     /// Data-path commands that run inside backup and restore Jobs.
     Agent(Box<berth::agent::AgentArgs>),
+    #[command(flatten)]
+    People(berth::cli::Command),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut command = Cli::command();
+    if berth::cli::invoked_as_plugin(std::env::args_os().next().as_deref()) {
+        command = command.bin_name("kubectl berth");
+    }
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Crds { dir, chart_dir } => match berth::crds::write(dir.as_deref(), chart_dir.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
@@ -66,6 +73,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Operator(args) => run_async(berth::runtime::run(*args)),
+        Command::People(command) => run_async(berth::cli::run(command)),
         Command::Agent(args) => {
             // An agent is a short-lived process whose buffers are bounded: keeping freed memory
             // (instead of returning it to the kernel after 10 ms) saves zeroing fresh pages for
