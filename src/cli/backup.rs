@@ -190,6 +190,9 @@ async fn logs(args: NameArgs) -> Result<ExitKind, CliError> {
                 Err(kube::Error::Api(s)) if s.code == 403 => {
                     return Err(CliError::api(kube::Error::Api(s), &format!("get pods/log in namespace \"{ns}\"")));
                 }
+                Err(kube::Error::Api(s)) => {
+                    println!("(cannot read the log of pod {}: {} ({}))", pod.name_any(), s.message, s.code)
+                }
                 Err(e) => println!("(cannot read the log of pod {}: {e})", pod.name_any()),
             }
         }

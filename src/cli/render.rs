@@ -881,23 +881,25 @@ pub fn restore_plan(input: &PlanInput, now: Timestamp) -> String {
         let _ = writeln!(out, "  {step}. {text}");
     };
     let resources = status.items.iter().find(|i| i.name == "resources" && i.phase == "Completed");
+    let filtered = !restore.spec.include_kinds.is_empty() || !restore.spec.exclude_kinds.is_empty();
+    let allowed = if filtered { " that the kinds allow" } else { "" };
     match resources {
         Some(item) => {
-            let what = match input.policy {
+            let held = match input.policy {
                 Some(p) => {
-                    let mut kinds = vec![
-                        "the AppEnvironments and DatabaseInstances".to_string(),
-                        "the DatabaseInstances' Secrets".into(),
-                    ];
-                    kinds.extend(p.spec.scope.extra_resources.iter().map(|r| format!("the {r}")));
-                    format!("{} of {source}", kinds.join(", "))
+                    let mut kinds: Vec<String> =
+                        ["AppEnvironments", "DatabaseInstances and their Secrets", "the BackupPolicy"]
+                            .map(String::from)
+                            .into();
+                    kinds.extend(p.spec.scope.extra_resources.iter().cloned());
+                    format!(" (the backup holds its {})", kinds.join(", "))
                 }
-                None => format!("the objects of {source}"),
+                None => String::new(),
             };
             next(
                 &mut out,
                 format!(
-                    "create {what} that the kinds allow, from snapshot {} ({}): Secrets and ConfigMaps, then PVCs, then DatabaseInstances (waiting until Ready); objects that exist are left alone",
+                    "create the objects of {source}{allowed}{held}, from snapshot {} ({}): Secrets and ConfigMaps, then PVCs, then DatabaseInstances (and wait until they are Ready); objects that exist are left alone",
                     short(item.snapshot.as_deref()),
                     size(item.bytes.unwrap_or(0))
                 ),
@@ -917,7 +919,7 @@ pub fn restore_plan(input: &PlanInput, now: Timestamp) -> String {
             next(&mut out, format!("restore the files of PersistentVolumeClaim {target}/{pvc} from {snapshot}"));
         }
     }
-    next(&mut out, "create the AppEnvironments and the other objects last".into());
+    next(&mut out, format!("create the AppEnvironments and the remaining objects{allowed} last"));
     let skipped: Vec<_> = status.items.iter().filter(|i| i.phase != "Completed").collect();
     if !skipped.is_empty() {
         let _ = writeln!(out, "Not in the backup (these items did not complete):");

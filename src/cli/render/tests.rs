@@ -285,9 +285,9 @@ fn the_dry_run_plan_follows_the_backup_and_the_mapping() {
   BLOCKED: namespace shop-copy does not exist; Berth does not create namespaces, create it first (the Restore waits for it)
   restore only objects of the kinds DatabaseInstance, Secret
 In order:
-  1. create the AppEnvironments and DatabaseInstances, the DatabaseInstances' Secrets, the configmaps of shop that the kinds allow, from snapshot fedcba987654 (2.0 KiB): Secrets and ConfigMaps, then PVCs, then DatabaseInstances (waiting until Ready); objects that exist are left alone
+  1. create the objects of shop that the kinds allow (the backup holds its AppEnvironments, DatabaseInstances and their Secrets, the BackupPolicy, configmaps), from snapshot fedcba987654 (2.0 KiB): Secrets and ConfigMaps, then PVCs, then DatabaseInstances (and wait until they are Ready); objects that exist are left alone
   2. load the data of DatabaseInstance shop-copy/orders-db from snapshot 0123456789ab (4.0 KiB)
-  3. create the AppEnvironments and the other objects last
+  3. create the AppEnvironments and the remaining objects that the kinds allow last
 Not in the backup (these items did not complete):
   volume/data: agent Job x failed: BackoffLimitExceeded: disk
   database/events: Pending

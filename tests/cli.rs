@@ -1,0 +1,406 @@
+//! `berth` for people (`status`, `backup`, `restore`), run as a process against the real control
+//! plane (tests/support/cluster) with the real operator, a real PostgreSQL and an S3 server on
+//! loopback, its output compared with golden files under `tests/fixtures/cli/`.
+//!
+//! The scripted session of issue 17 goes through the real `kubectl`: `kubectl-berth` is a
+//! symlink to the test's `berth` binary in a directory on kubectl's `PATH`, so `kubectl berth`
+//! runs it as a plugin. No YAML is written by hand in the session: the backup and the restore
+//! are the CLI's.
+//!
+//! Golden files hold the output with what changes from run to run (times, ages, durations,
+//! sizes, snapshot ids) replaced by placeholders. `BERTH_UPDATE_GOLDEN=1` rewrites them; review
+//! the diff (`git diff tests/fixtures/cli`) before committing it.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use berth::api::{Backup, BackupPolicy, DatabaseInstance};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::{Value, json};
+use support::cluster::Cluster;
+use support::kubectl::Kubectl;
+use support::operator::Operator;
+use support::servers::{Postgres, S3Server};
+use support::wait::eventually;
+
+const NS: &str = "shop";
+const KEY: &str = "correct horse battery staple";
+const WAIT: Duration = Duration::from_secs(120);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One command's result.
+struct Run {
+    command: String,
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The command, its output and its exit code, as a transcript entry.
+    fn transcript(&self) -> String {
+        let mut out = format!("$ {}\n{}", self.command, self.stdout);
+        if !self.stderr.is_empty() {
+            out.push_str(&format!("[stderr]\n{}", self.stderr));
+        }
+        out.push_str(&format!("[exit {}]\n\n", self.code));
+        out
+    }
+}
+
+fn finish(command: String, out: std::process::Output) -> Run {
+    let run = Run {
+        command,
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    eprintln!("{}", run.transcript());
+    run
+}
+
+/// `kubectl berth ...` through the real kubectl, which finds `kubectl-berth` on its PATH.
+struct Plugin {
+    kubectl: Kubectl,
+    dir: tempfile::TempDir,
+}
+
+impl Plugin {
+    fn new(kubeconfig: &Path) -> Plugin {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_berth"), dir.path().join("kubectl-berth")).unwrap();
+        Plugin { kubectl: Kubectl::new(kubeconfig), dir }
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let path =
+            std::env::join_paths([self.dir.path().to_path_buf(), PathBuf::from("/usr/bin"), PathBuf::from("/bin")])
+                .unwrap();
+        let mut all = vec!["berth"];
+        all.extend_from_slice(args);
+        let out = self.kubectl.command(&all).env("PATH", path).env_remove("NO_COLOR").output().expect("run kubectl");
+        finish(format!("kubectl berth {}", args.join(" ")), out)
+    }
+}
+
+/// `berth ...` run directly, with `--kubeconfig` (not the environment).
+fn berth(kubeconfig: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run berth");
+    finish(format!("berth {} --kubeconfig <kubeconfig>", args.join(" ")), out)
+}
+
+/// Replaces what differs between runs with placeholders.
+fn normalise(text: &str) -> String {
+    let rules = [
+        (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", "<time>"),
+        (r"\b\d+(\.\d)? (B|KiB|MiB|GiB)\b", "<size>"),
+        (r"\(\d+ bytes\)", "(<n> bytes)"),
+        (r#""bytes": \d+"#, r#""bytes": 0"#),
+        (r"\b\d+[dhms]( \d+[dhms])?\b", "<duration>"),
+        (r"\b\d+\.\d schedule intervals", "<n> schedule intervals"),
+        (r"\bsnapshot(:? +)[0-9a-f]{12,64}\b", "snapshot$1<id>"),
+    ];
+    let mut out = text.to_string();
+    for (pattern, replacement) in rules {
+        out = regex::Regex::new(pattern).unwrap().replace_all(&out, replacement).into_owned();
+    }
+    out
+}
+
+/// Compares `actual` (normalised) with `tests/fixtures/cli/<name>`, or rewrites the file when
+/// `BERTH_UPDATE_GOLDEN=1`.
+fn golden(name: &str, actual: &str) {
+    let path = repo().join("tests/fixtures/cli").join(name);
+    let actual = normalise(actual);
+    if std::env::var_os("BERTH_UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &actual).unwrap();
+        eprintln!("rewrote {}: review `git diff tests/fixtures/cli`", path.display());
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("{}: {e}; run with BERTH_UPDATE_GOLDEN=1 to write it, then review it", path.display())
+    });
+    if expected != actual {
+        let first = expected.lines().zip(actual.lines()).position(|(a, b)| a != b).unwrap_or(0);
+        panic!(
+            "{} differs from the output (first at line {}):\n--- expected\n{expected}\n--- actual\n{actual}\nIf the change is intended, rerun with BERTH_UPDATE_GOLDEN=1 and review the diff.",
+            path.display(),
+            first + 1
+        );
+    }
+}
+
+/// The progress lines `--wait` prints before the end, which depend on when it looked: checked
+/// for their form and taken out of the transcript.
+fn take_progress(run: &mut Run, pattern: &str) -> Vec<String> {
+    let re = regex::Regex::new(pattern).unwrap();
+    let (progress, rest): (Vec<&str>, Vec<&str>) = run.stdout.lines().partition(|l| re.is_match(l));
+    let progress = progress.into_iter().map(String::from).collect();
+    run.stdout = rest.iter().map(|l| format!("{l}\n")).collect();
+    progress
+}
+
+async fn create<K>(client: &kube::Client, value: Value) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), NS);
+    api.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap()
+}
+
+async fn create_secret(client: &kube::Client, name: &str, data: &[(&str, &str)]) {
+    let data = data.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
+        data: Some(data),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), NS).create(&PostParams::default(), &secret).await.unwrap();
+}
+
+fn is_ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
+    conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// A kubeconfig for a ServiceAccount of `NS` bound to the built-in `view` role there (which
+/// the chart's aggregated ClusterRole extends to Berth's kinds).
+async fn viewer_kubeconfig(cluster: &Cluster) -> PathBuf {
+    let client = cluster.client();
+    let _: ServiceAccount =
+        create(&client, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "viewer"}})).await;
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "viewer", "namespace": NS},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": NS}]
+    });
+    cluster.kubectl_apply(binding.to_string().as_bytes());
+    let token = Api::<ServiceAccount>::namespaced(client, NS)
+        .create_token_request("viewer", &PostParams::default(), &Default::default())
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let path = cluster.dir().join("viewer.kubeconfig");
+    std::fs::write(&path, support::cluster::pki::kubeconfig(&cluster.url, &cluster.ca_pem, "viewer", &token)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_backup_and_restore_through_kubectl_match_the_golden_session() {
+    let mut pg = Postgres::start();
+    let s3 = S3Server::start();
+    s3.create_bucket("backups");
+    let cluster = Cluster::start().await;
+    cluster.install_crds_from_dir(&repo().join("crds")).await;
+    cluster.namespace(NS).await;
+    let pg_address = (format!("orders-db.{NS}.svc:5432"), format!("127.0.0.1:{}", pg.port));
+    cluster.kubelet().with_env("AWS_EC2_METADATA_DISABLED", "true");
+    cluster.kubelet().with_host_override(pg_address.0.clone(), pg_address.1.clone());
+    let client = cluster.client();
+    let operator_kubeconfig = cluster.operator_kubeconfig(&[]).await;
+    let overrides = format!("{}={}", pg_address.0, pg_address.1);
+    let mut operator =
+        Operator::start(&operator_kubeconfig, &["--leader-election=false", "--endpoint-overrides", &overrides]);
+    operator.wait_ready(WAIT);
+
+    // What a team has before it reaches for the CLI: an app, its database and a policy.
+    let creds = [("AWS_ACCESS_KEY_ID", s3.access_key.as_str()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key.as_str())];
+    create_secret(&client, "s3-credentials", &creds).await;
+    create_secret(&client, "repository-key", &[("key", &format!("{KEY}\n"))]).await;
+    let _: DatabaseInstance = create(
+        &client,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "DatabaseInstance", "metadata": {"name": "orders-db"},
+            "spec": {"engine": "postgres", "version": "15", "storage": {"size": "1Gi"},
+                     "roles": [{"name": "app"}], "databases": [{"name": "orders", "owner": "app"}]}
+        }),
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let admin = eventually("orders-db credentials", WAIT, || async {
+        secrets.get_opt("orders-db-credentials").await.ok().flatten()
+    })
+    .await;
+    let password = String::from_utf8(admin.data.unwrap()["password"].0.clone()).unwrap();
+    pg.psql("postgres", &format!("ALTER ROLE postgres PASSWORD '{password}'"));
+    pg.password = password;
+    let _: berth::api::AppEnvironment = create(
+        &client,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "AppEnvironment", "metadata": {"name": "web"},
+            "spec": {"tier": "development", "image": "ghcr.io/example/web:1",
+                     "databases": [{"name": "orders-db"}], "ingress": {"hosts": ["shop.example.test"]}}
+        }),
+    )
+    .await;
+    let _: BackupPolicy = create(
+        &client,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "BackupPolicy", "metadata": {"name": "nightly"},
+            "spec": {"schedule": "0 3 * * *", "suspend": true,
+                     "storage": {"bucket": "backups", "prefix": "shop", "region": s3.region, "endpoint": s3.endpoint,
+                                 "insecureHTTP": true, "forcePathStyle": true, "credentialsSecret": "s3-credentials",
+                                 "encryptionKeySecret": "repository-key"},
+                     "scope": {"databases": true}}
+        }),
+    )
+    .await;
+    let instances: Api<DatabaseInstance> = Api::namespaced(client.clone(), NS);
+    let apps: Api<berth::api::AppEnvironment> = Api::namespaced(client.clone(), NS);
+    let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), NS);
+    eventually("orders-db, web and nightly reconciled", WAIT, || async {
+        let db = instances.get("orders-db").await.ok()?.status?;
+        let app = apps.get("web").await.ok()?.status?;
+        let policy = policies.get("nightly").await.ok()?.status?;
+        let fresh = policy.conditions.iter().any(|c| c.type_ == "BackupFresh");
+        (is_ready(&db.conditions) && !db.provisioned.is_empty() && is_ready(&app.conditions) && fresh).then_some(())
+    })
+    .await;
+    pg.psql("orders", "CREATE TABLE items (id int); INSERT INTO items VALUES (1), (2), (3)");
+
+    // The scripted session: status, a backup waited for, a dry run, the data lost, a restore.
+    let plugin = Plugin::new(cluster.kubeconfig_path());
+    let mut session = String::new();
+    let status = plugin.run(&["status", "-A"]);
+    assert_eq!(status.code, 0);
+    assert!(!status.stdout.contains('\x1b'), "no colours when piped");
+    session.push_str(&status.transcript());
+
+    let mut backup = plugin.run(&["backup", "create", "--policy", "nightly", "--name", "manual-1", "--wait", "-n", NS]);
+    let progress = take_progress(&mut backup, r"^(New|InProgress): ");
+    let form = regex::Regex::new(
+        r"^(New: waiting for the operator to list the items|InProgress: \d of 2 items done, \d+(\.\d)? (B|KiB|MiB) backed up)$",
+    )
+    .unwrap();
+    assert!(progress.iter().all(|l| form.is_match(l)), "{progress:?}");
+    assert_eq!(backup.code, 0, "Completed exits 0");
+    session.push_str(&backup.transcript());
+    let backups: Api<Backup> = Api::namespaced(client.clone(), NS);
+    let done = backups.get("manual-1").await.unwrap();
+    assert_eq!(done.status.as_ref().unwrap().phase.as_deref(), Some("Completed"));
+    assert_eq!(done.metadata.labels.unwrap()["berth.dev/backuppolicy"], "nightly");
+
+    session.push_str(&plugin.run(&["backup", "describe", "manual-1", "-n", NS]).transcript());
+    let dry = plugin.run(&[
+        "restore",
+        "create",
+        "--from-backup",
+        "manual-1",
+        "--namespace-mapping",
+        "shop=shop-copy",
+        "--include-kinds",
+        "DatabaseInstance,Secret",
+        "--dry-run",
+        "-n",
+        NS,
+    ]);
+    assert_eq!(dry.code, 0);
+    session.push_str(&dry.transcript());
+    assert_eq!(restore_count(&client).await, 0, "a dry run creates no Restore");
+
+    pg.psql("orders", "DELETE FROM items");
+    let mut restore =
+        plugin.run(&["restore", "create", "--from-backup", "manual-1", "--name", "undo", "--wait", "-n", NS]);
+    let progress = take_progress(&mut restore, r"^(New|Pending|InProgress)\b");
+    assert!(progress.iter().all(|l| l.starts_with("InProgress") || l.starts_with("New")), "{progress:?}");
+    assert_eq!(restore.code, 0);
+    session.push_str(&restore.transcript());
+    assert_eq!(pg.psql("orders", "SELECT count(*) FROM items").trim(), "3", "the rows came back");
+
+    eventually("nightly reports manual-1", WAIT, || async {
+        let st = policies.get("nightly").await.ok()?.status?;
+        let fresh = st.conditions.iter().any(|c| c.type_ == "BackupFresh" && c.reason == "BackupRecent");
+        (st.last_successful_backup.as_deref() == Some("manual-1") && fresh).then_some(())
+    })
+    .await;
+    let after = plugin.run(&["status", "-A"]);
+    session.push_str(&after.transcript());
+    golden("session.txt", &session);
+
+    let json = berth(
+        cluster.kubeconfig_path(),
+        &["status", "-n", NS, "-o", "json", "--context", "berth-test-admin@berth-test"],
+    );
+    assert_eq!(json.code, 0);
+    let parsed: Value = serde_json::from_str(&json.stdout).expect("-o json prints JSON");
+    assert_eq!(parsed["namespaces"][0]["appEnvironments"][0]["databaseInstances"][0]["lastDump"]["backup"], "manual-1");
+    golden("status.json", &json.stdout);
+
+    // Logs: the agent Job's pod exists while the Job does (the kubelet stand-in serves no
+    // logs, so the CLI says it cannot read them); once the Jobs are gone, the recorded errors.
+    let live = plugin.run(&["backup", "logs", "manual-1", "-n", NS]);
+    assert_eq!(live.code, 0);
+    assert!(live.stdout.starts_with("==> database/orders-db: Job manual-1-"), "{}", live.stdout);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
+    for job in jobs.list(&ListParams::default().labels("berth.dev/backup=manual-1")).await.unwrap() {
+        jobs.delete(&job.metadata.name.unwrap(), &DeleteParams::background()).await.unwrap();
+    }
+    eventually("the agent Jobs gone", WAIT, || async {
+        jobs.list(&ListParams::default().labels("berth.dev/backup=manual-1")).await.ok()?.items.is_empty().then_some(())
+    })
+    .await;
+    let mut errors = String::new();
+    errors.push_str(&plugin.run(&["backup", "logs", "manual-1", "-n", NS]).transcript());
+
+    // Every refusal names the object and the fix, with its own exit code.
+    let _: BackupPolicy = create(
+        &client,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "BackupPolicy", "metadata": {"name": "weekly"},
+            "spec": {"schedule": "0 4 * * 0", "suspend": true,
+                     "storage": {"bucket": "backups", "prefix": "weekly", "region": s3.region, "endpoint": s3.endpoint,
+                                 "insecureHTTP": true, "forcePathStyle": true, "credentialsSecret": "s3-credentials",
+                                 "encryptionKeySecret": "repository-key"}}
+        }),
+    )
+    .await;
+    let viewer = viewer_kubeconfig(&cluster).await;
+    let cases: [(&[&str], i32, bool); 6] = [
+        (&["backup", "describe", "nope", "-n", NS], 5, false),
+        (&["backup", "create", "--policy", "missing", "-n", NS], 5, false),
+        (&["restore", "create", "--policy", "weekly", "-n", NS], 7, false),
+        (&["restore", "create", "--from-backup", "manual-1", "--namespace-mapping", "shop", "-n", NS], 8, false),
+        (&["backup", "create", "--policy", "nightly", "-n", NS], 6, true),
+        (&["status", "-A"], 6, true),
+    ];
+    for (args, code, as_viewer) in cases {
+        let run = if as_viewer { berth(&viewer, args) } else { plugin.run(args) };
+        assert_eq!(run.code, code, "{}", run.transcript());
+        assert!(!run.stderr.contains("panicked") && !run.stderr.contains("backtrace"), "{}", run.stderr);
+        errors.push_str(&run.transcript());
+    }
+    let viewer_status = berth(&viewer, &["status", "-n", NS]);
+    assert_eq!(viewer_status.code, 0, "the view role reads everything status shows");
+    golden("errors.txt", &errors);
+
+    cluster.assert_clean().await;
+    assert_eq!(operator.terminate().code(), Some(0));
+}
+
+/// The Restores in the test namespace.
+async fn restore_count(client: &kube::Client) -> usize {
+    Api::<berth::api::Restore>::namespaced(client.clone(), NS).list(&ListParams::default()).await.unwrap().items.len()
+}
