@@ -377,6 +377,24 @@ async fn status_backup_and_restore_through_kubectl_match_the_golden_session() {
         }),
     )
     .await;
+    // Storage nobody answers on: the Backup ends Failed and `--wait` exits 3.
+    let closed = support::operator::free_port();
+    let _: BackupPolicy = create(
+        &client,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "BackupPolicy", "metadata": {"name": "unreachable"},
+            "spec": {"schedule": "0 4 * * *", "suspend": true,
+                     "storage": {"bucket": "backups", "region": s3.region, "endpoint": format!("http://127.0.0.1:{closed}"),
+                                 "insecureHTTP": true, "forcePathStyle": true, "credentialsSecret": "s3-credentials",
+                                 "encryptionKeySecret": "repository-key"}}
+        }),
+    )
+    .await;
+    let mut failed =
+        plugin.run(&["backup", "create", "--policy", "unreachable", "--name", "broken-1", "--wait", "-n", NS]);
+    take_progress(&mut failed, r"^(New|InProgress): ");
+    assert_eq!(failed.code, 3, "a Failed backup exits 3");
+    errors.push_str(&failed.transcript().replace(&closed.to_string(), "<port>"));
     let viewer = viewer_kubeconfig(&cluster).await;
     let cases: [(&[&str], i32, bool); 6] = [
         (&["backup", "describe", "nope", "-n", NS], 5, false),

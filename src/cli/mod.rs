@@ -156,4 +156,32 @@ mod tests {
         }
         assert!(!invoked_as_plugin(None));
     }
+
+    #[tokio::test]
+    async fn a_bad_kubeconfig_or_context_is_named_with_the_fix() {
+        let missing = Connection { kubeconfig: Some("/nonexistent/kubeconfig".into()), ..Default::default() };
+        let e = missing.connect().await.err().expect("no such file");
+        assert_eq!(e.kind, ExitKind::Connection);
+        assert!(e.message.contains("/nonexistent/kubeconfig") && e.message.contains("--kubeconfig"), "{}", e.message);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: 'https://127.0.0.1:1'}\nusers:\n- name: u\n  user: {token: t}\ncontexts:\n- name: ctx\n  context: {cluster: c, user: u, namespace: shop}\ncurrent-context: ctx\n",
+        )
+        .unwrap();
+        let wrong = Connection { kubeconfig: Some(path.clone()), context: Some("nope".into()), ..Default::default() };
+        let e = wrong.connect().await.err().expect("no such context");
+        assert_eq!(e.kind, ExitKind::Connection);
+        assert!(e.message.contains("nope") && e.message.contains("--context"), "{}", e.message);
+
+        let session = Connection { kubeconfig: Some(path.clone()), ..Default::default() }.connect().await.unwrap();
+        assert_eq!(session.namespace, "shop", "the context's namespace");
+        let session = Connection { kubeconfig: Some(path), namespace: Some("other".into()), ..Default::default() }
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(session.namespace, "other", "-n wins");
+    }
 }

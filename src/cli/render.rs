@@ -636,6 +636,9 @@ pub fn backup_progress(b: &Backup) -> String {
     let failed = status.items.iter().filter(|i| i.phase == "Failed").count();
     let bytes: u64 = status.items.iter().filter_map(|i| i.bytes).sum();
     let failed = if failed > 0 { format!(" ({failed} failed)") } else { String::new() };
+    if total == 0 && status.phase.is_some() && phase != "New" {
+        return phase.to_string();
+    }
     if total == 0 {
         return format!("{phase}: waiting for the operator to list the items");
     }
@@ -659,6 +662,13 @@ pub fn backup_outcome(b: &Backup) -> String {
     );
     for item in status.items.iter().filter(|i| i.error.is_some()) {
         let _ = writeln!(out, "  {}: {}", item.name, item.error.as_deref().unwrap_or_default());
+    }
+    // A Backup that failed before its items (storage, policy) says why in its condition.
+    if phase != "Completed"
+        && !status.items.iter().any(|i| i.error.is_some())
+        && let Some(c) = status.conditions.iter().find(|c| c.type_ == "Ready")
+    {
+        let _ = writeln!(out, "  {}", c.message);
     }
     if phase != "Completed" {
         let _ = writeln!(out, "Details: berth backup describe {} -n {}", b.name_any(), namespace_of(b));

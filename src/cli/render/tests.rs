@@ -189,6 +189,18 @@ fn progress_counts_items_and_bytes() {
 }
 
 #[test]
+fn a_backup_that_failed_before_its_items_says_why() {
+    let failed: Backup = obj(json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Backup",
+        "metadata": {"name": "b", "namespace": "shop"}, "spec": {"policyName": "p"},
+        "status": {"phase": "Failed", "conditions": [cond("Ready", "False", "Failed", "StorageUnreachable: connection refused")]}}));
+    assert_eq!(backup_progress(&failed), "Failed");
+    assert_eq!(
+        backup_outcome(&failed),
+        "Backup shop/b Failed: 0 items, 0 B\n  StorageUnreachable: connection refused\nDetails: berth backup describe b -n shop\n"
+    );
+}
+
+#[test]
 fn describe_lists_items_with_durations_from_their_jobs() {
     let job: Job = obj(json!({
         "metadata": {"name": job_name("nightly-1", "database/orders-db")},
