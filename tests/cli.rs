@@ -414,6 +414,24 @@ async fn status_backup_and_restore_through_kubectl_match_the_golden_session() {
     assert_eq!(viewer_status.code, 0, "the view role reads everything status shows");
     golden("errors.txt", &errors);
 
+    // On a terminal (a pty from util-linux's `script`) the output is coloured, unless NO_COLOR.
+    let on_tty = |no_color: bool| {
+        let line = format!(
+            "{} status -n {NS} --kubeconfig {}",
+            env!("CARGO_BIN_EXE_berth"),
+            cluster.kubeconfig_path().display()
+        );
+        let mut command = Command::new("script");
+        command.args(["-qec", &line, "/dev/null"]).stdin(Stdio::null()).env_remove("NO_COLOR");
+        if no_color {
+            command.env("NO_COLOR", "1");
+        }
+        String::from_utf8_lossy(&command.output().expect("run script (util-linux)").stdout).into_owned()
+    };
+    let coloured = on_tty(false);
+    assert!(coloured.contains("\x1b[1mNamespace shop\x1b[0m"), "{coloured:?}");
+    assert!(!on_tty(true).contains('\x1b'), "NO_COLOR turns colours off");
+
     cluster.assert_clean().await;
     assert_eq!(operator.terminate().code(), Some(0));
 }
