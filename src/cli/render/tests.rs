@@ -1,6 +1,11 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::Job;
 use serde_json::json;
 
 use super::*;
+use crate::api::{AppEnvironment, Backup, BackupPolicy, DatabaseInstance, Restore};
+use crate::resources::backup::job_name;
 
 fn now() -> Timestamp {
     "2026-12-04T12:00:00Z".parse().unwrap()
