@@ -155,20 +155,12 @@ pub fn status_report(input: &StatusInput, now: Timestamp) -> StatusReport {
     let namespaces = namespaces
         .into_iter()
         .map(|ns| {
-            let in_ns = |o: &dyn Fn() -> String| o() == ns;
-            let mut apps: Vec<&AppEnvironment> = input.apps.iter().filter(|a| in_ns(&|| namespace_of(*a))).collect();
-            apps.sort_by_key(|a| a.name_any());
-            let mut dbs: Vec<&DatabaseInstance> =
-                input.databases.iter().filter(|d| in_ns(&|| namespace_of(*d))).collect();
-            dbs.sort_by_key(|d| d.name_any());
-            let mut policies: Vec<&BackupPolicy> =
-                input.policies.iter().filter(|p| in_ns(&|| namespace_of(*p))).collect();
-            policies.sort_by_key(|p| p.name_any());
-            let backups: Vec<&Backup> = input.backups.iter().filter(|b| in_ns(&|| namespace_of(*b))).collect();
-            let last_restore = input
-                .restores
-                .iter()
-                .filter(|r| in_ns(&|| namespace_of(*r)))
+            let apps = in_namespace(&input.apps, &ns);
+            let dbs = in_namespace(&input.databases, &ns);
+            let policies = in_namespace(&input.policies, &ns);
+            let backups = in_namespace(&input.backups, &ns);
+            let last_restore = in_namespace(&input.restores, &ns)
+                .into_iter()
                 .max_by_key(|r| (created(&r.metadata), r.name_any()))
                 .map(restore_report);
             let app_reports: Vec<AppReport> =
@@ -196,6 +188,13 @@ pub fn status_report(input: &StatusInput, now: Timestamp) -> StatusReport {
     StatusReport { namespaces }
 }
 
+/// The objects of `ns`, by name.
+fn in_namespace<'a, K: ResourceExt>(objects: &'a [K], ns: &str) -> Vec<&'a K> {
+    let mut out: Vec<&K> = objects.iter().filter(|o| namespace_of(*o) == ns).collect();
+    out.sort_by_key(|o| o.name_any());
+    out
+}
+
 fn app_report(
     app: &AppEnvironment,
     dbs: &[&DatabaseInstance],
@@ -205,12 +204,10 @@ fn app_report(
 ) -> AppReport {
     let status = app.status.clone().unwrap_or_default();
     let valid = validate_app(app).ok();
-    let desired = match (&valid, &app.spec.autoscaling) {
-        (Some(v), _) if v.replicas.is_some() => v.replicas.unwrap_or_default().to_string(),
-        (Some(v), _) if v.autoscaling.is_some() => {
-            let a = v.autoscaling.as_ref().expect("checked");
-            format!("{}-{}", a.min_replicas, a.max_replicas)
-        }
+    // The validated spec resolves the tier's defaults; an invalid one shows what it says.
+    let desired = match (valid.as_ref().map(|v| (v.replicas, &v.autoscaling)), &app.spec.autoscaling) {
+        (Some((Some(replicas), _)), _) => replicas.to_string(),
+        (Some((None, Some(a))), _) => format!("{}-{}", a.min_replicas, a.max_replicas),
         (_, Some(a)) => format!("{}-{}", a.min_replicas.unwrap_or(1), a.max_replicas),
         _ => app.spec.replicas.map_or_else(|| "?".into(), |r| r.to_string()),
     };

@@ -312,3 +312,23 @@ Never restored: Pods, ReplicaSets and other controller output, objects Berth rec
 "
     );
 }
+
+#[test]
+fn desired_replicas_follow_the_tier_or_the_autoscaler() {
+    let app = |spec: serde_json::Value| -> AppEnvironment {
+        obj(json!({"apiVersion": "berth.dev/v1alpha1", "kind": "AppEnvironment",
+                   "metadata": {"name": "a", "namespace": "ns"}, "spec": spec}))
+    };
+    let input = StatusInput {
+        apps: vec![
+            app(json!({"tier": "production", "image": "i", "autoscaling": {"minReplicas": 2, "maxReplicas": 5}})),
+            app(json!({"tier": "production", "image": "i"})),
+        ],
+        ..Default::default()
+    };
+    let report = status_report(&input, now());
+    let desired: Vec<&str> =
+        report.namespaces[0].app_environments.iter().map(|a| a.desired_replicas.as_str()).collect();
+    assert_eq!(desired[0], "2-5");
+    assert!(desired[1].parse::<i32>().is_ok_and(|n| n >= 2), "production's default: {desired:?}");
+}
