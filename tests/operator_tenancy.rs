@@ -243,6 +243,17 @@ async fn a_restore_into_kube_system_is_refused_and_writes_nothing_there() {
     assert!(ready.message.contains("deployments.apps in namespace \"kube-system\""), "{}", ready.message);
     assert_eq!(mapped.status.as_ref().unwrap().created, None, "nothing was created");
 
+    // A dry run says so up front, object by object, and looks nothing up where it may not.
+    let (looked, _) = restore(&client, TEAM_A, "look", json!({"backupName": "crafted-1", "dryRun": true})).await;
+    assert_eq!(phase(&looked), Some("Completed"));
+    let planned = looked.status.unwrap().planned;
+    assert!(
+        planned[0].starts_with("refused: ServiceAccount team-a/berth-backup may not create deployments.apps"),
+        "{planned:?}"
+    );
+    assert!(planned.contains(&"refused Deployment kube-system/miner".to_string()), "{planned:?}");
+    assert!(planned.contains(&"refused RoleBinding kube-system/team-a-is-admin".to_string()), "{planned:?}");
+
     // Nothing reached kube-system: not the objects, and no write of any kind (audit log).
     assert!(cluster.object("apps/v1", "Deployment", "kube-system", "miner").await.is_none());
     let binding = cluster.object("rbac.authorization.k8s.io/v1", "RoleBinding", "kube-system", "team-a-is-admin");

@@ -41,10 +41,10 @@ use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, job_
 use crate::resources::backuppolicy::validate as validate_policy;
 use crate::resources::meta::owner_label_key;
 use crate::resources::restore::{
-    DATABASE_NOT_READY, DATABASE_READY_DEADLINE, DEFAULT_TIMEOUT, DataWrites, JOBS_TIMED_OUT, NAMESPACE_RECHECK,
-    NamespaceState, ResourceName, RestorePlan, Stage, TIMED_OUT, authorization_refusal, database_not_ready_message,
-    deadline_passed, jobs_timed_out_message, namespace_problem, plan, required_access, target_namespace,
-    timed_out_message, timeout,
+    Access, DATABASE_NOT_READY, DATABASE_READY_DEADLINE, DEFAULT_TIMEOUT, DataWrites, JOBS_TIMED_OUT,
+    NAMESPACE_RECHECK, NamespaceState, ResourceName, RestorePlan, Stage, TIMED_OUT, authorization_refusal,
+    create_refused, database_not_ready_message, deadline_passed, jobs_timed_out_message, namespace_problem, plan,
+    required_access, target_namespace, timed_out_message, timeout,
 };
 use crate::runtime::impersonate::{ACCOUNT_NOT_ALLOWED, Account, allowed};
 
@@ -171,15 +171,16 @@ async fn reconcile_restore(restore: &Restore, ctx: &Ctx) -> Result<Action, Error
     let target_states = namespace_states(ctx, targets, &own_namespace).await?;
     // Before anything is written (and again only if the operator restarts before the first
     // stage ends): every request the restore needs must be allowed to its account.
-    let refusal = if restore.spec.dry_run || status.stage.is_none() {
-        authorize(restore, &tenant, &account, &loaded).await?
+    let answers = if restore.spec.dry_run || status.stage.is_none() {
+        authorize(restore, &tenant, &loaded).await?
     } else {
-        None
+        Vec::new()
     };
+    let refusal = authorization_refusal(&account.to_string(), &answers);
     if restore.spec.dry_run {
         let mut status = status;
         status.backup_name = Some(loaded.backup.name_any());
-        status.planned = dry_run(&tenant, &loaded.plan).await?;
+        status.planned = dry_run(&tenant, &loaded.plan, &answers).await?;
         if let Some((_, message)) = namespace_problem(&target_states) {
             status.planned.insert(0, format!("blocked: {message}"));
         }
@@ -403,13 +404,8 @@ struct Tenant {
 }
 
 /// Asks the API server, as the restore's account, about every request the restore needs
-/// ([`required_access`]) and returns the refusal's reason and message, if any.
-async fn authorize(
-    restore: &Restore,
-    tenant: &kube::Client,
-    account: &Account,
-    loaded: &Loaded,
-) -> Result<Option<(&'static str, String)>, Error> {
+/// ([`required_access`]), and returns each request with the answer.
+async fn authorize(restore: &Restore, tenant: &kube::Client, loaded: &Loaded) -> Result<Vec<(Access, bool)>, Error> {
     let mut resources = HashMap::new();
     for obj in loaded.plan.stages.iter().flat_map(|(_, objects)| objects) {
         let key = (obj["apiVersion"].clone(), obj["kind"].clone());
@@ -440,7 +436,7 @@ async fn authorize(
         let ok = allowed(tenant, &access).await?;
         answers.push((access, ok));
     }
-    Ok(authorization_refusal(&account.to_string(), &answers))
+    Ok(answers)
 }
 
 async fn run_stage(
@@ -710,13 +706,20 @@ fn describe(obj: &Value) -> String {
 }
 
 /// What a restore would do, object by object, without doing it.
-async fn dry_run(client: &kube::Client, plan: &RestorePlan) -> Result<Vec<String>, Error> {
+/// `answers`: the account's access reviews; an object it may not create is listed as refused
+/// and not looked up (a read there would be refused too).
+async fn dry_run(client: &kube::Client, plan: &RestorePlan, answers: &[(Access, bool)]) -> Result<Vec<String>, Error> {
     let mut out = Vec::new();
     for stage in Stage::ALL {
         for obj in plan.objects(stage) {
             let describe = describe(obj);
             let exists = match resource_of(client, obj).await {
                 Ok((ar, namespaced)) => {
+                    let resource = ResourceName { group: ar.group.clone(), plural: ar.plural.clone(), namespaced };
+                    if create_refused(answers, obj, &resource) {
+                        out.push(format!("refused {describe}"));
+                        continue;
+                    }
                     let api: Api<DynamicObject> = match obj["metadata"]["namespace"].as_str() {
                         Some(ns) if namespaced => Api::namespaced_with(client.clone(), ns, &ar),
                         _ => Api::all_with(client.clone(), &ar),

@@ -718,6 +718,14 @@ pub fn required_access(
     wanted.into_iter().collect()
 }
 
+/// Whether `answers` (the account's access reviews) refused the `create` of `obj`, whose API
+/// resource is `resource`.
+pub fn create_refused(answers: &[(Access, bool)], obj: &Value, resource: &ResourceName) -> bool {
+    let namespace = if resource.namespaced { obj.pointer("/metadata/namespace").and_then(Value::as_str) } else { None };
+    let wanted = Access::new("create", &resource.group, &resource.plural, namespace.unwrap_or_default(), None);
+    answers.iter().any(|(access, allowed)| !allowed && *access == wanted)
+}
+
 /// Reason of a restore refused because its account may not make a request it needs.
 pub const NOT_AUTHORIZED: &str = "NotAuthorized";
 
@@ -1161,6 +1169,17 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("pg_restore --clean"), "{message}");
+    }
+
+    #[test]
+    fn a_dry_run_tells_refused_objects_apart() {
+        let miner = obj("apps/v1", "Deployment", "kube-system", "miner");
+        let deployments = resource_of(&miner).unwrap();
+        let refused = access("create", "apps", "deployments", "kube-system", None);
+        assert!(create_refused(&[(refused.clone(), false)], &miner, &deployments));
+        assert!(!create_refused(&[(refused, true)], &miner, &deployments));
+        let other = access("create", "apps", "deployments", "shop", None);
+        assert!(!create_refused(&[(other, false)], &miner, &deployments));
     }
 
     #[test]
