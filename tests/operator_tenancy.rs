@@ -411,4 +411,68 @@ async fn a_missing_or_forbidden_account_ends_with_a_condition_that_names_it() {
     })
     .await;
     cluster.assert_clean().await;
+
+    // An account whose Role lacks what a backup reads: the Backup ends, naming the account and
+    // the fix, instead of retrying forever. Those refused reads are the only 403s.
+    const TEAM_C: &str = "team-c";
+    cluster.namespace(TEAM_C).await;
+    let account = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "berth-backup", "namespace": TEAM_C}});
+    cluster.kubectl_apply(account.to_string().as_bytes());
+    storage_secrets(&client, TEAM_C, &s3).await;
+    let mut with_databases = policy(TEAM_C, &s3);
+    with_databases["spec"]["scope"]["databases"] = json!(true);
+    let _: BackupPolicy = create(&client, TEAM_C, with_databases).await;
+    let backup_ends = |name: &'static str| {
+        let backups: Api<Backup> = Api::namespaced(client.clone(), TEAM_C);
+        let client = client.clone();
+        async move {
+            let _: Backup = create(
+                &client,
+                TEAM_C,
+                json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name},
+                       "spec": {"policyName": "nightly"}}),
+            )
+            .await;
+            let status = eventually(&format!("Backup {name} ends"), WAIT, || async {
+                let status = backups.get(name).await.ok()?.status?;
+                matches!(status.phase.as_deref(), Some("Completed" | "PartiallyFailed" | "Failed")).then_some(status)
+            })
+            .await;
+            assert_eq!(status.phase.as_deref(), Some("Failed"), "{status:?}");
+            status.conditions.into_iter().find(|c| c.type_ == "Ready").unwrap()
+        }
+    };
+    // No Role at all: the storage Secrets cannot be read as the account.
+    // (A Backup's Ready reason is its phase; the failure's reason leads the message.)
+    let ready = backup_ends("no-role").await;
+    assert!(
+        ready.message.starts_with(
+            "Forbidden: spec.storage: the ServiceAccount Berth acts as in this namespace may not read Secret \"s3-credentials\""
+        ),
+        "{}",
+        ready.message
+    );
+    assert!(ready.message.contains("grant it get on Secrets"), "{}", ready.message);
+    // Secrets only: the databases to back up cannot be listed.
+    let secrets_only = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "secrets", "namespace": TEAM_C},
+         "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "secrets", "namespace": TEAM_C},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "secrets"},
+         "subjects": [{"kind": "ServiceAccount", "name": "berth-backup", "namespace": TEAM_C}]}]});
+    cluster.kubectl_apply(secrets_only.to_string().as_bytes());
+    let ready = backup_ends("secrets-only").await;
+    assert!(
+        ready.message.starts_with(
+            "Forbidden: cannot list the databases and volumes to back up as ServiceAccount team-c/berth-backup"
+        ),
+        "{}",
+        ready.message
+    );
+    let forbidden = cluster.audit.forbidden(support::cluster::OPERATOR_USER);
+    assert!(!forbidden.is_empty());
+    assert!(
+        forbidden.iter().all(|f| f.contains("team-c/") && f.contains("as system:serviceaccount:team-c:berth-backup")),
+        "{forbidden:#?}"
+    );
 }

@@ -207,7 +207,7 @@ async fn policy(ctx: &Ctx, backup: &Backup) -> Result<Result<(ValidPolicy, kube:
 
 /// New: opens the repository and lists the items; InProgress from then on.
 async fn start(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
-    let (policy, tenant, _) = match policy(ctx, backup).await? {
+    let (policy, tenant, account) = match policy(ctx, backup).await? {
         Ok(p) => p,
         Err(f) => return fail(backup, ctx, BackupStatus::default(), f).await,
     };
@@ -217,22 +217,40 @@ async fn start(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
         let status = BackupStatus { start_time: Some(started), ..BackupStatus::default() };
         return fail(backup, ctx, status, e.into()).await;
     }
-    let mut items = vec![pending("resources")];
-    let scope = &policy.policy.spec.scope;
-    if scope.databases.unwrap_or(true) {
-        for db in selected::<DatabaseInstance>(&tenant, &ns, &policy).await? {
-            items.push(pending(&format!("database/{}", db.name_any())));
+    let items = match items(&tenant, &ns, &policy).await {
+        Ok(items) => items,
+        // The account's Role lacks a read: asking again cannot help, the Backup ends.
+        Err(Error::Kube(e)) if refusal(&e).is_some() => {
+            let message = format!(
+                "cannot list the databases and volumes to back up as ServiceAccount {ns}/{account}: {}; grant it list on databaseinstances, appenvironments and persistentvolumeclaims (deploy/tenant/)",
+                refusal(&e).unwrap_or_default()
+            );
+            let status = BackupStatus { start_time: Some(started), ..BackupStatus::default() };
+            return fail(backup, ctx, status, Failure { reason: "Forbidden", message }).await;
         }
-    }
-    if scope.volumes.unwrap_or(false) {
-        for pvc in volumes(&tenant, &ns, &policy).await? {
-            items.push(pending(&format!("volume/{}", pvc.name_any())));
-        }
-    }
+        Err(e) => return Err(e),
+    };
     let status = BackupStatus { start_time: Some(started), items, ..BackupStatus::default() };
     info!(backup = %key(backup), items = status.items.len(), "backup started");
     write_status(backup, ctx, status, phase::IN_PROGRESS, None).await?;
     Ok(Action::await_change())
+}
+
+/// The items of a new Backup: its objects, and each selected database and volume.
+async fn items(tenant: &kube::Client, ns: &str, policy: &ValidPolicy) -> Result<Vec<BackupItem>, Error> {
+    let mut items = vec![pending("resources")];
+    let scope = &policy.policy.spec.scope;
+    if scope.databases.unwrap_or(true) {
+        for db in selected::<DatabaseInstance>(tenant, ns, policy).await? {
+            items.push(pending(&format!("database/{}", db.name_any())));
+        }
+    }
+    if scope.volumes.unwrap_or(false) {
+        for pvc in volumes(tenant, ns, policy).await? {
+            items.push(pending(&format!("volume/{}", pvc.name_any())));
+        }
+    }
+    Ok(items)
 }
 
 fn pending(name: &str) -> BackupItem {
@@ -289,14 +307,40 @@ async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Resul
         let job_name = job_name(&name, &item.name);
         match ctx.jobs.get(&ObjectRef::new(&job_name).within(&ns)) {
             None => {
-                let Some(task) = task_for(&tenant, &ns, &item.name).await? else {
-                    item.phase = phase::FAILED.into();
-                    item.error = Some(format!("{} no longer exists", item.name));
-                    changed = true;
-                    continue;
+                // A read the account's Role refuses fails the item, not the whole Backup.
+                let refused = |e: &Error| match e {
+                    Error::Kube(e) => {
+                        refusal(e).map(|r| format!("cannot read {} as ServiceAccount {ns}/{account}: {r}", item.name))
+                    }
+                    _ => None,
+                };
+                let task = match task_for(&tenant, &ns, &item.name).await {
+                    Ok(Some(task)) => task,
+                    Ok(None) => {
+                        item.phase = phase::FAILED.into();
+                        item.error = Some(format!("{} no longer exists", item.name));
+                        changed = true;
+                        continue;
+                    }
+                    Err(e) => match refused(&e) {
+                        Some(message) => {
+                            (item.phase, item.error, changed) = (phase::FAILED.into(), Some(message), true);
+                            continue;
+                        }
+                        None => return Err(e),
+                    },
                 };
                 let consumer = match &task {
-                    AgentTask::BackupVolume { pvc } => volume_consumer(&tenant, &ns, pvc).await?,
+                    AgentTask::BackupVolume { pvc } => match volume_consumer(&tenant, &ns, pvc).await {
+                        Ok(consumer) => consumer,
+                        Err(e) => match refused(&e) {
+                            Some(message) => {
+                                (item.phase, item.error, changed) = (phase::FAILED.into(), Some(message), true);
+                                continue;
+                            }
+                            None => return Err(e),
+                        },
+                    },
                     _ => None,
                 };
                 let owner = backup.controller_owner_ref(&()).expect("a Backup from the API has a uid");
