@@ -352,3 +352,18 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     server.abort();
     Ok(code)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_account_must_be_a_service_account_name() {
+        assert_eq!(parse_account("berth-backup").unwrap(), "berth-backup");
+        assert_eq!(parse_account("team.backup-1").unwrap(), "team.backup-1");
+        for bad in ["", "Berth", "-x", "x-", "a_b", "system:serviceaccount:ns:x"] {
+            let e = parse_account(bad).unwrap_err();
+            assert!(e.contains("is not a ServiceAccount name"), "{bad}: {e}");
+        }
+    }
+}
