@@ -267,6 +267,10 @@ fn backup_jobs(backup: &berth_api::Backup, inputs: &Inputs) -> Result<Vec<Value>
         };
         let item = format!("database/{instance}");
         let name = job_name(&backup.name_any(), &item);
+        let requested =
+            [backup.spec.service_account_name.as_deref(), valid.policy.spec.service_account_name.as_deref()];
+        let account = crate::runtime::impersonate::DEFAULT_ACCOUNT.to_string();
+        let account = requested.into_iter().flatten().next().map_or(account, str::to_string);
         let settings = JobSettings {
             owner: &owner,
             namespace: &namespace,
@@ -277,6 +281,7 @@ fn backup_jobs(backup: &berth_api::Backup, inputs: &Inputs) -> Result<Vec<Value>
             consumer: None,
             deadline_seconds: 6 * 3600,
             backoff_limit: 2,
+            service_account: Some(&account),
         };
         let mut job = serde_json::to_value(agent_job(&task, &settings)).expect("a Job serializes");
         if backup.uid().is_none() {

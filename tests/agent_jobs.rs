@@ -112,6 +112,7 @@ impl World {
             }),
             deadline_seconds: 600,
             backoff_limit: 0,
+            service_account: None,
         };
         let job = agent_job(task, &settings);
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), NS);

@@ -364,31 +364,35 @@ fn chart_rbac_is_explicit_and_follows_watch_namespaces() {
             .iter()
             .all(|verb| rules.iter().any(|(g, r, v)| g.contains(group) && r.contains(resource) && v.contains(*verb)))
     }
-    const CRUD: &[&str] = &["get", "list", "watch", "create", "update", "patch", "delete"];
-    // What the operator needs (issue 2 / the operator's interface), as (group, resource, verbs).
+    // Server-side apply is `patch` (plus `create`); nothing the operator does is an `update`.
+    const OWNED: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
+    // What the operator needs for itself (issue 15: backups and restores act as the tenant's
+    // ServiceAccount), as (group, resource, verbs).
     let mut needed: Vec<(String, String, &[&str])> = Vec::new();
     for p in ["appenvironments", "databaseinstances", "backuppolicies", "backups", "restores"] {
-        needed.push(("berth.dev".into(), p.into(), CRUD));
-        needed.push(("berth.dev".into(), format!("{p}/status"), &["get", "update", "patch"]));
+        needed.push(("berth.dev".into(), p.into(), &["get", "list", "watch"]));
+        needed.push(("berth.dev".into(), format!("{p}/status"), &["get", "patch"]));
         needed.push(("berth.dev".into(), format!("{p}/finalizers"), &["update"]));
     }
+    needed.push(("berth.dev".into(), "backups".into(), &["create", "patch", "delete"]));
     for r in ["serviceaccounts", "services", "configmaps", "secrets", "persistentvolumeclaims"] {
-        needed.push(("".into(), r.into(), CRUD));
+        needed.push(("".into(), r.into(), OWNED));
     }
+    needed.push(("".into(), "serviceaccounts".into(), &["impersonate"]));
     needed.push(("".into(), "pods".into(), &["get", "list", "watch"]));
     needed.push(("".into(), "events".into(), &["create", "patch"]));
     needed.push(("events.k8s.io".into(), "events".into(), &["create", "patch"]));
+    needed.push(("batch".into(), "jobs".into(), &["get", "list", "watch"]));
     for (g, r) in [
         ("apps", "deployments"),
         ("apps", "statefulsets"),
-        ("batch", "jobs"),
         ("networking.k8s.io", "ingresses"),
         ("networking.k8s.io", "networkpolicies"),
         ("autoscaling", "horizontalpodautoscalers"),
         ("policy", "poddisruptionbudgets"),
         ("cert-manager.io", "certificates"),
     ] {
-        needed.push((g.into(), r.into(), CRUD));
+        needed.push((g.into(), r.into(), OWNED));
     }
 
     for values in CHART_SCENARIOS {
@@ -408,6 +412,13 @@ fn chart_rbac_is_explicit_and_follows_watch_namespaces() {
         assert!(allows(&cluster, g, r, v), "ClusterRole lacks {v:?} on {g}/{r}");
     }
     assert!(allows(&cluster, "storage.k8s.io", "storageclasses", &["get", "list", "watch"]));
+    // What a tenant's account does is not the operator's to do: no Job, no restored kind, no
+    // write of the Berth kinds' specs, and impersonation of ServiceAccounts only.
+    assert!(!allows(&cluster, "batch", "jobs", &["create"]), "the operator still creates Jobs itself");
+    assert!(!allows(&cluster, "berth.dev", "databaseinstances", &["create"]));
+    assert!(!allows(&cluster, "berth.dev", "appenvironments", &["update"]));
+    assert!(!allows(&cluster, "", "secrets", &["update"]));
+    assert!(!allows(&cluster, "", "users", &["impersonate"]) && !allows(&cluster, "", "groups", &["impersonate"]));
     let lease = find(&default.docs, "Role", "berth-leader-election");
     assert_eq!(lease["metadata"]["namespace"], "berth-system");
     assert!(allows(&rules(lease), "coordination.k8s.io", "leases", &["get", "create", "update", "patch"]));
@@ -438,6 +449,23 @@ fn chart_rbac_is_explicit_and_follows_watch_namespaces() {
     let deployment = find(&ns.docs, "Deployment", "berth");
     let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
     assert!(env.as_array().unwrap().iter().any(|e| e["name"] == "BERTH_NAMESPACES" && e["value"] == "team-a,team-b"));
+
+    // An enforced default account: the operator may impersonate accounts of that name only.
+    let impersonation = |render: &Render| {
+        let role = find(&render.docs, "ClusterRole", "berth");
+        let rules = role["rules"].as_array().unwrap();
+        rules.iter().find(|r| r["verbs"] == serde_json::json!(["impersonate"])).cloned().unwrap()
+    };
+    assert!(impersonation(&default).get("resourceNames").is_none());
+    let enforced = render_chart(
+        "",
+        &["--set", "tenancy.enforceDefaultServiceAccount=true", "--set", "tenancy.defaultServiceAccount=backup-runner"],
+    );
+    assert_eq!(impersonation(&enforced)["resourceNames"], serde_json::json!(["backup-runner"]));
+    let env = &find(&enforced.docs, "Deployment", "berth")["spec"]["template"]["spec"]["containers"][0]["env"];
+    let env = env.as_array().unwrap();
+    assert!(env.iter().any(|e| e["name"] == "BERTH_DEFAULT_SERVICE_ACCOUNT" && e["value"] == "backup-runner"));
+    assert!(env.iter().any(|e| e["name"] == "BERTH_ENFORCE_DEFAULT_SERVICE_ACCOUNT" && e["value"] == "true"));
 }
 
 /// The operator pod: restricted security context, probes on the named port, downward API,

@@ -38,6 +38,10 @@ async fn cluster(overrides: &[(String, String)]) -> Cluster {
     for ns in [NS, OTHER] {
         cluster.namespace(ns).await;
     }
+    // What each namespace's admin grants (deploy/tenant/): Berth acts as `berth-backup`, and
+    // shop's account may restore into shop-restored.
+    cluster.tenant_account(NS);
+    cluster.tenant_grant(NS, OTHER);
     let kubelet = cluster.kubelet();
     kubelet.with_env("AWS_EC2_METADATA_DISABLED", "true");
     for (from, to) in overrides {

@@ -40,6 +40,7 @@ async fn cluster(namespaces: &[&str]) -> Cluster {
     cluster.install_crds_from_dir(&repo().join("crds")).await;
     for ns in namespaces {
         cluster.namespace(ns).await;
+        cluster.tenant_account(ns);
     }
     cluster
 }
@@ -452,6 +453,7 @@ async fn a_restore_into_a_missing_namespace_waits_for_it_and_never_creates_it() 
 
     // Created by its owner, the namespace lets the restore go on (checked every 30 s).
     cluster.namespace(COPY).await;
+    cluster.tenant_grant(NS, COPY);
     let done = eventually("Restore shop-copy Completed", Duration::from_secs(50), || async {
         let r = restores.get("shop-copy").await.ok()?;
         let st = r.status?;

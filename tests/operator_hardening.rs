@@ -35,6 +35,8 @@ async fn cluster() -> Cluster {
     let cluster = Cluster::start().await;
     cluster.install_crds_from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("crds")).await;
     cluster.namespace(NS).await;
+    // Berth acts as the namespace's `berth-backup` account (deploy/tenant/).
+    cluster.tenant_account(NS);
     cluster
 }
 

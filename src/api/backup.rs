@@ -40,6 +40,15 @@ pub struct BackupSpec {
     /// false: deleting the object keeps the data.
     #[serde(default)]
     pub delete_data: bool,
+    /// ServiceAccount of this namespace that Berth acts as for this backup: it reads the
+    /// policy's Secrets and exports the namespace's objects with that account's rights, and the
+    /// agent Jobs run as it. Unset: the policy's `serviceAccountName`, else the operator's
+    /// `--default-service-account` (`berth-backup` in the chart). A cluster admin may
+    /// enforce that default, and then no other name is accepted. The namespace's admin creates
+    /// the account and its Role (see the README, "Tenancy"); Berth never creates them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub service_account_name: Option<String>,
 }
 
 /// Observed state of a Backup.

@@ -60,6 +60,15 @@ pub struct BackupPolicySpec {
     /// How many backups are kept.
     #[serde(default)]
     pub retention: Retention,
+    /// ServiceAccount of this namespace that Berth acts as for this policy and the Backups it
+    /// creates: it reads the storage Secrets and exports objects with that account's rights,
+    /// and the agent Jobs run as it. Unset: the operator's `--default-service-account`
+    /// (`berth-backup` in the chart). A cluster admin may
+    /// enforce that default, and then no other name is accepted. The namespace's admin creates
+    /// the account and its Role (see the README, "Tenancy"); Berth never creates them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub service_account_name: Option<String>,
 }
 
 /// An S3 (or S3-compatible) location.

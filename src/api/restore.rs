@@ -59,6 +59,15 @@ pub struct RestoreSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(h|m|s))+$"))]
     pub timeout: Option<String>,
+    /// ServiceAccount of this namespace that Berth acts as for this restore: every object,
+    /// namespace and database it writes must be allowed to that account, or the restore is
+    /// refused before it writes anything. Unset: the operator's `--default-service-account`
+    /// (`berth-backup` in the chart). A cluster admin may
+    /// enforce that default, and then no other name is accepted. The namespace's admin creates
+    /// the account and its Role (see the README, "Tenancy"); Berth never creates them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub service_account_name: Option<String>,
 }
 
 /// Handling of objects that already exist in the target.

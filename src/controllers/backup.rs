@@ -36,6 +36,7 @@ use crate::backup::resources::{SnapshotRef, store_objects};
 use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, job_outcome, jobs, snapshot_tags};
 use crate::resources::backuppolicy::{ValidPolicy, validate as validate_policy};
 use crate::resources::meta::owner_label_key;
+use crate::runtime::impersonate::{ACCOUNT_NOT_ALLOWED, ACCOUNT_NOT_FOUND};
 
 pub const NAME: &str = "backup";
 const STATUS_MANAGER: &str = "berth/backup-status";
@@ -172,7 +173,9 @@ async fn reconcile_backup(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
     }
 }
 
-async fn policy(ctx: &Ctx, backup: &Backup) -> Result<Result<ValidPolicy, Failure>, Error> {
+/// The Backup's valid policy and a client that acts as the Backup's ServiceAccount (its own
+/// `spec.serviceAccountName`, else its policy's, else the operator's default), or why not.
+async fn policy(ctx: &Ctx, backup: &Backup) -> Result<Result<(ValidPolicy, kube::Client, String), Failure>, Error> {
     let ns = backup.namespace().unwrap_or_default();
     let api: Api<BackupPolicy> = Api::namespaced(ctx.shared.client.clone(), &ns);
     let Some(policy) = api.get_opt(&backup.spec.policy_name).await? else {
@@ -184,40 +187,70 @@ async fn policy(ctx: &Ctx, backup: &Backup) -> Result<Result<ValidPolicy, Failur
             ),
         }));
     };
-    Ok(validate_policy(&policy).map_err(|errors| Failure {
-        reason: "InvalidPolicy",
-        message: errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-    }))
+    let valid = match validate_policy(&policy) {
+        Ok(valid) => valid,
+        Err(errors) => {
+            let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            return Ok(Err(Failure { reason: "InvalidPolicy", message }));
+        }
+    };
+    let requested = [backup.spec.service_account_name.as_deref(), policy.spec.service_account_name.as_deref()];
+    let account = match ctx.shared.tenants.policy.account(&ns, &requested, "spec.serviceAccountName") {
+        Ok(account) => account,
+        Err(e) => return Ok(Err(Failure { reason: ACCOUNT_NOT_ALLOWED, message: e.to_string() })),
+    };
+    Ok(match ctx.shared.act_as(&account).await? {
+        Ok(client) => Ok((valid, client, account.name)),
+        Err((reason, message)) => Err(Failure { reason, message }),
+    })
 }
 
 /// New: opens the repository and lists the items; InProgress from then on.
 async fn start(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
-    let policy = match policy(ctx, backup).await? {
+    let (policy, tenant, account) = match policy(ctx, backup).await? {
         Ok(p) => p,
         Err(f) => return fail(backup, ctx, BackupStatus::default(), f).await,
     };
     let ns = backup.namespace().unwrap_or_default();
     let started = Time(jiff::Timestamp::now());
-    if let Err(e) = repository::open(&ctx.shared.client, &ns, &policy.policy.spec.storage, "spec.storage").await {
+    if let Err(e) = repository::open(&tenant, &ns, &policy.policy.spec.storage, "spec.storage").await {
         let status = BackupStatus { start_time: Some(started), ..BackupStatus::default() };
         return fail(backup, ctx, status, e.into()).await;
     }
-    let mut items = vec![pending("resources")];
-    let scope = &policy.policy.spec.scope;
-    if scope.databases.unwrap_or(true) {
-        for db in selected::<DatabaseInstance>(ctx, &ns, &policy).await? {
-            items.push(pending(&format!("database/{}", db.name_any())));
+    let items = match items(&tenant, &ns, &policy).await {
+        Ok(items) => items,
+        // The account's Role lacks a read: asking again cannot help, the Backup ends.
+        Err(Error::Kube(e)) if refusal(&e).is_some() => {
+            let message = format!(
+                "cannot list the databases and volumes to back up as ServiceAccount {ns}/{account}: {}; grant it list on databaseinstances, appenvironments and persistentvolumeclaims (deploy/tenant/)",
+                refusal(&e).unwrap_or_default()
+            );
+            let status = BackupStatus { start_time: Some(started), ..BackupStatus::default() };
+            return fail(backup, ctx, status, Failure { reason: "Forbidden", message }).await;
         }
-    }
-    if scope.volumes.unwrap_or(false) {
-        for pvc in volumes(ctx, &ns, &policy).await? {
-            items.push(pending(&format!("volume/{}", pvc.name_any())));
-        }
-    }
+        Err(e) => return Err(e),
+    };
     let status = BackupStatus { start_time: Some(started), items, ..BackupStatus::default() };
     info!(backup = %key(backup), items = status.items.len(), "backup started");
     write_status(backup, ctx, status, phase::IN_PROGRESS, None).await?;
     Ok(Action::await_change())
+}
+
+/// The items of a new Backup: its objects, and each selected database and volume.
+async fn items(tenant: &kube::Client, ns: &str, policy: &ValidPolicy) -> Result<Vec<BackupItem>, Error> {
+    let mut items = vec![pending("resources")];
+    let scope = &policy.policy.spec.scope;
+    if scope.databases.unwrap_or(true) {
+        for db in selected::<DatabaseInstance>(tenant, ns, policy).await? {
+            items.push(pending(&format!("database/{}", db.name_any())));
+        }
+    }
+    if scope.volumes.unwrap_or(false) {
+        for pvc in volumes(tenant, ns, policy).await? {
+            items.push(pending(&format!("volume/{}", pvc.name_any())));
+        }
+    }
+    Ok(items)
 }
 
 fn pending(name: &str) -> BackupItem {
@@ -225,7 +258,7 @@ fn pending(name: &str) -> BackupItem {
 }
 
 /// The objects of kind `K` in `ns` that the policy's selector includes.
-async fn selected<K>(ctx: &Ctx, ns: &str, policy: &ValidPolicy) -> Result<Vec<K>, Error>
+async fn selected<K>(client: &kube::Client, ns: &str, policy: &ValidPolicy) -> Result<Vec<K>, Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -238,13 +271,14 @@ where
             .map_err(|e| Error::DependencyMissing(format!("spec.scope.selector: {e}")))?;
         params = params.labels_from(&selector);
     }
-    Ok(Api::<K>::namespaced(ctx.shared.client.clone(), ns).list(&params).await?.items)
+    Ok(Api::<K>::namespaced(client.clone(), ns).list(&params).await?.items)
 }
 
 /// PVCs labelled with an included AppEnvironment's name.
-async fn volumes(ctx: &Ctx, ns: &str, policy: &ValidPolicy) -> Result<Vec<PersistentVolumeClaim>, Error> {
-    let apps: Vec<String> = selected::<AppEnvironment>(ctx, ns, policy).await?.iter().map(|a| a.name_any()).collect();
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.shared.client.clone(), ns);
+async fn volumes(client: &kube::Client, ns: &str, policy: &ValidPolicy) -> Result<Vec<PersistentVolumeClaim>, Error> {
+    let apps: Vec<String> =
+        selected::<AppEnvironment>(client, ns, policy).await?.iter().map(|a| a.name_any()).collect();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let all = claims.list(&ListParams::default().labels(VOLUME_APP_LABEL)).await?.items;
     Ok(all.into_iter().filter(|c| c.labels().get(VOLUME_APP_LABEL).is_some_and(|a| apps.contains(a))).collect())
 }
@@ -261,7 +295,7 @@ async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Resul
         );
         return fail(backup, ctx, status, Failure { reason: "DeadlineExceeded", message }).await;
     }
-    let policy = match policy(ctx, backup).await? {
+    let (policy, tenant, account) = match policy(ctx, backup).await? {
         Ok(p) => p,
         Err(f) => return fail(backup, ctx, status, f).await,
     };
@@ -273,14 +307,40 @@ async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Resul
         let job_name = job_name(&name, &item.name);
         match ctx.jobs.get(&ObjectRef::new(&job_name).within(&ns)) {
             None => {
-                let Some(task) = task_for(ctx, &ns, &item.name).await? else {
-                    item.phase = phase::FAILED.into();
-                    item.error = Some(format!("{} no longer exists", item.name));
-                    changed = true;
-                    continue;
+                // A read the account's Role refuses fails the item, not the whole Backup.
+                let refused = |e: &Error| match e {
+                    Error::Kube(e) => {
+                        refusal(e).map(|r| format!("cannot read {} as ServiceAccount {ns}/{account}: {r}", item.name))
+                    }
+                    _ => None,
+                };
+                let task = match task_for(&tenant, &ns, &item.name).await {
+                    Ok(Some(task)) => task,
+                    Ok(None) => {
+                        item.phase = phase::FAILED.into();
+                        item.error = Some(format!("{} no longer exists", item.name));
+                        changed = true;
+                        continue;
+                    }
+                    Err(e) => match refused(&e) {
+                        Some(message) => {
+                            (item.phase, item.error, changed) = (phase::FAILED.into(), Some(message), true);
+                            continue;
+                        }
+                        None => return Err(e),
+                    },
                 };
                 let consumer = match &task {
-                    AgentTask::BackupVolume { pvc } => volume_consumer(&ctx.shared.client, &ns, pvc).await?,
+                    AgentTask::BackupVolume { pvc } => match volume_consumer(&tenant, &ns, pvc).await {
+                        Ok(consumer) => consumer,
+                        Err(e) => match refused(&e) {
+                            Some(message) => {
+                                (item.phase, item.error, changed) = (phase::FAILED.into(), Some(message), true);
+                                continue;
+                            }
+                            None => return Err(e),
+                        },
+                    },
                     _ => None,
                 };
                 let owner = backup.controller_owner_ref(&()).expect("a Backup from the API has a uid");
@@ -294,14 +354,25 @@ async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Resul
                     consumer,
                     deadline_seconds: JOB_DEADLINE_SECONDS,
                     backoff_limit: JOB_BACKOFF_LIMIT,
+                    service_account: Some(&account),
                 };
                 let mut job = agent_job(&task, &settings);
                 job.labels_mut().insert(owner_label_key("Backup"), name.clone());
-                let jobs: Api<Job> = Api::namespaced(ctx.shared.client.clone(), &ns);
+                // Created as the Backup's account: its Role decides whether it may run Jobs here.
+                let jobs: Api<Job> = Api::namespaced(tenant.clone(), &ns);
                 match jobs.create(&PostParams::default(), &job).await {
                     Ok(_) => info!(backup = %key(backup), item = %item.name, job = %job_name, "started agent Job"),
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => return Err(e.into()),
+                    Err(e) => match refusal(&e) {
+                        Some(reason) => {
+                            item.phase = phase::FAILED.into();
+                            item.error = Some(format!(
+                                "cannot create the agent Job {job_name} as ServiceAccount {ns}/{account}: {reason}"
+                            ));
+                            changed = true;
+                        }
+                        None => return Err(e.into()),
+                    },
                 }
             }
             Some(job) => match job_outcome(&job) {
@@ -316,7 +387,7 @@ async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Resul
         }
     }
     if !finished_jobs.is_empty() {
-        let repo = match repository::open(&ctx.shared.client, &ns, &policy.policy.spec.storage, "spec.storage").await {
+        let repo = match repository::open(&tenant, &ns, &policy.policy.spec.storage, "spec.storage").await {
             Ok(repo) => repo,
             Err(e) => return fail(backup, ctx, status, e.into()).await,
         };
@@ -352,20 +423,20 @@ async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Resul
         // Job status changes wake this controller; the requeue is a safety net.
         return Ok(Action::requeue(std::time::Duration::from_secs(60)));
     }
-    finish(backup, ctx, &policy, status).await
+    finish(backup, ctx, &tenant, &policy, status).await
 }
 
 /// The agent task of an item, or `None` when its source is gone.
-async fn task_for(ctx: &Ctx, ns: &str, item: &str) -> Result<Option<AgentTask>, Error> {
+async fn task_for(client: &kube::Client, ns: &str, item: &str) -> Result<Option<AgentTask>, Error> {
     if let Some(instance) = item.strip_prefix("database/") {
-        let api: Api<DatabaseInstance> = Api::namespaced(ctx.shared.client.clone(), ns);
+        let api: Api<DatabaseInstance> = Api::namespaced(client.clone(), ns);
         return Ok(api.get_opt(instance).await?.map(|db| match db.spec.engine {
             Engine::Postgres => AgentTask::BackupPostgres { instance: instance.into() },
             Engine::Rabbitmq => AgentTask::BackupRabbitmq { instance: instance.into() },
         }));
     }
     if let Some(pvc) = item.strip_prefix("volume/") {
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.shared.client.clone(), ns);
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
         return Ok(api.get_opt(pvc).await?.map(|_| AgentTask::BackupVolume { pvc: pvc.into() }));
     }
     Ok(None)
@@ -385,14 +456,20 @@ pub(super) async fn volume_consumer(
 
 /// Every Job has ended: exports the Kubernetes objects, writes the manifest and ends the
 /// Backup in its terminal phase.
-async fn finish(backup: &Backup, ctx: &Ctx, policy: &ValidPolicy, mut status: BackupStatus) -> Result<Action, Error> {
+async fn finish(
+    backup: &Backup,
+    ctx: &Ctx,
+    tenant: &kube::Client,
+    policy: &ValidPolicy,
+    mut status: BackupStatus,
+) -> Result<Action, Error> {
     let ns = backup.namespace().unwrap_or_default();
     let name = backup.name_any();
-    let repo = match repository::open(&ctx.shared.client, &ns, &policy.policy.spec.storage, "spec.storage").await {
+    let repo = match repository::open(tenant, &ns, &policy.policy.spec.storage, "spec.storage").await {
         Ok(repo) => repo,
         Err(e) => return fail(backup, ctx, status, e.into()).await,
     };
-    let exported = match export(ctx, &ns, policy).await {
+    let exported = match export(tenant, &ns, policy).await {
         Ok(e) => e,
         Err(Error::Kube(e)) if refusal(&e).is_some() => {
             let message = format!("cannot export the namespace's objects: {}", refusal(&e).unwrap_or_default());
@@ -486,15 +563,15 @@ async fn store(
 /// The Kubernetes objects of the Backup: the selected AppEnvironments and DatabaseInstances,
 /// the instances' Secrets (restored passwords must match restored data), the policy itself and
 /// the extra kinds of `spec.scope.extraResources`.
-async fn export(ctx: &Ctx, ns: &str, policy: &ValidPolicy) -> Result<Exported, Error> {
+async fn export(client: &kube::Client, ns: &str, policy: &ValidPolicy) -> Result<Exported, Error> {
     let mut objects = Vec::new();
     let mut failed = Vec::new();
     let typed = |v: Result<Value, serde_json::Error>| v.map_err(|source| Error::Serialize { kind: "object", source });
-    for app in selected::<AppEnvironment>(ctx, ns, policy).await? {
+    for app in selected::<AppEnvironment>(client, ns, policy).await? {
         objects.push(typed(serde_json::to_value(app))?);
     }
-    let secrets: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), ns);
-    for db in selected::<DatabaseInstance>(ctx, ns, policy).await? {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for db in selected::<DatabaseInstance>(client, ns, policy).await? {
         let selector = format!("{}={}", owner_label_key("DatabaseInstance"), db.name_any());
         for secret in secrets.list(&ListParams::default().labels(&selector)).await?.items {
             objects.push(typed(serde_json::to_value(secret))?);
@@ -506,7 +583,7 @@ async fn export(ctx: &Ctx, ns: &str, policy: &ValidPolicy) -> Result<Exported, E
     objects.push(typed(serde_json::to_value(own))?);
     let extra = &policy.policy.spec.scope.extra_resources;
     if !extra.is_empty() {
-        let discovery = Discovery::new(ctx.shared.client.clone()).run().await?;
+        let discovery = Discovery::new(client.clone()).run().await?;
         for wanted in extra {
             let (plural, group) = wanted.split_once('.').unwrap_or((wanted.as_str(), ""));
             let found = discovery
@@ -522,7 +599,7 @@ async fn export(ctx: &Ctx, ns: &str, policy: &ValidPolicy) -> Result<Exported, E
                 failed.push((item, message));
                 continue;
             };
-            let api: Api<DynamicObject> = Api::namespaced_with(ctx.shared.client.clone(), ns, &ar);
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
             let list = match api.list(&ListParams::default()).await {
                 Ok(list) => list,
                 Err(e) => match refusal(&e) {
@@ -646,11 +723,22 @@ async fn delete_data(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
             format!("{SKIP_DATA_DELETION}=true: the backup's data stays in the bucket"),
         )
         .await;
-    } else if let Ok(Ok(policy)) = policy(ctx, backup).await {
-        let deleted = match repository::open(&ctx.shared.client, &ns, &policy.policy.spec.storage, "spec.storage").await
-        {
-            Ok(repo) => forget_backup(&repo, backup).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+    } else if let Ok(found) = policy(ctx, backup).await
+        && let Some(tenant) = match found {
+            Ok((policy, tenant, _)) => Some(Ok((policy, tenant))),
+            // The policy is there but its account is not: fixable, so it blocks like storage.
+            Err(f) if matches!(f.reason, ACCOUNT_NOT_FOUND | ACCOUNT_NOT_ALLOWED) => Some(Err(f.message)),
+            Err(_) => None,
+        }
+    {
+        let deleted = match tenant {
+            Ok((policy, tenant)) => {
+                match repository::open(&tenant, &ns, &policy.policy.spec.storage, "spec.storage").await {
+                    Ok(repo) => forget_backup(&repo, backup).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Err(message) => Err(message),
         };
         match deleted {
             Ok(()) => info!(backup = %key(backup), "deleted the backup's snapshots and manifest"),

@@ -31,6 +31,7 @@ use crate::backup::resources::{BackupManifest, RefusedManifest, scan_manifests};
 use crate::resources::backuppolicy::{
     BackupFact, ValidPolicy, backup_name, due, freshness, next_run, retention_victims, validate,
 };
+use crate::runtime::impersonate::ACCOUNT_NOT_ALLOWED;
 use crate::runtime::metrics::PolicyLabels;
 
 pub const NAME: &str = "backuppolicy";
@@ -123,6 +124,15 @@ async fn reconcile_policy(policy: &BackupPolicy, ctx: &Ctx) -> Result<Action, Er
     let ns = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
     let mut status = policy.status.clone().unwrap_or_default();
+    // Storage Secrets are read as the policy's ServiceAccount: the namespace's RBAC decides.
+    let tenant = match tenant_client(ctx, policy).await? {
+        Ok(client) => client,
+        Err((reason, message)) => {
+            let conditions = [DesiredCondition::new(READY, false, reason, message)];
+            write_status(policy, ctx, &conditions, status).await?;
+            return Ok(Action::requeue(ACCOUNT_RECHECK));
+        }
+    };
     let mut ready = DesiredCondition::new(
         READY,
         true,
@@ -134,7 +144,7 @@ async fn reconcile_policy(policy: &BackupPolicy, ctx: &Ctx) -> Result<Action, Er
     if sync_due(ctx, &key(policy)) {
         // Throttled whether or not it works: an unreachable bucket is not listed in a loop.
         ctx.last_sync.lock().expect("sync map").insert(key(policy), Instant::now());
-        match repository::open(&ctx.shared.client, &ns, &valid.policy.spec.storage, "spec.storage").await {
+        match repository::open(&tenant, &ns, &valid.policy.spec.storage, "spec.storage").await {
             Ok(repo) => {
                 sync_backups(ctx, policy, &repo).await?;
             }
@@ -213,7 +223,7 @@ async fn reconcile_policy(policy: &BackupPolicy, ctx: &Ctx) -> Result<Action, Er
         let (backups, newest) = (backups.clone(), status.last_successful_backup.clone());
         let message = maintenance_plan(&victims, valid.policy.spec.offsite.is_some());
         ctx.maintenance.start(client.clone(), policy, async move {
-            match maintain(&client, &owned, &valid, &backups, &victims).await {
+            match maintain(&client, &tenant, &owned, &valid, &backups, &victims).await {
                 Ok(report) => Outcome {
                     replicated: report.is_some().then_some(newest).flatten(),
                     error: None,
@@ -286,6 +296,24 @@ fn needs_replication(valid: &ValidPolicy, status: &BackupPolicyStatus) -> bool {
         && status.last_replicated_backup != status.last_successful_backup
 }
 
+/// How often an object whose ServiceAccount is missing (or not allowed) looks again: creating
+/// an account is not an event Berth watches.
+pub const ACCOUNT_RECHECK: Duration = Duration::from_secs(30);
+
+/// The client that acts as `policy`'s ServiceAccount, or the reason and message of the
+/// condition that says why there is none.
+async fn tenant_client(
+    ctx: &Ctx,
+    policy: &BackupPolicy,
+) -> Result<Result<kube::Client, (&'static str, String)>, Error> {
+    let ns = policy.namespace().unwrap_or_default();
+    let requested = [policy.spec.service_account_name.as_deref()];
+    match ctx.shared.tenants.policy.account(&ns, &requested, "spec.serviceAccountName") {
+        Ok(account) => ctx.shared.act_as(&account).await,
+        Err(e) => Ok(Err((ACCOUNT_NOT_ALLOWED, e.to_string()))),
+    }
+}
+
 async fn create_backup(ctx: &Ctx, policy: &BackupPolicy, name: &str) -> Result<(), Error> {
     let ns = policy.namespace().unwrap_or_default();
     let backup = Backup {
@@ -295,7 +323,12 @@ async fn create_backup(ctx: &Ctx, policy: &BackupPolicy, name: &str) -> Result<(
             labels: Some(backup_ctl::labels(&policy.name_any())),
             ..ObjectMeta::default()
         },
-        spec: BackupSpec { policy_name: policy.name_any(), delete_data: false },
+        // The Backup acts as its policy's account.
+        spec: BackupSpec {
+            policy_name: policy.name_any(),
+            delete_data: false,
+            service_account_name: policy.spec.service_account_name.clone(),
+        },
         status: None,
     };
     let api: Api<Backup> = Api::namespaced(ctx.shared.client.clone(), &ns);
@@ -336,15 +369,18 @@ impl MaintenanceError {
 
 /// Forgets the data of `victims`, deletes their objects, prunes, and replicates the
 /// repository to the offsite location. Returns what the offsite copy did, when there is one.
+/// `client` is the operator's (it deletes the Backup objects retention removes), `tenant` the
+/// policy's ServiceAccount's (it reads the storage Secrets).
 async fn maintain(
     client: &kube::Client,
+    tenant: &kube::Client,
     policy: &BackupPolicy,
     valid: &ValidPolicy,
     backups: &[Arc<Backup>],
     victims: &[String],
 ) -> Result<Option<String>, MaintenanceError> {
     let ns = policy.namespace().unwrap_or_default();
-    let repo = repository::open(client, &ns, &valid.policy.spec.storage, "spec.storage").await?;
+    let repo = repository::open(tenant, &ns, &valid.policy.spec.storage, "spec.storage").await?;
     if !victims.is_empty() {
         let doomed: Vec<&Arc<Backup>> = backups.iter().filter(|b| victims.contains(&b.name_any())).collect();
         for backup in &doomed {
@@ -359,7 +395,7 @@ async fn maintain(
         }
     }
     let Some(offsite) = &valid.policy.spec.offsite else { return Ok(None) };
-    let config = repository::storage_config(client, &ns, offsite, "spec.offsite").await?;
+    let config = repository::storage_config(tenant, &ns, offsite, "spec.offsite").await?;
     let target = crate::backup::Storage::connect(&config).await.map_err(MaintenanceError::Replication)?;
     // Retention ran at the source: the copy follows it, never ahead of a complete source.
     let options = ReplicateOptions { delete_extraneous: true, ..ReplicateOptions::default() };
@@ -406,7 +442,11 @@ async fn sync_backups(ctx: &Ctx, policy: &BackupPolicy, repo: &Repository) -> Re
                 labels: Some(labels),
                 ..ObjectMeta::default()
             },
-            spec: BackupSpec { policy_name: name.clone(), delete_data: false },
+            spec: BackupSpec {
+                policy_name: name.clone(),
+                delete_data: false,
+                service_account_name: policy.spec.service_account_name.clone(),
+            },
             status: None,
         };
         match api.create(&PostParams::default(), &backup).await {

@@ -23,6 +23,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 
 use crate::api::conditions::{DEGRADED, DesiredCondition, PROGRESSING, READY};
+use crate::runtime::impersonate::{ACCOUNT_NOT_FOUND, Account, Tenants, account_exists, account_not_found_message};
 use crate::runtime::metrics::{ErrorCategory, Metrics};
 
 /// Image of agent Jobs when none is configured: the operator's own release, whose `pg_dump`
@@ -99,6 +100,8 @@ fn slow_retry(error: &Error, key: &str) -> Option<Duration> {
 /// Settings and shared state of every controller.
 pub struct Context {
     pub client: Client,
+    /// Clients that act as the tenants' ServiceAccounts (BackupPolicy, Backup, Restore).
+    pub tenants: Arc<Tenants>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     /// How often an up-to-date object is looked at again (drift correction).
@@ -119,6 +122,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: Client,
+        tenants: Arc<Tenants>,
         metrics: Arc<Metrics>,
         recorder: Recorder,
         resync: Duration,
@@ -126,6 +130,7 @@ impl Context {
     ) -> Self {
         Self {
             client,
+            tenants,
             metrics,
             recorder,
             resync,
@@ -154,6 +159,15 @@ impl Context {
         *n = n.saturating_add(1);
         let base = Duration::from_secs(1u64 << (*n - 1).min(9)).min(Duration::from_secs(300));
         Action::requeue(jitter(base, key))
+    }
+
+    /// A client that acts as `account`, or the reason and message of the condition that says
+    /// the account does not exist (Berth never creates it).
+    pub async fn act_as(&self, account: &Account) -> Result<Result<Client, (&'static str, String)>, Error> {
+        if !account_exists(&self.client, account).await? {
+            return Ok(Err((ACCOUNT_NOT_FOUND, account_not_found_message(account))));
+        }
+        Ok(Ok(self.tenants.client(account)?))
     }
 
     /// Forgets the failures of `key` after a success.

@@ -33,6 +33,10 @@ pub enum RepositoryError {
     #[error("{field}: {message}")]
     Secret { field: &'static str, message: String },
     #[error(
+        "{field}: the ServiceAccount Berth acts as in this namespace may not read Secret {name:?} ({message}); grant it get on Secrets in its Role (deploy/tenant/)"
+    )]
+    SecretForbidden { field: &'static str, name: String, message: String },
+    #[error(
         "{field}.endpoint {endpoint} is plain HTTP: S3 credentials and repository objects would travel unprotected; use https://, or set {field}.insecureHTTP: true if the network is trusted (tests, an in-cluster MinIO)"
     )]
     InsecureEndpoint { field: &'static str, endpoint: String },
@@ -53,6 +57,7 @@ impl RepositoryError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Secret { .. } => "SecretMissing",
+            Self::SecretForbidden { .. } => "Forbidden",
             Self::InsecureEndpoint { .. } => "InsecureEndpoint",
             Self::CredentialsRequired { .. } => "CredentialsRequired",
             Self::Unreachable { .. } => "StorageUnreachable",
@@ -73,7 +78,14 @@ async fn secret_value(
     name: &str,
     key: &str,
 ) -> Result<Option<Vec<u8>>, RepositoryError> {
-    let Some(secret) = secrets.get_opt(name).await? else {
+    // Read as the tenant's account: its Role, not the operator's, decides.
+    let found = match secrets.get_opt(name).await {
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            return Err(RepositoryError::SecretForbidden { field, name: name.to_string(), message: s.message });
+        }
+        found => found?,
+    };
+    let Some(secret) = found else {
         return Err(RepositoryError::Secret {
             field,
             message: format!("Secret {name:?} does not exist in this namespace; create it or fix the name"),

@@ -33,6 +33,7 @@ use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, 
 use crate::api::DatabaseInstance;
 use crate::api::backup::Backup;
 use crate::api::backuppolicy::BackupPolicy;
+use crate::api::backuppolicy::StorageLocation;
 use crate::api::conditions::{self, READY};
 use crate::api::restore::{ExistingResourcePolicy, Restore, RestoreStatus};
 use crate::backup::resources::{BackupManifest, load_objects};
@@ -40,10 +41,12 @@ use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, job_
 use crate::resources::backuppolicy::validate as validate_policy;
 use crate::resources::meta::owner_label_key;
 use crate::resources::restore::{
-    DATABASE_NOT_READY, DATABASE_READY_DEADLINE, DEFAULT_TIMEOUT, JOBS_TIMED_OUT, NAMESPACE_RECHECK, NamespaceState,
-    RestorePlan, Stage, TIMED_OUT, database_not_ready_message, deadline_passed, jobs_timed_out_message,
-    namespace_problem, plan, target_namespace, timed_out_message, timeout,
+    Access, DATABASE_NOT_READY, DATABASE_READY_DEADLINE, DEFAULT_TIMEOUT, DataWrites, JOBS_TIMED_OUT,
+    NAMESPACE_RECHECK, NamespaceState, ResourceName, RestorePlan, Stage, TIMED_OUT, authorization_refusal,
+    create_refused, database_not_ready_message, deadline_passed, jobs_timed_out_message, namespace_problem, plan,
+    required_access, target_namespace, timed_out_message, timeout,
 };
+use crate::runtime::impersonate::{ACCOUNT_NOT_ALLOWED, Account, allowed};
 
 pub const NAME: &str = "restore";
 const STATUS_MANAGER: &str = "berth/restore-status";
@@ -141,6 +144,16 @@ async fn reconcile_restore(restore: &Restore, ctx: &Ctx) -> Result<Action, Error
         return finish(restore, ctx, status, phase::FAILED, TIMED_OUT, timed_out_message(limit)).await;
     }
     let own_namespace = restore.namespace().unwrap_or_default();
+    // Everything the restore reads and writes for the tenant goes through its account.
+    let requested = [restore.spec.service_account_name.as_deref()];
+    let account = match ctx.shared.tenants.policy.account(&own_namespace, &requested, "spec.serviceAccountName") {
+        Ok(account) => account,
+        Err(e) => return finish(restore, ctx, status, phase::FAILED, ACCOUNT_NOT_ALLOWED, e.to_string()).await,
+    };
+    let tenant = match ctx.shared.act_as(&account).await? {
+        Ok(client) => client,
+        Err((reason, message)) => return finish(restore, ctx, status, phase::FAILED, reason, message).await,
+    };
     if !restore.spec.dry_run {
         // A Backup holds the objects of its own namespace, the Restore's: its target is known
         // before the repository is opened (which a wait every 30 s must not do).
@@ -149,19 +162,30 @@ async fn reconcile_restore(restore: &Restore, ctx: &Ctx) -> Result<Action, Error
             return wait_for_namespace(restore, ctx, status, reason, message).await;
         }
     }
-    let loaded = match load(restore, ctx).await? {
+    let loaded = match load(restore, ctx, &tenant).await? {
         Ok(l) => l,
         Err((reason, message)) => return finish(restore, ctx, status, phase::FAILED, reason, message).await,
     };
     let mut targets = loaded.plan.namespaces();
     targets.insert(target_namespace(restore, &loaded.backup.namespace().unwrap_or_default()));
     let target_states = namespace_states(ctx, targets, &own_namespace).await?;
+    // Before anything is written (and again only if the operator restarts before the first
+    // stage ends): every request the restore needs must be allowed to its account.
+    let answers = if restore.spec.dry_run || status.stage.is_none() {
+        authorize(restore, &tenant, &loaded).await?
+    } else {
+        Vec::new()
+    };
+    let refusal = authorization_refusal(&account.to_string(), &answers);
     if restore.spec.dry_run {
         let mut status = status;
         status.backup_name = Some(loaded.backup.name_any());
-        status.planned = dry_run(ctx, &loaded.plan).await?;
+        status.planned = dry_run(&tenant, &loaded.plan, &answers).await?;
         if let Some((_, message)) = namespace_problem(&target_states) {
             status.planned.insert(0, format!("blocked: {message}"));
+        }
+        if let Some((_, message)) = &refusal {
+            status.planned.insert(0, format!("refused: {message}"));
         }
         let message = format!("dry run: {} objects would be restored", status.planned.len());
         return finish(restore, ctx, status, phase::COMPLETED, "DryRun", message).await;
@@ -169,13 +193,17 @@ async fn reconcile_restore(restore: &Restore, ctx: &Ctx) -> Result<Action, Error
     if let Some((reason, message)) = namespace_problem(&target_states) {
         return wait_for_namespace(restore, ctx, status, reason, message).await;
     }
+    if let Some((reason, message)) = refusal {
+        return finish(restore, ctx, status, phase::FAILED, reason, message).await;
+    }
     let mut status = status;
     status.backup_name = Some(loaded.backup.name_any());
     let stage = status.stage.as_deref().and_then(stage_by_name).unwrap_or(Stage::ConfigAndSecrets);
     if status.stage_start_time.is_none() {
         status.stage_start_time = Some(Time(jiff::Timestamp::now()));
     }
-    match run_stage(restore, ctx, &loaded, stage, &mut status).await? {
+    let tenant = Tenant { client: tenant, account };
+    match run_stage(restore, ctx, &tenant, &loaded, stage, &mut status).await? {
         StageResult::Wait(message) => {
             write_status(restore, ctx, status, phase::IN_PROGRESS, "InProgress", message).await?;
             Ok(Action::requeue(POLL))
@@ -265,7 +293,11 @@ fn stage_by_name(name: &str) -> Option<Stage> {
 
 /// Resolves the Backup, opens its repository, reads its objects and plans the restore. A
 /// problem the user must fix comes back as `Err((reason, message))`.
-async fn load(restore: &Restore, ctx: &Ctx) -> Result<Result<Arc<Loaded>, (&'static str, String)>, Error> {
+async fn load(
+    restore: &Restore,
+    ctx: &Ctx,
+    tenant: &kube::Client,
+) -> Result<Result<Arc<Loaded>, (&'static str, String)>, Error> {
     let ns = restore.namespace().unwrap_or_default();
     let backups: Api<Backup> = Api::namespaced(ctx.shared.client.clone(), &ns);
     let backup = match (&restore.spec.backup_name, &restore.spec.policy_name) {
@@ -337,7 +369,7 @@ async fn load(restore: &Restore, ctx: &Ctx) -> Result<Result<Arc<Loaded>, (&'sta
         hit.used = std::time::Instant::now();
         return Ok(Ok(hit.loaded.clone()));
     }
-    let repo = match repository::open(&ctx.shared.client, &ns, &policy.spec.storage, "spec.storage").await {
+    let repo = match repository::open(tenant, &ns, &policy.spec.storage, "spec.storage").await {
         Ok(r) => r,
         Err(e) => return Ok(Err((e.reason(), e.to_string()))),
     };
@@ -365,16 +397,59 @@ enum StageResult {
     Fail(&'static str, String),
 }
 
+/// The Restore's account and a client that acts as it.
+struct Tenant {
+    client: kube::Client,
+    account: Account,
+}
+
+/// Asks the API server, as the restore's account, about every request the restore needs
+/// ([`required_access`]), and returns each request with the answer.
+async fn authorize(restore: &Restore, tenant: &kube::Client, loaded: &Loaded) -> Result<Vec<(Access, bool)>, Error> {
+    let mut resources = HashMap::new();
+    for obj in loaded.plan.stages.iter().flat_map(|(_, objects)| objects) {
+        let key = (obj["apiVersion"].clone(), obj["kind"].clone());
+        if let std::collections::hash_map::Entry::Vacant(entry) = resources.entry(key) {
+            let found = resource_of(tenant, obj).await.ok().map(|(ar, namespaced)| ResourceName {
+                group: ar.group,
+                plural: ar.plural,
+                namespaced,
+            });
+            entry.insert(found);
+        }
+    }
+    let storage = &loaded.policy.spec.storage;
+    let own_namespace = restore.namespace().unwrap_or_default();
+    let target = target_namespace(restore, &loaded.backup.namespace().unwrap_or_default());
+    let data = DataWrites {
+        own_namespace: &own_namespace,
+        target_namespace: &target,
+        storage_secrets: storage_secret_names(storage).map(String::as_str).collect(),
+        snapshots: loaded.manifest.snapshots.iter().map(|s| (s.kind.as_str(), s.source.as_str())).collect(),
+    };
+    let update = restore.spec.existing_resource_policy == Some(ExistingResourcePolicy::Update);
+    let needed = required_access(&loaded.plan, update, &data, |obj| {
+        resources.get(&(obj["apiVersion"].clone(), obj["kind"].clone())).cloned().flatten()
+    });
+    let mut answers = Vec::with_capacity(needed.len());
+    for access in needed {
+        let ok = allowed(tenant, &access).await?;
+        answers.push((access, ok));
+    }
+    Ok(answers)
+}
+
 async fn run_stage(
     restore: &Restore,
     ctx: &Ctx,
+    tenant: &Tenant,
     loaded: &Loaded,
     stage: Stage,
     status: &mut RestoreStatus,
 ) -> Result<StageResult, Error> {
     match stage {
         Stage::ConfigAndSecrets | Stage::Volumes | Stage::Databases | Stage::Apps => {
-            apply_objects(restore, ctx, loaded.plan.objects(stage), status).await?;
+            apply_objects(restore, &tenant.client, loaded.plan.objects(stage), status).await?;
             Ok(StageResult::Done)
         }
         Stage::DatabaseData => {
@@ -383,7 +458,7 @@ async fn run_stage(
             for obj in loaded.plan.objects(Stage::Databases) {
                 let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
                 let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-                let api: Api<DatabaseInstance> = Api::namespaced(ctx.shared.client.clone(), ns);
+                let api: Api<DatabaseInstance> = Api::namespaced(tenant.client.clone(), ns);
                 let db = api.get_opt(name).await?;
                 let ready_condition = db.as_ref().and_then(|db| {
                     let s = db.status.as_ref()?;
@@ -402,9 +477,9 @@ async fn run_stage(
                 }
                 return Ok(StageResult::Wait(format!("waiting for DatabaseInstance {ns}/{name} to be Ready")));
             }
-            run_jobs(restore, ctx, loaded, stage, status).await
+            run_jobs(restore, ctx, tenant, loaded, stage, status).await
         }
-        Stage::VolumeData => run_jobs(restore, ctx, loaded, stage, status).await,
+        Stage::VolumeData => run_jobs(restore, ctx, tenant, loaded, stage, status).await,
     }
 }
 
@@ -429,6 +504,7 @@ fn elapsed(restore: &Restore) -> Duration {
 async fn run_jobs(
     restore: &Restore,
     ctx: &Ctx,
+    tenant: &Tenant,
     loaded: &Loaded,
     stage: Stage,
     status: &mut RestoreStatus,
@@ -436,7 +512,7 @@ async fn run_jobs(
     let source_ns = loaded.backup.namespace().unwrap_or_default();
     let ns = target_namespace(restore, &source_ns);
     if ns != restore.namespace().unwrap_or_default() {
-        copy_storage_secrets(ctx, &restore.namespace().unwrap_or_default(), &ns, &loaded.policy).await?;
+        copy_storage_secrets(&tenant.client, &restore.namespace().unwrap_or_default(), &ns, &loaded.policy).await?;
     }
     let mut waiting = Vec::new();
     for snap in &loaded.manifest.snapshots {
@@ -459,7 +535,7 @@ async fn run_jobs(
                 // A volume is restored on the node and as the user of the pod that mounts it.
                 let consumer = match &task {
                     AgentTask::RestoreVolume { pvc, .. } => {
-                        super::backup::volume_consumer(&ctx.shared.client, &ns, pvc).await?
+                        super::backup::volume_consumer(&tenant.client, &ns, pvc).await?
                     }
                     _ => None,
                 };
@@ -473,6 +549,9 @@ async fn run_jobs(
                     consumer,
                     deadline_seconds: job_deadline_seconds(restore),
                     backoff_limit: JOB_BACKOFF_LIMIT,
+                    // The account lives in the Restore's namespace; elsewhere the pod runs as
+                    // that namespace's `default` (without a token, as always).
+                    service_account: (ns == tenant.account.namespace).then_some(tenant.account.name.as_str()),
                 };
                 let mut job = agent_job(&task, &settings);
                 if ns != restore.namespace().unwrap_or_default() {
@@ -480,7 +559,8 @@ async fn run_jobs(
                     job.metadata.owner_references = None;
                 }
                 job.labels_mut().insert(owner_label_key("Restore"), restore.name_any());
-                let jobs: Api<Job> = Api::namespaced(ctx.shared.client.clone(), &ns);
+                // Created as the account: a Job runs pods in its namespace.
+                let jobs: Api<Job> = Api::namespaced(tenant.client.clone(), &ns);
                 match jobs.create(&PostParams::default(), &job).await {
                     Ok(_) => info!(restore = %key(restore), job = %job_name, "started agent Job"),
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -516,18 +596,22 @@ async fn run_jobs(
     }
 }
 
-/// The agent Jobs of a restore into another namespace read the storage Secrets there: copies
-/// them (credentials, CA, key) from the Restore's namespace when the target lacks them.
-async fn copy_storage_secrets(ctx: &Ctx, from: &str, to: &str, policy: &BackupPolicy) -> Result<(), Error> {
-    let storage = &policy.spec.storage;
-    let names = storage
+/// The Secrets (credentials, CA, key) that the agent Jobs of `storage` read.
+fn storage_secret_names(storage: &StorageLocation) -> impl Iterator<Item = &String> {
+    storage
         .credentials_secret
         .iter()
         .chain(storage.ca_secret.iter())
-        .chain(std::iter::once(&storage.encryption_key_secret));
-    let source: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), from);
-    let target: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), to);
-    for name in names {
+        .chain(std::iter::once(&storage.encryption_key_secret))
+}
+
+/// The agent Jobs of a restore into another namespace read the storage Secrets there: copies
+/// them (credentials, CA, key) from the Restore's namespace when the target lacks them. As the
+/// Restore's account (`client`): only where it may read and create Secrets itself.
+async fn copy_storage_secrets(client: &kube::Client, from: &str, to: &str, policy: &BackupPolicy) -> Result<(), Error> {
+    let source: Api<Secret> = Api::namespaced(client.clone(), from);
+    let target: Api<Secret> = Api::namespaced(client.clone(), to);
+    for name in storage_secret_names(&policy.spec.storage) {
         if target.get_opt(name).await?.is_some() {
             continue;
         }
@@ -567,14 +651,14 @@ async fn resource_of(client: &kube::Client, obj: &Value) -> Result<(ApiResource,
 /// counting what happened; a failure of one object is recorded, not fatal.
 async fn apply_objects(
     restore: &Restore,
-    ctx: &Ctx,
+    client: &kube::Client,
     objects: &[Value],
     status: &mut RestoreStatus,
 ) -> Result<(), Error> {
     let update = restore.spec.existing_resource_policy == Some(ExistingResourcePolicy::Update);
     for obj in objects {
         let describe = describe(obj);
-        let (ar, namespaced) = match resource_of(&ctx.shared.client, obj).await {
+        let (ar, namespaced) = match resource_of(client, obj).await {
             Ok(x) => x,
             Err(e) => {
                 status.errors.push(format!("{describe}: {e}"));
@@ -583,8 +667,8 @@ async fn apply_objects(
         };
         let name = obj["metadata"]["name"].as_str().unwrap_or_default();
         let api: Api<DynamicObject> = match obj["metadata"]["namespace"].as_str() {
-            Some(ns) if namespaced => Api::namespaced_with(ctx.shared.client.clone(), ns, &ar),
-            _ => Api::all_with(ctx.shared.client.clone(), &ar),
+            Some(ns) if namespaced => Api::namespaced_with(client.clone(), ns, &ar),
+            _ => Api::all_with(client.clone(), &ar),
         };
         let object: DynamicObject = match serde_json::from_value(obj.clone()) {
             Ok(o) => o,
@@ -622,18 +706,31 @@ fn describe(obj: &Value) -> String {
 }
 
 /// What a restore would do, object by object, without doing it.
-async fn dry_run(ctx: &Ctx, plan: &RestorePlan) -> Result<Vec<String>, Error> {
+/// `answers`: the account's access reviews; an object it may not create is listed as refused
+/// and not looked up (a read there would be refused too).
+async fn dry_run(client: &kube::Client, plan: &RestorePlan, answers: &[(Access, bool)]) -> Result<Vec<String>, Error> {
     let mut out = Vec::new();
     for stage in Stage::ALL {
         for obj in plan.objects(stage) {
             let describe = describe(obj);
-            let exists = match resource_of(&ctx.shared.client, obj).await {
+            let exists = match resource_of(client, obj).await {
                 Ok((ar, namespaced)) => {
+                    let resource = ResourceName { group: ar.group.clone(), plural: ar.plural.clone(), namespaced };
+                    if create_refused(answers, obj, &resource) {
+                        out.push(format!("refused {describe}"));
+                        continue;
+                    }
                     let api: Api<DynamicObject> = match obj["metadata"]["namespace"].as_str() {
-                        Some(ns) if namespaced => Api::namespaced_with(ctx.shared.client.clone(), ns, &ar),
-                        _ => Api::all_with(ctx.shared.client.clone(), &ar),
+                        Some(ns) if namespaced => Api::namespaced_with(client.clone(), ns, &ar),
+                        _ => Api::all_with(client.clone(), &ar),
                     };
-                    api.get_opt(obj["metadata"]["name"].as_str().unwrap_or_default()).await?.is_some()
+                    // The account may not read it: then it cannot be told, which the
+                    // refusal at the top of the list explains.
+                    match api.get_opt(obj["metadata"]["name"].as_str().unwrap_or_default()).await {
+                        Ok(found) => found.is_some(),
+                        Err(kube::Error::Api(s)) if s.code == 403 => false,
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 Err(_) => false,
             };

@@ -237,6 +237,7 @@ mod tests {
                 }),
                 deadline_seconds: 60,
                 backoff_limit: 1,
+                service_account: Some("berth-backup"),
             };
             let job = agent_job(&task, &settings);
             let pod = job.spec.unwrap().template.spec.unwrap();

@@ -599,6 +599,160 @@ fn map_namespaces(obj: &mut Value, kind: &ObjectKind, mapping: &BTreeMap<String,
     }
 }
 
+/// One request a restore's account would make: `verb` on `resource` (plural) of `group`, in
+/// `namespace` (cluster-scoped when empty), on the object `name` when given. The controller
+/// asks the API server (a SelfSubjectAccessReview as the account) about each.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Access {
+    pub verb: &'static str,
+    pub group: String,
+    pub resource: String,
+    pub namespace: String,
+    pub name: Option<String>,
+}
+
+impl Access {
+    fn new(verb: &'static str, group: &str, resource: &str, namespace: &str, name: Option<&str>) -> Self {
+        Self {
+            verb,
+            group: group.into(),
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: name.map(str::to_string),
+        }
+    }
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let resource =
+            if self.group.is_empty() { self.resource.clone() } else { format!("{}.{}", self.resource, self.group) };
+        write!(f, "{} {resource}", self.verb)?;
+        if let Some(name) = &self.name {
+            write!(f, " {name:?}")?;
+        }
+        if self.namespace.is_empty() {
+            write!(f, " (cluster-wide)")
+        } else {
+            write!(f, " in namespace {:?}", self.namespace)
+        }
+    }
+}
+
+/// The API resource of an object: group, plural name, and whether it is namespaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceName {
+    pub group: String,
+    pub plural: String,
+    pub namespaced: bool,
+}
+
+/// What the restore of one Backup writes besides its objects.
+pub struct DataWrites<'a> {
+    /// The Restore's namespace (where the account and the storage Secrets are).
+    pub own_namespace: &'a str,
+    /// Where the data Jobs run: the Backup's namespace after `spec.namespaceMapping`.
+    pub target_namespace: &'a str,
+    /// Names of the storage Secrets (credentials, CA, key) that the Jobs read.
+    pub storage_secrets: Vec<&'a str>,
+    /// The Backup's data snapshots: (kind, source), e.g. `("postgres", "orders-db")`.
+    pub snapshots: Vec<(&'a str, &'a str)>,
+}
+
+/// Every request the restore makes as its account, deduplicated and in a stable order:
+/// - each planned object: `create` (and `patch` with `existingResourcePolicy: update`) of its
+///   resource in its namespace (cluster-wide for cluster-scoped kinds such as Namespace);
+/// - each database dump: `update` of the target DatabaseInstance and `get` of its credentials
+///   Secret, because `pg_restore --clean` rewrites the database behind it;
+/// - each volume: `update` of the target claim, whose files the Job overwrites, and `list` of
+///   pods (the Job runs beside the pod that mounts it);
+/// - `create` of Jobs where data is restored, and for a target namespace other than the
+///   Restore's, `get` and `create` of the storage Secrets there (they are copied as the
+///   account).
+///
+/// `resource_of` resolves an object's kind (discovery); objects it cannot resolve are left
+/// out here and fail on their own when created.
+pub fn required_access(
+    plan: &RestorePlan,
+    update: bool,
+    data: &DataWrites,
+    resource_of: impl Fn(&Value) -> Option<ResourceName>,
+) -> Vec<Access> {
+    let mut wanted = BTreeSet::new();
+    for obj in plan.stages.iter().flat_map(|(_, objects)| objects) {
+        let Some(r) = resource_of(obj) else { continue };
+        let namespace = if r.namespaced { obj.pointer("/metadata/namespace").and_then(Value::as_str) } else { None };
+        let namespace = namespace.unwrap_or_default();
+        wanted.insert(Access::new("create", &r.group, &r.plural, namespace, None));
+        if update {
+            let name = obj.pointer("/metadata/name").and_then(Value::as_str);
+            wanted.insert(Access::new("patch", &r.group, &r.plural, namespace, name));
+        }
+    }
+    let target = data.target_namespace;
+    let mut jobs = false;
+    for (kind, source) in &data.snapshots {
+        match *kind {
+            "postgres" | "rabbitmq" => {
+                wanted.insert(Access::new("update", BERTH_GROUP, "databaseinstances", target, Some(source)));
+                let credentials = crate::resources::backup::jobs::credentials_secret_name(source);
+                wanted.insert(Access::new("get", "", "secrets", target, Some(&credentials)));
+            }
+            "dir" => {
+                wanted.insert(Access::new("update", "", "persistentvolumeclaims", target, Some(source)));
+                wanted.insert(Access::new("list", "", "pods", target, None));
+            }
+            _ => continue,
+        }
+        jobs = true;
+    }
+    if jobs {
+        wanted.insert(Access::new("create", "batch", "jobs", target, None));
+        if target != data.own_namespace {
+            for secret in &data.storage_secrets {
+                wanted.insert(Access::new("get", "", "secrets", target, Some(secret)));
+                wanted.insert(Access::new("create", "", "secrets", target, None));
+            }
+        }
+    }
+    wanted.into_iter().collect()
+}
+
+/// Whether `answers` (the account's access reviews) refused the `create` of `obj`, whose API
+/// resource is `resource`.
+pub fn create_refused(answers: &[(Access, bool)], obj: &Value, resource: &ResourceName) -> bool {
+    let namespace = if resource.namespaced { obj.pointer("/metadata/namespace").and_then(Value::as_str) } else { None };
+    let wanted = Access::new("create", &resource.group, &resource.plural, namespace.unwrap_or_default(), None);
+    answers.iter().any(|(access, allowed)| !allowed && *access == wanted)
+}
+
+/// Reason of a restore refused because its account may not make a request it needs.
+pub const NOT_AUTHORIZED: &str = "NotAuthorized";
+
+/// The condition of a restore whose account was refused one of the requests it needs
+/// (`answers`: each request and whether the API server allows it), or `None` when all are
+/// allowed. Nothing has been written when this is decided: the restore ends here.
+pub fn authorization_refusal(account: &str, answers: &[(Access, bool)]) -> Option<(&'static str, String)> {
+    let refused: Vec<&Access> = answers.iter().filter(|(_, allowed)| !allowed).map(|(a, _)| a).collect();
+    let first = refused.first()?;
+    let listed = refused.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    let database = refused.iter().any(|a| a.resource == "databaseinstances" && a.verb == "update");
+    let why = if database {
+        " A database dump is restored (pg_restore --clean rewrites the database) only into a DatabaseInstance the \
+         account may update and whose credentials Secret it may get."
+    } else {
+        ""
+    };
+    Some((
+        NOT_AUTHORIZED,
+        format!(
+            "{account} may not {first}, which this restore needs; nothing was restored. Refused: {listed}.{why} \
+             Grant the account these rights in a Role of that namespace (see deploy/tenant/), map the namespace \
+             elsewhere with spec.namespaceMapping, or leave the kind out with spec.excludeKinds"
+        ),
+    ))
+}
+
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -895,6 +1049,137 @@ mod tests {
         assert!(
             jobs_timed_out_message(&["j1".into()], "n", Duration::from_secs(6 * 3600 + 900)).contains("6 h 15 min")
         );
+    }
+
+    fn resource_of(obj: &Value) -> Option<ResourceName> {
+        let (group, plural, namespaced) = match obj["kind"].as_str()? {
+            "Deployment" => ("apps", "deployments", true),
+            "RoleBinding" => ("rbac.authorization.k8s.io", "rolebindings", true),
+            "Secret" => ("", "secrets", true),
+            "Namespace" => ("", "namespaces", false),
+            "DatabaseInstance" => (BERTH_GROUP, "databaseinstances", true),
+            _ => return None,
+        };
+        Some(ResourceName { group: group.into(), plural: plural.into(), namespaced })
+    }
+
+    fn data<'a>(target: &'a str, snapshots: Vec<(&'a str, &'a str)>) -> DataWrites<'a> {
+        DataWrites {
+            own_namespace: "shop",
+            target_namespace: target,
+            storage_secrets: vec!["s3-credentials", "repository-key"],
+            snapshots,
+        }
+    }
+
+    fn access(verb: &'static str, group: &str, resource: &str, ns: &str, name: Option<&str>) -> Access {
+        Access::new(verb, group, resource, ns, name)
+    }
+
+    #[test]
+    fn every_object_is_a_create_in_its_own_namespace_and_cluster_scoped_ones_cluster_wide() {
+        let objects = vec![
+            obj("apps/v1", "Deployment", "kube-system", "evil"),
+            obj("rbac.authorization.k8s.io/v1", "RoleBinding", "shop", "rb"),
+            obj("apps/v1", "Deployment", "shop", "web"),
+            obj("v1", "Namespace", "", "new-ns"),
+            obj("example.com/v1", "Unknown", "shop", "u"),
+        ];
+        let plan = plan(&restore(""), objects).unwrap();
+        let needed = required_access(&plan, false, &data("shop", vec![]), resource_of);
+        assert_eq!(
+            needed,
+            [
+                access("create", "", "namespaces", "", None),
+                access("create", "apps", "deployments", "kube-system", None),
+                access("create", "apps", "deployments", "shop", None),
+                access("create", "rbac.authorization.k8s.io", "rolebindings", "shop", None),
+            ]
+        );
+        // With existingResourcePolicy: update, each object is also patched, by name.
+        let needed = required_access(&plan, true, &data("shop", vec![]), resource_of);
+        assert!(needed.contains(&access("patch", "apps", "deployments", "kube-system", Some("evil"))), "{needed:?}");
+    }
+
+    #[test]
+    fn a_mapped_namespace_is_where_the_objects_are_checked() {
+        let plan = plan(
+            &restore("  namespaceMapping: {shop: kube-system}\n"),
+            vec![obj("rbac.authorization.k8s.io/v1", "RoleBinding", "shop", "admin")],
+        )
+        .unwrap();
+        let needed = required_access(&plan, false, &data("kube-system", vec![]), resource_of);
+        assert_eq!(needed, [access("create", "rbac.authorization.k8s.io", "rolebindings", "kube-system", None)]);
+    }
+
+    #[test]
+    fn a_database_dump_needs_update_of_the_instance_and_get_of_its_credentials() {
+        let empty = plan(&restore(""), vec![]).unwrap();
+        let needed = required_access(&empty, false, &data("team-b", vec![("postgres", "orders-db")]), resource_of);
+        assert_eq!(
+            needed,
+            [
+                access("get", "", "secrets", "team-b", Some("orders-db-credentials")),
+                access("get", "", "secrets", "team-b", Some("repository-key")),
+                access("get", "", "secrets", "team-b", Some("s3-credentials")),
+                access("create", "", "secrets", "team-b", None),
+                access("update", BERTH_GROUP, "databaseinstances", "team-b", Some("orders-db")),
+                access("create", "batch", "jobs", "team-b", None),
+            ]
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+        );
+        // In its own namespace no Secret is copied; a volume overwrites a claim.
+        let needed = required_access(&empty, false, &data("shop", vec![("dir", "uploads")]), resource_of);
+        assert_eq!(
+            needed,
+            [
+                access("create", "batch", "jobs", "shop", None),
+                access("list", "", "pods", "shop", None),
+                access("update", "", "persistentvolumeclaims", "shop", Some("uploads")),
+            ]
+        );
+        // The snapshot of the objects themselves starts no Job.
+        assert!(required_access(&empty, false, &data("x", vec![("kubernetes", "")]), resource_of).is_empty());
+    }
+
+    #[test]
+    fn one_refused_request_refuses_the_restore_and_names_kind_namespace_and_verb() {
+        let ok = access("create", "apps", "deployments", "shop", None);
+        let bad = access("create", "apps", "deployments", "kube-system", None);
+        assert_eq!(authorization_refusal("ServiceAccount shop/berth-backup", &[(ok.clone(), true)]), None);
+        assert_eq!(authorization_refusal("ServiceAccount shop/berth-backup", &[]), None);
+        let (reason, message) =
+            authorization_refusal("ServiceAccount shop/berth-backup", &[(ok, true), (bad, false)]).unwrap();
+        assert_eq!(reason, NOT_AUTHORIZED);
+        assert!(
+            message.starts_with(
+                "ServiceAccount shop/berth-backup may not create deployments.apps in namespace \"kube-system\", which \
+                 this restore needs; nothing was restored."
+            ),
+            "{message}"
+        );
+        assert!(!message.contains("pg_restore"), "{message}");
+        let db = access("update", BERTH_GROUP, "databaseinstances", "team-b", Some("orders-db"));
+        let (_, message) = authorization_refusal("ServiceAccount team-a/berth-backup", &[(db, false)]).unwrap();
+        assert!(
+            message.contains("may not update databaseinstances.berth.dev \"orders-db\" in namespace \"team-b\""),
+            "{message}"
+        );
+        assert!(message.contains("pg_restore --clean"), "{message}");
+    }
+
+    #[test]
+    fn a_dry_run_tells_refused_objects_apart() {
+        let miner = obj("apps/v1", "Deployment", "kube-system", "miner");
+        let deployments = resource_of(&miner).unwrap();
+        let refused = access("create", "apps", "deployments", "kube-system", None);
+        assert!(create_refused(&[(refused.clone(), false)], &miner, &deployments));
+        assert!(!create_refused(&[(refused, true)], &miner, &deployments));
+        let other = access("create", "apps", "deployments", "shop", None);
+        assert!(!create_refused(&[(other, false)], &miner, &deployments));
     }
 
     #[test]

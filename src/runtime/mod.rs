@@ -2,6 +2,7 @@
 //! the health/metrics endpoint and the controllers, with a graceful shutdown on SIGTERM.
 
 pub mod health;
+pub mod impersonate;
 pub mod leader;
 pub mod metrics;
 
@@ -82,6 +83,29 @@ pub struct OperatorArgs {
     /// namespace that may create a BackupPolicy can use that identity on any bucket.
     #[arg(long, env = "BERTH_ALLOW_OPERATOR_STORAGE_IDENTITY", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_operator_storage_identity: bool,
+    /// ServiceAccount (of each object's own namespace) that BackupPolicies, Backups and
+    /// Restores act as when their `spec.serviceAccountName` is unset: Berth impersonates it to
+    /// read Secrets, export and restore objects, so the namespace's RBAC bounds what they reach.
+    #[arg(long, env = "BERTH_DEFAULT_SERVICE_ACCOUNT", default_value = impersonate::DEFAULT_ACCOUNT, value_parser = parse_account)]
+    pub default_service_account: String,
+    /// Act as `--default-service-account` for every object and refuse a
+    /// `spec.serviceAccountName` that names another account.
+    #[arg(long, env = "BERTH_ENFORCE_DEFAULT_SERVICE_ACCOUNT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub enforce_default_service_account: bool,
+}
+
+/// A ServiceAccount name: a DNS subdomain.
+fn parse_account(s: &str) -> Result<String, String> {
+    let valid = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if valid {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not a ServiceAccount name (lowercase letters, digits, '-' and '.')"))
+    }
 }
 
 /// Parses `host:port=host:port`.
@@ -156,9 +180,15 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         args.lease_retry_period_seconds,
     )
     .map_err(|e| anyhow::anyhow!("invalid leader-election timings: {e}"))?;
-    let client = kube::Client::try_default()
-        .await
+    let config =
+        kube::Config::infer().await.map_err(|e| anyhow::anyhow!("cannot configure the Kubernetes client: {e}"))?;
+    let client = kube::Client::try_from(config.clone())
         .map_err(|e| anyhow::anyhow!("cannot configure the Kubernetes client: {e}"))?;
+    let account_policy = impersonate::AccountPolicy {
+        default_account: args.default_service_account.clone(),
+        enforce: args.enforce_default_service_account,
+    };
+    let tenants = Arc::new(impersonate::Tenants::new(config, account_policy));
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::new());
     let server = health::serve(args.metrics_addr, health.clone(), metrics.clone()).await?;
@@ -203,8 +233,14 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     }
     let recorder =
         Recorder::new(client.clone(), Reporter { controller: "berth".into(), instance: Some(identity.clone()) });
-    let mut context =
-        Context::new(client.clone(), metrics.clone(), recorder, Duration::from_secs(args.resync_seconds), cert_manager);
+    let mut context = Context::new(
+        client.clone(),
+        tenants,
+        metrics.clone(),
+        recorder,
+        Duration::from_secs(args.resync_seconds),
+        cert_manager,
+    );
     context.operator_namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "berth-system".into());
     context.endpoint_overrides = args.endpoint_overrides.iter().cloned().collect();
     context.agent_image = args.agent_image.clone();
@@ -315,4 +351,19 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     signal.abort();
     server.abort();
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_account_must_be_a_service_account_name() {
+        assert_eq!(parse_account("berth-backup").unwrap(), "berth-backup");
+        assert_eq!(parse_account("team.backup-1").unwrap(), "team.backup-1");
+        for bad in ["", "Berth", "-x", "x-", "a_b", "system:serviceaccount:ns:x"] {
+            let e = parse_account(bad).unwrap_err();
+            assert!(e.contains("is not a ServiceAccount name"), "{bad}: {e}");
+        }
+    }
 }

@@ -87,23 +87,41 @@ RBAC rules for the namespaced kinds the operator manages. Explicit resources and
 Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
 */}}
 {{- define "berth.namespacedRules" -}}
-{{- $crud := list "get" "list" "watch" "create" "update" "patch" "delete" }}
-# The operator's own API: spec, status and finalizers of all five kinds.
+{{- /* Server-side apply is `patch` (and `create` for a first apply); no code path uses `update`. */}}
+{{- $owned := list "get" "list" "watch" "create" "patch" "delete" }}
+# The operator's own API: it reads all five kinds and writes only their status.
 - apiGroups: ["berth.dev"]
   resources: [appenvironments, databaseinstances, backuppolicies, backups, restores]
-  verbs: {{ toJson $crud }}
+  verbs: [get, list, watch]
+# Backups: a policy's schedule creates them, the operator labels them and adds or removes its
+# data finalizer (patch), and retention deletes them.
+- apiGroups: ["berth.dev"]
+  resources: [backups]
+  verbs: [create, patch, delete]
 - apiGroups: ["berth.dev"]
   resources: [appenvironments/status, databaseinstances/status, backuppolicies/status, backups/status, restores/status]
-  verbs: [get, update, patch]
+  verbs: [get, patch]
+# Owner references with blockOwnerDeletion on the children need `update` of the owner's finalizers.
 - apiGroups: ["berth.dev"]
   resources: [appenvironments/finalizers, databaseinstances/finalizers, backuppolicies/finalizers, backups/finalizers, restores/finalizers]
   verbs: [update]
-# Children of AppEnvironment and DatabaseInstance; credentials and configuration.
+# Children of AppEnvironment and DatabaseInstance (never of a Backup or Restore: those act as
+# the tenant's ServiceAccount, below).
 - apiGroups: [""]
-  resources: [serviceaccounts, services, configmaps, secrets, persistentvolumeclaims]
-  verbs: {{ toJson $crud }}
-# Pod readiness of databases; the pods of agent Jobs; the container states of AppEnvironment
-# pods (waiting reasons such as CreateContainerConfigError in the app's conditions).
+  resources: [serviceaccounts, services, configmaps, persistentvolumeclaims]
+  verbs: {{ toJson $owned }}
+# Secrets: only the DatabaseInstance credentials (generated, then kept; one per user).
+#   get, list, watch: the watch cache of those Secrets (RBAC cannot narrow a watch to Berth's
+#     label, so this reads every Secret in scope) and the current password before a rotation;
+#   create, patch: server-side apply of the credentials an instance generates;
+#   delete: the Secret of a database user removed from the instance's spec.
+# Storage credentials and repository keys are read as the tenant's ServiceAccount, never as
+# the operator, and the operator no longer copies any Secret between namespaces.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, create, patch, delete]
+# Pod readiness of databases; the container states of AppEnvironment pods (waiting reasons
+# such as CreateContainerConfigError in the app's conditions).
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
@@ -116,31 +134,41 @@ Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
   verbs: [create, patch]
 - apiGroups: [apps]
   resources: [deployments, statefulsets]
-  verbs: {{ toJson $crud }}
+  verbs: {{ toJson $owned }}
 # RabbitMQ peer discovery: the Role and RoleBinding of each cluster. Granting "get endpoints"
 # needs the operator to hold it (RBAC escalation prevention).
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: ["get","list","watch","create","update","patch","delete"]
+  verbs: {{ toJson $owned }}
 - apiGroups: [""]
   resources: [endpoints]
   verbs: [get]
-# Backup agent Jobs (database dumps, volume data).
+# Agent Jobs: watched to follow backups and restores; they are created as the tenant's
+# ServiceAccount.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: {{ toJson $crud }}
+  verbs: [get, list, watch]
 - apiGroups: [networking.k8s.io]
   resources: [ingresses, networkpolicies]
-  verbs: {{ toJson $crud }}
+  verbs: {{ toJson $owned }}
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: {{ toJson $crud }}
+  verbs: {{ toJson $owned }}
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: {{ toJson $crud }}
+  verbs: {{ toJson $owned }}
 - apiGroups: [cert-manager.io]
   resources: [certificates]
-  verbs: {{ toJson $crud }}
+  verbs: {{ toJson $owned }}
+# Tenancy: BackupPolicies, Backups and Restores act as a ServiceAccount of their own
+# namespace. Impersonating a ServiceAccount needs only this (the API server adds the account's
+# groups itself): no `impersonate` on users or groups.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [impersonate]
+{{- if .Values.tenancy.enforceDefaultServiceAccount }}
+  resourceNames: [{{ .Values.tenancy.defaultServiceAccount | quote }}]
+{{- end }}
 {{- with .Values.rbac.extraRules }}
 # rbac.extraRules
 {{ toYaml . }}

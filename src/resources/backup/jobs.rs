@@ -204,6 +204,10 @@ pub struct JobSettings<'a> {
     pub deadline_seconds: i64,
     /// `backoffLimit`.
     pub backoff_limit: i32,
+    /// ServiceAccount the pod runs as: the policy's, so that a cloud identity bound to it
+    /// (IRSA, Workload Identity) can serve storage. `None`: the namespace's `default`. Its
+    /// token is not mounted (the agent never calls the API; an IRSA webhook projects its own).
+    pub service_account: Option<&'a str>,
 }
 
 /// Where and as whom a pod mounts a volume.
@@ -495,6 +499,7 @@ pub fn agent_job(task: &AgentTask, settings: &JobSettings) -> Job {
                 metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
+                    service_account_name: settings.service_account.map(str::to_string),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     security_context: Some(pod_identity(task, settings.consumer.as_ref())),

@@ -20,6 +20,10 @@ pub struct AuditEvent {
     pub verb: String,
     pub request_u_r_i: String,
     pub user: User,
+    /// The user a request acted as (`Impersonate-User`): the tenant's ServiceAccount for the
+    /// requests Berth makes on a BackupPolicy's, Backup's or Restore's behalf.
+    #[serde(default)]
+    pub impersonated_user: Option<User>,
     #[serde(default)]
     pub object_ref: Option<ObjectRef>,
     #[serde(default)]
@@ -111,12 +115,36 @@ impl AuditLog {
         self.read().into_iter().skip(mark.0).collect()
     }
 
-    /// Requests of `user` refused with 403.
+    /// Requests of `user` refused with 403, whether made as itself or as a user it
+    /// impersonated (then named: `as system:serviceaccount:…`).
     pub fn forbidden(&self, user: &str) -> Vec<String> {
         self.read()
             .iter()
             .filter(|e| e.user.username == user && e.code() == 403)
-            .map(|e| format!("{} ({})", e.describe(), e.response_status.as_ref().map_or("", |s| s.message.as_str())))
+            .map(|e| {
+                let message = e.response_status.as_ref().map_or("", |s| s.message.as_str());
+                match &e.impersonated_user {
+                    Some(as_user) => format!("{} as {} ({message})", e.describe(), as_user.username),
+                    None => format!("{} ({message})", e.describe()),
+                }
+            })
+            .collect()
+    }
+
+    /// Writes into `namespace` after `mark`, by anyone.
+    pub fn writes_in(&self, mark: Mark, namespace: &str) -> Vec<AuditEvent> {
+        self.since(mark)
+            .into_iter()
+            .filter(|e| e.is_write() && e.object_ref.as_ref().is_some_and(|o| o.namespace == namespace))
+            .collect()
+    }
+
+    /// Requests of `user` made as `as_user` (impersonated) after `mark`.
+    pub fn impersonated_since(&self, mark: Mark, user: &str, as_user: &str) -> Vec<AuditEvent> {
+        self.since(mark)
+            .into_iter()
+            .filter(|e| e.user.username == user)
+            .filter(|e| e.impersonated_user.as_ref().is_some_and(|u| u.username == as_user))
             .collect()
     }
 

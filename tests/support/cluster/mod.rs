@@ -395,6 +395,26 @@ impl Cluster {
         path
     }
 
+    /// What a namespace's admin does before its team uses backups (README, "Tenancy"): the
+    /// ServiceAccount `berth-backup`, its Role and RoleBinding of deploy/tenant/, in `namespace`.
+    pub fn tenant_account(&self, namespace: &str) {
+        let manifest = std::fs::read_to_string(repo().join("deploy/tenant/berth-backup.yaml")).unwrap();
+        self.kubectl_apply(manifest.replace("namespace: team-a", &format!("namespace: {namespace}")).as_bytes());
+    }
+
+    /// Lets the account of `from` restore into `to`: the same Role in `to`, bound to the
+    /// ServiceAccount of `from` (what `to`'s admin grants for a restore across namespaces).
+    pub fn tenant_grant(&self, from: &str, to: &str) {
+        self.tenant_account(to);
+        let binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": format!("berth-backup-from-{from}"), "namespace": to},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "berth-backup"},
+            "subjects": [{"kind": "ServiceAccount", "name": "berth-backup", "namespace": from}],
+        });
+        self.kubectl_apply(binding.to_string().as_bytes());
+    }
+
     /// `kubectl apply --server-side` of `yaml`, as admin.
     pub fn kubectl_apply(&self, yaml: &[u8]) {
         use std::io::Write;

@@ -42,6 +42,7 @@ fn build(task: &AgentTask, storage: &StorageLocation, node: Option<&str>) -> Job
         consumer: node.map(|n| VolumeConsumer { node_name: Some(n.into()), ..VolumeConsumer::default() }),
         deadline_seconds: 3600,
         backoff_limit: 2,
+        service_account: Some("berth-backup"),
     };
     agent_job(task, &settings)
 }
@@ -124,6 +125,7 @@ fn assert_common(job: &Job, task: &str, target: &str) {
     let p = pod(job);
     assert_eq!(p.restart_policy.as_deref(), Some("Never"));
     assert_eq!(p.automount_service_account_token, Some(false));
+    assert_eq!(p.service_account_name.as_deref(), Some("berth-backup"), "the pod runs as the policy's account");
     let psc = p.security_context.as_ref().unwrap();
     assert_eq!(psc.run_as_non_root, Some(true));
     assert_eq!(psc.run_as_user, Some(AGENT_UID));
@@ -345,6 +347,7 @@ fn volume_jobs_run_as_the_consumer() {
             consumer: Some(consumer.clone()),
             deadline_seconds: 3600,
             backoff_limit: 2,
+            service_account: None,
         };
         let job = agent_job(&task, &settings);
         let psc = pod(&job).security_context.as_ref().unwrap();
