@@ -216,6 +216,7 @@ async fn status_backup_and_restore_through_kubectl_match_the_golden_session() {
     let cluster = Cluster::start().await;
     cluster.install_crds_from_dir(&repo().join("crds")).await;
     cluster.namespace(NS).await;
+    cluster.tenant_account(NS);
     let pg_address = (format!("orders-db.{NS}.svc:5432"), format!("127.0.0.1:{}", pg.port));
     cluster.kubelet().with_env("AWS_EC2_METADATA_DISABLED", "true");
     cluster.kubelet().with_host_override(pg_address.0.clone(), pg_address.1.clone());

@@ -163,17 +163,32 @@ impl std::fmt::Debug for Storage {
 fn s3_err<E, R>(op: &'static str, key: &str, err: aws_sdk_s3::error::SdkError<E, R>) -> BackupError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
     let code = err.code().map(str::to_string);
     if let aws_sdk_s3::error::SdkError::TimeoutError(_) = &err {
-        let message = format!("{}: {}", stalled_hint(), DisplayErrorContext(&err));
+        let message = format!("{}: {}", stalled_hint(), error_chain(&err));
         return BackupError::Storage { op, key: key.to_string(), message };
     }
     match code.as_deref() {
         Some("NoSuchKey") | Some("NotFound") => BackupError::NotFound(key.to_string()),
-        _ => BackupError::Storage { op, key: key.to_string(), message: format!("{}", DisplayErrorContext(&err)) },
+        _ => BackupError::Storage { op, key: key.to_string(), message: error_chain(&err) },
     }
+}
+
+/// The error and its sources joined by ": ", each once. The SDK's `DisplayErrorContext` also
+/// appends a Debug dump, which does not belong in a status message a person reads.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 impl Storage {
@@ -725,6 +740,25 @@ mod tests {
         assert!(StorageConfig::parse("s3:///x").is_err());
         assert!(StorageConfig::parse("ftp://x").is_err());
         assert_eq!(StorageConfig::parse("/tmp/r").unwrap(), StorageConfig::Local(PathBuf::from("/tmp/r")));
+    }
+
+    #[tokio::test]
+    async fn storage_errors_read_as_a_chain_without_debug_dumps() {
+        // A port nothing listens on: the SDK's error wraps a connector error in several layers.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let config = StorageConfig::S3(S3Config {
+            bucket: "b".into(),
+            endpoint: Some(format!("http://{closed}")),
+            insecure_http: true,
+            path_style: true,
+            region: Some("us-east-1".into()),
+            access_key_id: Some("k".into()),
+            secret_access_key: Some("s".into()),
+            ..S3Config::default()
+        });
+        let err = Storage::connect(&config).await.unwrap().head("config").await.unwrap_err().to_string();
+        assert!(err.contains("Connection refused"), "{err}");
+        assert!(!err.contains("DispatchFailure") && !err.contains("{ "), "a Debug dump leaked: {err}");
     }
 
     #[tokio::test]

@@ -76,7 +76,10 @@ async fn create(args: CreateArgs) -> Result<ExitKind, CliError> {
         ));
     }
     let name = args.name.clone().unwrap_or_else(|| backup_name(&args.policy, super::now()));
-    let mut backup = Backup::new(&name, BackupSpec { policy_name: args.policy.clone(), delete_data: false });
+    let mut backup = Backup::new(
+        &name,
+        BackupSpec { policy_name: args.policy.clone(), delete_data: false, service_account_name: None },
+    );
     backup.metadata.labels = Some(BTreeMap::from([(POLICY_LABEL.to_string(), args.policy.clone())]));
     let backups: Api<Backup> = Api::namespaced(session.client.clone(), ns);
     let action = format!("create backups.berth.dev in namespace \"{ns}\"");
