@@ -143,6 +143,15 @@ impl From<RepositoryError> for Failure {
     }
 }
 
+/// The failure of a repository that cannot be opened, or the error to retry when the cause is
+/// an API error that may pass (a 5xx or 429 reading its Secrets).
+fn open_failure(e: RepositoryError) -> Result<Failure, Error> {
+    match e {
+        RepositoryError::Kube(e) if super::is_transient(&e) => Err(e.into()),
+        e => Ok(e.into()),
+    }
+}
+
 async fn reconcile_backup(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
     if backup.meta().deletion_timestamp.is_some() {
         return delete_data(backup, ctx).await;
@@ -200,7 +209,7 @@ async fn start(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
     let started = Time(jiff::Timestamp::now());
     if let Err(e) = repository::open(&ctx.shared.client, &ns, &policy.policy.spec.storage, "spec.storage").await {
         let status = BackupStatus { start_time: Some(started), ..BackupStatus::default() };
-        return fail(backup, ctx, status, e.into()).await;
+        return fail(backup, ctx, status, open_failure(e)?).await;
     }
     let mut items = vec![pending("resources")];
     let scope = &policy.policy.spec.scope;
@@ -318,7 +327,7 @@ async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Resul
     if !finished_jobs.is_empty() {
         let repo = match repository::open(&ctx.shared.client, &ns, &policy.policy.spec.storage, "spec.storage").await {
             Ok(repo) => repo,
-            Err(e) => return fail(backup, ctx, status, e.into()).await,
+            Err(e) => return fail(backup, ctx, status, open_failure(e)?).await,
         };
         let snapshots = match repo.list_snapshots().await {
             Ok(s) => s,
@@ -390,7 +399,7 @@ async fn finish(backup: &Backup, ctx: &Ctx, policy: &ValidPolicy, mut status: Ba
     let name = backup.name_any();
     let repo = match repository::open(&ctx.shared.client, &ns, &policy.policy.spec.storage, "spec.storage").await {
         Ok(repo) => repo,
-        Err(e) => return fail(backup, ctx, status, e.into()).await,
+        Err(e) => return fail(backup, ctx, status, open_failure(e)?).await,
     };
     let exported = match export(ctx, &ns, policy).await {
         Ok(e) => e,

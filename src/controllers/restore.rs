@@ -339,6 +339,7 @@ async fn load(restore: &Restore, ctx: &Ctx) -> Result<Result<Arc<Loaded>, (&'sta
     }
     let repo = match repository::open(&ctx.shared.client, &ns, &policy.spec.storage, "spec.storage").await {
         Ok(r) => r,
+        Err(repository::RepositoryError::Kube(e)) if super::is_transient(&e) => return Err(e.into()),
         Err(e) => return Ok(Err((e.reason(), e.to_string()))),
     };
     let (manifest, objects) = match load_objects(&repo, &backup.name_any()).await {
@@ -600,12 +601,15 @@ async fn apply_objects(
                     let params = PatchParams::apply(MANAGER).force();
                     match api.patch(name, &params, &Patch::Apply(obj)).await {
                         Ok(_) => *status.updated.get_or_insert(0) += 1,
+                        Err(e) if super::is_transient(&e) => return Err(e.into()),
                         Err(e) => status.errors.push(format!("{describe}: {e}")),
                     }
                 } else {
                     *status.skipped.get_or_insert(0) += 1;
                 }
             }
+            // A 5xx or 429 is no outcome: the stage runs again (what was created is then found).
+            Err(e) if super::is_transient(&e) => return Err(e.into()),
             Err(e) => status.errors.push(format!("{describe}: {e}")),
         }
     }
