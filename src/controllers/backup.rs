@@ -493,8 +493,8 @@ async fn store(
 }
 
 /// The Kubernetes objects of the Backup: the selected AppEnvironments and DatabaseInstances,
-/// the instances' Secrets (restored passwords must match restored data), the policy itself and
-/// the extra kinds of `spec.scope.extraResources`.
+/// the instances' Secrets (restored passwords must match restored data), the claims of the
+/// backed-up volumes, the policy itself and the extra kinds of `spec.scope.extraResources`.
 async fn export(ctx: &Ctx, ns: &str, policy: &ValidPolicy) -> Result<Exported, Error> {
     let mut objects = Vec::new();
     let mut failed = Vec::new();
@@ -509,6 +509,13 @@ async fn export(ctx: &Ctx, ns: &str, policy: &ValidPolicy) -> Result<Exported, E
             objects.push(typed(serde_json::to_value(secret))?);
         }
         objects.push(typed(serde_json::to_value(db))?);
+    }
+    // The claims of the backed-up volumes: a restore elsewhere (another namespace, a new
+    // cluster) creates them before its Jobs mount them to write the data back.
+    if policy.policy.spec.scope.volumes.unwrap_or(false) {
+        for pvc in volumes(ctx, ns, policy).await? {
+            objects.push(typed(serde_json::to_value(pvc))?);
+        }
     }
     let mut own = policy.policy.clone();
     own.status = None;
