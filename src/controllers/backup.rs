@@ -41,6 +41,8 @@ pub const NAME: &str = "backup";
 const STATUS_MANAGER: &str = "berth/backup-status";
 /// Label on Backups naming their BackupPolicy.
 pub const POLICY_LABEL: &str = "berth.dev/backuppolicy";
+/// Manifest label: the uid of the Backup object that wrote it.
+const BACKUP_UID_LABEL: &str = "berth.dev/backup-uid";
 /// Label on Backups that were found in the bucket rather than run by this cluster.
 pub const SYNCED_LABEL: &str = "berth.dev/synced";
 /// Finalizer that deletes the data of a Backup with `spec.deleteData`.
@@ -427,7 +429,10 @@ async fn finish(backup: &Backup, ctx: &Ctx, policy: &ValidPolicy, mut status: Ba
     let core_failure = exported.failed.iter().find(|(item, _)| item == "resources").map(|(_, e)| e.clone());
     let stored = match core_failure {
         Some(message) => Err(message),
-        None => store(&repo, &name, &ns, &exported.objects, extra, policy).await.map_err(|e| e.to_string()),
+        None => {
+            let uid = backup.uid().unwrap_or_default();
+            store(&repo, &name, &uid, &ns, &exported.objects, extra, policy).await.map_err(|e| e.to_string())
+        }
     };
     for (item, error) in exported.failed.into_iter().filter(|(item, _)| item != "resources") {
         status.items.push(BackupItem {
@@ -476,17 +481,28 @@ fn resources_failed(status: &BackupStatus) -> bool {
     status.items.iter().any(|i| i.name == "resources" && i.phase == phase::FAILED)
 }
 
+/// Stores the objects and the manifest, once: a manifest of this very Backup (its uid) is there
+/// when an earlier attempt stored it and then could not record it in the status (a failed
+/// status write, a killed operator), and is used as it is.
 async fn store(
     repo: &Repository,
     name: &str,
+    uid: &str,
     ns: &str,
     objects: &[Value],
     extra: Vec<SnapshotRef>,
     policy: &ValidPolicy,
 ) -> crate::backup::Result<(String, u64)> {
+    if let Ok(stored) = crate::backup::resources::load_manifest(repo, name).await
+        && stored.labels.get(BACKUP_UID_LABEL).is_some_and(|u| u == uid)
+        && let Some(kubernetes) = stored.snapshots.iter().find(|s| s.kind == "kubernetes")
+    {
+        return Ok((kubernetes.snapshot.clone(), kubernetes.bytes));
+    }
     let mut manifest = store_objects(repo, name, vec![ns.to_string()], objects, extra).await?;
     manifest.labels.insert(POLICY_LABEL.into(), policy.policy.name_any());
     manifest.labels.insert("berth.dev/namespace".into(), ns.into());
+    manifest.labels.insert(BACKUP_UID_LABEL.into(), uid.into());
     crate::backup::resources::save_manifest(repo, &manifest).await?;
     let kubernetes = manifest.snapshots.iter().find(|s| s.kind == "kubernetes").expect("store_objects records it");
     Ok((kubernetes.snapshot.clone(), kubernetes.bytes))
