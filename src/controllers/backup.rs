@@ -319,7 +319,7 @@ async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Resul
                 Some(Ok(())) => finished_jobs.push(item.name.clone()),
                 Some(Err(message)) => {
                     item.phase = phase::FAILED.into();
-                    item.error = Some(message);
+                    item.error = Some(job_error(&ctx.shared.client, &ns, &job_name, message).await?);
                     changed = true;
                 }
                 None => {}
@@ -380,6 +380,16 @@ async fn task_for(ctx: &Ctx, ns: &str, item: &str) -> Result<Option<AgentTask>, 
         return Ok(api.get_opt(pvc).await?.map(|_| AgentTask::BackupVolume { pvc: pvc.into() }));
     }
     Ok(None)
+}
+
+/// A failed Job's message with the agent's own error (from its pods), which says why.
+pub(super) async fn job_error(client: &kube::Client, ns: &str, job: &str, message: String) -> Result<String, Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"))).await?;
+    Ok(match crate::resources::backup::agent_error(&list.items) {
+        Some(why) => format!("{message}; the agent said: {why}"),
+        None => message,
+    })
 }
 
 /// The running pod that mounts `pvc`: a ReadWriteOnce volume can only be mounted a second

@@ -501,6 +501,7 @@ async fn run_jobs(
                 None => waiting.push(job_name),
                 Some(Ok(())) => {}
                 Some(Err(message)) => {
+                    let message = super::backup::job_error(&ctx.shared.client, &ns, &job_name, message).await?;
                     if !status.errors.contains(&message) {
                         status.errors.push(message);
                     }
