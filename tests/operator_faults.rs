@@ -476,7 +476,7 @@ async fn api_faults_lose_nothing_and_repeat_nothing() {
         Rule::new("create", format!("/namespaces/{NS}/jobs"), Fault::Throttled, 1),
         Rule::new("create", format!("/namespaces/{NS}/jobs"), Fault::ReplyLost, 1),
         Rule::new("patch", status.clone(), Fault::Conflict, 1).with_body(r#""phase":"InProgress""#),
-        Rule::new("patch", status.clone(), Fault::ServerError, 1).with_body("completionTime"),
+        Rule::new("patch", status.clone(), Fault::ServerError, 1).with_body("items backed up"),
     ] {
         proxy.add(rule);
     }
@@ -496,7 +496,8 @@ async fn api_faults_lose_nothing_and_repeat_nothing() {
         Rule::new("create", other("databaseinstances"), Fault::ServerError, 1),
         Rule::new("create", other("persistentvolumeclaims"), Fault::Throttled, 1),
         Rule::new("create", other("appenvironments"), Fault::ReplyLost, 1),
-        Rule::new("patch", format!("/namespaces/{NS}/restores/elsewhere/status"), Fault::Conflict, 2),
+        Rule::new("patch", format!("/namespaces/{NS}/restores/elsewhere/status"), Fault::Conflict, 2)
+            .with_body(r#""phase":"InProgress""#),
     ] {
         proxy.add(rule);
     }
@@ -505,6 +506,7 @@ async fn api_faults_lose_nothing_and_repeat_nothing() {
     let (restore, restore_secs) = world.restore_ended("elsewhere", started).await;
     assert_eq!(phase_of_restore(&restore), "Completed", "{:?}", restore.status);
     assert!(proxy.unfired().is_empty(), "faults never injected: {:?}", proxy.unfired());
+    assert!(proxy.fired().iter().any(|f| f.starts_with("DropWatch")), "a watch was dropped: {:?}", proxy.fired());
 
     // Nothing lost.
     world.assert_restored_elsewhere(&rows).await;

@@ -135,7 +135,9 @@ fn take_fault(shared: &Shared, verb: &str, path_and_query: &str, body: &[u8]) ->
         r.times > 0 && r.verb == verb && path_and_query.contains(&r.path) && r.body.is_none_or(|b| body.contains(b))
     })?;
     rule.times -= 1;
-    shared.fired.lock().unwrap().push(format!("{:?} {verb} {path_and_query}", rule.fault));
+    if rule.fault != Fault::DropWatch {
+        shared.fired.lock().unwrap().push(format!("{:?} {verb} {path_and_query}", rule.fault));
+    }
     Some(rule.fault)
 }
 
@@ -205,19 +207,24 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         }
     }
     let drop_after_first = fault == Some(Fault::DropWatch);
+    let dropped = format!("DropWatch {verb} {path_and_query}");
     // (answer, chunks passed, ended)
-    let stream = futures::stream::unfold((answer, 0usize, false), move |(mut answer, n, ended)| async move {
-        if ended {
-            return None;
-        }
-        if drop_after_first && n == 1 {
-            // An error in the body stream aborts the response: the client sees the watch break.
-            return Some((Err(std::io::Error::other("injected: watch dropped")), (answer, n, true)));
-        }
-        match answer.chunk().await {
-            Ok(Some(chunk)) => Some((Ok::<Bytes, std::io::Error>(chunk), (answer, n + 1, false))),
-            Ok(None) => None,
-            Err(e) => Some((Err(std::io::Error::other(e)), (answer, n, true))),
+    let stream = futures::stream::unfold((answer, 0usize, false), move |(mut answer, n, ended)| {
+        let (shared, dropped) = (shared.clone(), dropped.clone());
+        async move {
+            if ended {
+                return None;
+            }
+            if drop_after_first && n == 1 {
+                shared.fired.lock().unwrap().push(dropped);
+                // An error in the body stream aborts the response: the client sees the watch break.
+                return Some((Err(std::io::Error::other("injected: watch dropped")), (answer, n, true)));
+            }
+            match answer.chunk().await {
+                Ok(Some(chunk)) => Some((Ok::<Bytes, std::io::Error>(chunk), (answer, n + 1, false))),
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e)), (answer, n, true))),
+            }
         }
     });
     response.body(Body::from_stream(stream)).unwrap()
