@@ -427,6 +427,10 @@ fn assert_each_written_once(writes: &BTreeMap<String, usize>) {
     assert!(twice.is_empty(), "created more than once: {twice:?}");
     let job_changes: Vec<_> = writes.keys().filter(|w| w.contains(" jobs ") && !w.starts_with("create ")).collect();
     assert!(job_changes.is_empty(), "agent Jobs changed after their creation: {job_changes:?}");
+    // A Backup's status changes at most four times: InProgress, each of its two agent items,
+    // its end.
+    let chatty: Vec<_> = writes.iter().filter(|(w, n)| w.starts_with("patch backups/status ") && **n > 4).collect();
+    assert!(chatty.is_empty(), "a Backup's status written more often than it changed: {chatty:?}");
 }
 
 /// The restored objects the operator created in `OTHER`, as `resource/name`.
