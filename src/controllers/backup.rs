@@ -42,6 +42,8 @@ pub const NAME: &str = "backup";
 const STATUS_MANAGER: &str = "berth/backup-status";
 /// Label on Backups naming their BackupPolicy.
 pub const POLICY_LABEL: &str = "berth.dev/backuppolicy";
+/// Manifest label: the uid of the Backup object that wrote it.
+const BACKUP_UID_LABEL: &str = "berth.dev/backup-uid";
 /// Label on Backups that were found in the bucket rather than run by this cluster.
 pub const SYNCED_LABEL: &str = "berth.dev/synced";
 /// Finalizer that deletes the data of a Backup with `spec.deleteData`.
@@ -144,6 +146,15 @@ impl From<RepositoryError> for Failure {
     }
 }
 
+/// The failure of a repository that cannot be opened, or the error to retry when the cause is
+/// an API error that may pass (a 5xx or 429 reading its Secrets).
+fn open_failure(e: RepositoryError) -> Result<Failure, Error> {
+    match e {
+        RepositoryError::Kube(e) if super::is_transient(&e) => Err(e.into()),
+        e => Ok(e.into()),
+    }
+}
+
 async fn reconcile_backup(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
     if backup.meta().deletion_timestamp.is_some() {
         return delete_data(backup, ctx).await;
@@ -215,7 +226,7 @@ async fn start(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
     let started = Time(jiff::Timestamp::now());
     if let Err(e) = repository::open(&tenant, &ns, &policy.policy.spec.storage, "spec.storage").await {
         let status = BackupStatus { start_time: Some(started), ..BackupStatus::default() };
-        return fail(backup, ctx, status, e.into()).await;
+        return fail(backup, ctx, status, open_failure(e)?).await;
     }
     let items = match items(&tenant, &ns, &policy).await {
         Ok(items) => items,
@@ -379,7 +390,7 @@ async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Resul
                 Some(Ok(())) => finished_jobs.push(item.name.clone()),
                 Some(Err(message)) => {
                     item.phase = phase::FAILED.into();
-                    item.error = Some(message);
+                    item.error = Some(job_error(&ctx.shared.client, &ns, &job_name, message).await?);
                     changed = true;
                 }
                 None => {}
@@ -389,7 +400,7 @@ async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Resul
     if !finished_jobs.is_empty() {
         let repo = match repository::open(&tenant, &ns, &policy.policy.spec.storage, "spec.storage").await {
             Ok(repo) => repo,
-            Err(e) => return fail(backup, ctx, status, e.into()).await,
+            Err(e) => return fail(backup, ctx, status, open_failure(e)?).await,
         };
         let snapshots = match repo.list_snapshots().await {
             Ok(s) => s,
@@ -442,6 +453,16 @@ async fn task_for(client: &kube::Client, ns: &str, item: &str) -> Result<Option<
     Ok(None)
 }
 
+/// A failed Job's message with the agent's own error (from its pods), which says why.
+pub(super) async fn job_error(client: &kube::Client, ns: &str, job: &str, message: String) -> Result<String, Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"))).await?;
+    Ok(match crate::resources::backup::agent_error(&list.items) {
+        Some(why) => format!("{message}; the agent said: {why}"),
+        None => message,
+    })
+}
+
 /// The running pod that mounts `pvc`: a ReadWriteOnce volume can only be mounted a second
 /// time on its node, and its files are the app's user's.
 pub(super) async fn volume_consumer(
@@ -467,7 +488,7 @@ async fn finish(
     let name = backup.name_any();
     let repo = match repository::open(tenant, &ns, &policy.policy.spec.storage, "spec.storage").await {
         Ok(repo) => repo,
-        Err(e) => return fail(backup, ctx, status, e.into()).await,
+        Err(e) => return fail(backup, ctx, status, open_failure(e)?).await,
     };
     let exported = match export(tenant, &ns, policy).await {
         Ok(e) => e,
@@ -495,7 +516,10 @@ async fn finish(
     let core_failure = exported.failed.iter().find(|(item, _)| item == "resources").map(|(_, e)| e.clone());
     let stored = match core_failure {
         Some(message) => Err(message),
-        None => store(&repo, &name, &ns, &exported.objects, extra, policy).await.map_err(|e| e.to_string()),
+        None => {
+            let uid = backup.uid().unwrap_or_default();
+            store(&repo, &name, &uid, &ns, &exported.objects, extra, policy).await.map_err(|e| e.to_string())
+        }
     };
     for (item, error) in exported.failed.into_iter().filter(|(item, _)| item != "resources") {
         status.items.push(BackupItem {
@@ -544,25 +568,36 @@ fn resources_failed(status: &BackupStatus) -> bool {
     status.items.iter().any(|i| i.name == "resources" && i.phase == phase::FAILED)
 }
 
+/// Stores the objects and the manifest, once: a manifest of this very Backup (its uid) is there
+/// when an earlier attempt stored it and then could not record it in the status (a failed
+/// status write, a killed operator), and is used as it is.
 async fn store(
     repo: &Repository,
     name: &str,
+    uid: &str,
     ns: &str,
     objects: &[Value],
     extra: Vec<SnapshotRef>,
     policy: &ValidPolicy,
 ) -> crate::backup::Result<(String, u64)> {
+    if let Ok(stored) = crate::backup::resources::load_manifest(repo, name).await
+        && stored.labels.get(BACKUP_UID_LABEL).is_some_and(|u| u == uid)
+        && let Some(kubernetes) = stored.snapshots.iter().find(|s| s.kind == "kubernetes")
+    {
+        return Ok((kubernetes.snapshot.clone(), kubernetes.bytes));
+    }
     let mut manifest = store_objects(repo, name, vec![ns.to_string()], objects, extra).await?;
     manifest.labels.insert(POLICY_LABEL.into(), policy.policy.name_any());
     manifest.labels.insert("berth.dev/namespace".into(), ns.into());
+    manifest.labels.insert(BACKUP_UID_LABEL.into(), uid.into());
     crate::backup::resources::save_manifest(repo, &manifest).await?;
     let kubernetes = manifest.snapshots.iter().find(|s| s.kind == "kubernetes").expect("store_objects records it");
     Ok((kubernetes.snapshot.clone(), kubernetes.bytes))
 }
 
 /// The Kubernetes objects of the Backup: the selected AppEnvironments and DatabaseInstances,
-/// the instances' Secrets (restored passwords must match restored data), the policy itself and
-/// the extra kinds of `spec.scope.extraResources`.
+/// the instances' Secrets (restored passwords must match restored data), the claims of the
+/// backed-up volumes, the policy itself and the extra kinds of `spec.scope.extraResources`.
 async fn export(client: &kube::Client, ns: &str, policy: &ValidPolicy) -> Result<Exported, Error> {
     let mut objects = Vec::new();
     let mut failed = Vec::new();
@@ -577,6 +612,13 @@ async fn export(client: &kube::Client, ns: &str, policy: &ValidPolicy) -> Result
             objects.push(typed(serde_json::to_value(secret))?);
         }
         objects.push(typed(serde_json::to_value(db))?);
+    }
+    // The claims of the backed-up volumes: a restore elsewhere (another namespace, a new
+    // cluster) creates them before its Jobs mount them to write the data back.
+    if policy.policy.spec.scope.volumes.unwrap_or(false) {
+        for pvc in volumes(client, ns, policy).await? {
+            objects.push(typed(serde_json::to_value(pvc))?);
+        }
     }
     let mut own = policy.policy.clone();
     own.status = None;

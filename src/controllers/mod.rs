@@ -49,6 +49,16 @@ pub enum Error {
     ApplyRejected { kind: String, name: String, message: String },
 }
 
+/// Whether an API error may pass if the request is made again: a 5xx, a 429, or no answer
+/// (a dropped connection). Such an error is retried, never recorded as the outcome of a Backup,
+/// a Restore or a restored object.
+pub fn is_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code >= 500 || s.code == 429,
+        _ => true,
+    }
+}
+
 /// Reason of the conditions that report an [`Error::ApplyRejected`].
 pub const APPLY_REJECTED: &str = "ApplyRejected";
 /// How often a rejected apply is tried again: slowly, since only a change (which wakes the

@@ -371,6 +371,7 @@ async fn load(
     }
     let repo = match repository::open(tenant, &ns, &policy.spec.storage, "spec.storage").await {
         Ok(r) => r,
+        Err(repository::RepositoryError::Kube(e)) if super::is_transient(&e) => return Err(e.into()),
         Err(e) => return Ok(Err((e.reason(), e.to_string()))),
     };
     let (manifest, objects) = match load_objects(&repo, &backup.name_any()).await {
@@ -580,6 +581,7 @@ async fn run_jobs(
                 None => waiting.push(job_name),
                 Some(Ok(())) => {}
                 Some(Err(message)) => {
+                    let message = super::backup::job_error(&ctx.shared.client, &ns, &job_name, message).await?;
                     if !status.errors.contains(&message) {
                         status.errors.push(message);
                     }
@@ -684,12 +686,15 @@ async fn apply_objects(
                     let params = PatchParams::apply(MANAGER).force();
                     match api.patch(name, &params, &Patch::Apply(obj)).await {
                         Ok(_) => *status.updated.get_or_insert(0) += 1,
+                        Err(e) if super::is_transient(&e) => return Err(e.into()),
                         Err(e) => status.errors.push(format!("{describe}: {e}")),
                     }
                 } else {
                     *status.skipped.get_or_insert(0) += 1;
                 }
             }
+            // A 5xx or 429 is no outcome: the stage runs again (what was created is then found).
+            Err(e) if super::is_transient(&e) => return Err(e.into()),
             Err(e) => status.errors.push(format!("{describe}: {e}")),
         }
     }

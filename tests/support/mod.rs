@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod fault_proxy;
 pub mod install;
 pub mod jobs;
 pub mod kubectl;

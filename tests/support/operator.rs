@@ -92,6 +92,12 @@ impl Operator {
         }
     }
 
+    /// SIGKILL, as the OOM killer or a lost node ends it: no shutdown, nothing flushed.
+    pub fn kill_9(&mut self) -> std::process::ExitStatus {
+        self.child.kill().expect("SIGKILL the operator");
+        self.child.wait().unwrap()
+    }
+
     /// Process id of the operator.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -38,6 +38,21 @@ pub fn job_outcome(job: &k8s_openapi::api::batch::v1::Job) -> Option<Result<(), 
     None
 }
 
+/// Why the agent failed, from the termination message of the newest failed pod of its Job (the
+/// agent's last stderr lines, `FallbackToLogsOnError`): the last line that says anything,
+/// shortened. `None` when no pod says.
+pub fn agent_error(pods: &[k8s_openapi::api::core::v1::Pod]) -> Option<String> {
+    const LONGEST: usize = 512;
+    let failed = pods.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"));
+    let newest = failed.max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))?;
+    let statuses = newest.status.as_ref()?.container_statuses.as_ref()?;
+    let message = statuses
+        .iter()
+        .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone().filter(|m| !m.is_empty()))?;
+    let line = message.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    Some(line.chars().take(LONGEST).collect())
+}
+
 #[cfg(test)]
 mod naming_tests {
     use super::*;
@@ -62,5 +77,25 @@ mod naming_tests {
             serde_json::json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "boom"}]),
         );
         assert_eq!(job_outcome(&failed), Some(Err("agent Job j failed: BackoffLimitExceeded: boom".into())));
+    }
+
+    #[test]
+    fn agent_error_is_the_last_line_of_the_newest_failed_pod() {
+        let pod = |created: &str, phase: &str, message: &str| -> k8s_openapi::api::core::v1::Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": created, "creationTimestamp": created},
+                "status": {"phase": phase, "containerStatuses": [{
+                    "name": "agent", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 1, "message": message}}}]}
+            }))
+            .unwrap()
+        };
+        let pods = [
+            pod("2026-01-01T00:00:00Z", "Failed", "old error\n"),
+            pod("2026-01-01T00:00:20Z", "Failed", "progress 10%\nError: storage: connection refused\n\n"),
+            pod("2026-01-01T00:00:30Z", "Running", ""),
+        ];
+        assert_eq!(agent_error(&pods).as_deref(), Some("Error: storage: connection refused"));
+        assert_eq!(agent_error(&pods[2..]), None);
     }
 }
