@@ -129,6 +129,10 @@ Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: {{ toJson $crud }}
+# AppEnvironment spec.cronJobs (its migration Jobs use the rule above).
+- apiGroups: [batch]
+  resources: [cronjobs]
+  verbs: {{ toJson $crud }}
 - apiGroups: [networking.k8s.io]
   resources: [ingresses, networkpolicies]
   verbs: {{ toJson $crud }}
