@@ -8,6 +8,7 @@ pub mod api;
 pub mod backup;
 pub mod controllers;
 pub mod crds;
+pub mod import;
 pub mod provision;
 pub mod render;
 pub mod resources;

@@ -690,6 +690,11 @@ pub struct NetworkPolicySettings {
     /// Further namespaces whose pods may reach the app.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_from_namespaces: Vec<String>,
+    /// Other AppEnvironments of this namespace whose pods (app, workers, cron jobs) may reach
+    /// the app's ports, e.g. the services that shared a compose network with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1, max = 63)))]
+    pub allow_from_apps: Vec<String>,
 }
 
 /// Rollout settings of the Deployment.

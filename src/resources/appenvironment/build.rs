@@ -534,6 +534,25 @@ fn network_policy(valid: &ValidApp) -> Option<NetworkPolicy> {
             ports: Some(app_ports),
         });
     }
+    if !np.allow_from_apps.is_empty() {
+        // Every pod of those apps (their workers and cron jobs too) carries the owner label.
+        let owner = meta::owner_label_key("AppEnvironment");
+        rules.push(NetworkPolicyIngressRule {
+            from: Some(
+                np.allow_from_apps
+                    .iter()
+                    .map(|a| NetworkPolicyPeer {
+                        pod_selector: Some(LabelSelector {
+                            match_labels: Some(BTreeMap::from([(owner.clone(), a.clone())])),
+                            ..LabelSelector::default()
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    })
+                    .collect(),
+            ),
+            ports: Some(valid.ports.iter().map(|p| port(p.container_port, p.protocol)).collect()),
+        });
+    }
     Some(NetworkPolicy {
         metadata: child_meta(valid, BTreeMap::new()),
         spec: Some(NetworkPolicySpec {

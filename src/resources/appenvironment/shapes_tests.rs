@@ -380,3 +380,23 @@ fn claims_grow_but_never_shrink() {
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
+
+#[test]
+fn apps_named_in_allow_from_apps_may_reach_the_app() {
+    let c = built("  tier: development\n  image: x:1\n  networkPolicy:\n    allowFromApps: [proxy, cron]\n");
+    let rules = c.network_policy.unwrap().spec.unwrap().ingress.unwrap();
+    let last = rules.last().unwrap();
+    let apps: Vec<String> = last
+        .from
+        .iter()
+        .flatten()
+        .map(|p| p.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["berth.dev/appenvironment"].clone())
+        .collect();
+    assert_eq!(apps, ["proxy", "cron"]);
+    assert_eq!(
+        last.ports.as_ref().unwrap()[0].port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080))
+    );
+    let plain = built("  tier: development\n  image: x:1\n");
+    assert_eq!(plain.network_policy.unwrap().spec.unwrap().ingress.unwrap().len(), rules.len() - 1);
+}

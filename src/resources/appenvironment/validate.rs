@@ -90,6 +90,7 @@ pub struct ResolvedNetworkPolicy {
     pub ingress_controller_namespace: String,
     pub monitoring_namespace: String,
     pub allow_from_namespaces: Vec<String>,
+    pub allow_from_apps: Vec<String>,
 }
 
 /// Validates `app` and resolves its defaults; every problem found is returned, not only the
@@ -214,6 +215,7 @@ pub fn validate(app: &AppEnvironment) -> Result<ValidApp, Vec<FieldError>> {
         ingress_controller_namespace: np.ingress_controller_namespace.unwrap_or_else(|| "ingress-nginx".into()),
         monitoring_namespace: np.monitoring_namespace.unwrap_or_else(|| "monitoring".into()),
         allow_from_namespaces: np.allow_from_namespaces,
+        allow_from_apps: np.allow_from_apps,
     });
 
     let first_port = ports.first().map(|p| p.container_port).unwrap_or(DEFAULT_PORT);
