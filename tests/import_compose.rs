@@ -126,16 +126,19 @@ fn web_postgres_rabbitmq_worker_and_cron() {
     assert_eq!((mq["spec"]["version"].as_str(), mq["spec"]["vhosts"][0].as_str()), (Some("3.13"), Some("shop")));
 
     // The apps use them through spec.databases: no hard-coded host or password is left.
-    for app in ["web", "worker", "cron"] {
-        assert_eq!(i.app(app)["spec"]["databases"], serde_json::json!([{"name": "db"}, {"name": "mq"}]), "{app}");
-        assert!(i.env(app, "DATABASE_URL").is_none(), "{app}: DATABASE_URL is injected, not copied");
-        assert_eq!(i.env(app, "CELERY_BROKER_URL").unwrap()["value"], "$(AMQP_URL)", "{app}");
-    }
+    assert_eq!(i.app("web")["spec"]["databases"], serde_json::json!([{"name": "db"}, {"name": "mq"}]));
+    assert!(i.env("web", "DATABASE_URL").is_none(), "DATABASE_URL is injected, not copied");
+    assert_eq!(i.env("web", "CELERY_BROKER_URL").unwrap()["value"], "$(AMQP_URL)");
     let all = serde_json::to_string(&i.berth).unwrap();
     assert!(!all.contains("s3cret-db-pass") && !all.contains("s3cret-mq-pass"), "old passwords left in the apps");
     assert!(!i.report.contains("s3cret"), "the report shows a password");
     assert!(i.row("web", "environment.DATABASE_URL").unwrap().contains("injected from DatabaseInstance db"));
 
+    assert_eq!(
+        i.env("metrics", "DATA_SOURCE_URI").unwrap()["value"],
+        "$(DATABASE_HOST):$(DATABASE_PORT)/shop?sslmode=disable"
+    );
+    assert_eq!(i.env("metrics", "DATA_SOURCE_PASS").unwrap()["value"], "$(DATABASE_PASSWORD)");
     // Interpolation (.env, defaults) and env_file; secret-looking values in a Secret.
     assert_eq!(i.env("web", "DEBUG").unwrap()["value"], "false", "${{DEBUG:-false}}");
     assert_eq!(i.env("web", "DJANGO_SETTINGS_MODULE").unwrap()["value"], "shop.settings.production", "from web.env");
@@ -176,21 +179,43 @@ fn web_postgres_rabbitmq_worker_and_cron() {
     assert_eq!(web["probes"]["liveness"]["initialDelaySeconds"], 40);
     assert_eq!(web["securityContext"], serde_json::json!({"runAsUser": 1000, "runAsGroup": 1000}));
     assert_eq!(web["resources"]["limits"], serde_json::json!({"cpu": "1.0", "memory": "1Gi"}));
-    assert_eq!(i.app("worker")["spec"]["replicas"], 2);
-    assert_eq!(i.app("worker")["spec"]["args"][0], "celery");
+
+    // The Celery worker (same build and environment, no port) is a worker of web; the cron
+    // container's crontab lines are web's cron jobs. Both get web's env and databases.
+    assert!(i.berth.iter().all(|d| d["metadata"]["name"] != "worker" && d["metadata"]["name"] != "cron"));
+    let worker = &web["workers"][0];
+    assert_eq!(
+        (worker["name"].as_str(), worker["replicas"].as_i64(), worker["args"][0].as_str()),
+        (Some("worker"), Some(2), Some("celery"))
+    );
+    let schedules: Vec<(&str, &str)> = web["cronJobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["schedule"].as_str().unwrap(), c["command"][2].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        schedules,
+        [("*/15 * * * *", "python manage.py clearsessions"), ("30 2 * * *", "python manage.py send_digest")]
+    );
+    let rendered_worker = Imported::find(&i.rendered, "Deployment", "web-worker");
+    let worker_env = rendered_worker["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+    assert!(worker_env.iter().any(|e| e["name"] == "DATABASE_URL"), "the worker gets the injected variables");
+    Imported::find(&i.rendered, "CronJob", "web-cron-2");
+    assert!(i.row("cron", "command (./crontab:2)").unwrap().contains("became spec.cronJobs cron-2 of web"));
+    assert!(i.row("worker", "(service)").unwrap().contains("became spec.workers worker of web"));
 
     // Build-only services: a placeholder image and a line saying what to do.
     assert_eq!(web["image"], "registry.invalid/shop/web:replace-me");
     assert!(i.row("web", "build").unwrap().contains("--image web=REGISTRY/IMAGE:TAG"));
 
-    // Networks: proxy (frontend) and worker/cron (backend) share none, so neither admits the
+    // Networks: proxy (frontend) and metrics (backend) share none, so neither admits the
     // other; web is on both.
     assert_eq!(admitted_apps(&i.rendered, "proxy"), ["web"]);
-    assert_eq!(admitted_apps(&i.rendered, "web"), ["proxy", "worker", "cron"]);
-    assert_eq!(admitted_apps(&i.rendered, "worker"), ["web", "cron"]);
+    assert_eq!(admitted_apps(&i.rendered, "web"), ["proxy", "metrics"]);
+    assert_eq!(admitted_apps(&i.rendered, "metrics"), ["web"]);
 
     // What could not be carried over is reported with service, key and reason.
-    assert!(i.row("cron", "volumes[0]").unwrap().starts_with("| not mapped |"), "{}", i.report);
     assert!(i.row("worker", "cap_add").unwrap().contains("Pod Security restricted"));
     assert!(i.row("cron", "logging").unwrap().starts_with("| not mapped |"));
     assert!(i.row("db", "volumes").unwrap().contains("init scripts"));

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::interpolate::parse_env_file;
 use super::model::{ImportError, Project, Service, as_map};
+use super::processes;
 use super::report::Report;
 use crate::api::appenvironment::Tier;
 
@@ -199,7 +200,7 @@ pub fn shell_words(s: &str) -> Vec<String> {
     words
 }
 
-fn string_list(v: &Value) -> Vec<String> {
+pub(super) fn string_list(v: &Value) -> Vec<String> {
     match v {
         Value::String(s) => shell_words(s),
         Value::Array(items) => items.iter().map(scalar).collect(),
@@ -207,7 +208,7 @@ fn string_list(v: &Value) -> Vec<String> {
     }
 }
 
-fn scalar(v: &Value) -> String {
+pub(super) fn scalar(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -288,8 +289,15 @@ pub fn map(project: &Project, opts: &Options, report: &mut Report) -> Result<Res
     let db_names: BTreeSet<&str> =
         databases.iter().map(|d| d.service.as_str()).chain(others.iter().map(|o| o.0.as_str())).collect();
     let apps: Vec<&Service> = project.services.iter().filter(|s| !db_names.contains(s.name.as_str())).collect();
+    // Port-less processes of another app's image join that app (workers, cron jobs).
+    let folded = processes::folds(&apps, project);
+    let members = |host: &Service| -> Vec<&Service> {
+        apps.iter().copied().filter(|s| folded.get(&s.name) == Some(&host.name)).collect()
+    };
+    let hosts: Vec<&Service> = apps.iter().copied().filter(|s| !folded.contains_key(&s.name)).collect();
 
-    // Networks: who may reach whom (services on no network are on `default`).
+    // Networks: who may reach whom (services on no network are on `default`); an app is on
+    // the networks of its folded processes too.
     let networks_of = |s: &Service| -> BTreeSet<String> {
         if s.body.contains_key("network_mode") {
             return BTreeSet::new();
@@ -300,14 +308,22 @@ pub fn map(project: &Project, opts: &Options, report: &mut Report) -> Result<Res
             _ => BTreeSet::from(["default".to_string()]),
         }
     };
+    let group_networks = |s: &Service| -> BTreeSet<String> {
+        let mut all = networks_of(s);
+        for m in members(s) {
+            all.extend(networks_of(m));
+        }
+        all
+    };
     let mut claimed_volumes: BTreeMap<String, String> = BTreeMap::new();
-    for s in &apps {
-        let mine = networks_of(s);
-        let peers: Vec<String> = apps
+    for s in &hosts {
+        let mine = group_networks(s);
+        let peers: Vec<String> = hosts
             .iter()
-            .filter(|o| o.name != s.name && !networks_of(o).is_disjoint(&mine))
+            .filter(|o| o.name != s.name && !group_networks(o).is_disjoint(&mine))
             .map(|o| k8s_name(&o.name, 40))
             .collect();
+        let (workers, cron_jobs) = processes::entries(&k8s_name(&s.name, 40), &members(s), report);
         let app = app_environment(
             s,
             &AppContext {
@@ -318,6 +334,8 @@ pub fn map(project: &Project, opts: &Options, report: &mut Report) -> Result<Res
                 databases: &databases,
                 others: &others,
                 peers,
+                workers,
+                cron_jobs,
             },
             &mut claimed_volumes,
             &mut out,
@@ -348,7 +366,11 @@ fn hostnames(s: &Service) -> Vec<String> {
 
 /// The service's environment: `env_file` entries, then `environment`, with compose's rules
 /// for a name without value (taken from the shell or `.env`).
-fn environment(s: &Service, project: &Project, report: &mut Report) -> Result<Vec<(String, String)>, ImportError> {
+pub(super) fn environment(
+    s: &Service,
+    project: &Project,
+    report: &mut Report,
+) -> Result<Vec<(String, String)>, ImportError> {
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
         env.retain(|(n, _)| *n != k);
@@ -562,7 +584,7 @@ fn resources(deploy: &Value) -> Option<Value> {
 }
 
 /// `(source, target)` of a volume entry, either syntax; `None` for tmpfs and anonymous volumes.
-fn volume_source(v: &Value) -> Option<(String, String)> {
+pub(super) fn volume_source(v: &Value) -> Option<(String, String)> {
     match v {
         Value::String(s) => {
             let parts: Vec<&str> = s.split(':').collect();
@@ -588,6 +610,9 @@ struct AppContext<'a> {
     others: &'a [(String, &'static str, Vec<String>)],
     /// Apps that share a network with this one.
     peers: Vec<String>,
+    /// `spec.workers` and `spec.cronJobs` from the services folded into this one.
+    workers: Vec<Value>,
+    cron_jobs: Vec<Value>,
 }
 
 /// Whether `value` names `host` as a host (`host`, `host:5432`, `…@host/…`, `//host:…`).
@@ -615,7 +640,7 @@ fn looks_secret(name: &str) -> bool {
 }
 
 /// Why a service key is not carried over (and what to do instead).
-fn unmapped_reason(key: &str) -> &'static str {
+pub(super) fn unmapped_reason(key: &str) -> &'static str {
     match key {
         "privileged" => {
             "Berth's pods pass Pod Security restricted: a privileged container is refused; find what needs it (usually nothing does)"
@@ -785,6 +810,24 @@ fn app_environment(
             } else {
                 None
             };
+            // `db:5432/shop?…`: a host-relative address keeps its tail.
+            let tail = d.hosts.iter().find_map(|h| v.strip_prefix(h.as_str()).filter(|r| r.starts_with([':', '/'])));
+            if let (None, Some(rest)) = (reference, tail) {
+                let rest = rest
+                    .strip_prefix(&format!(":{port}"))
+                    .map(|r| format!(":$({p}_PORT){r}"))
+                    .unwrap_or(rest.to_string());
+                env_out.push(json!({"name": k, "value": format!("$({p}_HOST){rest}")}));
+                report.changed(
+                    svc,
+                    format!("environment.{k}"),
+                    format!(
+                        "named the host of compose service {:?}: now $({p}_HOST), injected from DatabaseInstance {}",
+                        d.service, d.instance
+                    ),
+                );
+                continue 'vars;
+            }
             if let Some(part) = reference {
                 let var = format!("{p}_{part}");
                 env_out.push(json!({"name": k, "value": format!("$({var})")}));
@@ -1044,6 +1087,13 @@ fn app_environment(
             spec.insert("replicas".into(), json!(n));
         }
         (false, None) => {}
+    }
+
+    if !ctx.workers.is_empty() {
+        spec.insert("workers".into(), json!(ctx.workers));
+    }
+    if !ctx.cron_jobs.is_empty() {
+        spec.insert("cronJobs".into(), json!(ctx.cron_jobs));
     }
 
     // Networks: who may reach the app.

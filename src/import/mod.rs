@@ -1,12 +1,13 @@
 //! `berth import compose`: a docker-compose project to Berth resources and a migration
 //! report. `model` reads and resolves the project (files, overrides, `extends`, profiles),
 //! `interpolate` does compose's variable substitution and env files, `map` turns services
-//! into AppEnvironments, DatabaseInstances, Secrets and ConfigMaps, `report` says what was not
-//! carried over and why.
+//! into AppEnvironments, DatabaseInstances, Secrets and ConfigMaps (`processes` folds worker
+//! and cron services into their app), `report` says what was not carried over and why.
 
 pub mod interpolate;
 pub mod map;
 pub mod model;
+pub mod processes;
 pub mod report;
 
 use std::collections::BTreeMap;
