@@ -4,6 +4,7 @@
 //! into AppEnvironments, DatabaseInstances, Secrets and ConfigMaps (`processes` folds worker
 //! and cron services into their app), `report` says what was not carried over and why.
 
+pub mod cluster;
 pub mod interpolate;
 pub mod map;
 pub mod model;
@@ -27,6 +28,52 @@ pub use report::Report;
 pub enum Source {
     /// A docker-compose project: Berth YAML to stdout (report on stderr) or into a folder.
     Compose(ComposeArgs),
+    /// The Deployments of a namespace (and their Services, Ingresses, autoscalers and
+    /// disruption budgets) as AppEnvironments, from the current kubeconfig's cluster.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    /// Namespace to read.
+    #[arg(long, required = true)]
+    pub namespace: String,
+    /// Folder to write berth.yaml and migration-report.md into.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    /// Tier of every AppEnvironment.
+    #[arg(long, default_value = "development", value_parser = parse_tier)]
+    pub tier: Tier,
+}
+
+/// Lists what `berth import cluster` reads.
+async fn live(namespace: &str) -> anyhow::Result<cluster::Live> {
+    use kube::api::{Api, ListParams};
+    let client = kube::Client::try_default().await?;
+    let lp = ListParams::default();
+    Ok(cluster::Live {
+        deployments: Api::namespaced(client.clone(), namespace).list(&lp).await?.items,
+        services: Api::namespaced(client.clone(), namespace).list(&lp).await?.items,
+        ingresses: Api::namespaced(client.clone(), namespace).list(&lp).await?.items,
+        autoscalers: Api::namespaced(client.clone(), namespace).list(&lp).await?.items,
+        disruption_budgets: Api::namespaced(client, namespace).list(&lp).await?.items,
+    })
+}
+
+fn import_cluster(args: ClusterArgs) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let live = match runtime.block_on(live(&args.namespace)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("berth import cluster: namespace {}: {e:#}", args.namespace);
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut report = Report::default();
+    let apps = cluster::map(&live, &args.namespace, args.tier, &mut report);
+    let refs: Vec<&Value> = apps.iter().collect();
+    let markdown = report.markdown(&[format!("namespace {}", args.namespace)], &objects(&refs));
+    write_out(args.output.as_deref(), &Resources { berth: apps, ..Resources::default() }, &markdown)
 }
 
 #[derive(Args, Debug)]
@@ -123,7 +170,10 @@ fn objects(docs: &[&Value]) -> Vec<(String, String)> {
 
 /// `berth import …`: exit code 0, or 2 on bad input (nothing written).
 pub fn main(source: Source) -> ExitCode {
-    let Source::Compose(args) = source;
+    let args = match source {
+        Source::Compose(args) => args,
+        Source::Cluster(args) => return import_cluster(args),
+    };
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let (resources, report) = match import_compose(&args, &env) {
         Ok(r) => r,
@@ -135,38 +185,37 @@ pub fn main(source: Source) -> ExitCode {
     let all: Vec<&Value> = resources.berth.iter().chain(&resources.secrets).chain(&resources.config_maps).collect();
     let sources: Vec<String> = args.files.iter().map(|f| f.display().to_string()).collect();
     let markdown = report.markdown(&sources, &objects(&all));
-    match &args.output {
-        None => {
-            print!("{}{}{}", yaml(&resources.berth), yaml(&resources.config_maps), yaml(&resources.secrets));
-            eprint!("{markdown}");
-        }
-        Some(dir) => {
-            let write = || -> std::io::Result<()> {
-                std::fs::create_dir_all(dir)?;
-                std::fs::write(dir.join("berth.yaml"), yaml(&resources.berth))?;
-                for (file, docs) in [("secrets.yaml", &resources.secrets), ("configmaps.yaml", &resources.config_maps)]
-                {
-                    let path = dir.join(file);
-                    if docs.is_empty() {
-                        // A stale file of an earlier import would be applied with the new ones.
-                        let _ = std::fs::remove_file(&path);
-                    } else {
-                        std::fs::write(path, yaml(docs))?;
-                    }
-                }
-                std::fs::write(dir.join("migration-report.md"), &markdown)
-            };
-            if let Err(e) = write() {
-                eprintln!("berth import compose: {}: {e}", dir.display());
-                return ExitCode::FAILURE;
+    write_out(args.output.as_deref(), &resources, &markdown)
+}
+
+/// The resources and report to stdout and stderr, or into `dir`.
+fn write_out(dir: Option<&std::path::Path>, resources: &Resources, markdown: &str) -> ExitCode {
+    let count = resources.berth.len() + resources.secrets.len() + resources.config_maps.len();
+    let Some(dir) = dir else {
+        print!("{}{}{}", yaml(&resources.berth), yaml(&resources.config_maps), yaml(&resources.secrets));
+        eprint!("{markdown}");
+        return ExitCode::SUCCESS;
+    };
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("berth.yaml"), yaml(&resources.berth))?;
+        for (file, docs) in [("secrets.yaml", &resources.secrets), ("configmaps.yaml", &resources.config_maps)] {
+            let path = dir.join(file);
+            if docs.is_empty() {
+                // A stale file of an earlier import would be applied with the new ones.
+                let _ = std::fs::remove_file(&path);
+            } else {
+                std::fs::write(path, yaml(docs))?;
             }
-            eprintln!(
-                "wrote {} objects to {} (secrets.yaml holds secret values: do not commit it); see {}",
-                all.len(),
-                dir.display(),
-                dir.join("migration-report.md").display()
-            );
         }
+        std::fs::write(dir.join("migration-report.md"), markdown)
+    };
+    if let Err(e) = write() {
+        eprintln!("berth import: {}: {e}", dir.display());
+        return ExitCode::FAILURE;
     }
+    let secrets =
+        if resources.secrets.is_empty() { "" } else { " (secrets.yaml holds secret values: do not commit it)" };
+    eprintln!("wrote {count} objects to {}{secrets}; see {}", dir.display(), dir.join("migration-report.md").display());
     ExitCode::SUCCESS
 }
