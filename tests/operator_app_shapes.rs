@@ -216,6 +216,7 @@ async fn volumes_workers_cron_jobs_and_migrations_on_the_real_control_plane() {
         failed_migration.message.as_deref().unwrap_or_default().contains("BackoffLimitExceeded"),
         "{failed_migration:?}"
     );
+    assert_eq!(status.image.as_deref(), Some("example.com/shop:1"), "status.image is the image that runs");
     let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
     assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "MigrationFailed"));
     assert!(degraded.message.contains("keep their current image"), "{}", degraded.message);
@@ -235,7 +236,9 @@ async fn volumes_workers_cron_jobs_and_migrations_on_the_real_control_plane() {
     }});
     apps.patch("shop", &PatchParams::default(), &Patch::Merge(&fixed)).await.unwrap();
     let ready = wait_condition(&apps, "shop", "Ready", "True", "Available").await;
-    let migration2 = ready.status.unwrap().migration.unwrap();
+    let ready_status = ready.status.unwrap();
+    assert_eq!(ready_status.image.as_deref(), Some("example.com/shop:2"));
+    let migration2 = ready_status.migration.unwrap();
     assert_eq!((migration2.image.as_str(), migration2.phase.as_str()), ("example.com/shop:2", "Succeeded"));
     assert_eq!(cluster.kubelet().runs_of(&migration2.job)[0].stdout.trim(), "migrating to version 2");
     assert_eq!(image_of(&deployments.get("shop").await.unwrap()), "example.com/shop:2");

@@ -244,7 +244,7 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
             current_or(app, READY, "Paused"),
             current_or(app, DEGRADED, "Paused"),
         ];
-        update_status(app, ctx, &paused, None, None, None).await?;
+        update_status(app, ctx, &paused, None, Computed::default()).await?;
         return Ok(Action::await_change());
     }
     let valid = match validate(app) {
@@ -256,7 +256,7 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
                 DesiredCondition::new(PROGRESSING, false, "InvalidSpec", "waiting for the spec to be fixed"),
                 DesiredCondition::new(DEGRADED, true, "InvalidSpec", message),
             ];
-            update_status(app, ctx, &invalid, None, None, None).await?;
+            update_status(app, ctx, &invalid, None, Computed::default()).await?;
             // Retrying cannot help: wait for the next change of the spec.
             return Ok(Action::await_change());
         }
@@ -270,7 +270,7 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
             DesiredCondition::new(PROGRESSING, false, "CertManagerMissing", missing),
             DesiredCondition::new(DEGRADED, true, "CertManagerMissing", missing),
         ];
-        update_status(app, ctx, &conditions, None, None, None).await?;
+        update_status(app, ctx, &conditions, None, Computed::default()).await?;
         return Err(Error::DependencyMissing(missing.into()));
     }
     sync_finalizer(app, ctx).await?;
@@ -278,7 +278,7 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
         Ok(applied) => applied,
         Err(e) => {
             if let Some(conditions) = e.rejected_conditions() {
-                update_status(app, ctx, &conditions, None, None, None).await?;
+                update_status(app, ctx, &conditions, None, Computed::default()).await?;
             }
             return Err(e);
         }
@@ -307,8 +307,15 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
         app_health.conditions.retain(|c| c.type_ != DEGRADED);
         app_health.conditions.push(DesiredCondition::new(DEGRADED, true, reason, message.clone()));
     }
-    let migration = applied.migration.1;
-    update_status(app, ctx, &app_health.conditions, app_health.ready_replicas, Some(&valid), migration).await?;
+    // While a migration holds the rollout back, the running image is the Deployment's.
+    let image = match applied.migration.0 {
+        MigrationState::None | MigrationState::Succeeded => Some(app.spec.image.clone()),
+        _ => {
+            deployment.as_ref().and_then(|d| d.spec.as_ref()?.template.spec.as_ref()?.containers.first()?.image.clone())
+        }
+    };
+    let status = Computed { ready_replicas: app_health.ready_replicas, image, migration: applied.migration.1 };
+    update_status(app, ctx, &app_health.conditions, Some(&valid), status).await?;
     Ok(Action::requeue(ctx.shared.resync))
 }
 
@@ -634,16 +641,26 @@ async fn set_finalizers(app: &AppEnvironment, ctx: &Ctx, finalizers: Vec<String>
     Ok(())
 }
 
+/// The parts of the status computed from the children (all `None` when the spec is invalid or
+/// paused: the current values stay).
+#[derive(Default)]
+struct Computed {
+    ready_replicas: Option<i32>,
+    /// The image the Deployment runs or moves to.
+    image: Option<String>,
+    migration: Option<MigrationStatus>,
+}
+
 /// Writes the status when it differs from the current one (conditions compared without
 /// regard to order), and records an Event when readiness changes.
 async fn update_status(
     app: &AppEnvironment,
     ctx: &Ctx,
     desired: &[DesiredCondition],
-    ready_replicas: Option<i32>,
     valid: Option<&ValidApp>,
-    migration: Option<MigrationStatus>,
+    computed: Computed,
 ) -> Result<(), Error> {
+    let Computed { ready_replicas, image, migration } = computed;
     let ns = app.namespace().unwrap_or_default();
     let key = WriteKey::status::<AppEnvironment>(&ns, &app.name_any());
     // Under load the cached AppEnvironment can predate this process's own last status write
@@ -661,7 +678,7 @@ async fn update_status(
         conditions: conditions::merge(&current.conditions, desired, generation, &now),
         ready_replicas: ready_replicas.or(current.ready_replicas.filter(|_| valid.is_none())),
         url: valid.and_then(url).or(if valid.is_none() { current.url.clone() } else { None }),
-        image: valid.map(|v| v.app.spec.image.clone()).or(current.image.clone()),
+        image: image.or(current.image.clone()),
         migration: if valid.is_some() { migration } else { current.migration.clone() },
     };
     let unchanged = new_status.observed_generation == current.observed_generation
