@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::cluster::Cluster;
+use support::cluster::{Cluster, OPERATOR_USER};
 use support::operator::Operator;
 
 fn repo() -> &'static Path {
@@ -181,6 +181,12 @@ async fn volumes_workers_cron_jobs_and_migrations_on_the_real_control_plane() {
     assert_eq!(image_of(&worker), "example.com/shop:1");
     assert_eq!(worker.status.as_ref().and_then(|s| s.available_replicas), Some(1));
     assert!(Api::<Service>::namespaced(client.clone(), "shop").get_opt("shop-mailer").await.unwrap().is_none());
+
+    // Steady state: resyncs (every second) write nothing, claims, CronJob and Job included.
+    let mark = cluster.audit.mark();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let writes: Vec<String> = cluster.audit.writes_since(mark, OPERATOR_USER).iter().map(|e| e.describe()).collect();
+    assert!(writes.is_empty(), "writes on a steady-state resync: {writes:#?}");
 
     // Growing a claim expands the PVC (the class allows expansion).
     apps.patch(
