@@ -100,7 +100,7 @@ fn import(args: &[&str], env: &[(&str, &str)]) -> Imported {
     }
 }
 
-/// Names of the AppEnvironments whose pods the NetworkPolicy of `app` admits.
+/// Names of the other AppEnvironments whose pods the NetworkPolicy of `app` admits.
 fn admitted_apps(rendered: &[Value], app: &str) -> Vec<String> {
     let np = Imported::find(rendered, "NetworkPolicy", app);
     np["spec"]["ingress"]
@@ -109,6 +109,8 @@ fn admitted_apps(rendered: &[Value], app: &str) -> Vec<String> {
         .iter()
         .flat_map(|rule| rule["from"].as_array().cloned().unwrap_or_default())
         .filter_map(|peer| peer["podSelector"]["matchLabels"]["berth.dev/appenvironment"].as_str().map(str::to_string))
+        // Its own pods always reach each other.
+        .filter(|name| name != app)
         .collect()
 }
 

@@ -492,6 +492,17 @@ fn disruption_budget(valid: &ValidApp) -> Option<PodDisruptionBudget> {
     })
 }
 
+/// Every pod of the app (app, workers, cron jobs, migration): they all carry the owner label.
+fn all_pods(valid: &ValidApp) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(BTreeMap::from([
+            ("app.kubernetes.io/managed-by".to_string(), meta::MANAGED_BY.to_string()),
+            (meta::owner_label_key("AppEnvironment"), app(valid).name_any()),
+        ])),
+        ..LabelSelector::default()
+    }
+}
+
 /// Ingress only: which pods may reach the app. Egress is not restricted, so the app reaches
 /// the DatabaseInstances of `spec.databases` without a rule here (their own NetworkPolicies
 /// admit it by the `berth.dev/uses-<instance>` pod label). A policy that adds the `Egress`
@@ -514,7 +525,7 @@ fn network_policy(valid: &ValidApp) -> Option<NetworkPolicy> {
     let mut rules = vec![
         // Pods of the same app (peers, sidecars of replicas) may talk to each other.
         NetworkPolicyIngressRule {
-            from: Some(vec![NetworkPolicyPeer { pod_selector: Some(selector(valid)), ..NetworkPolicyPeer::default() }]),
+            from: Some(vec![NetworkPolicyPeer { pod_selector: Some(all_pods(valid)), ..NetworkPolicyPeer::default() }]),
             ..NetworkPolicyIngressRule::default()
         },
         NetworkPolicyIngressRule {
@@ -556,7 +567,9 @@ fn network_policy(valid: &ValidApp) -> Option<NetworkPolicy> {
     Some(NetworkPolicy {
         metadata: child_meta(valid, BTreeMap::new()),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(selector(valid)),
+            // Every pod of the app: its workers, cron jobs and migration too, so that none of
+            // them is open to the whole cluster.
+            pod_selector: Some(all_pods(valid)),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(rules),
             ..NetworkPolicySpec::default()

@@ -400,3 +400,18 @@ fn apps_named_in_allow_from_apps_may_reach_the_app() {
     let plain = built("  tier: development\n  image: x:1\n");
     assert_eq!(plain.network_policy.unwrap().spec.unwrap().ingress.unwrap().len(), rules.len() - 1);
 }
+
+#[test]
+fn the_network_policy_covers_workers_cron_jobs_and_the_migration() {
+    let c = built(WORKLOADS);
+    let selector = c.network_policy.unwrap().spec.unwrap().pod_selector.unwrap().match_labels.unwrap();
+    let covered =
+        |labels: &std::collections::BTreeMap<String, String>| selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+    let pod_labels = |t: &k8s_openapi::api::core::v1::PodTemplateSpec| t.metadata.clone().unwrap().labels.unwrap();
+    assert!(covered(&pod_labels(&c.deployment.spec.unwrap().template)));
+    assert!(covered(&pod_labels(&c.workers[0].spec.clone().unwrap().template)));
+    assert!(covered(&pod_labels(&c.cron_jobs[0].spec.clone().unwrap().job_template.spec.unwrap().template)));
+    assert!(covered(&pod_labels(&c.migration.unwrap().spec.unwrap().template)));
+    let db_pod = std::collections::BTreeMap::from([("app.kubernetes.io/name".to_string(), "web".to_string())]);
+    assert!(!covered(&db_pod), "a DatabaseInstance named like the app is not covered");
+}
