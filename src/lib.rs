@@ -9,6 +9,7 @@ pub mod backup;
 pub mod cli;
 pub mod controllers;
 pub mod crds;
+pub mod import;
 pub mod provision;
 pub mod render;
 pub mod resources;

@@ -40,6 +40,9 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
+    /// Turn another tool's description of an app into Berth resources and a migration report.
+    #[command(subcommand)]
+    Import(berth::import::Source),
     /// Data-path commands that run inside backup and restore Jobs.
     Agent(Box<berth::agent::AgentArgs>),
     #[command(flatten)]
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Import(source) => berth::import::main(source),
         Command::Operator(args) => run_async(berth::runtime::run(*args)),
         Command::People(command) => run_async(berth::cli::run(command)),
         Command::Agent(args) => {

@@ -139,6 +139,8 @@ fn app_from_rollout(generation: i64, observed: i64, deployment: &Deployment, dat
         deployment_just_changed: false,
         databases,
         pods: &pods,
+        workers: Vec::new(),
+        migration: berth::resources::appenvironment::workloads::MigrationState::None,
     };
     let computed = health(&valid, &observed_state);
     let status = AppEnvironmentStatus {

@@ -77,7 +77,8 @@ fn backup_jobs_run_the_agent_of_the_operators_own_version() {
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&out).expect("output is a YAML stream");
     let images: Vec<&str> = docs
         .iter()
-        .filter(|d| d["kind"] == "Job")
+        // Backup Jobs, not the AppEnvironments' migration Jobs (which run the app's image).
+        .filter(|d| d["kind"] == "Job" && d["metadata"]["labels"]["app.kubernetes.io/component"] != "migration")
         .flat_map(|j| j["spec"]["template"]["spec"]["containers"].as_array().unwrap())
         .map(|c| c["image"].as_str().unwrap())
         .collect();

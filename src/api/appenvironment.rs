@@ -8,6 +8,8 @@ use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, Probe, ResourceRequireme
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
+
+pub use crate::api::databaseinstance::DeletionPolicy;
 use serde::{Deserialize, Serialize};
 
 /// Desired state of one application in one environment.
@@ -174,9 +176,257 @@ pub struct AppEnvironmentSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
 
+    /// Volumes mounted into the application container (and into the workers and cron jobs
+    /// that list them): persistent claims of the app, ConfigMap and Secret files, and
+    /// emptyDirs. Names are unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub volumes: Vec<AppVolume>,
+
+    /// Further processes from the same image and environment (queue consumers, schedulers):
+    /// each is a Deployment `<name>-<worker>` with no Service or Ingress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub workers: Vec<Worker>,
+
+    /// Scheduled tasks (the crontab of the old server): each is a CronJob `<name>-<cronJob>`
+    /// with the app's image, environment and database variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub cron_jobs: Vec<AppCronJob>,
+
+    /// A command run as a Job with the new image before the Deployment, workers and cron jobs
+    /// move to it (e.g. `bin/rails db:migrate`). It runs once per image; while it runs they
+    /// keep their current version, and a failed migration stops the rollout with
+    /// `Ready=False`, reason `MigrationFailed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<Migration>,
+
     /// Stop all writes to this environment's children (for maintenance or an incident).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+}
+
+/// A volume of the app: exactly one of `claim`, `configMap`, `secret` and `emptyDir`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("(has(self.claim) ? 1 : 0) + (has(self.configMap) ? 1 : 0) + (has(self.secret) ? 1 : 0) + (has(self.emptyDir) ? 1 : 0) == 1").message("set exactly one of claim, configMap, secret and emptyDir"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AppVolume {
+    /// Volume name (lowercase letters, digits and '-'); a claim's PVC is `<app>-<name>`.
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Absolute path in the container, e.g. `/app/uploads`.
+    #[schemars(length(min = 2), regex(pattern = r"^/"))]
+    pub mount_path: String,
+    /// Mount read-only. ConfigMap and Secret files are always read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    /// A PersistentVolumeClaim of the app, labelled `berth.dev/appenvironment: <app>` so that
+    /// BackupPolicies back it up. It has no owner reference: it outlives the AppEnvironment
+    /// unless `deletionPolicy: Delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<VolumeClaim>,
+    /// Files from a ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<FileSource>,
+    /// Files from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<FileSource>,
+    /// A scratch directory that lives as long as the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_dir: Option<EmptyDirSettings>,
+}
+
+/// A persistent claim of the app.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeClaim {
+    /// Requested size, e.g. `10Gi`. Growing it expands the PVC when its StorageClass allows
+    /// volume expansion; claims never shrink.
+    #[schemars(length(min = 1))]
+    pub size: String,
+    /// StorageClass of the claim. The cluster default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// `ReadWriteOnce` (default: one node at a time), `ReadWriteOncePod` or `ReadWriteMany`
+    /// (needs a class that supports it, e.g. NFS or CephFS). A ReadWriteOnce claim needs
+    /// `replicas: 1` and `rollout.strategy: Recreate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_mode: Option<AccessMode>,
+    /// What happens to the claim when the AppEnvironment is deleted: `Retain` (default) keeps
+    /// it, `Delete` makes Berth delete it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// Access mode of a claim.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum AccessMode {
+    ReadWriteOnce,
+    ReadWriteOncePod,
+    ReadWriteMany,
+}
+
+impl AccessMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessMode::ReadWriteOnce => "ReadWriteOnce",
+            AccessMode::ReadWriteOncePod => "ReadWriteOncePod",
+            AccessMode::ReadWriteMany => "ReadWriteMany",
+        }
+    }
+}
+
+/// Files from a ConfigMap or Secret in the app's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileSource {
+    /// Name of the ConfigMap or Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Keys to project and the file each becomes. Every key becomes a file of its own name
+    /// when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<FileItem>,
+    /// Mode of the files: decimal (`288`) or, for kubectl, octal (`0440`). Kubernetes' default
+    /// (0644) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 511))]
+    pub default_mode: Option<i32>,
+}
+
+/// One key as one file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileItem {
+    /// Key in the ConfigMap or Secret.
+    #[schemars(length(min = 1))]
+    pub key: String,
+    /// Relative file path under the mount path, e.g. `nginx.conf`.
+    #[schemars(length(min = 1))]
+    pub path: String,
+    /// Mode of this file, over `defaultMode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 511))]
+    pub mode: Option<i32>,
+}
+
+/// emptyDir settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmptyDirSettings {
+    /// `Memory` for a tmpfs; the node's disk when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<EmptyDirMedium>,
+    /// Most the directory may hold, e.g. `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<String>,
+}
+
+/// Storage medium of an emptyDir.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum EmptyDirMedium {
+    Memory,
+}
+
+/// A worker process: a Deployment from the app's image and environment, without Service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Worker {
+    /// Worker name; its Deployment is `<app>-<name>`.
+    #[schemars(length(min = 1, max = 30), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Entrypoint override (the app's `command` when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments, e.g. `["celery", "-A", "shop", "worker"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Number of pods. Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    /// CPU and memory (the app's `resources` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Probes of the worker container (none by default: workers serve no port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Probes>,
+    /// Names of `spec.volumes` mounted into the worker (ReadWriteMany claims only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+}
+
+/// A scheduled task run with the app's image, environment and databases.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppCronJob {
+    /// Task name; its CronJob is `<app>-<name>`.
+    #[schemars(length(min = 1, max = 30), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Cron schedule (five fields), e.g. `30 2 * * *`.
+    #[schemars(length(min = 1))]
+    pub schedule: String,
+    /// IANA time zone of the schedule, e.g. `Europe/Berlin`. The controller manager's (UTC
+    /// usually) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Entrypoint override (the app's `command` when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments, e.g. `["bin/rails", "reports:nightly"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// `Forbid` (default: a run still going skips the next), `Allow` or `Replace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_policy: Option<ConcurrencyPolicy>,
+    /// Finished runs kept. Defaults to 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub successful_jobs_history_limit: Option<i32>,
+    /// Failed runs kept. Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub failed_jobs_history_limit: Option<i32>,
+    /// Longest one run may take, in seconds. Defaults to 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: Option<i64>,
+    /// CPU and memory (the app's `resources` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Names of `spec.volumes` mounted into the task (ReadWriteMany claims only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+}
+
+/// Concurrency policy of a CronJob.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ConcurrencyPolicy {
+    Allow,
+    Forbid,
+    Replace,
+}
+
+/// The migration run before each rollout of a new image.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Migration {
+    /// Entrypoint override (the app's `command` when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments, e.g. `["bin/rails", "db:migrate"]`. `command` or `args` must be set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Longest the migration may run, in seconds. Defaults to 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: Option<i64>,
+    /// CPU and memory (the app's `resources` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 /// Environment tier.
@@ -440,18 +690,34 @@ pub struct NetworkPolicySettings {
     /// Further namespaces whose pods may reach the app.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_from_namespaces: Vec<String>,
+    /// Other AppEnvironments of this namespace whose pods (app, workers, cron jobs) may reach
+    /// the app's ports, e.g. the services that shared a compose network with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1, max = 63)))]
+    pub allow_from_apps: Vec<String>,
 }
 
-/// Rolling update settings of the Deployment.
+/// Rollout settings of the Deployment.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Rollout {
+    /// `RollingUpdate` (default) or `Recreate` (stop the old pods before starting new ones:
+    /// what an app with a ReadWriteOnce claim needs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<RolloutStrategy>,
     /// Pods above the desired count during an update (number or percentage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_surge: Option<IntOrString>,
     /// Pods below the desired count during an update (number or percentage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<IntOrString>,
+}
+
+/// Deployment strategy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum RolloutStrategy {
+    RollingUpdate,
+    Recreate,
 }
 
 /// ServiceAccount settings.
@@ -523,4 +789,22 @@ pub struct AppEnvironmentStatus {
     /// Image of the current rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The migration of the latest image (`spec.migration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationStatus>,
+}
+
+/// State of the migration Job of one image.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationStatus {
+    /// The image the migration ran with.
+    pub image: String,
+    /// Name of its Job.
+    pub job: String,
+    /// `Running`, `Succeeded` or `Failed`.
+    pub phase: String,
+    /// Why it failed, from the Job's conditions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

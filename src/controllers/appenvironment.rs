@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -20,10 +22,16 @@ use tracing::{info, warn};
 
 use super::apply::{Applier, WriteKey, WriteLog};
 use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, slim, synced_store, when_synced};
-use crate::api::appenvironment::{AppEnvironment, AppEnvironmentStatus};
+use crate::api::appenvironment::{AppEnvironment, AppEnvironmentStatus, MigrationStatus};
 use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::api::databaseinstance::DatabaseInstance;
 use crate::resources::appenvironment::status::{Observed, blocking_hash, health, is_blocked, slim_pod};
+use crate::resources::appenvironment::volumes::{
+    self, CLAIM_COMPONENT, DELETION_POLICY_ANNOTATION, SizeChange, VOLUMES_FINALIZER,
+};
+use crate::resources::appenvironment::workloads::{
+    self, CRON_JOB_COMPONENT, MIGRATION_COMPONENT, MigrationState, WORKER_COMPONENT,
+};
 use crate::resources::appenvironment::{AppChildren, ValidApp, build, link, url, validate};
 use crate::resources::certificate::Certificate;
 use crate::resources::meta::owner_label_key;
@@ -48,6 +56,11 @@ pub struct Stores {
     pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub disruption_budgets: Store<PodDisruptionBudget>,
     pub network_policies: Store<NetworkPolicy>,
+    pub cron_jobs: Store<CronJob>,
+    /// Migration Jobs (CronJobs' own Jobs are not Berth's children).
+    pub jobs: Store<Job>,
+    /// `spec.volumes` claims (labelled as the app's, not owned).
+    pub volume_claims: Store<PersistentVolumeClaim>,
     /// DatabaseInstances the apps may reference (not children: watched for their readiness
     /// and credentials revision).
     pub database_instances: Store<DatabaseInstance>,
@@ -93,6 +106,9 @@ pub async fn run(
     let (autoscalers, hpa_stream) = cache::<HorizontalPodAutoscaler>(&client, ns, children.clone());
     let (disruption_budgets, pdb_stream) = cache::<PodDisruptionBudget>(&client, ns, children.clone());
     let (network_policies, np_stream) = cache::<NetworkPolicy>(&client, ns, children.clone());
+    let (cron_jobs, cron_stream) = cache::<CronJob>(&client, ns, children.clone());
+    let (jobs, job_stream) = cache::<Job>(&client, ns, children.clone());
+    let (volume_claims, pvc_stream) = cache::<PersistentVolumeClaim>(&client, ns, children.clone());
     let (certificates, cert_stream) = if shared.cert_manager {
         let (reader, stream) = cache::<Certificate>(&client, ns, children.clone());
         (Some(reader), Some(stream))
@@ -111,6 +127,9 @@ pub async fn run(
         autoscalers,
         disruption_budgets,
         network_policies,
+        cron_jobs,
+        jobs,
+        volume_claims,
         database_instances,
         pods,
     };
@@ -126,6 +145,7 @@ pub async fn run(
             stores.certificates.clone(),
             stores.database_instances.clone(),
             stores.pods.clone(),
+            (stores.cron_jobs.clone(), stores.jobs.clone(), stores.volume_claims.clone()),
         );
         async move {
             synced_store(&s.0).await;
@@ -140,6 +160,9 @@ pub async fn run(
             }
             synced_store(&s.8).await;
             synced_store(&s.9).await;
+            synced_store(&s.10.0).await;
+            synced_store(&s.10.1).await;
+            synced_store(&s.10.2).await;
         }
     };
 
@@ -158,7 +181,9 @@ pub async fn run(
         .owns_stream(ing_stream)
         .owns_stream(hpa_stream)
         .owns_stream(pdb_stream)
-        .owns_stream(np_stream);
+        .owns_stream(np_stream)
+        .owns_stream(cron_stream)
+        .owns_stream(job_stream);
     if let Some(stream) = cert_stream {
         controller = controller.owns_stream(stream);
     }
@@ -171,6 +196,12 @@ pub async fn run(
             .filter(|app| app.namespace() == ns && app.spec.databases.iter().any(|d| d.name == name))
             .map(|app| ObjectRef::from_obj(app.as_ref()))
             .collect::<Vec<_>>()
+    });
+    // A claim (not owned: found by its label) that changes wakes its app (expansion, binding).
+    let owner_label = owner_label_key("AppEnvironment");
+    let controller = controller.watches_stream(pvc_stream, move |pvc: PersistentVolumeClaim| {
+        let app = pvc.labels().get(&owner_label)?.clone();
+        Some(ObjectRef::new(&app).within(&pvc.namespace()?))
     });
     // A pod whose containers start or stop waiting for a blocking reason wakes its app (pods
     // carry the owner label through the Deployment's pod template).
@@ -199,8 +230,8 @@ fn key(app: &AppEnvironment) -> String {
 
 async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error> {
     if app.meta().deletion_timestamp.is_some() {
-        // Children go with their owner through garbage collection; nothing else to clean.
-        return Ok(Action::await_change());
+        // Children go with their owner through garbage collection; claims have no owner.
+        return delete_claims(app, ctx).await;
     }
     if app.spec.paused {
         let paused = [
@@ -213,7 +244,7 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
             current_or(app, READY, "Paused"),
             current_or(app, DEGRADED, "Paused"),
         ];
-        update_status(app, ctx, &paused, None, None).await?;
+        update_status(app, ctx, &paused, None, Computed::default()).await?;
         return Ok(Action::await_change());
     }
     let valid = match validate(app) {
@@ -225,7 +256,7 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
                 DesiredCondition::new(PROGRESSING, false, "InvalidSpec", "waiting for the spec to be fixed"),
                 DesiredCondition::new(DEGRADED, true, "InvalidSpec", message),
             ];
-            update_status(app, ctx, &invalid, None, None).await?;
+            update_status(app, ctx, &invalid, None, Computed::default()).await?;
             // Retrying cannot help: wait for the next change of the spec.
             return Ok(Action::await_change());
         }
@@ -239,14 +270,15 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
             DesiredCondition::new(PROGRESSING, false, "CertManagerMissing", missing),
             DesiredCondition::new(DEGRADED, true, "CertManagerMissing", missing),
         ];
-        update_status(app, ctx, &conditions, None, None).await?;
+        update_status(app, ctx, &conditions, None, Computed::default()).await?;
         return Err(Error::DependencyMissing(missing.into()));
     }
-    let deployment_changed = match apply_children(app, ctx, &children).await {
-        Ok(changed) => changed,
+    sync_finalizer(app, ctx).await?;
+    let applied = match apply_children(app, ctx, &children).await {
+        Ok(applied) => applied,
         Err(e) => {
             if let Some(conditions) = e.rejected_conditions() {
-                update_status(app, ctx, &conditions, None, None).await?;
+                update_status(app, ctx, &conditions, None, Computed::default()).await?;
             }
             return Err(e);
         }
@@ -256,15 +288,34 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
     let deployment = ctx.stores.deployments.get(&ObjectRef::new(&name).within(&ns));
     let certificate = ctx.stores.certificates.as_ref().and_then(|s| s.get(&ObjectRef::new(&name).within(&ns)));
     let pods = app_pods(app, &ctx.stores.pods);
+    let workers: Vec<_> = children
+        .workers
+        .iter()
+        .map(|w| ctx.stores.deployments.get(&ObjectRef::new(&w.name_any()).within(&ns)))
+        .collect();
     let observed = Observed {
         deployment: deployment.as_deref(),
         certificate: certificate.as_deref(),
-        deployment_just_changed: deployment_changed,
+        deployment_just_changed: applied.deployment_changed,
         databases: &links,
         pods: &pods,
+        workers: app.spec.workers.iter().zip(&workers).map(|(w, d)| (w.name.as_str(), d.as_deref())).collect(),
+        migration: applied.migration.0.clone(),
     };
-    let app_health = health(&valid, &observed);
-    update_status(app, ctx, &app_health.conditions, app_health.ready_replicas, Some(&valid)).await?;
+    let mut app_health = health(&valid, &observed);
+    if let Some((reason, message)) = applied.refusals.first() {
+        app_health.conditions.retain(|c| c.type_ != DEGRADED);
+        app_health.conditions.push(DesiredCondition::new(DEGRADED, true, reason, message.clone()));
+    }
+    // While a migration holds the rollout back, the running image is the Deployment's.
+    let image = match applied.migration.0 {
+        MigrationState::None | MigrationState::Succeeded => Some(app.spec.image.clone()),
+        _ => {
+            deployment.as_ref().and_then(|d| d.spec.as_ref()?.template.spec.as_ref()?.containers.first()?.image.clone())
+        }
+    };
+    let status = Computed { ready_replicas: app_health.ready_replicas, image, migration: applied.migration.1 };
+    update_status(app, ctx, &app_health.conditions, Some(&valid), status).await?;
     Ok(Action::requeue(ctx.shared.resync))
 }
 
@@ -322,9 +373,31 @@ fn current_or(app: &AppEnvironment, type_: &'static str, reason: &str) -> Desire
     }
 }
 
-/// Applies what changed and deletes children the spec no longer asks for. Returns whether the
-/// Deployment was written.
-async fn apply_children(app: &AppEnvironment, ctx: &Ctx, children: &AppChildren) -> Result<bool, Error> {
+/// What [`apply_children`] did.
+struct Applied {
+    /// Whether the Deployment was written.
+    deployment_changed: bool,
+    /// The migration of the current image, and its status.
+    migration: (MigrationState, Option<MigrationStatus>),
+    /// Claim changes that cannot be made (reason, message naming the field).
+    refusals: Vec<(&'static str, String)>,
+}
+
+fn applier<'a>(app: &AppEnvironment, ctx: &'a Ctx) -> Applier<'a> {
+    Applier {
+        client: &ctx.shared.client,
+        metrics: &ctx.shared.metrics,
+        controller: NAME,
+        manager: MANAGER,
+        namespace: app.namespace().unwrap_or_default(),
+        owner_uid: app.uid().unwrap_or_default(),
+        owner_label: (owner_label_key("AppEnvironment"), app.name_any()),
+    }
+}
+
+/// Applies what changed and deletes children the spec no longer asks for. While the migration
+/// of a new image has not succeeded, the Deployment, workers and CronJobs stay as they are.
+async fn apply_children(app: &AppEnvironment, ctx: &Ctx, children: &AppChildren) -> Result<Applied, Error> {
     // Destructured without `..`: a child that is built but not applied does not compile.
     let AppChildren {
         service_account,
@@ -335,23 +408,33 @@ async fn apply_children(app: &AppEnvironment, ctx: &Ctx, children: &AppChildren)
         autoscaler,
         disruption_budget,
         network_policy,
+        volume_claims,
+        workers,
+        cron_jobs,
+        migration,
     } = children;
     let s = &ctx.stores;
     let name = app.name_any();
-    let applier = Applier {
-        client: &ctx.shared.client,
-        metrics: &ctx.shared.metrics,
-        controller: NAME,
-        manager: MANAGER,
-        namespace: app.namespace().unwrap_or_default(),
-        owner_uid: app.uid().unwrap_or_default(),
-        owner_label: (owner_label_key("AppEnvironment"), name.clone()),
-    };
+    let applier = applier(app, ctx);
     let mut writes = 0;
     writes += applier.apply(&s.service_accounts, service_account).await? as u32;
+    let (claim_writes, refusals) = apply_claims(app, ctx, &applier, volume_claims).await?;
+    writes += claim_writes;
+    let migration = migrate(app, ctx, &applier, migration.as_ref()).await?;
     writes += applier.apply(&s.services, service).await? as u32;
-    let deployment_changed = applier.apply(&s.deployments, deployment).await?;
-    writes += deployment_changed as u32;
+    let mut deployment_changed = false;
+    if matches!(migration.0, MigrationState::None | MigrationState::Succeeded) {
+        deployment_changed = applier.apply(&s.deployments, deployment).await?;
+        writes += deployment_changed as u32;
+        for worker in workers {
+            writes += applier.apply(&s.deployments, worker).await? as u32;
+        }
+        for cron_job in cron_jobs {
+            writes += applier.apply(&s.cron_jobs, cron_job).await? as u32;
+        }
+    }
+    writes += delete_stale(app, &applier, &s.deployments, WORKER_COMPONENT, workers).await?;
+    writes += delete_stale(app, &applier, &s.cron_jobs, CRON_JOB_COMPONENT, cron_jobs).await?;
     writes += applier.apply_optional(&s.ingresses, &name, ingress.as_ref()).await? as u32;
     if let Some(certs) = &s.certificates {
         writes += applier.apply_optional(certs, &name, certificate.as_ref()).await? as u32;
@@ -362,7 +445,210 @@ async fn apply_children(app: &AppEnvironment, ctx: &Ctx, children: &AppChildren)
     if writes > 0 {
         info!(appenvironment = %key(app), writes, "converged children");
     }
-    Ok(deployment_changed)
+    Ok(Applied { deployment_changed, migration, refusals })
+}
+
+/// Deletes the children of `component` this app owns that `desired` no longer lists (a
+/// worker or cron job removed from the spec).
+async fn delete_stale<K: super::apply::Child>(
+    app: &AppEnvironment,
+    applier: &Applier<'_>,
+    store: &Store<K>,
+    component: &str,
+    desired: &[K],
+) -> Result<u32, Error> {
+    let owner = owner_label_key("AppEnvironment");
+    let stale: Vec<String> = store
+        .state()
+        .iter()
+        .filter(|c| c.namespace() == app.namespace())
+        .filter(|c| c.labels().get(&owner) == Some(&app.name_any()))
+        .filter(|c| c.labels().get("app.kubernetes.io/component").map(String::as_str) == Some(component))
+        .map(|c| c.name_any())
+        .filter(|n| !desired.iter().any(|d| d.name_any() == *n))
+        .collect();
+    let mut deleted = 0;
+    for name in stale {
+        deleted += applier.apply_optional(store, &name, None).await? as u32;
+    }
+    Ok(deleted)
+}
+
+/// The migration Job of the current image: created once (a Job's template cannot change),
+/// then followed; older migration Jobs go once it succeeded.
+async fn migrate(
+    app: &AppEnvironment,
+    ctx: &Ctx,
+    applier: &Applier<'_>,
+    job: Option<&Job>,
+) -> Result<(MigrationState, Option<MigrationStatus>), Error> {
+    let Some(job) = job else { return Ok((MigrationState::None, None)) };
+    let (name, ns) = (job.name_any(), app.namespace().unwrap_or_default());
+    let status = |phase: &str, message: Option<String>| MigrationStatus {
+        image: app.spec.image.clone(),
+        job: name.clone(),
+        phase: phase.into(),
+        message,
+    };
+    // Its Job may be gone (deleted by hand); the status remembers that it ran.
+    if let Some(done) =
+        app.status.as_ref().and_then(|s| s.migration.as_ref()).filter(|m| m.job == name && m.phase == "Succeeded")
+    {
+        return Ok((MigrationState::Succeeded, Some(done.clone())));
+    }
+    let state = match ctx.stores.jobs.get(&ObjectRef::new(&name).within(&ns)) {
+        None => {
+            if applier.apply(&ctx.stores.jobs, job).await? {
+                info!(appenvironment = %key(app), job = %name, image = %app.spec.image, "started the migration");
+            }
+            MigrationState::Running
+        }
+        Some(existing) => workloads::migration_state(Some(&existing)),
+    };
+    if state == MigrationState::Succeeded {
+        let current = [job.clone()];
+        delete_stale(app, applier, &ctx.stores.jobs, MIGRATION_COMPONENT, &current).await?;
+    }
+    let migration = match &state {
+        MigrationState::Failed(why) => status("Failed", Some(why.clone())),
+        MigrationState::Succeeded => status("Succeeded", None),
+        _ => status("Running", None),
+    };
+    Ok((state, Some(migration)))
+}
+
+/// Creates the app's claims and grows them when their size grew and their StorageClass
+/// allows it. A claim that cannot change keeps its size and yields a refusal.
+async fn apply_claims(
+    app: &AppEnvironment,
+    ctx: &Ctx,
+    applier: &Applier<'_>,
+    claims: &[PersistentVolumeClaim],
+) -> Result<(u32, Vec<(&'static str, String)>), Error> {
+    let ns = app.namespace().unwrap_or_default();
+    let mut writes = 0;
+    let mut refusals = Vec::new();
+    for desired in claims {
+        let pvc = desired.name_any();
+        let index = app.spec.volumes.iter().position(|v| volumes::claim_name(&app.name_any(), &v.name) == pvc);
+        let field = format!("spec.volumes[{}].claim.size", index.unwrap_or_default());
+        let existing = ctx.stores.volume_claims.get(&ObjectRef::new(&pvc).within(&ns));
+        let keep = match existing.as_deref().map(|e| (e, volumes::size_change(desired, e))) {
+            None | Some((_, SizeChange::Same)) => None,
+            Some((e, SizeChange::Grow { from })) => {
+                let class = e.spec.as_ref().and_then(|s| s.storage_class_name.clone());
+                match expandable(ctx, class.as_deref()).await? {
+                    Ok(()) => {
+                        info!(namespace = %ns, %pvc, %from, "growing volume");
+                        None
+                    }
+                    Err(class) => {
+                        refusals.push(("VolumeExpansionUnsupported", format!(
+                            "{field}: PVC {pvc} cannot grow from {from}: StorageClass {class:?} does not set allowVolumeExpansion: true; enable expansion on the class, or set the size back to {from}"
+                        )));
+                        Some(from)
+                    }
+                }
+            }
+            Some((_, SizeChange::Shrink { from })) => {
+                refusals.push((
+                    "VolumeShrinkRefused",
+                    format!("{field}: PVC {pvc} cannot shrink from {from}; set the size to {from} or more"),
+                ));
+                Some(from)
+            }
+        };
+        let mut desired = desired.clone();
+        if let Some(size) = keep
+            && let Some(requests) =
+                desired.spec.as_mut().and_then(|s| s.resources.as_mut()).and_then(|r| r.requests.as_mut())
+        {
+            requests.insert("storage".into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity(size));
+        }
+        writes += applier.apply(&ctx.stores.volume_claims, &desired).await? as u32;
+    }
+    Ok((writes, refusals))
+}
+
+/// Whether claims of `class` (the default class when `None`) can grow; the class name when not.
+async fn expandable(ctx: &Ctx, class: Option<&str>) -> Result<Result<(), String>, Error> {
+    let classes: Api<StorageClass> = Api::all(ctx.shared.client.clone());
+    let found = match class {
+        Some(name) => classes.get_opt(name).await?,
+        None => classes.list(&Default::default()).await?.items.into_iter().find(|c| {
+            c.annotations().get("storageclass.kubernetes.io/is-default-class").map(String::as_str) == Some("true")
+        }),
+    };
+    match found {
+        Some(c) if c.allow_volume_expansion == Some(true) => Ok(Ok(())),
+        Some(c) => Ok(Err(c.name_any())),
+        None => Ok(Err(class.unwrap_or("(cluster default)").to_string())),
+    }
+}
+
+/// Keeps [`VOLUMES_FINALIZER`] on an app exactly while it has a `deletionPolicy: Delete`
+/// claim.
+async fn sync_finalizer(app: &AppEnvironment, ctx: &Ctx) -> Result<(), Error> {
+    let wants = !volumes::claims_to_delete(app).is_empty();
+    let has = app.finalizers().iter().any(|f| f == VOLUMES_FINALIZER);
+    if wants == has {
+        return Ok(());
+    }
+    let mut finalizers: Vec<String> = app.finalizers().iter().filter(|f| *f != VOLUMES_FINALIZER).cloned().collect();
+    if wants {
+        finalizers.push(VOLUMES_FINALIZER.into());
+    }
+    set_finalizers(app, ctx, finalizers).await
+}
+
+/// An app being deleted: deletes its claims annotated `deletionPolicy: Delete`, then lets it go.
+async fn delete_claims(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error> {
+    if !app.finalizers().iter().any(|f| f == VOLUMES_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let ns = app.namespace().unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    // Listed, not cached: a claim created just before the deletion must not be missed.
+    let selector = format!(
+        "{}={},app.kubernetes.io/component={CLAIM_COMPONENT},app.kubernetes.io/managed-by=berth",
+        owner_label_key("AppEnvironment"),
+        app.name_any()
+    );
+    for pvc in claims.list(&kube::api::ListParams::default().labels(&selector)).await?.items {
+        if pvc.annotations().get(DELETION_POLICY_ANNOTATION).map(String::as_str) != Some("Delete") {
+            continue;
+        }
+        match claims.delete(&pvc.name_any(), &DeleteParams::default()).await {
+            Ok(_) => {
+                info!(appenvironment = %key(app), pvc = %pvc.name_any(), "deleted a claim with deletionPolicy Delete")
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let remaining = app.finalizers().iter().filter(|f| *f != VOLUMES_FINALIZER).cloned().collect();
+    set_finalizers(app, ctx, remaining).await?;
+    Ok(Action::await_change())
+}
+
+/// Writes `metadata.finalizers` as a whole, only if nobody changed the object since it was
+/// read (a concurrent change is a 409 and a retry): a merge patch of the list alone would
+/// drop another controller's finalizer.
+async fn set_finalizers(app: &AppEnvironment, ctx: &Ctx, finalizers: Vec<String>) -> Result<(), Error> {
+    let api: Api<AppEnvironment> = Api::namespaced(ctx.shared.client.clone(), &app.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": app.resource_version()}});
+    api.patch(&app.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// The parts of the status computed from the children (all `None` when the spec is invalid or
+/// paused: the current values stay).
+#[derive(Default)]
+struct Computed {
+    ready_replicas: Option<i32>,
+    /// The image the Deployment runs or moves to.
+    image: Option<String>,
+    migration: Option<MigrationStatus>,
 }
 
 /// Writes the status when it differs from the current one (conditions compared without
@@ -371,9 +657,10 @@ async fn update_status(
     app: &AppEnvironment,
     ctx: &Ctx,
     desired: &[DesiredCondition],
-    ready_replicas: Option<i32>,
     valid: Option<&ValidApp>,
+    computed: Computed,
 ) -> Result<(), Error> {
+    let Computed { ready_replicas, image, migration } = computed;
     let ns = app.namespace().unwrap_or_default();
     let key = WriteKey::status::<AppEnvironment>(&ns, &app.name_any());
     // Under load the cached AppEnvironment can predate this process's own last status write
@@ -391,13 +678,15 @@ async fn update_status(
         conditions: conditions::merge(&current.conditions, desired, generation, &now),
         ready_replicas: ready_replicas.or(current.ready_replicas.filter(|_| valid.is_none())),
         url: valid.and_then(url).or(if valid.is_none() { current.url.clone() } else { None }),
-        image: valid.map(|v| v.app.spec.image.clone()).or(current.image.clone()),
+        image: image.or(current.image.clone()),
+        migration: if valid.is_some() { migration } else { current.migration.clone() },
     };
     let unchanged = new_status.observed_generation == current.observed_generation
         && conditions::same_set(&new_status.conditions, &current.conditions)
         && new_status.ready_replicas == current.ready_replicas
         && new_status.url == current.url
-        && new_status.image == current.image;
+        && new_status.image == current.image
+        && new_status.migration == current.migration;
     if unchanged {
         return Ok(());
     }

@@ -11,7 +11,8 @@
 //!
 //! What a kubelet would do, mapped to this machine ([`prepare`] and [`run_process`]):
 //! - program `berth` (the `command`, or the image's entrypoint when there is none) is the test
-//!   crate's `berth` binary; other programs are refused;
+//!   crate's `berth` binary; `sh` is `/bin/sh` (small commands standing in for an app's own,
+//!   e.g. a migration); other programs are refused;
 //! - `env`: literal values with `$(VAR)` expansion from earlier variables (`$$` escapes),
 //!   `secretKeyRef`/`configMapKeyRef` (`data` and `stringData`/`binaryData`), `envFrom`, and
 //!   `fieldRef` for `metadata.name`/`namespace`/`uid`/`labels['k']`/`annotations['k']`,
@@ -130,6 +131,8 @@ pub struct LocalVolume {
 /// A container ready to run.
 #[derive(Clone, Debug)]
 pub struct Prepared {
+    /// `/bin/sh` rather than the berth binary.
+    pub shell: bool,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
@@ -173,11 +176,15 @@ type DataCache = HashMap<(bool, String), Option<BTreeMap<String, Vec<u8>>>>;
 /// Prepares `container` of the pod: program, arguments, environment, volumes.
 pub async fn prepare(sb: &Sandbox<'_>, container: &Container) -> Result<Prepared, PrepareError> {
     let ns = sb.fields.namespace.as_str();
+    let shell = matches!(container.command.as_deref(), Some([p, ..]) if p == "sh" || p == "/bin/sh");
     let program = match container.command.as_deref() {
         None | Some([]) => Vec::new(),
         Some([p, rest @ ..]) if p == "berth" || p.ends_with("/berth") => rest.to_vec(),
+        Some([_, rest @ ..]) if shell => rest.to_vec(),
         Some([p, ..]) => {
-            return Err(PrepareError::Unsupported(format!("job runner: only the berth binary runs here, not {p:?}")));
+            return Err(PrepareError::Unsupported(format!(
+                "job runner: only the berth binary and sh run here, not {p:?}"
+            )));
         }
     };
     let mut args = program;
@@ -291,7 +298,7 @@ pub async fn prepare(sb: &Sandbox<'_>, container: &Container) -> Result<Prepared
         Some(w) => PathBuf::from(map_paths(w, &mounts)),
         None => sb.dir.to_path_buf(),
     };
-    Ok(Prepared { args, env, cwd, volumes: used })
+    Ok(Prepared { shell, args, env, cwd, volumes: used })
 }
 
 fn set(env: &mut Vec<(String, String)>, name: String, value: String) {
@@ -599,7 +606,7 @@ pub fn berth_command(
     extra_env: &[(String, String)],
     identity: Option<&Identity>,
 ) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+    let mut cmd = tokio::process::Command::new(if p.shell { "/bin/sh" } else { env!("CARGO_BIN_EXE_berth") });
     cmd.args(&p.args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())

@@ -36,7 +36,7 @@
 //!   restarts in place (10 s, 20 s … backoff, `restartCount`); the pod's
 //!   `activeDeadlineSeconds` fails it with reason `DeadlineExceeded`. A missing Secret/key/claim
 //!   leaves it Pending (`CreateContainerConfigError`, or `ContainerCreating` for a volume)
-//!   and is retried every 2 s; a program other than berth fails it at once (`StartError`).
+//!   and is retried every 2 s; a program other than berth or sh fails it at once (`StartError`).
 //!   Each pod runs once; retries are new pods from the Job controller.
 //! - **Deletion**: any pod with a `deletionTimestamp` has its processes killed and is deleted
 //!   with grace period 0 (finalizers stay others' business).

@@ -143,11 +143,16 @@ Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
 - apiGroups: [""]
   resources: [endpoints]
   verbs: [get]
-# Agent Jobs: watched to follow backups and restores; they are created as the tenant's
-# ServiceAccount.
+# Jobs: the AppEnvironments' migration Jobs are the operator's own (server-side apply, old
+# ones deleted); the agent Jobs of backups and restores are only watched here, they are
+# created as the tenant's ServiceAccount.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch]
+  verbs: {{ toJson $owned }}
+# AppEnvironment spec.cronJobs.
+- apiGroups: [batch]
+  resources: [cronjobs]
+  verbs: {{ toJson $owned }}
 - apiGroups: [networking.k8s.io]
   resources: [ingresses, networkpolicies]
   verbs: {{ toJson $owned }}

@@ -7,9 +7,11 @@ use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
     ResourceMetricSource,
 };
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, LocalObjectReference, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SeccompProfile, Service, ServiceAccount, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
+    Container, ContainerPort, LocalObjectReference, PersistentVolumeClaim, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SeccompProfile, Service, ServiceAccount, ServicePort, ServiceSpec,
+    TopologySpreadConstraint,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
@@ -23,7 +25,8 @@ use kube::ResourceExt;
 
 use super::databases::{self, DatabaseLinks};
 use super::validate::{ResolvedBudget, ValidApp};
-use crate::api::appenvironment::{AppEnvironment, PullPolicy, ServiceType};
+use super::{volumes, workloads};
+use crate::api::appenvironment::{AppEnvironment, Probes, PullPolicy, ServiceType};
 use crate::resources::certificate::{Certificate, CertificateIssuerRef, CertificateSpec};
 use crate::resources::meta::{self, typed};
 
@@ -45,11 +48,20 @@ pub struct AppChildren {
     pub autoscaler: Option<HorizontalPodAutoscaler>,
     pub disruption_budget: Option<PodDisruptionBudget>,
     pub network_policy: Option<NetworkPolicy>,
+    /// `spec.volumes` claims: no owner reference (see [`volumes`]).
+    pub volume_claims: Vec<PersistentVolumeClaim>,
+    /// One Deployment per `spec.workers` entry.
+    pub workers: Vec<Deployment>,
+    /// One CronJob per `spec.cronJobs` entry.
+    pub cron_jobs: Vec<CronJob>,
+    /// The Job of `spec.migration` for the current image.
+    pub migration: Option<Job>,
 }
 
 impl AppChildren {
-    /// Every present child as JSON, in apply order (ServiceAccount, Service, Deployment,
-    /// Ingress, Certificate, HorizontalPodAutoscaler, PodDisruptionBudget, NetworkPolicy).
+    /// Every present child as JSON, in apply order (ServiceAccount, claims, migration Job,
+    /// Service, Deployment, workers, CronJobs, Ingress, Certificate, HorizontalPodAutoscaler,
+    /// PodDisruptionBudget, NetworkPolicy).
     pub fn to_json(&self) -> Vec<serde_json::Value> {
         let Self {
             service_account,
@@ -60,8 +72,17 @@ impl AppChildren {
             autoscaler,
             disruption_budget,
             network_policy,
+            volume_claims,
+            workers,
+            cron_jobs,
+            migration,
         } = self;
-        let mut out = vec![typed(service_account), typed(service), typed(deployment)];
+        let mut out = vec![typed(service_account)];
+        out.extend(volume_claims.iter().map(typed));
+        out.extend(migration.as_ref().map(typed));
+        out.extend([typed(service), typed(deployment)]);
+        out.extend(workers.iter().map(typed));
+        out.extend(cron_jobs.iter().map(typed));
         out.extend(ingress.as_ref().map(typed));
         out.extend(certificate.as_ref().map(typed));
         out.extend(autoscaler.as_ref().map(typed));
@@ -84,14 +105,18 @@ pub fn build(valid: &ValidApp, links: &DatabaseLinks) -> AppChildren {
         autoscaler: autoscaler(valid),
         disruption_budget: disruption_budget(valid),
         network_policy: network_policy(valid),
+        volume_claims: volumes::claims(valid),
+        workers: workloads::workers(valid, links),
+        cron_jobs: workloads::cron_jobs(valid, links),
+        migration: workloads::migration_job(valid, links),
     }
 }
 
-fn app(valid: &ValidApp) -> &AppEnvironment {
+pub(super) fn app(valid: &ValidApp) -> &AppEnvironment {
     &valid.app
 }
 
-fn labels(valid: &ValidApp) -> BTreeMap<String, String> {
+pub(super) fn labels(valid: &ValidApp) -> BTreeMap<String, String> {
     let mut labels = meta::standard_labels(app(valid), COMPONENT);
     labels.insert("berth.dev/tier".into(), valid.tier.as_str().into());
     labels
@@ -104,7 +129,7 @@ fn selector(valid: &ValidApp) -> LabelSelector {
     }
 }
 
-fn child_meta(valid: &ValidApp, annotations: BTreeMap<String, String>) -> ObjectMeta {
+pub(super) fn child_meta(valid: &ValidApp, annotations: BTreeMap<String, String>) -> ObjectMeta {
     let mut m = meta::child_meta(app(valid), &app(valid).name_any(), labels(valid));
     if !annotations.is_empty() {
         m.annotations = Some(annotations);
@@ -186,10 +211,24 @@ fn pod_annotations(valid: &ValidApp, links: &DatabaseLinks) -> BTreeMap<String, 
     annotations
 }
 
-fn deployment(valid: &ValidApp, links: &DatabaseLinks) -> Deployment {
+/// What differs between the pods of the app, its workers, cron jobs and migration.
+pub(super) struct PodShape<'a> {
+    pub command: &'a [String],
+    pub args: &'a [String],
+    pub resources: Option<ResourceRequirements>,
+    pub probes: Probes,
+    /// The app's ports (only the app's own pods serve them).
+    pub ports: bool,
+    /// The names of `spec.volumes` mounted, or all of them.
+    pub volumes: Option<&'a [String]>,
+}
+
+/// Labels of pods of `component`: the owner's, the image version, the user's, and the
+/// DatabaseInstances' admission labels.
+pub(super) fn pod_labels(valid: &ValidApp, links: &DatabaseLinks, component: &str) -> BTreeMap<String, String> {
     let spec = &app(valid).spec;
-    let name = app(valid).name_any();
-    let mut pod_labels = labels(valid);
+    let mut pod_labels = meta::standard_labels(app(valid), component);
+    pod_labels.insert("berth.dev/tier".into(), valid.tier.as_str().into());
     if let Some(version) =
         spec.image.rsplit_once(':').map(|(_, tag)| tag).filter(|t| !t.contains('/')).and_then(meta::label_value)
     {
@@ -198,8 +237,21 @@ fn deployment(valid: &ValidApp, links: &DatabaseLinks) -> Deployment {
     pod_labels.extend(spec.pod_labels.clone());
     // After the user's: the instances' NetworkPolicies admit pods by these labels.
     pod_labels.extend(databases::pod_labels(links));
+    pod_labels
+}
+
+/// The pod template of every process of the app: its image, env, database variables,
+/// securityContext, ServiceAccount and scheduling, shaped by `shape`.
+pub(super) fn pod_template(
+    valid: &ValidApp,
+    links: &DatabaseLinks,
+    labels: BTreeMap<String, String>,
+    shape: PodShape,
+) -> PodTemplateSpec {
+    let spec = &app(valid).spec;
+    let name = app(valid).name_any();
     let env = databases::env_vars(links, &spec.env);
-    let probes = spec.probes.clone().unwrap_or_default();
+    let (volumes, mounts) = volumes::pod_volumes(valid, shape.volumes);
     let container = Container {
         name: CONTAINER.into(),
         image: Some(spec.image.clone()),
@@ -211,11 +263,11 @@ fn deployment(valid: &ValidApp, links: &DatabaseLinks) -> Deployment {
             }
             .into()
         }),
-        command: (!spec.command.is_empty()).then(|| spec.command.clone()),
-        args: (!spec.args.is_empty()).then(|| spec.args.clone()),
+        command: (!shape.command.is_empty()).then(|| shape.command.to_vec()),
+        args: (!shape.args.is_empty()).then(|| shape.args.to_vec()),
         env: (!env.is_empty()).then_some(env),
         env_from: (!spec.env_from.is_empty()).then(|| spec.env_from.clone()),
-        ports: Some(
+        ports: shape.ports.then(|| {
             valid
                 .ports
                 .iter()
@@ -225,83 +277,102 @@ fn deployment(valid: &ValidApp, links: &DatabaseLinks) -> Deployment {
                     protocol: Some(p.protocol.into()),
                     ..ContainerPort::default()
                 })
-                .collect(),
-        ),
-        resources: spec.resources.clone(),
-        liveness_probe: probes.liveness,
-        readiness_probe: probes.readiness,
-        startup_probe: probes.startup,
+                .collect()
+        }),
+        resources: shape.resources,
+        liveness_probe: shape.probes.liveness,
+        readiness_probe: shape.probes.readiness,
+        startup_probe: shape.probes.startup,
         security_context: Some(valid.security_context.clone()),
         // A read-only root filesystem still needs a writable /tmp for most runtimes.
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".into(),
-            mount_path: "/tmp".into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     };
-    let spread = valid.topology_spread.then(|| {
-        ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
-            .into_iter()
-            .map(|key| TopologySpreadConstraint {
-                max_skew: 1,
-                topology_key: key.into(),
-                // ScheduleAnyway: a single-zone cluster must still run the app.
-                when_unsatisfiable: "ScheduleAnyway".into(),
-                label_selector: Some(selector(valid)),
-                match_label_keys: Some(vec!["pod-template-hash".into()]),
-                ..TopologySpreadConstraint::default()
-            })
-            .collect()
+    // A fresh volume belongs to root: the fsGroup lets a non-root process write to it.
+    let fs_group = volumes::mounts_claims(valid, shape.volumes).then(|| {
+        let sc = &valid.security_context;
+        sc.run_as_group.or(sc.run_as_user).unwrap_or(DEFAULT_FS_GROUP)
     });
     let annotations = pod_annotations(valid, links);
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(name.clone()),
+            automount_service_account_token: Some(
+                spec.service_account.as_ref().and_then(|s| s.automount_token).unwrap_or(false),
+            ),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                fs_group,
+                fs_group_change_policy: fs_group.map(|_| "OnRootMismatch".into()),
+                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+                ..PodSecurityContext::default()
+            }),
+            containers: vec![container],
+            volumes: Some(volumes),
+            image_pull_secrets: (!spec.image_pull_secrets.is_empty())
+                .then(|| spec.image_pull_secrets.iter().map(|n| LocalObjectReference { name: n.clone() }).collect()),
+            node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+            tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+/// fsGroup of pods that mount a claim when the securityContext names no user or group (the
+/// UID Berth's images and most distroless images run as).
+const DEFAULT_FS_GROUP: i64 = 65532;
+
+fn deployment(valid: &ValidApp, links: &DatabaseLinks) -> Deployment {
+    let spec = &app(valid).spec;
+    let shape = PodShape {
+        command: &spec.command,
+        args: &spec.args,
+        resources: spec.resources.clone(),
+        probes: spec.probes.clone().unwrap_or_default(),
+        ports: true,
+        volumes: None,
+    };
+    let mut template = pod_template(valid, links, pod_labels(valid, links, COMPONENT), shape);
+    if let Some(pod) = template.spec.as_mut() {
+        pod.topology_spread_constraints = valid.topology_spread.then(|| {
+            ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+                .into_iter()
+                .map(|key| TopologySpreadConstraint {
+                    max_skew: 1,
+                    topology_key: key.into(),
+                    // ScheduleAnyway: a single-zone cluster must still run the app.
+                    when_unsatisfiable: "ScheduleAnyway".into(),
+                    label_selector: Some(selector(valid)),
+                    match_label_keys: Some(vec!["pod-template-hash".into()]),
+                    ..TopologySpreadConstraint::default()
+                })
+                .collect()
+        });
+    }
+    let strategy = if valid.recreate {
+        DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None }
+    } else {
+        DeploymentStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: valid.rollout.as_ref().map(|(surge, unavailable)| RollingUpdateDeployment {
+                max_surge: Some(surge.clone()),
+                max_unavailable: Some(unavailable.clone()),
+            }),
+        }
+    };
     Deployment {
         metadata: child_meta(valid, BTreeMap::new()),
         spec: Some(DeploymentSpec {
             replicas: valid.replicas,
             selector: selector(valid),
             revision_history_limit: Some(5),
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".into()),
-                rolling_update: valid.rollout.as_ref().map(|(surge, unavailable)| RollingUpdateDeployment {
-                    max_surge: Some(surge.clone()),
-                    max_unavailable: Some(unavailable.clone()),
-                }),
-            }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: (!annotations.is_empty()).then_some(annotations),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(name.clone()),
-                    automount_service_account_token: Some(
-                        spec.service_account.as_ref().and_then(|s| s.automount_token).unwrap_or(false),
-                    ),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "tmp".into(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Volume::default()
-                    }]),
-                    image_pull_secrets: (!spec.image_pull_secrets.is_empty()).then(|| {
-                        spec.image_pull_secrets.iter().map(|n| LocalObjectReference { name: n.clone() }).collect()
-                    }),
-                    node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
-                    tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
-                    topology_spread_constraints: spread,
-                    ..PodSpec::default()
-                }),
-            },
+            strategy: Some(strategy),
+            template,
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
@@ -421,6 +492,17 @@ fn disruption_budget(valid: &ValidApp) -> Option<PodDisruptionBudget> {
     })
 }
 
+/// Every pod of the app (app, workers, cron jobs, migration): they all carry the owner label.
+fn all_pods(valid: &ValidApp) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(BTreeMap::from([
+            ("app.kubernetes.io/managed-by".to_string(), meta::MANAGED_BY.to_string()),
+            (meta::owner_label_key("AppEnvironment"), app(valid).name_any()),
+        ])),
+        ..LabelSelector::default()
+    }
+}
+
 /// Ingress only: which pods may reach the app. Egress is not restricted, so the app reaches
 /// the DatabaseInstances of `spec.databases` without a rule here (their own NetworkPolicies
 /// admit it by the `berth.dev/uses-<instance>` pod label). A policy that adds the `Egress`
@@ -443,7 +525,7 @@ fn network_policy(valid: &ValidApp) -> Option<NetworkPolicy> {
     let mut rules = vec![
         // Pods of the same app (peers, sidecars of replicas) may talk to each other.
         NetworkPolicyIngressRule {
-            from: Some(vec![NetworkPolicyPeer { pod_selector: Some(selector(valid)), ..NetworkPolicyPeer::default() }]),
+            from: Some(vec![NetworkPolicyPeer { pod_selector: Some(all_pods(valid)), ..NetworkPolicyPeer::default() }]),
             ..NetworkPolicyIngressRule::default()
         },
         NetworkPolicyIngressRule {
@@ -463,10 +545,31 @@ fn network_policy(valid: &ValidApp) -> Option<NetworkPolicy> {
             ports: Some(app_ports),
         });
     }
+    if !np.allow_from_apps.is_empty() {
+        // Every pod of those apps (their workers and cron jobs too) carries the owner label.
+        let owner = meta::owner_label_key("AppEnvironment");
+        rules.push(NetworkPolicyIngressRule {
+            from: Some(
+                np.allow_from_apps
+                    .iter()
+                    .map(|a| NetworkPolicyPeer {
+                        pod_selector: Some(LabelSelector {
+                            match_labels: Some(BTreeMap::from([(owner.clone(), a.clone())])),
+                            ..LabelSelector::default()
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    })
+                    .collect(),
+            ),
+            ports: Some(valid.ports.iter().map(|p| port(p.container_port, p.protocol)).collect()),
+        });
+    }
     Some(NetworkPolicy {
         metadata: child_meta(valid, BTreeMap::new()),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(selector(valid)),
+            // Every pod of the app: its workers, cron jobs and migration too, so that none of
+            // them is open to the whole cluster.
+            pod_selector: Some(all_pods(valid)),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(rules),
             ..NetworkPolicySpec::default()

@@ -13,6 +13,7 @@ use kube::ResourceExt;
 
 use super::databases::DatabaseLinks;
 use super::validate::ValidApp;
+use super::workloads::MigrationState;
 use crate::api::conditions::{DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::resources::certificate::Certificate;
 
@@ -29,7 +30,15 @@ pub struct Observed<'a> {
     /// A container waiting for a reason in [`BLOCKING_REASONS`] shows in the conditions while
     /// the rollout is not done.
     pub pods: &'a [Arc<Pod>],
+    /// Each worker's name and its Deployment (`None` when not created yet).
+    pub workers: Vec<(&'a str, Option<&'a Deployment>)>,
+    /// The migration of the current image: while it runs the rollout waits; when it failed
+    /// the rollout stops (`MigrationFailed`).
+    pub migration: MigrationState,
 }
+
+/// Reason of the conditions while the migration of the current image has failed.
+pub const MIGRATION_FAILED: &str = "MigrationFailed";
 
 /// Reason of `Ready=False` and `Progressing=True` while a referenced DatabaseInstance is
 /// missing or not ready.
@@ -48,7 +57,26 @@ pub fn health(valid: &ValidApp, observed: &Observed) -> AppHealth {
     let wants_tls = valid.ingress.as_ref().is_some_and(|i| i.tls.is_some());
     let ready_replicas = observed.deployment.and_then(|d| d.status.as_ref()).and_then(|s| s.ready_replicas);
 
-    let rollout = rollout_state(observed);
+    let rollout = match &observed.migration {
+        MigrationState::Running => {
+            Part::Pending("the migration of the new image runs; the Deployment moves to it once it succeeds".into())
+        }
+        _ => app_rollout(observed),
+    };
+    if let MigrationState::Failed(why) = &observed.migration {
+        let message = format!(
+            "the migration Job of image {} failed ({why}); the Deployment, workers and cron jobs keep their current image. Fix the migration, then change spec.image or spec.migration to run it again",
+            valid.app.spec.image
+        );
+        return AppHealth {
+            conditions: vec![
+                DesiredCondition::new(READY, false, MIGRATION_FAILED, message.clone()),
+                DesiredCondition::new(PROGRESSING, false, MIGRATION_FAILED, message.clone()),
+                DesiredCondition::new(DEGRADED, true, MIGRATION_FAILED, message),
+            ],
+            ready_replicas,
+        };
+    }
     let cert = if wants_tls { certificate_state(observed.certificate) } else { Part::Done };
 
     let namespace = valid.app.namespace().unwrap_or_else(|| "default".into());
@@ -288,9 +316,25 @@ enum Part {
     Failed(String),
 }
 
-fn rollout_state(observed: &Observed) -> Part {
-    let Some(d) = observed.deployment else { return Part::Pending("the Deployment does not exist yet".into()) };
-    if observed.deployment_just_changed {
+/// The app's Deployment, then each worker's.
+fn app_rollout(observed: &Observed) -> Part {
+    let main = rollout_state(observed.deployment, observed.deployment_just_changed);
+    if !matches!(main, Part::Done) {
+        return main;
+    }
+    for (name, d) in &observed.workers {
+        match rollout_state(*d, false) {
+            Part::Done => {}
+            Part::Pending(m) => return Part::Pending(format!("worker {name}: {m}")),
+            Part::Failed(m) => return Part::Failed(format!("worker {name}: {m}")),
+        }
+    }
+    Part::Done
+}
+
+fn rollout_state(deployment: Option<&Deployment>, just_changed: bool) -> Part {
+    let Some(d) = deployment else { return Part::Pending("the Deployment does not exist yet".into()) };
+    if just_changed {
         return Part::Pending("the Deployment was just updated".into());
     }
     let Some(status) = d.status.as_ref() else { return Part::Pending("the Deployment has no status yet".into()) };

@@ -4,6 +4,7 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStat
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::status::{Observed, health};
+use super::workloads::MigrationState;
 use super::*;
 use crate::api::AppEnvironment;
 use crate::resources::certificate::{Certificate, CertificateCondition, CertificateStatus};
@@ -182,6 +183,8 @@ fn status_follows_the_rollout() {
                 deployment_just_changed: changed,
                 databases: &NO_DATABASES,
                 pods: &[],
+                workers: Vec::new(),
+                migration: MigrationState::None,
             },
         )
     };
@@ -205,6 +208,8 @@ fn status_follows_the_rollout() {
             deployment_just_changed: false,
             databases: &NO_DATABASES,
             pods: &[],
+            workers: Vec::new(),
+            migration: MigrationState::None,
         },
     );
     assert!(!condition(&missing, "Ready").0);
@@ -247,6 +252,8 @@ fn pods_that_cannot_start_show_in_the_conditions_with_the_fix() {
         deployment_just_changed: changed,
         databases: &NO_DATABASES,
         pods,
+        workers: Vec::new(),
+        migration: MigrationState::None,
     };
     let h = health(&v, &observed(&pods, false));
     let expected = "pod web-abc-1: container \"app\" is waiting with CreateContainerConfigError: container has runAsNonRoot and image has non-numeric user (app), cannot verify user is non-root (last exit code 1, Error); set spec.securityContext.runAsUser to a numeric non-root UID, or build the image with a numeric USER (1 more pods are waiting too)";
@@ -271,6 +278,8 @@ fn pods_that_cannot_start_show_in_the_conditions_with_the_fix() {
             deployment_just_changed: false,
             databases: &NO_DATABASES,
             pods: &pods,
+            workers: Vec::new(),
+            migration: MigrationState::None,
         },
     );
     assert_eq!(condition(&h, "Ready"), (true, "Available".into()));
@@ -355,6 +364,8 @@ fn status_waits_for_the_certificate() {
             deployment_just_changed: false,
             databases: &NO_DATABASES,
             pods: &[],
+            workers: Vec::new(),
+            migration: MigrationState::None,
         },
     );
     assert_eq!(condition(&h, "Ready"), (false, "CertificatePending".into()));
@@ -367,6 +378,8 @@ fn status_waits_for_the_certificate() {
             deployment_just_changed: false,
             databases: &NO_DATABASES,
             pods: &[],
+            workers: Vec::new(),
+            migration: MigrationState::None,
         },
     );
     assert_eq!(condition(&h, "Degraded"), (true, "CertificateFailed".into()));
@@ -379,6 +392,8 @@ fn status_waits_for_the_certificate() {
             deployment_just_changed: false,
             databases: &NO_DATABASES,
             pods: &[],
+            workers: Vec::new(),
+            migration: MigrationState::None,
         },
     );
     assert!(condition(&h, "Ready").0);
@@ -613,6 +628,8 @@ mod databases {
                 deployment_just_changed: false,
                 databases: &links,
                 pods: &[],
+                workers: Vec::new(),
+                migration: MigrationState::None,
             },
         );
         assert_eq!(condition(&h, "Ready"), (false, WAITING_FOR_DATABASE.into()));
@@ -634,6 +651,8 @@ mod databases {
                 deployment_just_changed: false,
                 databases: &links,
                 pods: &[],
+                workers: Vec::new(),
+                migration: MigrationState::None,
             },
         );
         assert_eq!(condition(&h, "Degraded"), (true, "RolloutFailed".into()));
@@ -648,6 +667,8 @@ mod databases {
                 deployment_just_changed: false,
                 databases: &links,
                 pods: &[],
+                workers: Vec::new(),
+                migration: MigrationState::None,
             },
         );
         assert_eq!(condition(&h, "Ready"), (true, "Available".into()));

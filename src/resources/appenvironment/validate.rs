@@ -9,8 +9,12 @@ use kube::ResourceExt;
 
 use super::databases::name_prefix;
 use super::security;
-use crate::api::appenvironment::{AppEnvironment, AppPort, DatabaseRef, IssuerKind, PathType, Protocol, Tier};
+use super::volumes;
+use crate::api::appenvironment::{
+    AppEnvironment, AppPort, DatabaseRef, IssuerKind, PathType, Protocol, RolloutStrategy, Tier,
+};
 use crate::api::validation::FieldError;
+use crate::resources::backuppolicy::validate::parse_schedule;
 
 /// Port used when `spec.ports` is empty.
 pub const DEFAULT_PORT: i32 = 8080;
@@ -27,7 +31,10 @@ pub struct ValidApp {
     /// `None` when an autoscaler owns the replica count.
     pub replicas: Option<i32>,
     pub service_port: i32,
+    /// `None` with Kubernetes' rolling-update defaults, and with `recreate`.
     pub rollout: Option<(IntOrString, IntOrString)>,
+    /// `rollout.strategy: Recreate`.
+    pub recreate: bool,
     pub topology_spread: bool,
     pub ingress: Option<ResolvedIngress>,
     pub autoscaling: Option<ResolvedAutoscaling>,
@@ -83,6 +90,7 @@ pub struct ResolvedNetworkPolicy {
     pub ingress_controller_namespace: String,
     pub monitoring_namespace: String,
     pub allow_from_namespaces: Vec<String>,
+    pub allow_from_apps: Vec<String>,
 }
 
 /// Validates `app` and resolves its defaults; every problem found is returned, not only the
@@ -207,6 +215,7 @@ pub fn validate(app: &AppEnvironment) -> Result<ValidApp, Vec<FieldError>> {
         ingress_controller_namespace: np.ingress_controller_namespace.unwrap_or_else(|| "ingress-nginx".into()),
         monitoring_namespace: np.monitoring_namespace.unwrap_or_else(|| "monitoring".into()),
         allow_from_namespaces: np.allow_from_namespaces,
+        allow_from_apps: np.allow_from_apps,
     });
 
     let first_port = ports.first().map(|p| p.container_port).unwrap_or(DEFAULT_PORT);
@@ -235,7 +244,15 @@ pub fn validate(app: &AppEnvironment) -> Result<ValidApp, Vec<FieldError>> {
 
     let zero_downtime = tier != Tier::Development;
     let explicit = spec.rollout.clone().unwrap_or_default();
+    let recreate = explicit.strategy == Some(RolloutStrategy::Recreate);
+    if recreate && (explicit.max_surge.is_some() || explicit.max_unavailable.is_some()) {
+        errors.push(FieldError::new(
+            "spec.rollout",
+            "maxSurge and maxUnavailable apply to RollingUpdate only: remove them or set rollout.strategy: RollingUpdate",
+        ));
+    }
     let rollout = match (explicit.max_surge, explicit.max_unavailable, zero_downtime) {
+        _ if recreate => None,
         (None, None, false) => None,
         (surge, unavailable, _) => Some((
             surge.unwrap_or_else(|| IntOrString::String("25%".into())),
@@ -252,6 +269,9 @@ pub fn validate(app: &AppEnvironment) -> Result<ValidApp, Vec<FieldError>> {
         ));
     }
 
+    volumes::check(app, replicas, &rollout, recreate, &mut errors);
+    check_workloads(app, &mut errors);
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -262,6 +282,7 @@ pub fn validate(app: &AppEnvironment) -> Result<ValidApp, Vec<FieldError>> {
         ports,
         replicas,
         rollout,
+        recreate,
         topology_spread: spec.topology_spread.unwrap_or(tier == Tier::Production),
         ingress,
         autoscaling,
@@ -270,6 +291,64 @@ pub fn validate(app: &AppEnvironment) -> Result<ValidApp, Vec<FieldError>> {
         metrics,
         security_context,
     })
+}
+
+/// Longest name of a CronJob: its Jobs get an 11-character suffix within 63.
+const CRONJOB_NAME_MAX: usize = 52;
+
+/// `spec.workers`, `spec.cronJobs` and `spec.migration`: unique names that fit their child
+/// names, schedules and time zones the CronJob controller accepts, a migration that runs
+/// something.
+fn check_workloads(app: &AppEnvironment, errors: &mut Vec<FieldError>) {
+    let spec = &app.spec;
+    let name = app.name_any();
+    let mut seen = BTreeSet::new();
+    for (i, w) in spec.workers.iter().enumerate() {
+        let field = format!("spec.workers[{i}].name");
+        if !seen.insert(w.name.as_str()) {
+            errors.push(FieldError::new(field, format!("{:?} is used by another worker; names are unique", w.name)));
+        } else if !is_dns_label(&w.name) || format!("{name}-{}", w.name).len() > 63 {
+            errors.push(FieldError::new(
+                field,
+                format!("{:?}: the Deployment {name}-{} must be a DNS label of at most 63 characters; use a shorter lowercase name", w.name, w.name),
+            ));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (i, c) in spec.cron_jobs.iter().enumerate() {
+        let field = |f: &str| format!("spec.cronJobs[{i}].{f}");
+        if !seen.insert(c.name.as_str()) {
+            errors.push(FieldError::new(
+                field("name"),
+                format!("{:?} is used by another cron job; names are unique", c.name),
+            ));
+        } else if !is_dns_label(&c.name) || format!("{name}-{}", c.name).len() > CRONJOB_NAME_MAX {
+            errors.push(FieldError::new(
+                field("name"),
+                format!("{:?}: the CronJob {name}-{} must be a DNS label of at most {CRONJOB_NAME_MAX} characters; use a shorter lowercase name", c.name, c.name),
+            ));
+        }
+        if let Err(message) = parse_schedule(&c.schedule) {
+            errors.push(FieldError::new(field("schedule"), message));
+        }
+        if let Some(tz) = &c.time_zone
+            && jiff::tz::TimeZone::get(tz).is_err()
+        {
+            errors.push(FieldError::new(
+                field("timeZone"),
+                format!("{tz:?} is not an IANA time zone name, e.g. Europe/Berlin or America/New_York"),
+            ));
+        }
+    }
+    if let Some(m) = &spec.migration
+        && m.command.is_empty()
+        && m.args.is_empty()
+    {
+        errors.push(FieldError::new(
+            "spec.migration",
+            "needs command or args, e.g. args: [\"bin/rails\", \"db:migrate\"]",
+        ));
+    }
 }
 
 fn is_zero(v: &IntOrString) -> bool {
@@ -369,7 +448,7 @@ fn is_env_prefix(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
-fn is_dns_label(s: &str) -> bool {
+pub(super) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
