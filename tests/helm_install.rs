@@ -157,7 +157,27 @@ async fn helm_upgrade_from_an_earlier_chart_keeps_running_and_upgrades_the_crds(
     cluster.namespace(OPERATOR_NAMESPACE).await;
     let earlier = chart_at(EARLIER_CHART_COMMIT, cluster.dir());
 
-    helm(&cluster, &["install", "berth", &earlier, "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "240s"]);
+    // The pods run the binary under test, which is newer than the earlier chart: it also
+    // watches the CronJobs of `spec.cronJobs`, which that chart's RBAC does not grant. (A real
+    // upgrade ships the binary with its own chart's RBAC; here the earlier chart's extension
+    // point supplies the one missing rule.)
+    let cronjobs =
+        r#"rbac.extraRules=[{"apiGroups":["batch"],"resources":["cronjobs"],"verbs":["get","list","watch"]}]"#;
+    helm(
+        &cluster,
+        &[
+            "install",
+            "berth",
+            &earlier,
+            "-n",
+            OPERATOR_NAMESPACE,
+            "--set-json",
+            cronjobs,
+            "--wait",
+            "--timeout",
+            "240s",
+        ],
+    );
     let before = operator_running(&cluster, 2).await;
     let app = example_app_ready(&cluster).await;
     let ready_since = ready_condition(&app).unwrap()["lastTransitionTime"].clone();

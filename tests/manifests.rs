@@ -375,6 +375,7 @@ fn chart_rbac_is_explicit_and_follows_watch_namespaces() {
         needed.push(("berth.dev".into(), format!("{p}/finalizers"), &["update"]));
     }
     needed.push(("berth.dev".into(), "backups".into(), &["create", "patch", "delete"]));
+    needed.push(("berth.dev".into(), "appenvironments".into(), &["patch"]));
     for r in ["serviceaccounts", "services", "configmaps", "secrets", "persistentvolumeclaims"] {
         needed.push(("".into(), r.into(), OWNED));
     }

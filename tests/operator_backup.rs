@@ -169,6 +169,7 @@ async fn scheduled_backup_restores_here_elsewhere_and_in_a_new_cluster() {
         Servers { pg: Postgres::start(), pg_other: Postgres::start(), mq: RabbitMq::start(), s3: S3Server::start() };
     servers.s3.create_bucket("backups");
     let cluster = cluster(&servers.overrides()).await;
+    let start = cluster.audit.mark();
     let client = cluster.client();
     let mut operator = servers.operator(&cluster).await;
     storage_secrets(&client, &servers.s3).await;
@@ -296,6 +297,19 @@ async fn scheduled_backup_restores_here_elsewhere_and_in_a_new_cluster() {
     assert_eq!(secret_value(&copied, "password"), servers.pg.password, "passwords come back with the data");
     assert_eq!(servers.count_items_other(), "3", "the copy has the backup's rows");
     assert_eq!(servers.count_items(), "0", "the source was not written");
+    // The operator may create Jobs (an AppEnvironment's migrations), but every agent Job of a
+    // backup or restore is created as the namespace's account, within that account's rights.
+    let job_creates: Vec<_> = cluster
+        .audit
+        .writes_since(start, support::cluster::OPERATOR_USER)
+        .into_iter()
+        .filter(|e| e.verb == "create" && e.resource() == "jobs")
+        .collect();
+    assert!(job_creates.len() >= 3, "backup and restore Jobs: {job_creates:?}");
+    let account = format!("system:serviceaccount:{NS}:berth-backup");
+    for e in &job_creates {
+        assert_eq!(e.impersonated_user.as_ref().map(|u| u.username.as_str()), Some(account.as_str()), "{e:?}");
+    }
     cluster.assert_clean().await;
     operator.terminate();
     drop(cluster);

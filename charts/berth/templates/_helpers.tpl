@@ -98,6 +98,12 @@ Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
 - apiGroups: ["berth.dev"]
   resources: [backups]
   verbs: [create, patch, delete]
+# AppEnvironments: only their `berth.dev/volumes` finalizer (claims with `deletionPolicy:
+# Delete` are deleted by Berth when the app goes), written as the whole list under a
+# resourceVersion precondition.
+- apiGroups: ["berth.dev"]
+  resources: [appenvironments]
+  verbs: [patch]
 - apiGroups: ["berth.dev"]
   resources: [appenvironments/status, databaseinstances/status, backuppolicies/status, backups/status, restores/status]
   verbs: [get, patch]
