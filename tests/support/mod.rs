@@ -13,4 +13,5 @@ pub mod operator;
 pub mod s3_recorder;
 pub mod servers;
 pub mod stall_proxy;
+pub mod sts;
 pub mod wait;
