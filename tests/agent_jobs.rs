@@ -60,6 +60,7 @@ impl World {
             credentials_secret: Some("s3-credentials".into()),
             ca_secret: None,
             encryption_key_secret: "repository-key".into(),
+            server_side_encryption: None,
         };
         Repository::init(Storage::connect(&storage_config(&s3, &storage)).await.unwrap(), KEY.as_bytes())
             .await

@@ -5,7 +5,8 @@
 //! Repository location and secrets come from flags or the environment:
 //! `BERTH_REPOSITORY` (`s3://bucket/prefix`), `BERTH_S3_ENDPOINT`, `BERTH_S3_REGION`
 //! (or `AWS_REGION`), `BERTH_S3_CA_FILE`, `BERTH_S3_INSECURE_HTTP` (a plain `http://`
-//! endpoint is refused without it), AWS credentials from the usual chain
+//! endpoint is refused without it), `BERTH_S3_SSE` and `BERTH_S3_SSE_KMS_KEY_ID`
+//! (server-side encryption of every written object), AWS credentials from the usual chain
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_PROFILE`, web
 //! identity), and the repository key from `BERTH_REPOSITORY_KEY_FILE` (a mounted Secret) or
 //! `BERTH_REPOSITORY_KEY`.
@@ -23,8 +24,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::backup::{
-    Repository, RetentionPolicy, S3Config, Storage, StorageConfig, WriteOptions, WriterStats, archiver, lock, ops,
-    prefetch::MetadataPrefetch,
+    Repository, RetentionPolicy, S3Config, ServerSideEncryption, Storage, StorageConfig, WriteOptions, WriterStats,
+    archiver, lock, ops, prefetch::MetadataPrefetch,
 };
 use progress::{ProgressMode, Reporter, Source};
 
@@ -65,6 +66,13 @@ pub struct RepoArgs {
     /// Extra CA certificates (PEM) for the S3 endpoint.
     #[arg(long, env = "BERTH_S3_CA_FILE", global = true)]
     pub ca_file: Option<PathBuf>,
+    /// S3 server-side encryption of every object written: `aws:kms` (with --sse-kms-key-id)
+    /// or `AES256`. `check` then reports objects stored without it.
+    #[arg(long, env = "BERTH_S3_SSE", global = true)]
+    pub sse: Option<String>,
+    /// KMS key (id, ARN or alias/NAME) for `--sse aws:kms`.
+    #[arg(long, env = "BERTH_S3_SSE_KMS_KEY_ID", global = true)]
+    pub sse_kms_key_id: Option<String>,
     /// File holding the repository key (a mounted Secret); trailing newlines are ignored.
     #[arg(long, env = "BERTH_REPOSITORY_KEY_FILE", global = true)]
     pub key_file: Option<PathBuf>,
@@ -249,9 +257,17 @@ pub fn storage_config(args: &RepoArgs) -> anyhow::Result<StorageConfig> {
         ca_file,
         insecure_http,
         no_progress_timeout,
+        sse,
         ..
     }) = &mut cfg
     {
+        *sse = match (&args.sse, &args.sse_kms_key_id) {
+            (Some(kind), key) => Some(ServerSideEncryption::parse(kind, key.as_deref(), "--sse (BERTH_S3_SSE)")?),
+            (None, Some(_)) => {
+                bail!("--sse-kms-key-id (BERTH_S3_SSE_KMS_KEY_ID) needs --sse aws:kms (BERTH_S3_SSE=aws:kms)")
+            }
+            (None, None) => None,
+        };
         *no_progress_timeout = std::time::Duration::from_secs(args.no_progress_timeout);
         endpoint.clone_from(&args.endpoint);
         *insecure_http = args.insecure_http;
@@ -461,13 +477,18 @@ async fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
                     eprintln!("error: {e}");
                 }
                 println!(
-                    "checked {} snapshots, {} trees, {} packs, {} blobs{}: {}",
+                    "checked {} snapshots, {} trees, {} packs, {} blobs{}{}: {}",
                     report.snapshots,
                     report.trees_checked,
                     report.packs,
                     report.blobs,
                     if read_data {
                         format!(", read {} packs ({})", report.packs_read, indicatif::HumanBytes(report.bytes_read))
+                    } else {
+                        String::new()
+                    },
+                    if report.encryption_checked > 0 {
+                        format!(", server-side encryption of {} objects", report.encryption_checked)
                     } else {
                         String::new()
                     },

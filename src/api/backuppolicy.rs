@@ -106,6 +106,48 @@ pub struct StorageLocation {
     pub ca_secret: Option<String>,
     /// Secret with the repository encryption key under `key`.
     pub encryption_key_secret: String,
+    /// S3 server-side encryption requested on every object Berth writes here (agent,
+    /// operator and offsite replication, multipart uploads included), for buckets whose
+    /// policy demands it. The repository's own encryption stays; `berth agent check` reports
+    /// objects stored without this encryption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_side_encryption: Option<ServerSideEncryptionSettings>,
+}
+
+/// S3 server-side encryption of a storage location.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.type != 'aws:kms' || (has(self.kmsKeyId) && self.kmsKeyId != '')").message("serverSideEncryption.type aws:kms needs serverSideEncryption.kmsKeyId: set it to the KMS key id, key ARN or alias/NAME").field_path(".kmsKeyId"),
+    validation = Rule::new("self.type != 'AES256' || !has(self.kmsKeyId)").message("serverSideEncryption.kmsKeyId goes only with type aws:kms: remove kmsKeyId for AES256, or set type: aws:kms").field_path(".kmsKeyId"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerSideEncryptionSettings {
+    /// `aws:kms` (SSE-KMS, with `kmsKeyId`) or `AES256` (SSE-S3).
+    #[serde(rename = "type")]
+    pub type_: ServerSideEncryptionType,
+    /// KMS key for `aws:kms`: a key id, key ARN, alias (`alias/NAME`) or alias ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub kms_key_id: Option<String>,
+}
+
+/// The S3 server-side encryption algorithm.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ServerSideEncryptionType {
+    #[serde(rename = "aws:kms")]
+    AwsKms,
+    #[serde(rename = "AES256")]
+    Aes256,
+}
+
+impl ServerSideEncryptionType {
+    /// The value S3 takes in `x-amz-server-side-encryption`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AwsKms => "aws:kms",
+            Self::Aes256 => "AES256",
+        }
+    }
 }
 
 /// What a backup contains.

@@ -36,7 +36,7 @@ pub use error::{BackupError, Result};
 pub use repo::{Repository, WriteOptions};
 pub use retention::RetentionPolicy;
 pub use snapshot::{Node, Snapshot, Summary};
-pub use storage::{S3Config, Storage, StorageConfig};
+pub use storage::{ObjectEncryption, S3Config, ServerSideEncryption, Storage, StorageConfig};
 pub use writer::WriterStats;
 
 /// Cores this process may use (2 when unknown): sizes the thread pools of a backup.

@@ -401,6 +401,8 @@ pub struct CheckReport {
     pub trees_checked: usize,
     pub packs_read: usize,
     pub bytes_read: u64,
+    /// Objects whose server-side encryption was read back (only with SSE configured).
+    pub encryption_checked: usize,
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
 }
@@ -414,7 +416,8 @@ impl CheckReport {
 /// Verifies the repository structure: every snapshot readable, every tree readable and
 /// authentic, every backup manifest authentic, every referenced blob indexed, every indexed
 /// pack present with the right size.
-/// With `read_data`, also downloads every pack and verifies every blob.
+/// With `read_data`, also downloads every pack and verifies every blob. With server-side
+/// encryption configured, every object's stored encryption is read back and compared.
 pub async fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
     let lock = RepoLock::acquire(repo, false, "check").await?;
     let result = check_locked(repo, read_data).await;
@@ -510,6 +513,7 @@ async fn check_locked(repo: &Repository, read_data: bool) -> Result<CheckReport>
             }
         }
     }
+    check_server_side_encryption(repo, &mut report).await?;
     if read_data {
         let results: Vec<(String, u64, Vec<String>)> = futures::stream::iter(contents)
             .filter(|p| std::future::ready(stored.get(&p.id.to_hex()) == Some(&p.size)))
@@ -536,6 +540,39 @@ async fn check_locked(repo: &Repository, read_data: bool) -> Result<CheckReport>
         }
     }
     Ok(report)
+}
+
+/// Reads back (HeadObject) the server-side encryption of every object of the format (locks
+/// excepted: they live minutes) and reports those stored without the configured one: written
+/// before it was configured, or by a server or bucket policy that dropped it.
+async fn check_server_side_encryption(repo: &Repository, report: &mut CheckReport) -> Result<()> {
+    let Some(expected) = repo.storage().server_side_encryption() else {
+        return Ok(());
+    };
+    let mut keys = vec![super::repo::CONFIG_KEY.to_string()];
+    for dir in ["keys", "index", "snapshots", "backups", "data"] {
+        keys.extend(repo.storage().list(dir).await?.into_iter().map(|o| format!("{dir}/{}", o.name)));
+    }
+    let found: Vec<(String, Result<Option<super::ObjectEncryption>>)> = futures::stream::iter(keys)
+        .map(|key| async move {
+            let e = repo.storage().encryption(&key).await;
+            (key, e)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for (key, encryption) in found {
+        // An object removed since the listing (a concurrent forget) has nothing to check.
+        if let Some(encryption) = encryption? {
+            report.encryption_checked += 1;
+            if let Some(why) = expected.mismatch(&encryption) {
+                report.errors.push(format!(
+                    "object {key}: {why} (copy it onto itself with the encryption, e.g. `aws s3 cp --sse`, or check the bucket policy)"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn verify_pack(repo: &Repository, p: &PackInfo, data: &Bytes) -> Vec<String> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption as SseAlgorithm};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
@@ -67,6 +67,99 @@ pub struct S3Config {
     /// fails: a server that stops answering ends the work in this time instead of read
     /// timeouts retried for many minutes. Zero means [`DEFAULT_NO_PROGRESS_TIMEOUT`].
     pub no_progress_timeout: Duration,
+    /// Server-side encryption requested on every object written (PutObject and
+    /// CreateMultipartUpload); `None` leaves it to the bucket's default.
+    pub sse: Option<ServerSideEncryption>,
+}
+
+/// S3 server-side encryption of written objects. It is on top of, not instead of, the
+/// repository's own encryption: it is for bucket policies and compliance rules that demand a
+/// KMS key (or SSE-S3) on every object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerSideEncryption {
+    /// SSE-S3 (`AES256`).
+    Aes256,
+    /// SSE-KMS (`aws:kms`) with this key: an id, ARN, alias (`alias/name`) or alias ARN.
+    Kms { key_id: String },
+}
+
+impl ServerSideEncryption {
+    /// From the `type` and `kmsKeyId` settings (`aws:kms` needs a key, `AES256` takes none).
+    /// `source` names where they came from, for the error message.
+    pub fn parse(kind: &str, kms_key_id: Option<&str>, source: &str) -> Result<Self> {
+        let key = kms_key_id.map(str::trim).filter(|k| !k.is_empty());
+        match (kind, key) {
+            ("aws:kms", Some(key)) => Ok(Self::Kms { key_id: key.to_string() }),
+            ("aws:kms", None) => Err(BackupError::Invalid(format!(
+                "{source}: server-side encryption aws:kms needs a KMS key id (a key id, key ARN or alias/NAME)"
+            ))),
+            ("AES256", None) => Ok(Self::Aes256),
+            ("AES256", Some(_)) => Err(BackupError::Invalid(format!(
+                "{source}: a KMS key id goes only with server-side encryption aws:kms, not AES256; remove the key id or use aws:kms"
+            ))),
+            (other, _) => Err(BackupError::Invalid(format!(
+                "{source}: server-side encryption {other:?} is not supported; use \"aws:kms\" (with a KMS key id) or \"AES256\""
+            ))),
+        }
+    }
+
+    /// The value of `x-amz-server-side-encryption`.
+    pub fn algorithm(&self) -> &'static str {
+        match self {
+            Self::Aes256 => "AES256",
+            Self::Kms { .. } => "aws:kms",
+        }
+    }
+
+    fn sdk_algorithm(&self) -> SseAlgorithm {
+        match self {
+            Self::Aes256 => SseAlgorithm::Aes256,
+            Self::Kms { .. } => SseAlgorithm::AwsKms,
+        }
+    }
+
+    fn kms_key_id(&self) -> Option<String> {
+        match self {
+            Self::Aes256 => None,
+            Self::Kms { key_id } => Some(key_id.clone()),
+        }
+    }
+
+    /// Why an object stored with `found` does not have this encryption; `None` when it does.
+    /// S3 reports the key as an ARN, so a key id matches the ARN's `key/<id>` ending; an
+    /// alias resolves to a key S3 does not name, so with an alias only the type is compared.
+    pub fn mismatch(&self, found: &ObjectEncryption) -> Option<String> {
+        let expected = match self {
+            Self::Aes256 => "AES256".to_string(),
+            Self::Kms { key_id } => format!("aws:kms with key {key_id}"),
+        };
+        let stored = match (&found.algorithm, &found.kms_key_id) {
+            (None, _) => "no server-side encryption".to_string(),
+            (Some(a), Some(k)) => format!("{a} with key {k}"),
+            (Some(a), None) => a.clone(),
+        };
+        let matches = match self {
+            Self::Aes256 => found.algorithm.as_deref() == Some("AES256"),
+            Self::Kms { key_id } => {
+                found.algorithm.as_deref() == Some("aws:kms")
+                    && (key_id.starts_with("alias/")
+                        || key_id.contains(":alias/")
+                        || found.kms_key_id.as_deref().is_some_and(|k| {
+                            k == key_id || k.strip_suffix(key_id.as_str()).is_some_and(|p| p.ends_with("key/"))
+                        }))
+            }
+        };
+        (!matches).then(|| format!("stored with {stored}, expected {expected}"))
+    }
+}
+
+/// The server-side encryption S3 reports for a stored object.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectEncryption {
+    /// `x-amz-server-side-encryption` of the response (`AES256`, `aws:kms`), if any.
+    pub algorithm: Option<String>,
+    /// `x-amz-server-side-encryption-aws-kms-key-id` of the response, if any.
+    pub kms_key_id: Option<String>,
 }
 
 /// How long a request to S3 may make no progress by default.
@@ -148,6 +241,7 @@ enum Backend {
         concurrency: usize,
         /// Longest a response body may stall (the SDK's operation timeout ends at the headers).
         no_progress: Duration,
+        sse: Option<ServerSideEncryption>,
     },
     Local {
         root: PathBuf,
@@ -272,6 +366,7 @@ impl Storage {
                         part_size: if c.part_size == 0 { DEFAULT_PART_SIZE } else { c.part_size.max(5 * 1024 * 1024) },
                         concurrency: if c.upload_concurrency == 0 { 4 } else { c.upload_concurrency },
                         no_progress: c.no_progress_timeout(),
+                        sse: c.sse.clone(),
                     }),
                     url,
                 })
@@ -326,13 +421,15 @@ impl Storage {
                     .await
                     .map_err(|e| BackupError::Aborted(e.to_string()))?
             }
-            Backend::S3 { client, bucket, prefix, part_size, concurrency, .. } => {
+            Backend::S3 { client, bucket, prefix, part_size, concurrency, sse, .. } => {
                 let full = Self::full_key(prefix, key);
                 if data.len() <= *part_size {
                     client
                         .put_object()
                         .bucket(bucket)
                         .key(&full)
+                        .set_server_side_encryption(sse.as_ref().map(ServerSideEncryption::sdk_algorithm))
+                        .set_ssekms_key_id(sse.as_ref().and_then(ServerSideEncryption::kms_key_id))
                         .body(ByteStream::from(data))
                         // UNSIGNED-PAYLOAD: hashing every uploaded byte with SHA-256 (here and
                         // again on the server) buys little: packs, indexes and snapshots are
@@ -345,7 +442,7 @@ impl Storage {
                         .map_err(|e| s3_err("PutObject", &full, e))?;
                     Ok(())
                 } else {
-                    multipart_put(client, bucket, &full, data, *part_size, *concurrency).await
+                    multipart_put(client, bucket, &full, data, *part_size, *concurrency, sse.as_ref()).await
                 }
             }
         }
@@ -488,6 +585,31 @@ impl Storage {
         }
     }
 
+    /// The server-side encryption requested for written objects, if any.
+    pub fn server_side_encryption(&self) -> Option<&ServerSideEncryption> {
+        match &*self.inner {
+            Backend::S3 { sse, .. } => sse.as_ref(),
+            Backend::Local { .. } => None,
+        }
+    }
+
+    /// The server-side encryption S3 reports for a stored object (HeadObject); `None` when the
+    /// object does not exist. A local directory has none.
+    pub async fn encryption(&self, key: &str) -> Result<Option<ObjectEncryption>> {
+        let Backend::S3 { client, bucket, prefix, .. } = &*self.inner else {
+            return Ok(Some(ObjectEncryption::default()));
+        };
+        let full = Self::full_key(prefix, key);
+        match client.head_object().bucket(bucket).key(&full).send().await {
+            Ok(o) => Ok(Some(ObjectEncryption {
+                algorithm: o.server_side_encryption().map(|a| a.as_str().to_string()),
+                kms_key_id: o.ssekms_key_id().map(str::to_string),
+            })),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
+            Err(e) => Err(s3_err("HeadObject", &full, e)),
+        }
+    }
+
     /// Lists every object below `dir` (recursively), names relative to `dir`.
     pub async fn list(&self, dir: &str) -> Result<Vec<ObjectInfo>> {
         let dir = dir.trim_end_matches('/');
@@ -596,11 +718,16 @@ async fn multipart_put(
     data: Bytes,
     part_size: usize,
     concurrency: usize,
+    sse: Option<&ServerSideEncryption>,
 ) -> Result<()> {
+    // The encryption is set when the upload is created; S3 wants it on UploadPart only for
+    // customer-provided keys (SSE-C), which Berth does not use.
     let created = client
         .create_multipart_upload()
         .bucket(bucket)
         .key(key)
+        .set_server_side_encryption(sse.map(ServerSideEncryption::sdk_algorithm))
+        .set_ssekms_key_id(sse.and_then(ServerSideEncryption::kms_key_id))
         .send()
         .await
         .map_err(|e| s3_err("CreateMultipartUpload", key, e))?;
@@ -740,6 +867,43 @@ mod tests {
         assert!(StorageConfig::parse("s3:///x").is_err());
         assert!(StorageConfig::parse("ftp://x").is_err());
         assert_eq!(StorageConfig::parse("/tmp/r").unwrap(), StorageConfig::Local(PathBuf::from("/tmp/r")));
+    }
+
+    #[test]
+    fn server_side_encryption_settings() {
+        let kms = ServerSideEncryption::parse("aws:kms", Some("1234abcd-12ab"), "spec.storage").unwrap();
+        assert_eq!(kms, ServerSideEncryption::Kms { key_id: "1234abcd-12ab".into() });
+        assert_eq!(ServerSideEncryption::parse("AES256", None, "x").unwrap(), ServerSideEncryption::Aes256);
+        let err = ServerSideEncryption::parse("aws:kms", Some(" "), "--sse").unwrap_err().to_string();
+        assert!(err.contains("--sse") && err.contains("needs a KMS key id"), "{err}");
+        let err = ServerSideEncryption::parse("AES256", Some("k"), "--sse").unwrap_err().to_string();
+        assert!(err.contains("only with server-side encryption aws:kms"), "{err}");
+        let err = ServerSideEncryption::parse("aws:kms:dsse", None, "--sse").unwrap_err().to_string();
+        assert!(err.contains("\"aws:kms:dsse\" is not supported") && err.contains("AES256"), "{err}");
+    }
+
+    #[test]
+    fn stored_encryption_is_compared_with_the_expected_one() {
+        let stored = |a: Option<&str>, k: Option<&str>| ObjectEncryption {
+            algorithm: a.map(str::to_string),
+            kms_key_id: k.map(str::to_string),
+        };
+        let arn = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab";
+        let by_id = ServerSideEncryption::Kms { key_id: "1234abcd-12ab".into() };
+        assert_eq!(by_id.mismatch(&stored(Some("aws:kms"), Some(arn))), None);
+        assert_eq!(by_id.mismatch(&stored(Some("aws:kms"), Some("1234abcd-12ab"))), None);
+        let by_arn = ServerSideEncryption::Kms { key_id: arn.into() };
+        assert_eq!(by_arn.mismatch(&stored(Some("aws:kms"), Some(arn))), None);
+        let other = by_id.mismatch(&stored(Some("aws:kms"), Some("arn:aws:kms:eu-west-1:1:key/99991234abcd-12ab")));
+        assert!(other.is_some_and(|m| m.contains("expected aws:kms with key 1234abcd-12ab")));
+        let none = by_id.mismatch(&stored(None, None)).unwrap();
+        assert!(none.contains("stored with no server-side encryption"), "{none}");
+        assert!(by_id.mismatch(&stored(Some("AES256"), None)).is_some());
+        let alias = ServerSideEncryption::Kms { key_id: "alias/backups".into() };
+        assert_eq!(alias.mismatch(&stored(Some("aws:kms"), Some(arn))), None);
+        assert!(alias.mismatch(&stored(Some("AES256"), None)).is_some());
+        assert_eq!(ServerSideEncryption::Aes256.mismatch(&stored(Some("AES256"), None)), None);
+        assert!(ServerSideEncryption::Aes256.mismatch(&stored(Some("aws:kms"), Some(arn))).is_some());
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use kube::Api;
 
 use crate::api::backuppolicy::StorageLocation;
 use crate::backup::storage::is_plain_http;
-use crate::backup::{BackupError, Repository, S3Config, Storage, StorageConfig};
+use crate::backup::{BackupError, Repository, S3Config, ServerSideEncryption, Storage, StorageConfig};
 
 /// How long opening a repository may take before the backup reports the storage unreachable.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,6 +98,33 @@ fn text(bytes: Vec<u8>) -> String {
     String::from_utf8_lossy(&bytes).trim().to_string()
 }
 
+/// The S3 settings of `location` without its credentials: where it is and how every object
+/// is written there (server-side encryption included).
+pub fn s3_settings(location: &StorageLocation, field: &'static str) -> Result<S3Config, RepositoryError> {
+    if let Some(endpoint) = location.endpoint.as_deref().filter(|e| is_plain_http(e))
+        && !location.insecure_http
+    {
+        return Err(RepositoryError::InsecureEndpoint { field, endpoint: endpoint.to_string() });
+    }
+    Ok(S3Config {
+        bucket: location.bucket.clone(),
+        prefix: location.prefix.clone().unwrap_or_default().trim_matches('/').to_string(),
+        endpoint: location.endpoint.clone(),
+        insecure_http: location.insecure_http,
+        region: location.region.clone(),
+        path_style: location.force_path_style,
+        sse: match &location.server_side_encryption {
+            Some(sse) => Some(ServerSideEncryption::parse(
+                sse.type_.as_str(),
+                sse.kms_key_id.as_deref(),
+                &format!("{field}.serverSideEncryption"),
+            )?),
+            None => None,
+        },
+        ..S3Config::default()
+    })
+}
+
 /// The storage settings of `location`, with credentials read from its Secrets.
 pub async fn storage_config(
     client: &kube::Client,
@@ -105,24 +132,11 @@ pub async fn storage_config(
     location: &StorageLocation,
     field: &'static str,
 ) -> Result<StorageConfig, RepositoryError> {
-    if let Some(endpoint) = location.endpoint.as_deref().filter(|e| is_plain_http(e))
-        && !location.insecure_http
-    {
-        return Err(RepositoryError::InsecureEndpoint { field, endpoint: endpoint.to_string() });
-    }
+    let mut config = s3_settings(location, field)?;
     if location.credentials_secret.is_none() && !OPERATOR_IDENTITY_ALLOWED.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(RepositoryError::CredentialsRequired { field });
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let mut config = S3Config {
-        bucket: location.bucket.clone(),
-        prefix: location.prefix.clone().unwrap_or_default().trim_matches('/').to_string(),
-        endpoint: location.endpoint.clone(),
-        insecure_http: location.insecure_http,
-        region: location.region.clone(),
-        path_style: location.force_path_style,
-        ..S3Config::default()
-    };
     if let Some(name) = &location.credentials_secret {
         let get = |key| secret_value(&secrets, field, name, key);
         config.access_key_id = get("AWS_ACCESS_KEY_ID").await?.map(text);

@@ -11,6 +11,8 @@ pub mod jobs;
 pub mod kubectl;
 pub mod kubelet;
 pub mod operator;
+pub mod s3_recorder;
 pub mod servers;
 pub mod stall_proxy;
+pub mod sts;
 pub mod wait;

@@ -4,7 +4,8 @@
 //! The pod runs the operator's own image (its entrypoint is the `berth` binary) with:
 //! - the repository from the [`StorageLocation`]: `BERTH_REPOSITORY=s3://bucket/prefix`,
 //!   `BERTH_S3_ENDPOINT`, `BERTH_S3_REGION`, `BERTH_S3_VIRTUAL_HOSTED` (unless
-//!   `forcePathStyle`), `BERTH_S3_INSECURE_HTTP` (with `insecureHTTP`), S3 credentials from `credentialsSecret` through `secretKeyRef`, the
+//!   `forcePathStyle`), `BERTH_S3_INSECURE_HTTP` (with `insecureHTTP`), `BERTH_S3_SSE` and
+//!   `BERTH_S3_SSE_KMS_KEY_ID` (with `serverSideEncryption`), S3 credentials from `credentialsSecret` through `secretKeyRef`, the
 //!   encryption key from `encryptionKeySecret` mounted at [`KEY_MOUNT_PATH`] and named by
 //!   `BERTH_REPOSITORY_KEY_FILE`, a private CA from `caSecret` at [`CA_MOUNT_PATH`];
 //! - the database connection from the instance's `<instance>-credentials` Secret (keys
@@ -335,6 +336,12 @@ fn repository_env(storage: &StorageLocation) -> Vec<EnvVar> {
     }
     if storage.ca_secret.is_some() {
         env.push(literal("BERTH_S3_CA_FILE", CA_FILE_PATH));
+    }
+    if let Some(sse) = &storage.server_side_encryption {
+        env.push(literal("BERTH_S3_SSE", sse.type_.as_str()));
+        if let Some(key) = &sse.kms_key_id {
+            env.push(literal("BERTH_S3_SSE_KMS_KEY_ID", key.clone()));
+        }
     }
     env.push(literal("BERTH_REPOSITORY_KEY_FILE", KEY_FILE_PATH));
     env

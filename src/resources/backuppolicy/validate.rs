@@ -29,7 +29,7 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use jiff::tz::TimeZone;
 
-use crate::api::backuppolicy::{BackupPolicy, Retention, StorageLocation};
+use crate::api::backuppolicy::{BackupPolicy, Retention, ServerSideEncryptionType, StorageLocation};
 use crate::api::validation::FieldError;
 
 /// A schedule users can copy when theirs is rejected.
@@ -163,6 +163,21 @@ fn normalized_prefix(location: &StorageLocation) -> &str {
 }
 
 fn check_location(location: &StorageLocation, path: &str, errors: &mut Vec<FieldError>) {
+    if let Some(sse) = &location.server_side_encryption {
+        let field = format!("{path}.serverSideEncryption.kmsKeyId");
+        let key = sse.kms_key_id.as_deref().map(str::trim);
+        match (sse.type_, key) {
+            (ServerSideEncryptionType::AwsKms, None | Some("")) => errors.push(FieldError::new(
+                field,
+                "is required with type aws:kms: set it to the KMS key id, key ARN or alias/NAME that encrypts the bucket's objects",
+            )),
+            (ServerSideEncryptionType::Aes256, Some(_)) => errors.push(FieldError::new(
+                field,
+                "goes only with type aws:kms: remove kmsKeyId for AES256 (SSE-S3), or set type: aws:kms",
+            )),
+            _ => {}
+        }
+    }
     let bucket = &location.bucket;
     if let Some(rest) = bucket.strip_prefix("s3://") {
         errors.push(FieldError::new(
@@ -356,5 +371,55 @@ mod tests {
         )));
         let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["spec.schedule", "spec.timeZone", "spec.storage.bucket"]);
+    }
+
+    #[test]
+    fn server_side_encryption_needs_a_kms_key_exactly_with_aws_kms() {
+        let location = |sse: &str| format!("{{bucket: offsite, encryptionKeySecret: k, serverSideEncryption: {sse}}}");
+        let p = with(&format!(
+            "  schedule: \"0 3 * * *\"\n  offsite: {}\n",
+            location("{type: \"aws:kms\", kmsKeyId: alias/backups}")
+        ));
+        assert!(errors(&p).is_empty(), "{:?}", errors(&p));
+        let p = with(&format!("  schedule: \"0 3 * * *\"\n  offsite: {}\n", location("{type: \"aws:kms\"}")));
+        let e = errors(&p);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].field, "spec.offsite.serverSideEncryption.kmsKeyId");
+        assert!(e[0].message.contains("required with type aws:kms"), "{}", e[0].message);
+        let p = with(&format!("  schedule: \"0 3 * * *\"\n  offsite: {}\n", location("{type: AES256, kmsKeyId: k1}")));
+        let e = errors(&p);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].message.contains("remove kmsKeyId for AES256"), "{}", e[0].message);
+        // An unknown type does not even parse (the CRD schema's enum refuses it first).
+        let yaml = format!("{}  schedule: \"0 3 * * *\"\n", base()).replace(
+            "encryptionKeySecret: key}",
+            "encryptionKeySecret: key, serverSideEncryption: {type: aws:kms:dsse}}",
+        );
+        assert!(serde_saphyr::from_str::<BackupPolicy>(&yaml).is_err());
+    }
+
+    /// The CRD's own rules, which the API server applies before the operator sees a policy.
+    #[test]
+    fn crd_rules_tie_kms_key_id_to_aws_kms() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(BackupPolicy::crd()).unwrap();
+        let compiled = kube_cel::compile_schema(&crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]);
+        let messages = |sse: serde_json::Value| -> Vec<String> {
+            let location = serde_json::json!({"bucket": "b", "encryptionKeySecret": "k", "serverSideEncryption": sse});
+            let obj = serde_json::json!({"spec": {"schedule": "0 3 * * *", "storage": location.clone(), "offsite": location}});
+            match kube_cel::validate_compiled(&compiled, &obj, None) {
+                Ok(()) => vec![],
+                Err(e) => e.into_vec().into_iter().map(|e| format!("{} {}", e.field_path, e.message)).collect(),
+            }
+        };
+        assert_eq!(messages(serde_json::json!({"type": "aws:kms", "kmsKeyId": "alias/x"})), Vec::<String>::new());
+        assert_eq!(messages(serde_json::json!({"type": "AES256"})), Vec::<String>::new());
+        let m = messages(serde_json::json!({"type": "aws:kms"}));
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(m.iter().all(|m| m.contains("serverSideEncryption.kmsKeyId") && m.contains("needs")), "{m:?}");
+        assert!(m.iter().any(|m| m.contains("spec.offsite.serverSideEncryption")), "{m:?}");
+        let m = messages(serde_json::json!({"type": "AES256", "kmsKeyId": "k"}));
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(m[0].contains("remove kmsKeyId for AES256"), "{m:?}");
     }
 }

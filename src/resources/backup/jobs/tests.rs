@@ -27,6 +27,7 @@ fn storage() -> StorageLocation {
         credentials_secret: Some("s3-creds".into()),
         ca_secret: Some("s3-ca".into()),
         encryption_key_secret: "repo-key".into(),
+        server_side_encryption: None,
     }
 }
 
@@ -387,6 +388,17 @@ fn minimal_storage_location() {
     };
     let e = env(&build(&AgentTask::BackupPostgres { instance: "db".into() }, &http, None));
     assert_eq!(e["BERTH_S3_INSECURE_HTTP"], "true");
+    // Server-side encryption reaches the agent, which sends it on every write.
+    let kms = StorageLocation {
+        server_side_encryption: Some(crate::api::backuppolicy::ServerSideEncryptionSettings {
+            type_: crate::api::backuppolicy::ServerSideEncryptionType::AwsKms,
+            kms_key_id: Some("alias/backups".into()),
+        }),
+        ..minimal.clone()
+    };
+    let e = env(&build(&AgentTask::BackupPostgres { instance: "db".into() }, &kms, None));
+    assert_eq!((e["BERTH_S3_SSE"].as_str(), e["BERTH_S3_SSE_KMS_KEY_ID"].as_str()), ("aws:kms", "alias/backups"));
+    assert!(!env(&job).contains_key("BERTH_S3_SSE"));
     assert!(!mounts(&job).contains_key(CA_MOUNT_PATH));
     assert!(pod(&job).volumes.as_ref().unwrap().iter().all(|v| v.name != CA_VOLUME));
     assert_eq!(e["BERTH_REPOSITORY_KEY_FILE"], KEY_FILE_PATH);
