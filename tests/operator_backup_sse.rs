@@ -53,6 +53,7 @@ async fn operator_writes_and_offsite_replication_carry_each_locations_encryption
     let cluster = Cluster::start().await;
     cluster.install_crds_from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("crds")).await;
     cluster.namespace(NS).await;
+    cluster.tenant_account(NS);
     cluster.kubelet().with_env("AWS_EC2_METADATA_DISABLED", "true");
     cluster.kubelet().with_host_override(format!("orders-db.{NS}.svc:5432"), pg_address.clone());
     let client = cluster.client();
