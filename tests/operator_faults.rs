@@ -459,10 +459,13 @@ async fn api_faults_lose_nothing_and_repeat_nothing() {
     let text = std::fs::read_to_string(&world.kubeconfig).unwrap().replace(&world.cluster.url, &proxy.url);
     let kubeconfig = world.cluster.dir().join("operator-via-proxy.kubeconfig");
     std::fs::write(&kubeconfig, text).unwrap();
-    // Watches: the first watch of Jobs breaks after its first events and its next one is told
-    // its resourceVersion expired; so is the first watch of Backups and of Restores.
-    proxy.add(Rule::new("watch", "/jobs?", Fault::DropWatch, 1));
-    proxy.add(Rule::new("watch", "/jobs?", Fault::Gone, 1));
+    // Watches: the first watch of the Backups' Jobs breaks after its first events and its next
+    // one is told its resourceVersion expired; so is the first watch of Backups and of Restores.
+    // (Matched by the Backup controller's label selector: the AppEnvironment controller also
+    // watches Jobs, its migrations, and in this test that watch never sees an event.)
+    let backup_jobs = "labelSelector=berth.dev%2Fbackup&";
+    proxy.add(Rule::new("watch", backup_jobs, Fault::DropWatch, 1));
+    proxy.add(Rule::new("watch", backup_jobs, Fault::Gone, 1));
     proxy.add(Rule::new("watch", "/backups?", Fault::Gone, 1));
     proxy.add(Rule::new("watch", "/restores?", Fault::Gone, 1));
     let mark = world.cluster.audit.mark();
