@@ -1,7 +1,10 @@
 //! `berth import cluster` against the real control plane (tests/support/cluster): a
 //! hand-written Deployment with its Service, Ingress, HorizontalPodAutoscaler and
 //! PodDisruptionBudget becomes the AppEnvironment that reproduces them; what does not fit is
-//! reported; the output renders and validates.
+//! reported; the output renders and validates. With `--adopt`, the real operator takes the
+//! live Deployments over: one whose pod template is Berth's already with no rollout (the same
+//! ReplicaSet and pods before and after), a hand-written one only after the rollout is
+//! allowed, keeping its selector.
 
 mod support;
 
@@ -183,4 +186,198 @@ async fn deployments_with_their_service_ingress_autoscaler_and_budget_become_app
     for kind in ["Deployment", "Service", "Ingress", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Certificate"] {
         assert!(kinds.iter().any(|k| k == kind), "{kind} missing from {kinds:?}");
     }
+}
+
+/// Runs `berth import cluster` on `namespace`: (berth.yaml, migration-report.md).
+fn import(cluster: &Cluster, namespace: &str, extra: &[&str]) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let run = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["import", "cluster", "--namespace", namespace, "-o", out.to_str().unwrap()])
+        .args(extra)
+        .env("KUBECONFIG", cluster.kubeconfig_path())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    (
+        std::fs::read_to_string(out.join("berth.yaml")).unwrap(),
+        std::fs::read_to_string(out.join("migration-report.md")).unwrap(),
+    )
+}
+
+/// The ReplicaSets and pods behind Deployment `name`: (name, uid, replicas) of each
+/// ReplicaSet, and the uids of the running pods.
+async fn replicas_of(cluster: &Cluster, ns: &str, name: &str) -> (Vec<(String, String, i32)>, Vec<String>) {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::ResourceExt;
+    let sets: Api<ReplicaSet> = Api::namespaced(cluster.client(), ns);
+    let mut out: Vec<(String, String, i32)> = sets
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|rs| rs.owner_references().iter().any(|o| o.kind == "Deployment" && o.name == name))
+        .map(|rs| (rs.name_any(), rs.uid().unwrap(), rs.spec.and_then(|s| s.replicas).unwrap_or_default()))
+        .collect();
+    out.sort();
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), ns);
+    let mut uids: Vec<String> = pods
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| out.iter().any(|(rs, _, _)| p.owner_references().iter().any(|o| &o.name == rs)))
+        .map(|p| p.uid().unwrap())
+        .collect();
+    uids.sort();
+    (out, uids)
+}
+
+const CATALOG: &str = r#"
+apiVersion: berth.dev/v1alpha1
+kind: AppEnvironment
+metadata:
+  name: catalog
+  namespace: legacy
+spec:
+  tier: development
+  image: ghcr.io/acme/catalog:2.1.0
+  replicas: 2
+  ports:
+  - name: http
+    containerPort: 8080
+  env:
+  - name: LOG_LEVEL
+    value: info
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopt_takes_deployments_over_with_a_rollout_only_where_the_templates_differ() {
+    use berth::api::AppEnvironment;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::ResourceExt;
+    use kube::api::{Patch, PatchParams};
+    use std::time::Duration;
+    use support::operator::Operator;
+    use support::wait::{app_condition, eventually};
+
+    let cluster = Cluster::start().await;
+    cluster.install_crds_from_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds")).await;
+    cluster.namespace("legacy").await;
+    let kubeconfig = cluster.operator_kubeconfig(&[]).await;
+    let mut operator = Operator::start(&kubeconfig, &["--resync-seconds", "1"]);
+    operator.wait_ready(Duration::from_secs(60));
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client(), "legacy");
+    let apps: Api<AppEnvironment> = Api::namespaced(cluster.client(), "legacy");
+
+    // catalog: what a team applied from `berth render` before it ran the operator.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("catalog.yaml"), CATALOG).unwrap();
+    let render = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["render", "-f", dir.path().join("catalog.yaml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(render.status.success(), "{}", String::from_utf8_lossy(&render.stderr));
+    cluster.kubectl_apply(&render.stdout);
+    // shop: written by hand, with its own selector, and only what Pod Security `restricted`
+    // demands of Berth's defaults.
+    let labels = json!({"app": "shop"});
+    let shop = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "shop"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels},
+            "spec": {
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "app", "image": "ghcr.io/acme/shop:4.2.0",
+                    "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+                    "ports": [{"name": "http", "containerPort": 8080}]
+                }]
+            }
+        }}
+    });
+    create(&cluster, "legacy", "apps", "v1", "Deployment", "deployments", shop).await;
+    for (name, replicas) in [("catalog", 2), ("shop", 1)] {
+        eventually(&format!("{name} running"), Duration::from_secs(60), || async {
+            let d = deployments.get(name).await.ok()?;
+            (d.status?.ready_replicas? == replicas).then_some(())
+        })
+        .await;
+    }
+    let before = [replicas_of(&cluster, "legacy", "catalog").await, replicas_of(&cluster, "legacy", "shop").await];
+    let shop_before = deployments.get("shop").await.unwrap();
+
+    // Without --adopt, the operator leaves both Deployments alone and says why.
+    let (yaml, report) = import(&cluster, "legacy", &[]);
+    assert!(report.contains("AdoptionConflict"), "{report}");
+    cluster.kubectl_apply(yaml.as_bytes());
+    for name in ["catalog", "shop"] {
+        let app = app_condition(&apps, name, "Ready", "False", "AdoptionConflict").await;
+        let message = app.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap().message;
+        assert!(message.contains("spec.adopt"), "{message}");
+    }
+
+    // With --adopt, the report tells which takeover rolls the pods.
+    let (yaml, report) = import(&cluster, "legacy", &["--adopt"]);
+    assert!(
+        report.lines().any(|l| l.contains("deployment/catalog") && l.contains("with no rollout")),
+        "catalog's template is Berth's:\n{report}"
+    );
+    assert!(!report.lines().any(|l| l.contains("deployment/catalog") && l.contains("adopt template")), "{report}");
+    for difference in [
+        "adopt template.metadata.labels.app.kubernetes.io/managed-by",
+        "adopt template.spec.containers[app].securityContext",
+        "spec.adopt.allowRollout",
+    ] {
+        assert!(
+            report.lines().any(|l| l.contains("deployment/shop") && l.contains(difference)),
+            "{difference}:\n{report}"
+        );
+    }
+    cluster.kubectl_apply(yaml.as_bytes());
+
+    // catalog is taken over in place: the same ReplicaSet and pods, now owned through the app.
+    let catalog = app_condition(&apps, "catalog", "Ready", "True", "Available").await;
+    let owned = deployments.get("catalog").await.unwrap();
+    assert!(
+        owned.owner_references().iter().any(|o| o.controller == Some(true) && Some(&o.uid) == catalog.uid().as_ref()),
+        "{:?}",
+        owned.owner_references()
+    );
+    // Give a rollout, were one started, time to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(replicas_of(&cluster, "legacy", "catalog").await, before[0], "catalog was not rolled");
+
+    // shop would roll: left exactly as it was until the rollout is allowed.
+    let app = app_condition(&apps, "shop", "Ready", "False", "AdoptionNeedsRollout").await;
+    let message = app.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap().message;
+    assert!(message.contains("securityContext") && message.contains("allowRollout"), "{message}");
+    let untouched = deployments.get("shop").await.unwrap();
+    assert_eq!(untouched.metadata.resource_version, shop_before.metadata.resource_version);
+    assert_eq!(replicas_of(&cluster, "legacy", "shop").await, before[1]);
+
+    apps.patch("shop", &PatchParams::default(), &Patch::Merge(json!({"spec": {"adopt": {"allowRollout": true}}})))
+        .await
+        .unwrap();
+    app_condition(&apps, "shop", "Ready", "True", "Available").await;
+    let adopted = deployments.get("shop").await.unwrap();
+    let spec = adopted.spec.unwrap();
+    assert_eq!(serde_json::to_value(&spec.selector.match_labels).unwrap(), labels, "the selector is kept");
+    let template_labels = spec.template.metadata.unwrap().labels.unwrap();
+    assert_eq!(template_labels.get("app").map(String::as_str), Some("shop"));
+    assert_eq!(template_labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("berth"));
+    let (sets, pods) = replicas_of(&cluster, "legacy", "shop").await;
+    let (old_sets, old_pods) = &before[1];
+    let [(old_name, old_uid, _)] = old_sets.as_slice() else { panic!("{old_sets:?}") };
+    assert!(
+        sets.iter().any(|(n, u, r)| n == old_name && u == old_uid && *r == 0),
+        "the old ReplicaSet scaled down: {sets:?}"
+    );
+    assert!(sets.iter().any(|(n, _, r)| n != old_name && *r == 1), "a new ReplicaSet runs Berth's template: {sets:?}");
+    assert!(pods.iter().all(|p| !old_pods.contains(p)), "the pods were replaced");
+    cluster.assert_clean().await;
 }

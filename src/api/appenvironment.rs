@@ -176,6 +176,12 @@ pub struct AppEnvironmentSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
 
+    /// Take over a Deployment of the same name that Berth did not create (`berth import
+    /// cluster --adopt` writes this). Without it, such a Deployment is left alone and the
+    /// AppEnvironment reports `AdoptionConflict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt: Option<Adopt>,
+
     /// Volumes mounted into the application container (and into the workers and cron jobs
     /// that list them): persistent claims of the app, ConfigMap and Secret files, and
     /// emptyDirs. Names are unique.
@@ -427,6 +433,23 @@ pub struct Migration {
     /// CPU and memory (the app's `resources` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+}
+
+/// How an existing Deployment is taken over.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Adopt {
+    /// The adopted Deployment's selector, kept because a selector is immutable. Berth adds
+    /// these labels to its pods and selects with them in the Service, disruption budget and
+    /// topology spread. Empty: Berth's own selector.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    /// Let the takeover roll the pods when Berth's pod template differs from the live one
+    /// (Berth's restricted securityContext, probes, labels). Without it, such a Deployment is
+    /// left as it is and the AppEnvironment reports `AdoptionNeedsRollout` with the
+    /// differences; an equal template is taken over with no rollout.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_rollout: bool,
 }
 
 /// Environment tier.

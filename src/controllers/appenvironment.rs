@@ -25,6 +25,7 @@ use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, 
 use crate::api::appenvironment::{AppEnvironment, AppEnvironmentStatus, MigrationStatus};
 use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::api::databaseinstance::DatabaseInstance;
+use crate::resources::appenvironment::adopt::{self, Takeover};
 use crate::resources::appenvironment::status::{Observed, blocking_hash, health, is_blocked, slim_pod};
 use crate::resources::appenvironment::volumes::{
     self, CLAIM_COMPONENT, DELETION_POLICY_ANNOTATION, SizeChange, VOLUMES_FINALIZER,
@@ -273,6 +274,11 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
         update_status(app, ctx, &conditions, None, Computed::default()).await?;
         return Err(Error::DependencyMissing(missing.into()));
     }
+    if let Some(conditions) = takeover_refusal(app, ctx, &children.deployment).await? {
+        update_status(app, ctx, &conditions, Some(&valid), Computed::default()).await?;
+        // Berth does not watch Deployments it does not own: look again at the next resync.
+        return Ok(Action::requeue(ctx.shared.resync));
+    }
     sync_finalizer(app, ctx).await?;
     let applied = match apply_children(app, ctx, &children).await {
         Ok(applied) => applied,
@@ -317,6 +323,39 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
     let status = Computed { ready_replicas: app_health.ready_replicas, image, migration: applied.migration.1 };
     update_status(app, ctx, &app_health.conditions, Some(&valid), status).await?;
     Ok(Action::requeue(ctx.shared.resync))
+}
+
+/// Why the app's Deployment is not applied: a Deployment of that name that this app does not
+/// own (one applied from `berth render` carries Berth's labels, but no owner), and that
+/// `spec.adopt` does not (or cannot) take over as it is. Berth's cache holds only Deployments
+/// with its labels, so a miss there is looked up.
+async fn takeover_refusal(
+    app: &AppEnvironment,
+    ctx: &Ctx,
+    desired: &Deployment,
+) -> Result<Option<[DesiredCondition; 3]>, Error> {
+    let (name, ns) = (app.name_any(), app.namespace().unwrap_or_default());
+    let cached = ctx.stores.deployments.get(&ObjectRef::new(&name).within(&ns));
+    let fetched = match cached {
+        Some(_) => None,
+        None => Api::<Deployment>::namespaced(ctx.shared.client.clone(), &ns).get_opt(&name).await?,
+    };
+    let (reason, message) = match adopt::decide(app, desired, cached.as_deref().or(fetched.as_ref())) {
+        Takeover::Proceed => return Ok(None),
+        Takeover::Conflict(message) => ("AdoptionConflict", message),
+        Takeover::NeedsRollout(differences) => (
+            "AdoptionNeedsRollout",
+            format!(
+                "taking over Deployment {name} would roll its pods, because Berth's pod template differs: {}; set spec.adopt.allowRollout: true to roll them onto Berth's template",
+                differences.join("; ")
+            ),
+        ),
+    };
+    Ok(Some([
+        DesiredCondition::new(READY, false, reason, message.clone()),
+        DesiredCondition::new(PROGRESSING, false, reason, "the Deployment is left as it is"),
+        DesiredCondition::new(DEGRADED, false, reason, message),
+    ]))
 }
 
 /// A watch cache of the AppEnvironments' pods (selected like the children, by Berth's labels)

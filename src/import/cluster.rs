@@ -12,7 +12,11 @@ use kube::ResourceExt;
 use serde_json::{Map, Value, json};
 
 use super::report::Report;
-use crate::api::appenvironment::Tier;
+use crate::api::appenvironment::{AppEnvironment, Tier};
+use crate::resources::appenvironment::{
+    self,
+    adopt::{self, Takeover},
+};
 
 /// What a namespace holds.
 #[derive(Clone, Debug, Default)]
@@ -31,11 +35,14 @@ fn selects(
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// One AppEnvironment per Deployment Berth does not manage already.
-pub fn map(live: &Live, namespace: &str, tier: Tier, report: &mut Report) -> Vec<Value> {
+/// One AppEnvironment per Deployment no AppEnvironment controls already. With `adopt`, each takes
+/// its Deployment over (keeping the selector), and the report says whether that rolls the pods.
+pub fn map(live: &Live, namespace: &str, tier: Tier, adopt: bool, report: &mut Report) -> Vec<Value> {
     let mut out = Vec::new();
     for d in &live.deployments {
-        if d.labels().get("app.kubernetes.io/managed-by").map(String::as_str) == Some("berth") {
+        // The operator's own (a Deployment applied from `berth render` has Berth's labels but no
+        // owner, and is imported like any other).
+        if d.owner_references().iter().any(|o| o.kind == "AppEnvironment" && o.controller == Some(true)) {
             continue;
         }
         let name = d.name_any();
@@ -239,15 +246,63 @@ pub fn map(live: &Live, namespace: &str, tier: Tier, report: &mut Report) -> Vec
         for v in pod.volumes.iter().flatten() {
             report.unmapped(&svc, format!("volumes.{}", v.name), "volumes are not imported: declare them in spec.volumes (a claim of the app is named <app>-<volume>; an existing PVC keeps its data only under that name)");
         }
-        report.changed(&svc, "spec.selector", "Berth's Deployment selects app.kubernetes.io/name, instance and component; a Deployment's selector cannot change, so the imported app creates a new Deployment next to the old one: delete the old one once the new one is Ready");
-        out.push(json!({
+        let selector = &dspec.selector;
+        if adopt && selector.match_expressions.as_ref().is_none_or(Vec::is_empty) {
+            spec.insert("adopt".into(), json!({"selector": selector.match_labels.clone().unwrap_or_default()}));
+        } else if adopt {
+            report.unmapped(&svc, "spec.selector.matchExpressions", "Berth keeps an adopted selector's matchLabels only: this Deployment cannot be adopted; delete it once Berth's is Ready");
+        } else {
+            report.changed(&svc, "spec.selector", "Berth's Deployment has this name and selects app.kubernetes.io/name, instance and component; a selector cannot change, so the operator leaves this Deployment alone (AdoptionConflict) until you delete it, or import with --adopt to take it over");
+        }
+        let app = json!({
             "apiVersion": "berth.dev/v1alpha1",
             "kind": "AppEnvironment",
             "metadata": {"name": name, "namespace": namespace},
             "spec": spec,
-        }));
+        });
+        if spec.contains_key("adopt") {
+            adoption_report(&app, d, &svc, report);
+        }
+        out.push(app);
     }
     out
+}
+
+/// What taking `live` over with `app` does to its pods: nothing when Berth's template equals
+/// the live one, else a rollout whose every difference is listed (Berth's defaults are never
+/// weakened to avoid one).
+fn adoption_report(app: &Value, live: &Deployment, svc: &str, report: &mut Report) {
+    let built = serde_json::from_value::<AppEnvironment>(app.clone()).map_err(|e| e.to_string()).and_then(|a| {
+        appenvironment::validate(&a)
+            .map(|v| (a, v))
+            .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+    });
+    let (app, valid) = match built {
+        Ok(built) => built,
+        Err(e) => {
+            return report.unmapped(
+                svc,
+                "spec.adopt",
+                format!("the imported spec does not validate, so the takeover cannot be judged: {e}"),
+            );
+        }
+    };
+    let desired = appenvironment::build(&valid, &appenvironment::link(&app, &[])).deployment;
+    match adopt::decide(&app, &desired, Some(live)) {
+        Takeover::Proceed => report.note(
+            svc,
+            "spec.adopt",
+            "Berth's pod template equals the live one: the operator takes the Deployment over with no rollout",
+        ),
+        Takeover::Conflict(why) => report.unmapped(svc, "spec.adopt", why),
+        Takeover::NeedsRollout(differences) => {
+            for d in &differences {
+                let (path, what) = d.split_once(": ").unwrap_or((d, ""));
+                report.changed(svc, format!("adopt {path}"), what.to_string());
+            }
+            report.changed(svc, "spec.adopt.allowRollout", format!("taking the Deployment over rolls its pods ({} differences above): review them, then set spec.adopt.allowRollout: true; until then the operator leaves it as it is (AdoptionNeedsRollout)", differences.len()));
+        }
+    }
 }
 
 fn to<T: serde::Serialize>(v: &T) -> Value {

@@ -44,6 +44,11 @@ pub struct ClusterArgs {
     /// Tier of every AppEnvironment.
     #[arg(long, default_value = "development", value_parser = parse_tier)]
     pub tier: Tier,
+    /// Take the Deployments over instead of replacing them: keep each selector (`spec.adopt`)
+    /// and report how Berth's pod template differs from the live one (a difference means the
+    /// takeover rolls the pods, which the spec must then allow).
+    #[arg(long)]
+    pub adopt: bool,
 }
 
 /// Lists what `berth import cluster` reads.
@@ -70,7 +75,7 @@ fn import_cluster(args: ClusterArgs) -> ExitCode {
         }
     };
     let mut report = Report::default();
-    let apps = cluster::map(&live, &args.namespace, args.tier, &mut report);
+    let apps = cluster::map(&live, &args.namespace, args.tier, args.adopt, &mut report);
     let refs: Vec<&Value> = apps.iter().collect();
     let markdown = report.markdown(&[format!("namespace {}", args.namespace)], &objects(&refs));
     write_out(args.output.as_deref(), &Resources { berth: apps, ..Resources::default() }, &markdown)

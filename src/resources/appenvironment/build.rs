@@ -25,7 +25,7 @@ use kube::ResourceExt;
 
 use super::databases::{self, DatabaseLinks};
 use super::validate::{ResolvedBudget, ValidApp};
-use super::{volumes, workloads};
+use super::{adopt, volumes, workloads};
 use crate::api::appenvironment::{AppEnvironment, Probes, PullPolicy, ServiceType};
 use crate::resources::certificate::{Certificate, CertificateIssuerRef, CertificateSpec};
 use crate::resources::meta::{self, typed};
@@ -123,10 +123,7 @@ pub(super) fn labels(valid: &ValidApp) -> BTreeMap<String, String> {
 }
 
 fn selector(valid: &ValidApp) -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(meta::selector_labels(&app(valid).name_any(), COMPONENT)),
-        ..LabelSelector::default()
-    }
+    LabelSelector { match_labels: Some(adopt::selector_labels(app(valid))), ..LabelSelector::default() }
 }
 
 pub(super) fn child_meta(valid: &ValidApp, annotations: BTreeMap<String, String>) -> ObjectMeta {
@@ -172,7 +169,7 @@ fn service(valid: &ValidApp) -> Service {
                 }
                 .into(),
             ),
-            selector: Some(meta::selector_labels(&app(valid).name_any(), COMPONENT)),
+            selector: Some(adopt::selector_labels(app(valid))),
             ports: Some(ports),
             ..ServiceSpec::default()
         }),
@@ -337,7 +334,12 @@ fn deployment(valid: &ValidApp, links: &DatabaseLinks) -> Deployment {
         ports: true,
         volumes: None,
     };
-    let mut template = pod_template(valid, links, pod_labels(valid, links, COMPONENT), shape);
+    let mut labels = pod_labels(valid, links, COMPONENT);
+    // An adopted Deployment's pods must still match its immutable selector.
+    if app(valid).spec.adopt.is_some() {
+        labels.extend(adopt::selector_labels(app(valid)));
+    }
+    let mut template = pod_template(valid, links, labels, shape);
     if let Some(pod) = template.spec.as_mut() {
         pod.topology_spread_constraints = valid.topology_spread.then(|| {
             ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]

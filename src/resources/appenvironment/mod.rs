@@ -2,6 +2,7 @@
 //! app's own in `build`, claims in `volumes`, workers, cron jobs and the migration in
 //! `workloads`).
 
+pub mod adopt;
 pub mod build;
 pub mod databases;
 pub mod security;

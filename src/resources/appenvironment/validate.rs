@@ -119,6 +119,7 @@ pub fn validate(app: &AppEnvironment) -> Result<ValidApp, Vec<FieldError>> {
         SecurityContext::default()
     });
     check_databases(&spec.databases, &mut errors);
+    super::adopt::check(app, &mut errors);
     let tier = spec.tier;
 
     let autoscaling = spec.autoscaling.as_ref().map(|a| {
