@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod databases;
+pub mod history;
 pub mod security;
 pub mod status;
 pub mod validate;
