@@ -176,7 +176,7 @@ mod tests {
     #[test]
     fn only_the_image_and_the_chosen_fields_move() {
         let staging = spec(json!({
-            "tier": "staging", "image": "web:2", "replicas": 1,
+            "tier": "staging", "image": "web:2", "replicas": 1, "args": ["--debug"],
             "env": [{"name": "FEATURE", "value": "on"}], "envFrom": [{"configMapRef": {"name": "web-env"}}],
             "volumes": [{"name": "config", "mountPath": "/etc/web", "configMap": {"name": "web-config-v2"}},
                         {"name": "scratch", "mountPath": "/tmp", "emptyDir": {}}]
