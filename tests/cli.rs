@@ -441,3 +441,251 @@ async fn status_backup_and_restore_through_kubectl_match_the_golden_session() {
 async fn restore_count(client: &kube::Client) -> usize {
     Api::<berth::api::Restore>::namespaced(client.clone(), NS).list(&ListParams::default()).await.unwrap().items.len()
 }
+
+/// The whole spec of `name` in `ns`.
+async fn spec_of(client: &kube::Client, ns: &str, name: &str) -> Value {
+    let app = Api::<berth::api::AppEnvironment>::namespaced(client.clone(), ns).get(name).await.unwrap();
+    serde_json::to_value(app.spec).unwrap()
+}
+
+/// The app container and the pod volumes of the Deployment `ns/name`.
+async fn template_of(client: &kube::Client, ns: &str, name: &str) -> (Value, Value) {
+    let d = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns).get(name).await.unwrap();
+    let pod = serde_json::to_value(d.spec.unwrap().template.spec.unwrap()).unwrap();
+    (pod["containers"][0].clone(), pod["volumes"].clone())
+}
+
+/// `ns/name` Ready at its current generation, and its status.history with every revision up
+/// to `revisions` recorded.
+async fn ready_with_history(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    revisions: usize,
+) -> (berth::api::AppEnvironment, Vec<berth::api::appenvironment::Revision>) {
+    let apps: Api<berth::api::AppEnvironment> = Api::namespaced(client.clone(), ns);
+    eventually(&format!("{ns}/{name} Ready with {revisions} revisions"), WAIT, || async {
+        let app = apps.get(name).await.ok()?;
+        let status = app.status.clone()?;
+        let current = status.observed_generation == app.metadata.generation;
+        let newest_ready = status.history.last().is_some_and(|r| r.ready_at.is_some());
+        (current && is_ready(&status.conditions) && status.history.len() == revisions && newest_ready)
+            .then_some((app, status.history))
+    })
+    .await
+}
+
+async fn patch_spec(client: &kube::Client, ns: &str, name: &str, spec: Value) {
+    Api::<berth::api::AppEnvironment>::namespaced(client.clone(), ns)
+        .patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"spec": spec})))
+        .await
+        .unwrap();
+}
+
+/// `berth` on a pseudo-terminal (util-linux `script`), `input` typed at it.
+fn berth_on_tty(kubeconfig: &Path, args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let line = format!("{} {} --kubeconfig {}", env!("CARGO_BIN_EXE_berth"), args.join(" "), kubeconfig.display());
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run script (util-linux)");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+}
+
+/// Revision history, the progress deadline, `berth rollback` and `berth promote`: each change
+/// is compared on the whole spec before and after, and followed into the Deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_deadline_rollback_and_promote_change_only_what_they_should() {
+    const BROKEN: &str = "ghcr.io/example/web:broken";
+    let cluster = Cluster::start().await;
+    cluster.install_crds_from_dir(&repo().join("crds")).await;
+    for ns in ["staging", "prod"] {
+        cluster.namespace(ns).await;
+    }
+    // An image whose USER is root: under Berth's runAsNonRoot the kubelet refuses to start it,
+    // so its pods never become Ready.
+    cluster.kubelet().set_image_user(BROKEN, "0");
+    let client = cluster.client();
+    let mut operator = Operator::start(&cluster.operator_kubeconfig(&[]).await, &["--leader-election=false"]);
+    operator.wait_ready(WAIT);
+    let kubeconfig = cluster.kubeconfig_path();
+
+    // Revision 1, then revision 2 with a spec too large for the status (many args).
+    let config = |cm: &str| json!({"name": "config", "mountPath": "/etc/web", "configMap": {"name": cm}});
+    let staging_spec = json!({
+        "tier": "staging", "image": "ghcr.io/example/web:1", "progressDeadlineSeconds": 15,
+        "env": [{"name": "GREETING", "value": "hello"}], "volumes": [config("web-config-v1")]
+    });
+    let _: berth::api::AppEnvironment = create_in(&client, "staging", json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "AppEnvironment", "metadata": {"name": "web"}, "spec": staging_spec
+    }))
+    .await;
+    let (_, history) = ready_with_history(&client, "staging", "web", 1).await;
+    assert!(history[0].spec.is_some() && history[0].spec_ref.is_none(), "a small spec stays in the status");
+    let args: Vec<String> = (0..80).map(|i| format!("--feature-flag-{i}=enabled")).collect();
+    patch_spec(
+        &client,
+        "staging",
+        "web",
+        json!({
+            "image": "ghcr.io/example/web:2", "args": args,
+            "env": [{"name": "GREETING", "value": "hi"}], "volumes": [config("web-config-v2")]
+        }),
+    )
+    .await;
+    let (good, history) = ready_with_history(&client, "staging", "web", 2).await;
+    let good_spec = serde_json::to_value(&good.spec).unwrap();
+    let stored = history[1].spec_ref.clone().expect("a large spec goes to the ConfigMap");
+    let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), "staging")
+        .get(&stored.config_map)
+        .await
+        .unwrap();
+    assert_eq!(cm.metadata.owner_references.unwrap()[0].uid, good.metadata.uid.clone().unwrap());
+    assert!(cm.binary_data.unwrap().contains_key(&stored.key));
+    assert!(history[0].superseded_at.is_some() && history[0].ready_at.is_some());
+
+    // Revision 3 never becomes Ready: past progressDeadlineSeconds, a condition and an Event
+    // name the last good revision and the command; the spec stays as written.
+    patch_spec(&client, "staging", "web", json!({"image": BROKEN})).await;
+    let apps: Api<berth::api::AppEnvironment> = Api::namespaced(client.clone(), "staging");
+    let stalled = eventually("staging/web ProgressDeadlineExceeded", WAIT, || async {
+        let app = apps.get("web").await.ok()?;
+        let c = app.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Progressing")?.clone();
+        (c.status == "False" && c.reason == "ProgressDeadlineExceeded").then_some((app, c))
+    })
+    .await;
+    let (broken, condition) = stalled;
+    let command = "`berth rollback web -n staging --to-revision 2`";
+    assert!(
+        condition
+            .message
+            .contains("revision 3 (generation 3, image ghcr.io/example/web:broken) has not become Ready within 15s"),
+        "{}",
+        condition.message
+    );
+    assert!(
+        condition
+            .message
+            .contains(&format!("the last good revision is 2 (image ghcr.io/example/web:2): roll back with {command}")),
+        "{}",
+        condition.message
+    );
+    let history = broken.status.as_ref().unwrap().history.clone();
+    assert_eq!((history.len(), history[2].ready_at.clone()), (3, None));
+    assert_eq!(broken.spec.image, BROKEN, "no automatic rollback");
+    let events = eventually("the ProgressDeadlineExceeded Event", WAIT, || async {
+        let events = cluster.events(Some("staging"), "ProgressDeadlineExceeded").await;
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert!(events[0].message.as_deref().unwrap_or_default().contains(command), "{events:?}");
+    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+
+    // The rollback: an Argo CD-tracked object gets the warning; the spec becomes revision 2's,
+    // exactly, and the Deployment's template follows.
+    apps.patch(
+        "web",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"argocd.argoproj.io/tracking-id": "shop:berth.dev/AppEnvironment:staging/web"}}})),
+    )
+    .await
+    .unwrap();
+    let mut transcript = String::new();
+    let rollback = berth(kubeconfig, &["rollback", "web", "-n", "staging"]);
+    assert_eq!(rollback.code, 0, "{}", rollback.transcript());
+    assert!(rollback.stderr.contains("managed by Argo CD"), "{}", rollback.stderr);
+    transcript.push_str(&rollback.transcript());
+    let (rolled, history) = ready_with_history(&client, "staging", "web", 4).await;
+    assert_eq!(serde_json::to_value(&rolled.spec).unwrap(), good_spec, "the whole spec is revision 2's");
+    let managers: Vec<_> = rolled.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
+    assert!(managers.contains(&"berth-cli".to_string()), "{managers:?}");
+    assert_eq!(history[3].hash, history[1].hash, "the same templates as revision 2");
+    assert_eq!((history[2].ready_at.clone(), history[2].superseded_at.is_some()), (None, true), "3 never became Ready");
+    let (container, volumes) = template_of(&client, "staging", "web").await;
+    assert_eq!(container["image"], "ghcr.io/example/web:2");
+    assert_eq!(container["args"].as_array().unwrap().len(), 80);
+    assert_eq!(container["env"][0], json!({"name": "GREETING", "value": "hi"}));
+    assert!(volumes.to_string().contains("web-config-v2") && !volumes.to_string().contains("web-config-v1"));
+    let progressing = rolled.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Progressing").unwrap();
+    assert_ne!(progressing.reason, "ProgressDeadlineExceeded", "Ready again clears the deadline");
+
+    for (args, code) in [
+        (&["rollback", "web", "-n", "staging", "--to-revision", "99"][..], 5),
+        (&["rollback", "nope", "-n", "staging"][..], 5),
+        (&["promote", "web", "--from", "staging", "--to", "staging"][..], 8),
+    ] {
+        let run = berth(kubeconfig, args);
+        assert_eq!(run.code, code, "{}", run.transcript());
+        transcript.push_str(&run.transcript());
+    }
+
+    // Promotion: production keeps its tier's defaults and its own fields; the image, env and
+    // config volumes come from staging, and only with a yes.
+    let prod_spec = json!({
+        "tier": "production", "image": "ghcr.io/example/web:1",
+        "env": [{"name": "GREETING", "value": "hello"}],
+        "volumes": [config("web-config-v1"), {"name": "cache", "mountPath": "/cache", "emptyDir": {}}]
+    });
+    let _: berth::api::AppEnvironment = create_in(
+        &client,
+        "prod",
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "AppEnvironment", "metadata": {"name": "web"}, "spec": prod_spec
+        }),
+    )
+    .await;
+    ready_with_history(&client, "prod", "web", 1).await;
+    let before = spec_of(&client, "prod", "web").await;
+    let deployment_before =
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), "prod").get("web").await.unwrap();
+    let promote = ["promote", "web", "--from", "staging", "--to", "prod", "--env", "--config-volumes"];
+    let refused = berth(kubeconfig, &promote);
+    assert_eq!(refused.code, 8, "no terminal and no --yes: {}", refused.transcript());
+    transcript.push_str(&refused.transcript());
+    let declined = berth_on_tty(kubeconfig, &promote, "n\n");
+    assert!(declined.contains("[y/N]") && declined.contains("Not applied"), "{declined}");
+    assert_eq!(spec_of(&client, "prod", "web").await, before, "refused and declined change nothing");
+
+    let mut yes = promote.to_vec();
+    yes.push("--yes");
+    let applied = berth(kubeconfig, &yes);
+    assert_eq!(applied.code, 0, "{}", applied.transcript());
+    transcript.push_str(&applied.transcript());
+    let mut expected = before.clone();
+    expected["image"] = json!("ghcr.io/example/web:2");
+    expected["env"] = json!([{"name": "GREETING", "value": "hi"}]);
+    expected["volumes"] = json!([config("web-config-v2"), {"name": "cache", "mountPath": "/cache", "emptyDir": {}}]);
+    assert_eq!(spec_of(&client, "prod", "web").await, expected, "image, env and config volumes only");
+    let (promoted, history) = ready_with_history(&client, "prod", "web", 2).await;
+    assert_eq!(promoted.spec.tier, berth::api::appenvironment::Tier::Production);
+    assert_eq!(history[1].image, "ghcr.io/example/web:2");
+    let (container, volumes) = template_of(&client, "prod", "web").await;
+    assert_eq!(container["image"], "ghcr.io/example/web:2");
+    assert_eq!(container["env"][0], json!({"name": "GREETING", "value": "hi"}));
+    assert!(container.get("args").is_none(), "staging's args are not promoted");
+    assert!(volumes.to_string().contains("web-config-v2") && volumes.to_string().contains("\"cache\""));
+    let deployment_after =
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), "prod").get("web").await.unwrap();
+    let (b, a) = (deployment_before.spec.unwrap(), deployment_after.spec.unwrap());
+    assert_eq!((a.replicas, a.strategy), (b.replicas, b.strategy), "production's replicas and rollout stay");
+    golden("day2.txt", &transcript);
+
+    cluster.assert_clean().await;
+    assert_eq!(operator.terminate().code(), Some(0));
+}
+
+async fn create_in<K>(client: &kube::Client, ns: &str, value: Value) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap()
+}

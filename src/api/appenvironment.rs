@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, Probe, ResourceRequirements, SecurityContext, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 
@@ -211,6 +211,19 @@ pub struct AppEnvironmentSpec {
     /// Stop all writes to this environment's children (for maintenance or an incident).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+
+    /// How many revisions `status.history` keeps for `berth rollback` (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 50))]
+    pub revision_history_limit: Option<i32>,
+
+    /// Seconds a new revision has to become Ready (default 600; also the Deployment's
+    /// `progressDeadlineSeconds`). Past it the app reports `Progressing=False`, reason
+    /// `ProgressDeadlineExceeded`, and an Event naming the last good revision and the
+    /// `berth rollback` command. Berth never rolls back by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub progress_deadline_seconds: Option<i32>,
 }
 
 /// A volume of the app: exactly one of `claim`, `configMap`, `secret` and `emptyDir`.
@@ -815,6 +828,48 @@ pub struct AppEnvironmentStatus {
     /// The migration of the latest image (`spec.migration`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationStatus>,
+    /// The last `spec.revisionHistoryLimit` revisions, oldest first: a revision is recorded
+    /// each time the effective pod templates change. `berth rollback` re-applies one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Revision>,
+}
+
+/// One revision of an AppEnvironment: a distinct effective pod template and configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Revision {
+    /// Sequence number, counting up from 1 (`berth rollback --to-revision`).
+    pub revision: i64,
+    /// The `metadata.generation` it was first seen at.
+    pub generation: i64,
+    /// `spec.image` of the revision.
+    pub image: String,
+    /// Hash of the effective pod templates of the app, its workers, cron jobs and migration.
+    pub hash: String,
+    /// When the operator first applied it.
+    pub created_at: Time,
+    /// When it first became Ready; absent while it has not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<Time>,
+    /// When a newer revision replaced it (without `readyAt`: it never became Ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_at: Option<Time>,
+    /// The revision's spec as compact JSON, when small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
+    /// Where the spec is kept instead, zstd-compressed, when too large for the status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_ref: Option<RevisionSpecRef>,
+}
+
+/// A key of the app's history ConfigMap (owned by the AppEnvironment).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionSpecRef {
+    /// Name of the ConfigMap, `<app>-history`.
+    pub config_map: String,
+    /// Key in its `binaryData`.
+    pub key: String,
 }
 
 /// State of the migration Job of one image.

@@ -1,4 +1,5 @@
-//! `berth` for people: `status`, `backup create/describe/logs` and `restore create`, in the
+//! `berth` for people: `status`, `backup create/describe/logs`, `restore create`, `rollback`
+//! and `promote`, in the
 //! operator's binary. Installed as `kubectl-berth` (a symlink or copy on `PATH`) it is also the
 //! kubectl plugin `kubectl berth ...`.
 //!
@@ -8,8 +9,11 @@
 
 pub mod backup;
 pub mod error;
+pub mod promote;
 pub mod render;
 pub mod restore;
+pub mod rollback;
+pub mod spec_change;
 pub mod status;
 
 use std::path::PathBuf;
@@ -37,6 +41,10 @@ pub enum Command {
     /// Restore a Backup (or a policy's newest), in place or into other namespaces.
     #[command(subcommand)]
     Restore(restore::RestoreCommand),
+    /// Re-apply a revision of an AppEnvironment recorded in status.history, as a normal change.
+    Rollback(rollback::RollbackArgs),
+    /// Copy an AppEnvironment's image (and chosen fields) from one namespace to another.
+    Promote(promote::PromoteArgs),
 }
 
 /// Whether the process was started as `kubectl-berth` (kubectl's plugin name).
@@ -111,6 +119,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args).await,
         Command::Backup(cmd) => backup::run(cmd).await,
         Command::Restore(cmd) => restore::run(cmd).await,
+        Command::Rollback(args) => rollback::run(args).await,
+        Command::Promote(args) => promote::run(args).await,
     };
     Ok(match result {
         Ok(kind) => kind.code(),

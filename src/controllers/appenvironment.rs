@@ -7,11 +7,11 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
@@ -20,9 +20,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::apply::{Applier, WriteKey, WriteLog};
+use super::apply::{Applier, WriteKey, WriteLog, up_to_date, with_hash};
 use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, slim, synced_store, when_synced};
-use crate::api::appenvironment::{AppEnvironment, AppEnvironmentStatus, MigrationStatus};
+use crate::api::appenvironment::{AppEnvironment, AppEnvironmentStatus, MigrationStatus, Revision};
 use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::api::databaseinstance::DatabaseInstance;
 use crate::resources::appenvironment::adopt::{self, Takeover};
@@ -33,9 +33,9 @@ use crate::resources::appenvironment::volumes::{
 use crate::resources::appenvironment::workloads::{
     self, CRON_JOB_COMPONENT, MIGRATION_COMPONENT, MigrationState, WORKER_COMPONENT,
 };
-use crate::resources::appenvironment::{AppChildren, ValidApp, build, link, url, validate};
+use crate::resources::appenvironment::{AppChildren, ValidApp, build, history, link, url, validate};
 use crate::resources::certificate::Certificate;
-use crate::resources::meta::owner_label_key;
+use crate::resources::meta::{owner_label_key, typed};
 
 /// Name of this controller in metrics, logs and field managers.
 pub const NAME: &str = "appenvironment";
@@ -320,9 +320,24 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
             deployment.as_ref().and_then(|d| d.spec.as_ref()?.template.spec.as_ref()?.containers.first()?.image.clone())
         }
     };
-    let status = Computed { ready_replicas: app_health.ready_replicas, image, migration: applied.migration.1 };
-    update_status(app, ctx, &app_health.conditions, Some(&valid), status).await?;
-    Ok(Action::requeue(ctx.shared.resync))
+    let revision = history::Observation {
+        generation: app.meta().generation.unwrap_or_default(),
+        hash: history::template_hash(&children),
+        spec: app.spec.clone(),
+        // Ready counts only when the cached Deployment is the one applied for this spec: right
+        // after a change the cache can still show the previous, fully rolled-out one.
+        ready: app_health.conditions.iter().any(|c| c.type_ == READY && c.status)
+            && deployment.as_deref().is_some_and(|d| up_to_date(&with_hash(typed(&children.deployment)), Some(d))),
+    };
+    let status = Computed {
+        ready_replicas: app_health.ready_replicas,
+        image,
+        migration: applied.migration.1,
+        revision: Some(revision),
+    };
+    let deadline = update_status(app, ctx, &app_health.conditions, Some(&valid), status).await?;
+    // Woken at the progress deadline, when it comes before the next resync.
+    Ok(Action::requeue(deadline.map_or(ctx.shared.resync, |left| left.min(ctx.shared.resync))))
 }
 
 /// Why the app's Deployment is not applied: a Deployment of that name that this app does not
@@ -688,18 +703,21 @@ struct Computed {
     /// The image the Deployment runs or moves to.
     image: Option<String>,
     migration: Option<MigrationStatus>,
+    /// The current spec's revision, recorded in `status.history`.
+    revision: Option<history::Observation>,
 }
 
 /// Writes the status when it differs from the current one (conditions compared without
-/// regard to order), and records an Event when readiness changes.
+/// regard to order), and records an Event when readiness changes. Returns how long until the
+/// newest revision's progress deadline, while it is not Ready.
 async fn update_status(
     app: &AppEnvironment,
     ctx: &Ctx,
     desired: &[DesiredCondition],
     valid: Option<&ValidApp>,
     computed: Computed,
-) -> Result<(), Error> {
-    let Computed { ready_replicas, image, migration } = computed;
+) -> Result<Option<std::time::Duration>, Error> {
+    let Computed { ready_replicas, image, migration, revision } = computed;
     let ns = app.namespace().unwrap_or_default();
     let key = WriteKey::status::<AppEnvironment>(&ns, &app.name_any());
     // Under load the cached AppEnvironment can predate this process's own last status write
@@ -712,22 +730,42 @@ async fn update_status(
     };
     let now = Time(jiff::Timestamp::now());
     let generation = app.meta().generation;
+    let history = match revision {
+        Some(seen) => record_revision(app, ctx, &current.history, &seen, &now).await?,
+        None => current.history.clone(),
+    };
+    let mut desired = desired.to_vec();
+    let mut deadline_left = None;
+    if valid.is_some() {
+        let seconds = app.spec.progress_deadline_seconds.unwrap_or(history::DEFAULT_PROGRESS_DEADLINE_SECONDS);
+        match history::deadline(&history, seconds, &now) {
+            history::Deadline::Met => {}
+            history::Deadline::Pending(left) => deadline_left = Some(left),
+            history::Deadline::Exceeded { stalled, last_good } => {
+                let message = history::deadline_message(app, stalled, last_good, seconds);
+                desired.retain(|c| c.type_ != PROGRESSING);
+                desired.push(DesiredCondition::new(PROGRESSING, false, history::PROGRESS_DEADLINE_EXCEEDED, message));
+            }
+        }
+    }
     let new_status = AppEnvironmentStatus {
         observed_generation: generation,
-        conditions: conditions::merge(&current.conditions, desired, generation, &now),
+        conditions: conditions::merge(&current.conditions, &desired, generation, &now),
         ready_replicas: ready_replicas.or(current.ready_replicas.filter(|_| valid.is_none())),
         url: valid.and_then(url).or(if valid.is_none() { current.url.clone() } else { None }),
         image: image.or(current.image.clone()),
         migration: if valid.is_some() { migration } else { current.migration.clone() },
+        history,
     };
     let unchanged = new_status.observed_generation == current.observed_generation
         && conditions::same_set(&new_status.conditions, &current.conditions)
         && new_status.ready_replicas == current.ready_replicas
         && new_status.url == current.url
         && new_status.image == current.image
-        && new_status.migration == current.migration;
+        && new_status.migration == current.migration
+        && new_status.history == current.history;
     if unchanged {
-        return Ok(());
+        return Ok(deadline_left);
     }
     let patch = serde_json::json!({
         "apiVersion": AppEnvironment::api_version(&()),
@@ -741,15 +779,56 @@ async fn update_status(
         ctx.status_writes.record(key, new_status.clone(), &rv);
     }
     publish_transition(app, ctx, &current.conditions, &new_status).await;
-    Ok(())
+    publish_deadline(app, ctx, &current.conditions, &new_status).await;
+    Ok(deadline_left)
 }
 
-async fn publish_transition(
+/// `history` with `seen` recorded; a new revision whose spec is too large for the status is
+/// first written to the history ConfigMap (read, then applied with the keys still in use).
+async fn record_revision(
     app: &AppEnvironment,
     ctx: &Ctx,
-    before: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    after: &AppEnvironmentStatus,
-) {
+    history: &[Revision],
+    seen: &history::Observation,
+    now: &Time,
+) -> Result<Vec<Revision>, Error> {
+    let limit = app.spec.revision_history_limit.unwrap_or(history::DEFAULT_LIMIT);
+    let recorded = history::record(&app.name_any(), history, seen, limit, now);
+    let dropped_stored = history
+        .iter()
+        .filter(|r| r.spec_ref.is_some())
+        .any(|r| !recorded.history.iter().any(|kept| kept.revision == r.revision));
+    if recorded.stored.is_some() || dropped_stored {
+        let ns = app.namespace().unwrap_or_default();
+        let api: Api<ConfigMap> = Api::namespaced(ctx.shared.client.clone(), &ns);
+        let name = history::config_map_name(&app.name_any());
+        let existing = api.get_opt(&name).await?.and_then(|c| c.binary_data).unwrap_or_default();
+        let config_map = history::config_map(app, &recorded.history, existing, recorded.stored);
+        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&typed(&config_map))).await?;
+    }
+    Ok(recorded.history)
+}
+
+/// A Warning Event when the newest revision passes its progress deadline without being Ready.
+async fn publish_deadline(app: &AppEnvironment, ctx: &Ctx, before: &[Condition], after: &AppEnvironmentStatus) {
+    let exceeded = |c: &Condition| c.type_ == PROGRESSING && c.reason == history::PROGRESS_DEADLINE_EXCEEDED;
+    let Some(now) = after.conditions.iter().find(|c| exceeded(c)) else { return };
+    if before.iter().any(exceeded) {
+        return;
+    }
+    let event = Event {
+        type_: EventType::Warning,
+        reason: history::PROGRESS_DEADLINE_EXCEEDED.into(),
+        note: Some(now.message.chars().take(1024).collect()),
+        action: "Rollout".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.shared.recorder.publish(&event, &app.object_ref(&())).await {
+        warn!(appenvironment = %key(app), error = %e, "could not record an event");
+    }
+}
+
+async fn publish_transition(app: &AppEnvironment, ctx: &Ctx, before: &[Condition], after: &AppEnvironmentStatus) {
     let Some(ready) = after.conditions.iter().find(|c| c.type_ == READY) else { return };
     let was = before.iter().find(|c| c.type_ == READY);
     if was.is_some_and(|w| w.status == ready.status && w.reason == ready.reason) {

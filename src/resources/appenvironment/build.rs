@@ -373,6 +373,8 @@ fn deployment(valid: &ValidApp, links: &DatabaseLinks) -> Deployment {
             replicas: valid.replicas,
             selector: selector(valid),
             revision_history_limit: Some(5),
+            // Kubernetes' default (600) when unset, which is also Berth's.
+            progress_deadline_seconds: app(valid).spec.progress_deadline_seconds,
             strategy: Some(strategy),
             template,
             ..DeploymentSpec::default()

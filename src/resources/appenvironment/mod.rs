@@ -5,6 +5,7 @@
 pub mod adopt;
 pub mod build;
 pub mod databases;
+pub mod history;
 pub mod security;
 pub mod status;
 pub mod validate;
