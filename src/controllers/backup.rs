@@ -1,4 +1,6 @@
-//! The Backup controller: one backup run, driven by its status.
+//! The Backup controller: one backup run, driven by its status. It observes (the object, its
+//! agent Jobs, the repository), asks the planner ([`crate::resources::backup::plan`]) for the
+//! next step, executes it with a deadline and records the outcome in the status.
 //!
 //! New -> open (or create) the policy's repository and decide the items -> InProgress: one
 //! agent Job per database and volume (children of the Backup) -> when every Job has ended,
@@ -26,13 +28,17 @@ use tracing::{info, warn};
 
 use super::repository::{self, RepositoryError};
 use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, synced_store, when_synced};
-use crate::api::backup::{Backup, BackupItem, BackupStatus};
+use crate::api::backup::{Backup, BackupStatus};
 use crate::api::backuppolicy::BackupPolicy;
 use crate::api::conditions;
 use crate::api::databaseinstance::Engine;
 use crate::api::{AppEnvironment, DatabaseInstance};
 use crate::backup::Repository;
 use crate::backup::resources::{SnapshotRef, store_objects};
+use crate::resources::backup::plan::{
+    self, Deletion, DeletionStep, Failure, ItemStep, JOB_BACKOFF_LIMIT, JOB_DEADLINE_SECONDS, JOBS_RECHECK, JobState,
+    Observed, PolicyFact, SnapshotFact, Step,
+};
 use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, job_outcome, jobs, snapshot_tags};
 use crate::resources::backuppolicy::{ValidPolicy, validate as validate_policy};
 use crate::resources::meta::owner_label_key;
@@ -48,45 +54,21 @@ const BACKUP_UID_LABEL: &str = "berth.dev/backup-uid";
 pub const SYNCED_LABEL: &str = "berth.dev/synced";
 /// Finalizer that deletes the data of a Backup with `spec.deleteData`.
 pub const DATA_FINALIZER: &str = "berth.dev/backup-data";
-/// Annotation that lets a Backup with `spec.deleteData` go without deleting its data (for
-/// storage that can no longer be reached).
-pub const SKIP_DATA_DELETION: &str = "berth.dev/skip-data-deletion";
+pub use crate::resources::backup::plan::SKIP_DATA_DELETION;
 /// Condition of a Backup being deleted whose data could not be deleted yet.
 pub const DATA_DELETED: &str = "DataDeleted";
 /// Label on PVCs whose files are backed up with their AppEnvironment (value: the app's name).
 pub const VOLUME_APP_LABEL: &str = "berth.dev/appenvironment";
-/// Seconds an agent Job may run, and its retries.
-const JOB_DEADLINE_SECONDS: i64 = 6 * 3600;
-const JOB_BACKOFF_LIMIT: i32 = 2;
-/// Longest a Backup stays InProgress: its Jobs' deadline, then an hour for the export, which
-/// retries errors that may pass (5xx, throttling) until then.
-const BACKUP_DEADLINE: jiff::SignedDuration = jiff::SignedDuration::from_hours(JOB_DEADLINE_SECONDS / 3600 + 1);
+/// How long the export and the manifest of a finished Backup may take in one reconcile; past
+/// it the step is retried (it stores the objects once), and [`plan::BACKUP_DEADLINE`] bounds the
+/// retries.
+const FINISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
-pub mod phase {
-    use crate::api::conditions::{DEGRADED, DesiredCondition, READY};
+/// How long deleting a Backup's data may take in one reconcile; past it the deletion is
+/// blocked like unreachable storage (and retried).
+const DELETE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
-    pub const NEW: &str = "New";
-    pub const IN_PROGRESS: &str = "InProgress";
-    pub const COMPLETED: &str = "Completed";
-    pub const PARTIALLY_FAILED: &str = "PartiallyFailed";
-    pub const FAILED: &str = "Failed";
-    pub const PENDING: &str = "Pending";
-
-    /// Whether a Backup (or item) in `phase` is finished.
-    pub fn is_terminal(phase: Option<&str>) -> bool {
-        matches!(phase, Some(COMPLETED | PARTIALLY_FAILED | FAILED))
-    }
-
-    /// The conditions of a Backup or Restore in `phase`: Ready once Completed, and Degraded once
-    /// Failed or PartiallyFailed, so that people, Argo CD and kstatus (`Stalled`) see the failure.
-    pub fn conditions(phase: &str, reason: &str, message: &str) -> Vec<DesiredCondition> {
-        let mut out = vec![DesiredCondition::new(READY, phase == COMPLETED, reason, message)];
-        if matches!(phase, FAILED | PARTIALLY_FAILED) {
-            out.push(DesiredCondition::new(DEGRADED, true, reason, message));
-        }
-        out
-    }
-}
+pub use crate::resources::backup::phase;
 
 struct Ctx {
     shared: Arc<Context>,
@@ -134,53 +116,48 @@ fn key(b: &Backup) -> String {
     format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any())
 }
 
-/// A terminal failure of the whole Backup.
-struct Failure {
-    reason: &'static str,
-    message: String,
-}
-
-impl From<RepositoryError> for Failure {
-    fn from(e: RepositoryError) -> Self {
-        Failure { reason: e.reason(), message: e.to_string() }
-    }
-}
-
 /// The failure of a repository that cannot be opened, or the error to retry when the cause is
 /// an API error that may pass (a 5xx or 429 reading its Secrets).
 fn open_failure(e: RepositoryError) -> Result<Failure, Error> {
     match e {
         RepositoryError::Kube(e) if super::is_transient(&e) => Err(e.into()),
-        e => Ok(e.into()),
+        e => Ok(repository_failure(e)),
     }
 }
 
+fn repository_failure(e: RepositoryError) -> Failure {
+    Failure { reason: e.reason(), message: e.to_string() }
+}
+
 async fn reconcile_backup(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
-    if backup.meta().deletion_timestamp.is_some() {
-        return delete_data(backup, ctx).await;
-    }
-    if backup.spec.delete_data && !backup.finalizers().iter().any(|f| f == DATA_FINALIZER) {
-        let mut finalizers = backup.finalizers().to_vec();
-        finalizers.push(DATA_FINALIZER.into());
-        set_finalizers(backup, ctx, finalizers).await?;
-        return Ok(Action::await_change());
-    }
-    if backup.labels().get(SYNCED_LABEL).is_some_and(|v| v == "true") {
-        // Found in the bucket: its data was written elsewhere; nothing to run.
-        return Ok(Action::await_change());
-    }
-    if backup.labels().get(POLICY_LABEL) != Some(&backup.spec.policy_name) {
-        // Created by hand: labelled so that its policy sees it (freshness, retention).
-        let api: Api<Backup> = Api::namespaced(ctx.shared.client.clone(), &backup.namespace().unwrap_or_default());
-        let patch = serde_json::json!({"metadata": {"labels": {POLICY_LABEL: backup.spec.policy_name}}});
-        api.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        return Ok(Action::await_change());
-    }
     let status = backup.status.clone().unwrap_or_default();
-    match status.phase.as_deref() {
-        Some(phase::IN_PROGRESS) => progress(backup, ctx, status).await,
-        p if phase::is_terminal(p) => Ok(Action::await_change()),
-        _ => start(backup, ctx).await,
+    let observed = Observed {
+        deleting: backup.meta().deletion_timestamp.is_some(),
+        delete_data: backup.spec.delete_data,
+        has_finalizer: backup.finalizers().iter().any(|f| f == DATA_FINALIZER),
+        synced: backup.labels().get(SYNCED_LABEL).is_some_and(|v| v == "true"),
+        labelled: backup.labels().get(POLICY_LABEL) == Some(&backup.spec.policy_name),
+        status: &status,
+        now: jiff::Timestamp::now(),
+    };
+    match plan::plan(&observed) {
+        Step::Delete => delete_data(backup, ctx).await,
+        Step::AddFinalizer => {
+            let mut finalizers = backup.finalizers().to_vec();
+            finalizers.push(DATA_FINALIZER.into());
+            set_finalizers(backup, ctx, finalizers).await?;
+            Ok(Action::await_change())
+        }
+        Step::LabelWithPolicy => {
+            let api: Api<Backup> = Api::namespaced(ctx.shared.client.clone(), &backup.namespace().unwrap_or_default());
+            let patch = serde_json::json!({"metadata": {"labels": {POLICY_LABEL: backup.spec.policy_name}}});
+            api.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            Ok(Action::await_change())
+        }
+        Step::Idle => Ok(Action::await_change()),
+        Step::Start => start(backup, ctx).await,
+        Step::RunJobs => run_jobs(backup, ctx, status).await,
+        Step::Fail(failure) => fail(backup, ctx, status, failure).await,
     }
 }
 
@@ -223,49 +200,38 @@ async fn start(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
         Err(f) => return fail(backup, ctx, BackupStatus::default(), f).await,
     };
     let ns = backup.namespace().unwrap_or_default();
-    let started = Time(jiff::Timestamp::now());
+    let now = jiff::Timestamp::now();
+    let failed_start = BackupStatus { start_time: Some(Time(now)), ..BackupStatus::default() };
     if let Err(e) = repository::open(&tenant, &ns, &policy.policy.spec.storage, "spec.storage").await {
-        let status = BackupStatus { start_time: Some(started), ..BackupStatus::default() };
-        return fail(backup, ctx, status, open_failure(e)?).await;
+        return fail(backup, ctx, failed_start, open_failure(e)?).await;
     }
-    let items = match items(&tenant, &ns, &policy).await {
-        Ok(items) => items,
+    let (databases, volumes) = match sources(&tenant, &ns, &policy).await {
+        Ok(sources) => sources,
         // The account's Role lacks a read: asking again cannot help, the Backup ends.
         Err(Error::Kube(e)) if refusal(&e).is_some() => {
-            let message = format!(
-                "cannot list the databases and volumes to back up as ServiceAccount {ns}/{account}: {}; grant it list on databaseinstances, appenvironments and persistentvolumeclaims (deploy/tenant/)",
-                refusal(&e).unwrap_or_default()
-            );
-            let status = BackupStatus { start_time: Some(started), ..BackupStatus::default() };
-            return fail(backup, ctx, status, Failure { reason: "Forbidden", message }).await;
+            let failure = plan::listing_refused(&ns, &account, &refusal(&e).unwrap_or_default());
+            return fail(backup, ctx, failed_start, failure).await;
         }
         Err(e) => return Err(e),
     };
-    let status = BackupStatus { start_time: Some(started), items, ..BackupStatus::default() };
+    let status = plan::started(now, &databases, &volumes);
     info!(backup = %key(backup), items = status.items.len(), "backup started");
     write_status(backup, ctx, status, phase::IN_PROGRESS, None).await?;
     Ok(Action::await_change())
 }
 
-/// The items of a new Backup: its objects, and each selected database and volume.
-async fn items(tenant: &kube::Client, ns: &str, policy: &ValidPolicy) -> Result<Vec<BackupItem>, Error> {
-    let mut items = vec![pending("resources")];
+/// The names of the selected databases and volumes of a new Backup.
+async fn sources(tenant: &kube::Client, ns: &str, policy: &ValidPolicy) -> Result<(Vec<String>, Vec<String>), Error> {
     let scope = &policy.policy.spec.scope;
+    let mut databases = Vec::new();
     if scope.databases.unwrap_or(true) {
-        for db in selected::<DatabaseInstance>(tenant, ns, policy).await? {
-            items.push(pending(&format!("database/{}", db.name_any())));
-        }
+        databases = selected::<DatabaseInstance>(tenant, ns, policy).await?.iter().map(|db| db.name_any()).collect();
     }
+    let mut claims = Vec::new();
     if scope.volumes.unwrap_or(false) {
-        for pvc in volumes(tenant, ns, policy).await? {
-            items.push(pending(&format!("volume/{}", pvc.name_any())));
-        }
+        claims = volumes(tenant, ns, policy).await?.iter().map(|pvc| pvc.name_any()).collect();
     }
-    Ok(items)
-}
-
-fn pending(name: &str) -> BackupItem {
-    BackupItem { name: name.into(), phase: phase::PENDING.into(), snapshot: None, bytes: None, error: None }
+    Ok((databases, claims))
 }
 
 /// The objects of kind `K` in `ns` that the policy's selector includes.
@@ -294,147 +260,156 @@ async fn volumes(client: &kube::Client, ns: &str, policy: &ValidPolicy) -> Resul
     Ok(all.into_iter().filter(|c| c.labels().get(VOLUME_APP_LABEL).is_some_and(|a| apps.contains(a))).collect())
 }
 
-/// InProgress: starts missing Jobs, collects finished ones, and finishes the Backup when
-/// every Job has ended.
-async fn progress(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Result<Action, Error> {
-    if let Some(started) = status.start_time.as_ref().map(|t| t.0)
-        && jiff::Timestamp::now().duration_since(started) > BACKUP_DEADLINE
-    {
-        let message = format!(
-            "still not finished {} hours after it started (the agent Jobs' deadline and an hour to export); see the items' errors and the operator's log",
-            BACKUP_DEADLINE.as_hours()
-        );
-        return fail(backup, ctx, status, Failure { reason: "DeadlineExceeded", message }).await;
-    }
+/// InProgress: observes each item's Job, executes what the planner asks for each (start the
+/// missing Jobs, record the failed ones, collect the snapshots of the succeeded ones), and
+/// finishes the Backup once every Job has ended.
+async fn run_jobs(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Result<Action, Error> {
     let (policy, tenant, account) = match policy(ctx, backup).await? {
         Ok(p) => p,
         Err(f) => return fail(backup, ctx, status, f).await,
     };
     let ns = backup.namespace().unwrap_or_default();
     let name = backup.name_any();
+    let observed: BTreeMap<String, JobState> = status
+        .items
+        .iter()
+        .map(|item| {
+            let state = match ctx.jobs.get(&ObjectRef::new(&job_name(&name, &item.name)).within(&ns)) {
+                None => JobState::Missing,
+                Some(job) => match job_outcome(&job) {
+                    None => JobState::Running,
+                    Some(Ok(())) => JobState::Succeeded,
+                    Some(Err(message)) => JobState::Failed(message),
+                },
+            };
+            (item.name.clone(), state)
+        })
+        .collect();
     let mut changed = false;
-    let mut finished_jobs = Vec::new();
-    for item in status.items.iter_mut().filter(|i| i.name != "resources" && i.phase == phase::PENDING) {
-        let job_name = job_name(&name, &item.name);
-        match ctx.jobs.get(&ObjectRef::new(&job_name).within(&ns)) {
-            None => {
-                // A read the account's Role refuses fails the item, not the whole Backup.
-                let refused = |e: &Error| match e {
-                    Error::Kube(e) => {
-                        refusal(e).map(|r| format!("cannot read {} as ServiceAccount {ns}/{account}: {r}", item.name))
-                    }
-                    _ => None,
-                };
-                let task = match task_for(&tenant, &ns, &item.name).await {
-                    Ok(Some(task)) => task,
-                    Ok(None) => {
-                        item.phase = phase::FAILED.into();
-                        item.error = Some(format!("{} no longer exists", item.name));
-                        changed = true;
-                        continue;
-                    }
-                    Err(e) => match refused(&e) {
-                        Some(message) => {
-                            (item.phase, item.error, changed) = (phase::FAILED.into(), Some(message), true);
-                            continue;
-                        }
-                        None => return Err(e),
-                    },
-                };
-                let consumer = match &task {
-                    AgentTask::BackupVolume { pvc } => match volume_consumer(&tenant, &ns, pvc).await {
-                        Ok(consumer) => consumer,
-                        Err(e) => match refused(&e) {
-                            Some(message) => {
-                                (item.phase, item.error, changed) = (phase::FAILED.into(), Some(message), true);
-                                continue;
-                            }
-                            None => return Err(e),
-                        },
-                    },
-                    _ => None,
-                };
-                let owner = backup.controller_owner_ref(&()).expect("a Backup from the API has a uid");
-                let settings = JobSettings {
-                    owner: &owner,
-                    namespace: &ns,
-                    name: &job_name,
-                    image: &ctx.shared.agent_image,
-                    storage: &policy.policy.spec.storage,
-                    tags: snapshot_tags(&name, &item.name),
-                    consumer,
-                    deadline_seconds: JOB_DEADLINE_SECONDS,
-                    backoff_limit: JOB_BACKOFF_LIMIT,
-                    service_account: Some(&account),
-                };
-                let mut job = agent_job(&task, &settings);
-                job.labels_mut().insert(owner_label_key("Backup"), name.clone());
-                // Created as the Backup's account: its Role decides whether it may run Jobs here.
-                let jobs: Api<Job> = Api::namespaced(tenant.clone(), &ns);
-                match jobs.create(&PostParams::default(), &job).await {
-                    Ok(_) => info!(backup = %key(backup), item = %item.name, job = %job_name, "started agent Job"),
-                    Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => match refusal(&e) {
-                        Some(reason) => {
-                            item.phase = phase::FAILED.into();
-                            item.error = Some(format!(
-                                "cannot create the agent Job {job_name} as ServiceAccount {ns}/{account}: {reason}"
-                            ));
-                            changed = true;
-                        }
-                        None => return Err(e.into()),
-                    },
-                }
-            }
-            Some(job) => match job_outcome(&job) {
-                Some(Ok(())) => finished_jobs.push(item.name.clone()),
-                Some(Err(message)) => {
-                    item.phase = phase::FAILED.into();
-                    item.error = Some(job_error(&ctx.shared.client, &ns, &job_name, message).await?);
+    let mut collect = Vec::new();
+    let tenant = Tenant { client: tenant, account };
+    for step in plan::job_steps(&status, &observed) {
+        match step {
+            ItemStep::CreateJob { item } => {
+                if let Some(error) = create_job(backup, ctx, &tenant, &policy, &item).await? {
+                    plan::fail_item(&mut status, &item, error);
                     changed = true;
                 }
-                None => {}
-            },
+            }
+            ItemStep::RecordFailure { item, message } => {
+                let error = job_error(&ctx.shared.client, &ns, &job_name(&name, &item), message).await?;
+                plan::fail_item(&mut status, &item, error);
+                changed = true;
+            }
+            ItemStep::CollectSnapshot { item } => collect.push(item),
         }
     }
-    if !finished_jobs.is_empty() {
-        let repo = match repository::open(&tenant, &ns, &policy.policy.spec.storage, "spec.storage").await {
+    if !collect.is_empty() {
+        let repo = match repository::open(&tenant.client, &ns, &policy.policy.spec.storage, "spec.storage").await {
             Ok(repo) => repo,
             Err(e) => return fail(backup, ctx, status, open_failure(e)?).await,
         };
         let snapshots = match repo.list_snapshots().await {
-            Ok(s) => s,
-            Err(e) => return fail(backup, ctx, status, RepositoryError::from(e).into()).await,
-        };
-        for item in status.items.iter_mut().filter(|i| finished_jobs.contains(&i.name)) {
-            let wanted = snapshot_tags(&name, &item.name);
-            let found = snapshots
+            Ok(list) => list
                 .iter()
-                .filter(|(_, s)| wanted.iter().all(|t| s.tags.contains(t)))
-                .max_by_key(|(_, s)| s.timestamp());
-            match found {
-                Some((id, snap)) => {
-                    item.phase = phase::COMPLETED.into();
-                    item.snapshot = Some(id.to_hex());
-                    item.bytes = Some(snap.summary.bytes_total);
-                }
-                None => {
-                    item.phase = phase::FAILED.into();
-                    item.error = Some("the agent Job succeeded but wrote no snapshot with the Backup's tags".into());
-                }
-            }
-            changed = true;
+                .map(|(id, s)| SnapshotFact {
+                    id: id.to_hex(),
+                    tags: s.tags.clone(),
+                    time: s.timestamp(),
+                    bytes: s.summary.bytes_total,
+                })
+                .collect::<Vec<_>>(),
+            Err(e) => return fail(backup, ctx, status, repository_failure(e.into())).await,
+        };
+        for item in &collect {
+            plan::record_snapshot(&mut status, &name, item, &snapshots);
         }
+        changed = true;
     }
-    let jobs_done = status.items.iter().filter(|i| i.name != "resources").all(|i| i.phase != phase::PENDING);
-    if !jobs_done {
+    if !plan::jobs_done(&status) {
         if changed {
             write_status(backup, ctx, status, phase::IN_PROGRESS, None).await?;
         }
-        // Job status changes wake this controller; the requeue is a safety net.
-        return Ok(Action::requeue(std::time::Duration::from_secs(60)));
+        return Ok(Action::requeue(JOBS_RECHECK));
     }
-    finish(backup, ctx, &tenant, &policy, status).await
+    match tokio::time::timeout(FINISH_TIMEOUT, finish(backup, ctx, &tenant.client, &policy, status)).await {
+        Ok(done) => done,
+        Err(_) => Err(Error::DependencyMissing(format!(
+            "exporting the objects and writing the manifest took longer than {}s; trying again",
+            FINISH_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// The Backup's account and a client that acts as it.
+struct Tenant {
+    client: kube::Client,
+    account: String,
+}
+
+/// Creates the agent Job of `item` as the Backup's account. Returns the item's error when it
+/// cannot run: its source is gone, or the account's Role refuses a read or the Job (which
+/// fails the item, not the whole Backup).
+async fn create_job(
+    backup: &Backup,
+    ctx: &Ctx,
+    tenant: &Tenant,
+    policy: &ValidPolicy,
+    item: &str,
+) -> Result<Option<String>, Error> {
+    let ns = backup.namespace().unwrap_or_default();
+    let name = backup.name_any();
+    let account = &tenant.account;
+    let job_name = job_name(&name, item);
+    let refused = |e: Error| match &e {
+        Error::Kube(k) => match refusal(k) {
+            Some(r) => Ok(Some(format!("cannot read {item} as ServiceAccount {ns}/{account}: {r}"))),
+            None => Err(e),
+        },
+        _ => Err(e),
+    };
+    let task = match task_for(&tenant.client, &ns, item).await {
+        Ok(Some(task)) => task,
+        Ok(None) => return Ok(Some(format!("{item} no longer exists"))),
+        Err(e) => return refused(e),
+    };
+    let consumer = match &task {
+        AgentTask::BackupVolume { pvc } => match volume_consumer(&tenant.client, &ns, pvc).await {
+            Ok(consumer) => consumer,
+            Err(e) => return refused(e),
+        },
+        _ => None,
+    };
+    let owner = backup.controller_owner_ref(&()).expect("a Backup from the API has a uid");
+    let settings = JobSettings {
+        owner: &owner,
+        namespace: &ns,
+        name: &job_name,
+        image: &ctx.shared.agent_image,
+        storage: &policy.policy.spec.storage,
+        tags: snapshot_tags(&name, item),
+        consumer,
+        deadline_seconds: JOB_DEADLINE_SECONDS,
+        backoff_limit: JOB_BACKOFF_LIMIT,
+        service_account: Some(account),
+    };
+    let mut job = agent_job(&task, &settings);
+    job.labels_mut().insert(owner_label_key("Backup"), name.clone());
+    // Created as the Backup's account: its Role decides whether it may run Jobs here.
+    let jobs: Api<Job> = Api::namespaced(tenant.client.clone(), &ns);
+    match jobs.create(&PostParams::default(), &job).await {
+        Ok(_) => info!(backup = %key(backup), item = %item, job = %job_name, "started agent Job"),
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => match refusal(&e) {
+            Some(reason) => {
+                return Ok(Some(format!(
+                    "cannot create the agent Job {job_name} as ServiceAccount {ns}/{account}: {reason}"
+                )));
+            }
+            None => return Err(e.into()),
+        },
+    }
+    Ok(None)
 }
 
 /// The agent task of an item, or `None` when its source is gone.
@@ -494,14 +469,14 @@ async fn finish(
         Ok(e) => e,
         Err(Error::Kube(e)) if refusal(&e).is_some() => {
             let message = format!("cannot export the namespace's objects: {}", refusal(&e).unwrap_or_default());
-            Exported { objects: Vec::new(), failed: vec![("resources".into(), message)] }
+            Exported { objects: Vec::new(), failed: vec![(plan::RESOURCES.into(), message)] }
         }
         Err(e) => return Err(e),
     };
     // The manifest records each snapshot with its kind (postgres, rabbitmq, dir) as written:
     // restores pick their agent task from it.
     let mut extra = Vec::new();
-    for item in status.items.iter().filter(|i| i.phase == phase::COMPLETED && i.name != "resources") {
+    for item in status.items.iter().filter(|i| i.phase == phase::COMPLETED && i.name != plan::RESOURCES) {
         let (Some(id), Some((_, source))) = (&item.snapshot, item.name.split_once('/')) else { continue };
         match repo.find_snapshot(id).await {
             Ok((_, snap)) => extra.push(SnapshotRef {
@@ -510,10 +485,10 @@ async fn finish(
                 source: source.into(),
                 bytes: item.bytes.unwrap_or(0),
             }),
-            Err(e) => return fail(backup, ctx, status, RepositoryError::from(e).into()).await,
+            Err(e) => return fail(backup, ctx, status, repository_failure(e.into())).await,
         }
     }
-    let core_failure = exported.failed.iter().find(|(item, _)| item == "resources").map(|(_, e)| e.clone());
+    let core_failure = exported.failed.iter().find(|(item, _)| item == plan::RESOURCES).map(|(_, e)| e.clone());
     let stored = match core_failure {
         Some(message) => Err(message),
         None => {
@@ -521,51 +496,10 @@ async fn finish(
             store(&repo, &name, &uid, &ns, &exported.objects, extra, policy).await.map_err(|e| e.to_string())
         }
     };
-    for (item, error) in exported.failed.into_iter().filter(|(item, _)| item != "resources") {
-        status.items.push(BackupItem {
-            name: item,
-            phase: phase::FAILED.into(),
-            snapshot: None,
-            bytes: None,
-            error: Some(error),
-        });
-    }
-    let resources = status.items.iter_mut().find(|i| i.name == "resources").expect("resources item");
-    match stored {
-        Ok((snapshot, bytes)) => {
-            resources.phase = phase::COMPLETED.into();
-            resources.snapshot = Some(snapshot);
-            resources.bytes = Some(bytes);
-        }
-        Err(e) => {
-            resources.phase = phase::FAILED.into();
-            resources.error = Some(e);
-        }
-    }
-    let failed = status.items.iter().filter(|i| i.phase != phase::COMPLETED).count();
-    let final_phase = match failed {
-        0 => phase::COMPLETED,
-        n if n == status.items.len() || resources_failed(&status) => phase::FAILED,
-        _ => phase::PARTIALLY_FAILED,
-    };
-    status.bytes = Some(status.items.iter().filter_map(|i| i.bytes).sum());
-    status.completion_time = Some(Time(jiff::Timestamp::now()));
-    let message = match final_phase {
-        phase::COMPLETED => format!("{} items backed up", status.items.len()),
-        _ => status
-            .items
-            .iter()
-            .filter_map(|i| i.error.as_ref().map(|e| format!("{}: {e}", i.name)))
-            .collect::<Vec<_>>()
-            .join("; "),
-    };
+    let (final_phase, message) = plan::complete(&mut status, exported.failed, stored, jiff::Timestamp::now());
     info!(backup = %key(backup), phase = final_phase, %message, "backup finished");
     write_status(backup, ctx, status, final_phase, Some(message)).await?;
     Ok(Action::await_change())
-}
-
-fn resources_failed(status: &BackupStatus) -> bool {
-    status.items.iter().any(|i| i.name == "resources" && i.phase == phase::FAILED)
 }
 
 /// Stores the objects and the manifest, once: a manifest of this very Backup (its uid) is there
@@ -687,12 +621,7 @@ fn refusal(e: &kube::Error) -> Option<String> {
 
 async fn fail(backup: &Backup, ctx: &Ctx, mut status: BackupStatus, failure: Failure) -> Result<Action, Error> {
     warn!(backup = %key(backup), reason = failure.reason, message = %failure.message, "backup failed");
-    status.completion_time = Some(Time(jiff::Timestamp::now()));
-    for item in status.items.iter_mut().filter(|i| !phase::is_terminal(Some(&i.phase))) {
-        item.phase = phase::FAILED.into();
-        item.error = Some(failure.message.clone());
-    }
-    let message = format!("{}: {}", failure.reason, failure.message);
+    let message = plan::fail(&mut status, &failure, jiff::Timestamp::now());
     write_status(backup, ctx, status, phase::FAILED, Some(message)).await?;
     Ok(Action::await_change())
 }
@@ -708,12 +637,7 @@ async fn write_status(
 ) -> Result<(), Error> {
     let current = backup.status.clone().unwrap_or_default();
     let generation = backup.meta().generation;
-    let reason = match new_phase {
-        phase::COMPLETED => "Completed",
-        phase::PARTIALLY_FAILED => "PartiallyFailed",
-        phase::FAILED => "Failed",
-        _ => "InProgress",
-    };
+    let reason = plan::reason(new_phase);
     let message = message.unwrap_or_else(|| format!("{} items", status.items.len()));
     let desired = phase::conditions(new_phase, reason, &message);
     status.conditions = conditions::merge(&current.conditions, &desired, generation, &Time(jiff::Timestamp::now()));
@@ -746,72 +670,65 @@ async fn write_status(
 }
 
 /// A Backup with `spec.deleteData` that is being deleted: forget its snapshots and manifest
-/// (the data goes at the next prune), then let the object go. Storage that cannot be reached
-/// keeps the finalizer, retried with backoff and reported in the `DataDeleted` condition,
-/// until it can be reached again or the user sets [`SKIP_DATA_DELETION`]; in a namespace
-/// being deleted nobody can repair a Secret, so there the data is left in the bucket.
+/// (the data goes at the next prune), then let the object go. The planner
+/// ([`plan::plan_deletion`]) decides, from what is read as it asks, whether the data goes,
+/// stays (the [`SKIP_DATA_DELETION`] annotation, a policy that is gone, a namespace being
+/// deleted) or blocks the deletion (storage that cannot be reached: retried with backoff and
+/// reported in the `DataDeleted` condition).
 async fn delete_data(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
-    if !backup.finalizers().iter().any(|f| f == DATA_FINALIZER) {
-        return Ok(Action::await_change());
-    }
     let ns = backup.namespace().unwrap_or_default();
-    let skip = backup.annotations().get(SKIP_DATA_DELETION).is_some_and(|v| v == "true");
-    if skip {
-        publish(
-            ctx,
-            backup,
-            EventType::Warning,
-            "DataKept",
-            format!("{SKIP_DATA_DELETION}=true: the backup's data stays in the bucket"),
-        )
-        .await;
-    } else if let Ok(found) = policy(ctx, backup).await
-        && let Some(tenant) = match found {
-            Ok((policy, tenant, _)) => Some(Ok((policy, tenant))),
-            // The policy is there but its account is not: fixable, so it blocks like storage.
-            Err(f) if matches!(f.reason, ACCOUNT_NOT_FOUND | ACCOUNT_NOT_ALLOWED) => Some(Err(f.message)),
-            Err(_) => None,
-        }
-    {
-        let deleted = match tenant {
-            Ok((policy, tenant)) => {
-                match repository::open(&tenant, &ns, &policy.policy.spec.storage, "spec.storage").await {
-                    Ok(repo) => forget_backup(&repo, backup).await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
+    let name = backup.name_any();
+    let mut observed = Deletion {
+        has_finalizer: backup.finalizers().iter().any(|f| f == DATA_FINALIZER),
+        skip: backup.annotations().get(SKIP_DATA_DELETION).is_some_and(|v| v == "true"),
+        ..Deletion::default()
+    };
+    let mut usable = None;
+    loop {
+        match plan::plan_deletion(&observed, &ns, &name) {
+            DeletionStep::Idle => return Ok(Action::await_change()),
+            DeletionStep::ReadPolicy => {
+                observed.policy = Some(match policy(ctx, backup).await {
+                    Ok(Ok((policy, tenant, _))) => {
+                        usable = Some((policy, tenant));
+                        PolicyFact::Usable
+                    }
+                    Ok(Err(f)) if matches!(f.reason, ACCOUNT_NOT_FOUND | ACCOUNT_NOT_ALLOWED) => {
+                        PolicyFact::AccountUnavailable(f.message)
+                    }
+                    Ok(Err(_)) | Err(_) => PolicyFact::Gone,
+                });
             }
-            Err(message) => Err(message),
-        };
-        match deleted {
-            Ok(()) => info!(backup = %key(backup), "deleted the backup's snapshots and manifest"),
-            Err(e) if namespace_terminating(ctx, &ns).await? => {
-                let note = format!(
-                    "namespace {ns:?} is being deleted and the data cannot be deleted ({e}): it stays in the bucket"
-                );
-                publish(ctx, backup, EventType::Warning, "DataKept", note).await;
+            DeletionStep::DeleteData => {
+                let (policy, tenant) = usable.as_ref().expect("a usable policy was read");
+                let deleted = tokio::time::timeout(DELETE_TIMEOUT, async {
+                    match repository::open(tenant, &ns, &policy.policy.spec.storage, "spec.storage").await {
+                        Ok(repo) => forget_backup(&repo, backup).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                });
+                observed.deleted = Some(deleted.await.unwrap_or_else(|_| {
+                    Err(format!("the backup storage did not answer within {}s", DELETE_TIMEOUT.as_secs()))
+                }));
             }
-            Err(e) => {
-                let message = format!(
-                    "cannot delete the backup's data: {e}; Berth keeps trying. To delete the Backup and keep its data in the bucket, run: kubectl annotate backup {} -n {ns} {SKIP_DATA_DELETION}=true",
-                    backup.name_any()
-                );
+            DeletionStep::ReadNamespace => {
+                observed.namespace_terminating = Some(namespace_terminating(ctx, &ns).await?)
+            }
+            DeletionStep::Block { message } => {
                 report_deletion_blocked(backup, ctx, &message).await?;
                 return Err(Error::DependencyMissing(message));
             }
+            DeletionStep::Release { kept } => {
+                match kept {
+                    Some(note) => publish(ctx, backup, EventType::Warning, "DataKept", note).await,
+                    None => info!(backup = %key(backup), "deleted the backup's snapshots and manifest"),
+                }
+                let remaining = backup.finalizers().iter().filter(|f| *f != DATA_FINALIZER).cloned().collect();
+                set_finalizers(backup, ctx, remaining).await?;
+                return Ok(Action::await_change());
+            }
         }
-    } else {
-        publish(
-            ctx,
-            backup,
-            EventType::Warning,
-            "DataKept",
-            "its BackupPolicy is gone: the data stays in the bucket".into(),
-        )
-        .await;
     }
-    let remaining = backup.finalizers().iter().filter(|f| *f != DATA_FINALIZER).cloned().collect();
-    set_finalizers(backup, ctx, remaining).await?;
-    Ok(Action::await_change())
 }
 
 /// Writes `metadata.finalizers` as a whole, only if nobody changed the object since it was

@@ -1,4 +1,6 @@
-//! The BackupPolicy controller: fires the schedule (creates `Backup` objects), keeps the
+//! The BackupPolicy controller: observes the policy's Backups, its retention run and its
+//! bucket, and executes what the planner ([`crate::resources::backuppolicy::plan`]) decides.
+//! It fires the schedule (creates `Backup` objects), keeps the
 //! retention (never the newest successful backup), replicates to the offsite location after
 //! each success, reports freshness (`BackupFresh`, an RPO metric), and discovers backups in
 //! the bucket that this cluster does not know (disaster recovery: a new cluster with only a
@@ -6,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -22,31 +24,24 @@ use super::maintenance::{self, Outcome};
 use super::repository::{self, RepositoryError};
 use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, synced_store, when_synced};
 use crate::api::backup::{Backup, BackupItem, BackupSpec, BackupStatus};
-use crate::api::backuppolicy::{BackupPolicy, BackupPolicyStatus, MaintenanceStatus};
+use crate::api::backuppolicy::{BackupPolicy, BackupPolicyStatus};
 use crate::api::conditions::{self, DesiredCondition, READY};
 use crate::backup::Repository;
 use crate::backup::ops::{PruneOptions, prune};
 use crate::backup::replicate::{ReplicateOptions, replicate};
 use crate::backup::resources::{BackupManifest, RefusedManifest, scan_manifests};
-use crate::resources::backuppolicy::{
-    BackupFact, ValidPolicy, backup_name, due, freshness, next_run, retention_victims, validate,
+use crate::resources::backuppolicy::plan::{
+    self, ACCOUNT_RECHECK, BackupSeen, Gate, Observed, RunResult, RunState, SYNC_INTERVAL, StartRun, Step,
 };
+use crate::resources::backuppolicy::{ValidPolicy, validate};
 use crate::runtime::impersonate::ACCOUNT_NOT_ALLOWED;
 use crate::runtime::metrics::PolicyLabels;
 
 pub const NAME: &str = "backuppolicy";
 const STATUS_MANAGER: &str = "berth/backuppolicy-status";
-/// Condition type of backup freshness.
-pub const BACKUP_FRESH: &str = "BackupFresh";
-/// How often a policy's bucket is listed for backups this cluster does not know.
-const SYNC_INTERVAL: Duration = Duration::from_secs(300);
-/// How often a running retention and replication is looked at.
-const MAINTENANCE_POLL: Duration = Duration::from_secs(5);
-/// How long after a failed run the next one starts.
-const MAINTENANCE_RETRY: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
-const MAINTENANCE_RUNNING: &str = "Running";
-const MAINTENANCE_SUCCEEDED: &str = "Succeeded";
-const MAINTENANCE_FAILED: &str = "Failed";
+pub use crate::resources::backuppolicy::plan::BACKUP_FRESH;
+/// How long the bucket sync (disaster recovery) may take in one reconcile.
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 struct Ctx {
     shared: Arc<Context>,
@@ -103,53 +98,73 @@ fn key(p: &BackupPolicy) -> String {
     format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
 }
 
-fn timestamp(t: &Time) -> jiff::Timestamp {
-    t.0
+async fn reconcile_policy(policy: &BackupPolicy, ctx: &Ctx) -> Result<Action, Error> {
+    let validated = validate(policy);
+    let mut gate = Gate {
+        deleting: policy.meta().deletion_timestamp.is_some(),
+        invalid: validated
+            .as_ref()
+            .err()
+            .map(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
+        account: None,
+    };
+    let mut tenant = None;
+    loop {
+        match plan::next(&gate) {
+            Step::Idle => return Ok(Action::await_change()),
+            Step::Invalid(message) => {
+                let conditions = [DesiredCondition::new(READY, false, "InvalidSpec", message)];
+                write_status(policy, ctx, &conditions, policy.status.clone().unwrap_or_default()).await?;
+                return Ok(Action::await_change());
+            }
+            // Storage Secrets are read as the policy's ServiceAccount: the namespace's RBAC decides.
+            Step::ReadAccount => {
+                gate.account = Some(tenant_client(ctx, policy).await?.map(|client| tenant = Some(client)));
+            }
+            Step::AccountUnavailable((reason, message)) => {
+                let conditions = [DesiredCondition::new(READY, false, reason, message)];
+                write_status(policy, ctx, &conditions, policy.status.clone().unwrap_or_default()).await?;
+                return Ok(Action::requeue(ACCOUNT_RECHECK));
+            }
+            Step::Converge => {
+                let valid = validated.expect("the planner converges valid policies only");
+                let tenant = tenant.expect("the planner converges with an account only");
+                return converge(policy, ctx, &valid, tenant).await;
+            }
+        }
+    }
 }
 
-async fn reconcile_policy(policy: &BackupPolicy, ctx: &Ctx) -> Result<Action, Error> {
-    if policy.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
+/// Observes the policy's Backups, its retention run and (when due) its bucket, and executes
+/// what the planner decides.
+async fn converge(
+    policy: &BackupPolicy,
+    ctx: &Ctx,
+    valid: &ValidPolicy,
+    tenant: kube::Client,
+) -> Result<Action, Error> {
     let now = jiff::Timestamp::now();
-    let valid = match validate(policy) {
-        Ok(v) => v,
-        Err(errors) => {
-            let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-            let conditions = [DesiredCondition::new(READY, false, "InvalidSpec", message)];
-            write_status(policy, ctx, &conditions, policy.status.clone().unwrap_or_default()).await?;
-            return Ok(Action::await_change());
-        }
-    };
     let ns = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
-    let mut status = policy.status.clone().unwrap_or_default();
-    // Storage Secrets are read as the policy's ServiceAccount: the namespace's RBAC decides.
-    let tenant = match tenant_client(ctx, policy).await? {
-        Ok(client) => client,
-        Err((reason, message)) => {
-            let conditions = [DesiredCondition::new(READY, false, reason, message)];
-            write_status(policy, ctx, &conditions, status).await?;
-            return Ok(Action::requeue(ACCOUNT_RECHECK));
-        }
-    };
-    let mut ready = DesiredCondition::new(
-        READY,
-        true,
-        if valid.suspended() { "Suspended" } else { "Scheduled" },
-        if valid.suspended() { "spec.suspend is true: no new backups" } else { "the schedule is active" },
-    );
 
     // Disaster recovery: backups in the bucket that this cluster has no object for.
+    let mut sync = None;
     if sync_due(ctx, &key(policy)) {
         // Throttled whether or not it works: an unreachable bucket is not listed in a loop.
         ctx.last_sync.lock().expect("sync map").insert(key(policy), Instant::now());
-        match repository::open(&tenant, &ns, &valid.policy.spec.storage, "spec.storage").await {
-            Ok(repo) => {
-                sync_backups(ctx, policy, &repo).await?;
+        let synced = tokio::time::timeout(SYNC_TIMEOUT, async {
+            match repository::open(&tenant, &ns, &valid.policy.spec.storage, "spec.storage").await {
+                Ok(repo) => sync_backups(ctx, policy, &repo).await.map(Ok),
+                Err(e) => Ok(Err((e.reason(), e.to_string()))),
             }
-            Err(e) => ready = DesiredCondition::new(READY, false, e.reason(), e.to_string()),
-        }
+        });
+        sync = Some(match synced.await {
+            Ok(synced) => synced?,
+            Err(_) => Err((
+                "StorageUnreachable",
+                format!("listing the backups in spec.storage took longer than {}s", SYNC_TIMEOUT.as_secs()),
+            )),
+        });
     }
 
     let backups: Vec<Arc<Backup>> = ctx
@@ -158,70 +173,40 @@ async fn reconcile_policy(policy: &BackupPolicy, ctx: &Ctx) -> Result<Action, Er
         .into_iter()
         .filter(|b| b.namespace().as_deref() == Some(ns.as_str()) && b.labels().get(POLICY_LABEL) == Some(&name))
         .collect();
-    let completion = |b: &Backup| b.status.as_ref().and_then(|s| s.completion_time.as_ref()).map(timestamp);
-    let completed: Vec<&Arc<Backup>> = backups
+    let seen: Vec<BackupSeen> = backups
         .iter()
-        .filter(|b| b.status.as_ref().and_then(|s| s.phase.as_deref()) == Some(phase::COMPLETED))
-        .collect();
-    let newest = completed.iter().max_by_key(|b| completion(b)).copied();
-    status.last_successful_backup = newest.map(|b| b.name_any());
-
-    // The schedule. Concurrency Forbid: a due run waits while a backup of this policy runs.
-    let created = policy.meta().creation_timestamp.as_ref().map(timestamp).unwrap_or(now);
-    let last_schedule = status.last_schedule_time.as_ref().map(timestamp);
-    let running = backups.iter().any(|b| !phase::is_terminal(b.status.as_ref().and_then(|s| s.phase.as_deref())));
-    if !valid.suspended()
-        && let Some(at) = due(&valid, last_schedule, created, now)
-        && !running
-    {
-        create_backup(ctx, policy, &backup_name(&name, at)).await?;
-        status.last_schedule_time = Some(Time(at));
-    }
-    status.next_schedule_time = if valid.suspended() { None } else { next_run(&valid, now).map(Time) };
-
-    // Retention, then the offsite copy of what is kept. A backup not yet copied offsite is
-    // never removed (`synced` false).
-    let replicated_at = status
-        .last_replicated_backup
-        .as_ref()
-        .and_then(|r| backups.iter().find(|b| &b.name_any() == r))
-        .and_then(|b| completion(b));
-    let offsite = valid.policy.spec.offsite.is_some();
-    let facts: Vec<BackupFact> = backups
-        .iter()
-        .map(|b| BackupFact {
+        .map(|b| BackupSeen {
             name: b.name_any(),
-            phase: b.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default(),
-            completion: completion(b),
-            synced: !offsite || completion(b).zip(replicated_at).is_some_and(|(c, r)| c <= r),
+            phase: b.status.as_ref().and_then(|s| s.phase.clone()),
+            completion: b.status.as_ref().and_then(|s| s.completion_time.as_ref()).map(|t| t.0),
         })
         .collect();
-    let victims = retention_victims(valid.retention(), &facts, &valid.time_zone);
-    let running = match ctx.maintenance.poll(policy) {
-        maintenance::State::Running { .. } => true,
-        maintenance::State::Finished(outcome) => {
-            if outcome.replicated.is_some() {
-                status.last_replicated_backup = outcome.replicated.clone();
-            }
-            status.maintenance = Some(finished(outcome, status.maintenance.take(), now));
-            false
-        }
-        maintenance::State::Idle => false,
+    let run = match ctx.maintenance.poll(policy) {
+        maintenance::State::Idle => RunState::Idle,
+        maintenance::State::Running { .. } => RunState::Running,
+        maintenance::State::Finished(outcome) => RunState::Finished(RunResult {
+            replicated: outcome.replicated,
+            error: outcome.error,
+            summary: outcome.summary,
+        }),
     };
-    if let Some(MaintenanceStatus { phase, reason, message, .. }) = &status.maintenance
-        && phase == MAINTENANCE_FAILED
-    {
-        let reason = reason.as_deref().unwrap_or("MaintenanceFailed");
-        ready = DesiredCondition::new(READY, false, reason, message.clone().unwrap_or_default());
+    let status = policy.status.clone().unwrap_or_default();
+    let observed = Observed {
+        policy: valid,
+        status: &status,
+        created: policy.meta().creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now),
+        now,
+        backups: &seen,
+        sync,
+        run,
+    };
+    let decided = plan::converge(&observed);
+
+    if let Some(backup) = &decided.fire {
+        create_backup(ctx, policy, backup).await?;
     }
-    let retry_due = status.maintenance.as_ref().is_none_or(|m| {
-        m.phase != MAINTENANCE_FAILED
-            || m.completion_time.as_ref().is_none_or(|t| now.duration_since(t.0) >= MAINTENANCE_RETRY)
-    });
-    if !running && retry_due && (!victims.is_empty() || needs_replication(&valid, &status)) {
+    if let Some(StartRun { victims, newest }) = decided.start_run {
         let (client, owned, valid) = (ctx.shared.client.clone(), policy.clone(), valid.clone());
-        let (backups, newest) = (backups.clone(), status.last_successful_backup.clone());
-        let message = maintenance_plan(&victims, valid.policy.spec.offsite.is_some());
         ctx.maintenance.start(client.clone(), policy, async move {
             match maintain(&client, &tenant, &owned, &valid, &backups, &victims).await {
                 Ok(report) => Outcome {
@@ -234,71 +219,19 @@ async fn reconcile_policy(policy: &BackupPolicy, ctx: &Ctx) -> Result<Action, Er
                 }
             }
         });
-        status.maintenance = Some(MaintenanceStatus {
-            phase: MAINTENANCE_RUNNING.into(),
-            start_time: Some(Time(now)),
-            message: Some(message),
-            ..MaintenanceStatus::default()
-        });
     }
-
-    let fresh = freshness(&valid, newest.and_then(|b| completion(b)), created, now);
     let labels = PolicyLabels { namespace: ns.clone(), policy: name.clone() };
-    ctx.shared.metrics.backup_fresh.get_or_create(&labels).set(i64::from(fresh.fresh));
-    if let Some(t) = newest.and_then(|b| completion(b)) {
+    ctx.shared.metrics.backup_fresh.get_or_create(&labels).set(i64::from(decided.fresh.fresh));
+    if let Some(t) = decided.last_success {
         ctx.shared.metrics.backup_last_success.get_or_create(&labels).set(t.as_second());
     }
-    let conditions = [ready, DesiredCondition::new(BACKUP_FRESH, fresh.fresh, fresh.reason, fresh.message)];
-    write_status(policy, ctx, &conditions, status.clone()).await?;
-
-    // Wake up for the next fire time (and at least every few minutes for freshness and sync).
-    let until_next = status
-        .next_schedule_time
-        .as_ref()
-        .map(|t| Duration::from_secs(t.0.duration_since(now).as_secs().max(0) as u64 + 1))
-        .unwrap_or(SYNC_INTERVAL);
-    // A running retention or replication is looked at again to collect its outcome.
-    let wake = if ctx.maintenance.poll(policy) == maintenance::State::Idle { SYNC_INTERVAL } else { MAINTENANCE_POLL };
-    Ok(Action::requeue(until_next.min(wake)))
-}
-
-/// The status of a finished run.
-fn finished(outcome: Outcome, started: Option<MaintenanceStatus>, now: jiff::Timestamp) -> MaintenanceStatus {
-    let (phase, reason, message) = match outcome.error {
-        Some((reason, message)) => (MAINTENANCE_FAILED, Some(reason.to_string()), message),
-        None => (MAINTENANCE_SUCCEEDED, None, outcome.summary),
-    };
-    MaintenanceStatus {
-        phase: phase.into(),
-        start_time: started.and_then(|s| s.start_time),
-        completion_time: Some(Time(now)),
-        reason,
-        message: Some(message),
-    }
-}
-
-/// What a run about to start will do.
-fn maintenance_plan(victims: &[String], offsite: bool) -> String {
-    match (victims.len(), offsite) {
-        (0, _) => "replicating to spec.offsite".into(),
-        (n, true) => format!("retention: removing {n} backups, then replicating to spec.offsite"),
-        (n, false) => format!("retention: removing {n} backups"),
-    }
+    write_status(policy, ctx, &decided.conditions, decided.status).await?;
+    Ok(Action::requeue(decided.requeue))
 }
 
 fn sync_due(ctx: &Ctx, key: &str) -> bool {
     ctx.last_sync.lock().expect("sync map").get(key).is_none_or(|t| t.elapsed() >= SYNC_INTERVAL)
 }
-
-fn needs_replication(valid: &ValidPolicy, status: &BackupPolicyStatus) -> bool {
-    valid.policy.spec.offsite.is_some()
-        && status.last_successful_backup.is_some()
-        && status.last_replicated_backup != status.last_successful_backup
-}
-
-/// How often an object whose ServiceAccount is missing (or not allowed) looks again: creating
-/// an account is not an event Berth watches.
-pub const ACCOUNT_RECHECK: Duration = Duration::from_secs(30);
 
 /// The client that acts as `policy`'s ServiceAccount, or the reason and message of the
 /// condition that says why there is none.

@@ -1,6 +1,8 @@
 //! The Restore controller: brings back one Backup in the app-aware order of
 //! [`crate::resources::restore::Stage`], one stage per step, recording the stage reached in
-//! the status (so a restarted operator resumes where it stopped):
+//! the status (so a restarted operator resumes where it stopped). It reads what the planner
+//! ([`crate::resources::restore::plan`]) asks for, executes the step it decides, and records
+//! the outcome:
 //! Secrets/ConfigMaps -> PVCs -> DatabaseInstances (then wait until Ready) -> database data
 //! Jobs -> volume data Jobs -> AppEnvironments and the rest.
 //!
@@ -40,27 +42,21 @@ use crate::backup::resources::{BackupManifest, load_objects};
 use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, job_outcome};
 use crate::resources::backuppolicy::validate as validate_policy;
 use crate::resources::meta::owner_label_key;
+use crate::resources::restore::plan::{
+    self, AfterStage, Fact, JOB_BACKOFF_LIMIT, NEXT_STAGE, Observed, POLL, ReadyFact, StageOutcome, Step,
+};
 use crate::resources::restore::{
-    Access, DATABASE_NOT_READY, DATABASE_READY_DEADLINE, DEFAULT_TIMEOUT, DataWrites, JOBS_TIMED_OUT,
-    NAMESPACE_RECHECK, NamespaceState, ResourceName, RestorePlan, Stage, TIMED_OUT, authorization_refusal,
-    create_refused, database_not_ready_message, deadline_passed, jobs_timed_out_message, namespace_problem, plan,
-    required_access, target_namespace, timed_out_message, timeout,
+    Access, DataWrites, NamespaceState, ResourceName, RestorePlan, Stage, create_refused, required_access,
+    target_namespace, timeout,
 };
 use crate::runtime::impersonate::{ACCOUNT_NOT_ALLOWED, Account, allowed};
 
 pub const NAME: &str = "restore";
 const STATUS_MANAGER: &str = "berth/restore-status";
 const MANAGER: &str = "berth/restore";
-const JOB_DEADLINE_SECONDS: i64 = 6 * 3600;
-const JOB_BACKOFF_LIMIT: i32 = 2;
-/// How often a restore waiting for DatabaseInstances or Jobs looks again (their changes are
-/// not watched by this controller, except its own Jobs).
-const POLL: Duration = Duration::from_secs(2);
-/// Longest the agent Jobs of a stage are waited for, counted from the start of the stage: the
-/// wait for the DatabaseInstances, the Jobs' own deadline, and time to be scheduled and to
-/// report.
-const JOBS_DEADLINE: Duration =
-    Duration::from_secs(DATABASE_READY_DEADLINE.as_secs() + JOB_DEADLINE_SECONDS as u64 + 15 * 60);
+/// How long reading the Backup (its repository opened, its objects downloaded) may take in one
+/// reconcile; past it the read is retried, and `spec.timeout` bounds the retries.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 struct Ctx {
     shared: Arc<Context>,
@@ -131,106 +127,131 @@ struct Loaded {
 
 async fn reconcile_restore(restore: &Restore, ctx: &Ctx) -> Result<Action, Error> {
     let status = restore.status.clone().unwrap_or_default();
-    if restore.meta().deletion_timestamp.is_some() || phase::is_terminal(status.phase.as_deref()) {
-        ctx.loaded.lock().expect("loaded cache").remove(&restore.uid().unwrap_or_default());
-        return Ok(Action::await_change());
-    }
-    let limit = match timeout(restore) {
-        Ok(limit) => limit,
-        Err(e) => return finish(restore, ctx, status, phase::FAILED, "InvalidSpec", e.to_string()).await,
-    };
-    let created = restore.meta().creation_timestamp.as_ref().map(|t| t.0);
-    if deadline_passed(created, jiff::Timestamp::now(), limit) {
-        return finish(restore, ctx, status, phase::FAILED, TIMED_OUT, timed_out_message(limit)).await;
-    }
     let own_namespace = restore.namespace().unwrap_or_default();
-    // Everything the restore reads and writes for the tenant goes through its account.
-    let requested = [restore.spec.service_account_name.as_deref()];
-    let account = match ctx.shared.tenants.policy.account(&own_namespace, &requested, "spec.serviceAccountName") {
-        Ok(account) => account,
-        Err(e) => return finish(restore, ctx, status, phase::FAILED, ACCOUNT_NOT_ALLOWED, e.to_string()).await,
+    let limit = timeout(restore);
+    let mut observed = Observed {
+        deleting: restore.meta().deletion_timestamp.is_some(),
+        status: &status,
+        timeout: limit.as_ref().copied().map_err(ToString::to_string),
+        created: restore.meta().creation_timestamp.as_ref().map(|t| t.0),
+        now: jiff::Timestamp::now(),
+        dry_run: restore.spec.dry_run,
+        account: None,
+        first_target: None,
+        backup: None,
+        targets: None,
+        access: None,
     };
-    let tenant = match ctx.shared.act_as(&account).await? {
-        Ok(client) => client,
-        Err((reason, message)) => return finish(restore, ctx, status, phase::FAILED, reason, message).await,
-    };
-    if !restore.spec.dry_run {
-        // A Backup holds the objects of its own namespace, the Restore's: its target is known
-        // before the repository is opened (which a wait every 30 s must not do).
-        let target = target_namespace(restore, &own_namespace);
-        if let Some((reason, message)) = namespace_problem(&namespace_states(ctx, [target], &own_namespace).await?) {
-            return wait_for_namespace(restore, ctx, status, reason, message).await;
+    // What the reads found, for the steps that use it.
+    let mut tenant = None;
+    let mut loaded = None;
+    loop {
+        match plan::next(&observed) {
+            Step::Read(Fact::Account) => {
+                // Everything the restore reads and writes for the tenant goes through its account.
+                let requested = [restore.spec.service_account_name.as_deref()];
+                let account = ctx.shared.tenants.policy.account(&own_namespace, &requested, "spec.serviceAccountName");
+                observed.account = Some(match account {
+                    Err(e) => Err((ACCOUNT_NOT_ALLOWED, e.to_string())),
+                    Ok(account) => match ctx.shared.act_as(&account).await? {
+                        Ok(client) => {
+                            let name = account.to_string();
+                            tenant = Some(Tenant { client, account });
+                            Ok(name)
+                        }
+                        Err(refusal) => Err(refusal),
+                    },
+                });
+            }
+            Step::Read(Fact::FirstTarget) => {
+                // A Backup holds the objects of its own namespace, the Restore's: its target is
+                // known before the repository is opened.
+                let target = target_namespace(restore, &own_namespace);
+                observed.first_target = Some(namespace_states(ctx, [target], &own_namespace).await?);
+            }
+            Step::Read(Fact::Backup) => {
+                let client = &tenant.as_ref().expect("the account is read first").client;
+                let found = match tokio::time::timeout(LOAD_TIMEOUT, load(restore, ctx, client)).await {
+                    Ok(found) => found?,
+                    Err(_) => {
+                        return Err(Error::DependencyMissing(format!(
+                            "reading the backup from its repository took longer than {}s; trying again",
+                            LOAD_TIMEOUT.as_secs()
+                        )));
+                    }
+                };
+                observed.backup = Some(found.map(|l| loaded = Some(l)));
+            }
+            Step::Read(Fact::Targets) => {
+                let loaded = loaded.as_ref().expect("the backup is read first");
+                let mut targets = loaded.plan.namespaces();
+                targets.insert(target_namespace(restore, &loaded.backup.namespace().unwrap_or_default()));
+                observed.targets = Some(namespace_states(ctx, targets, &own_namespace).await?);
+            }
+            Step::Read(Fact::Access) => {
+                let client = &tenant.as_ref().expect("the account is read first").client;
+                let loaded = loaded.as_ref().expect("the backup is read first");
+                observed.access = Some(authorize(restore, client, loaded).await?);
+            }
+            Step::Idle => {
+                ctx.loaded.lock().expect("loaded cache").remove(&restore.uid().unwrap_or_default());
+                return Ok(Action::await_change());
+            }
+            Step::Finish { phase, reason, message } => {
+                return finish(restore, ctx, status.clone(), phase, reason, message).await;
+            }
+            Step::WaitForNamespace { phase, reason, message, announce, recheck } => {
+                write_status(restore, ctx, status.clone(), phase, reason, message.clone()).await?;
+                if announce {
+                    publish(ctx, restore, EventType::Warning, reason, &message).await;
+                }
+                return Ok(Action::requeue(recheck));
+            }
+            Step::DryRun { notes } => {
+                let client = &tenant.as_ref().expect("the account is read first").client;
+                let loaded = loaded.as_ref().expect("the backup is read first");
+                let answers = observed.access.as_deref().unwrap_or_default();
+                let listed = dry_run(client, &loaded.plan, answers).await?;
+                let mut status = status.clone();
+                let message = plan::dry_run(&mut status, loaded.backup.name_any(), notes, listed);
+                return finish(restore, ctx, status, phase::COMPLETED, "DryRun", message).await;
+            }
+            Step::RunStage(stage) => {
+                let tenant = tenant.as_ref().expect("the account is read first");
+                let loaded = loaded.as_ref().expect("the backup is read first");
+                let limit = *limit.as_ref().expect("the planner checked spec.timeout");
+                return run_step(restore, ctx, tenant, loaded, stage, status.clone(), limit).await;
+            }
         }
     }
-    let loaded = match load(restore, ctx, &tenant).await? {
-        Ok(l) => l,
-        Err((reason, message)) => return finish(restore, ctx, status, phase::FAILED, reason, message).await,
-    };
-    let mut targets = loaded.plan.namespaces();
-    targets.insert(target_namespace(restore, &loaded.backup.namespace().unwrap_or_default()));
-    let target_states = namespace_states(ctx, targets, &own_namespace).await?;
-    // Before anything is written (and again only if the operator restarts before the first
-    // stage ends): every request the restore needs must be allowed to its account.
-    let answers = if restore.spec.dry_run || status.stage.is_none() {
-        authorize(restore, &tenant, &loaded).await?
-    } else {
-        Vec::new()
-    };
-    let refusal = authorization_refusal(&account.to_string(), &answers);
-    if restore.spec.dry_run {
-        let mut status = status;
-        status.backup_name = Some(loaded.backup.name_any());
-        status.planned = dry_run(&tenant, &loaded.plan, &answers).await?;
-        if let Some((_, message)) = namespace_problem(&target_states) {
-            status.planned.insert(0, format!("blocked: {message}"));
-        }
-        if let Some((_, message)) = &refusal {
-            status.planned.insert(0, format!("refused: {message}"));
-        }
-        let message = format!("dry run: {} objects would be restored", status.planned.len());
-        return finish(restore, ctx, status, phase::COMPLETED, "DryRun", message).await;
-    }
-    if let Some((reason, message)) = namespace_problem(&target_states) {
-        return wait_for_namespace(restore, ctx, status, reason, message).await;
-    }
-    if let Some((reason, message)) = refusal {
-        return finish(restore, ctx, status, phase::FAILED, reason, message).await;
-    }
-    let mut status = status;
+}
+
+/// Runs `stage` once and records what its outcome leads to.
+async fn run_step(
+    restore: &Restore,
+    ctx: &Ctx,
+    tenant: &Tenant,
+    loaded: &Loaded,
+    stage: Stage,
+    mut status: RestoreStatus,
+    limit: Duration,
+) -> Result<Action, Error> {
     status.backup_name = Some(loaded.backup.name_any());
-    let stage = status.stage.as_deref().and_then(stage_by_name).unwrap_or(Stage::ConfigAndSecrets);
     if status.stage_start_time.is_none() {
         status.stage_start_time = Some(Time(jiff::Timestamp::now()));
     }
-    let tenant = Tenant { client: tenant, account };
-    match run_stage(restore, ctx, &tenant, &loaded, stage, &mut status).await? {
-        StageResult::Wait(message) => {
+    let outcome = run_stage(restore, ctx, tenant, loaded, stage, &mut status, limit).await?;
+    match plan::after_stage(stage, outcome, &status) {
+        AfterStage::Wait(message) => {
             write_status(restore, ctx, status, phase::IN_PROGRESS, "InProgress", message).await?;
             Ok(Action::requeue(POLL))
         }
-        StageResult::Fail(reason, message) => finish(restore, ctx, status, phase::FAILED, reason, message).await,
-        StageResult::Done => match Stage::ALL.iter().skip_while(|s| **s != stage).nth(1) {
-            Some(next) => {
-                status.stage = Some(format!("{next:?}"));
-                status.stage_start_time = Some(Time(jiff::Timestamp::now()));
-                let message = format!("restoring: {next:?}");
-                write_status(restore, ctx, status, phase::IN_PROGRESS, "InProgress", message).await?;
-                Ok(Action::requeue(Duration::from_millis(10)))
-            }
-            None => {
-                let failed = !status.errors.is_empty();
-                let (p, reason) =
-                    if failed { (phase::PARTIALLY_FAILED, "PartiallyFailed") } else { (phase::COMPLETED, "Completed") };
-                let message = format!(
-                    "created {}, updated {}, skipped {}; {} errors",
-                    status.created.unwrap_or(0),
-                    status.updated.unwrap_or(0),
-                    status.skipped.unwrap_or(0),
-                    status.errors.len()
-                );
-                finish(restore, ctx, status, p, reason, message).await
-            }
-        },
+        AfterStage::Next(next) => {
+            let message = plan::enter_stage(&mut status, next, jiff::Timestamp::now());
+            write_status(restore, ctx, status, phase::IN_PROGRESS, "InProgress", message).await?;
+            Ok(Action::requeue(NEXT_STAGE))
+        }
+        AfterStage::Finish { phase, reason, message } => finish(restore, ctx, status, phase, reason, message).await,
     }
 }
 
@@ -258,37 +279,17 @@ async fn namespace_states(
     Ok(states)
 }
 
-/// Reports a missing (or terminating) target namespace and looks again in 30 s: creating the
-/// namespace lets the restore go on.
-async fn wait_for_namespace(
-    restore: &Restore,
-    ctx: &Ctx,
-    status: RestoreStatus,
-    reason: &str,
-    message: String,
-) -> Result<Action, Error> {
-    let p = if status.stage.is_some() { phase::IN_PROGRESS } else { phase::PENDING };
-    let reported = status.conditions.iter().any(|c| c.type_ == READY && c.reason == reason);
-    write_status(restore, ctx, status, p, reason, message.clone()).await?;
-    if !reported {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.to_string(),
-            note: Some(message.chars().take(1024).collect()),
-            action: "Restore".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.shared.recorder.publish(&event, &restore.object_ref(&())).await {
-            warn!(restore = %key(restore), error = %e, "could not record an event");
-        }
+async fn publish(ctx: &Ctx, restore: &Restore, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Restore".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.shared.recorder.publish(&event, &restore.object_ref(&())).await {
+        warn!(restore = %key(restore), error = %e, "could not record an event");
     }
-    // Look again in 30 s, or when the timeout runs out if that is sooner.
-    let left = timeout(restore).unwrap_or(DEFAULT_TIMEOUT).saturating_sub(elapsed(restore));
-    Ok(Action::requeue(NAMESPACE_RECHECK.min(left + Duration::from_secs(1))))
-}
-
-fn stage_by_name(name: &str) -> Option<Stage> {
-    Stage::ALL.into_iter().find(|s| format!("{s:?}") == name)
 }
 
 /// Resolves the Backup, opens its repository, reads its objects and plans the restore. A
@@ -378,7 +379,7 @@ async fn load(
         Ok(x) => x,
         Err(e) => return Ok(Err(("BackupUnreadable", e.to_string()))),
     };
-    match plan(restore, objects) {
+    match crate::resources::restore::plan(restore, objects) {
         Ok(plan) => {
             let loaded = Arc::new(Loaded { backup, policy, manifest, plan });
             let mut cache = ctx.loaded.lock().expect("loaded cache");
@@ -389,13 +390,6 @@ async fn load(
         }
         Err(errors) => Ok(Err(("InvalidSpec", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))),
     }
-}
-
-enum StageResult {
-    Done,
-    Wait(String),
-    /// A wait passed its deadline: the restore ends Failed with this reason and message.
-    Fail(&'static str, String),
 }
 
 /// The Restore's account and a client that acts as it.
@@ -440,6 +434,8 @@ async fn authorize(restore: &Restore, tenant: &kube::Client, loaded: &Loaded) ->
     Ok(answers)
 }
 
+/// Runs `stage` once: creates its objects, or waits for the DatabaseInstances and runs the
+/// data Jobs.
 async fn run_stage(
     restore: &Restore,
     ctx: &Ctx,
@@ -447,61 +443,40 @@ async fn run_stage(
     loaded: &Loaded,
     stage: Stage,
     status: &mut RestoreStatus,
-) -> Result<StageResult, Error> {
+    limit: Duration,
+) -> Result<StageOutcome, Error> {
     match stage {
         Stage::ConfigAndSecrets | Stage::Volumes | Stage::Databases | Stage::Apps => {
             apply_objects(restore, &tenant.client, loaded.plan.objects(stage), status).await?;
-            Ok(StageResult::Done)
+            Ok(StageOutcome::Done)
         }
         Stage::DatabaseData => {
             // The instances come up (and provision) before their data is loaded.
-            let started = status.stage_start_time.as_ref().map(|t| t.0);
             for obj in loaded.plan.objects(Stage::Databases) {
                 let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
                 let name = obj["metadata"]["name"].as_str().unwrap_or_default();
                 let api: Api<DatabaseInstance> = Api::namespaced(tenant.client.clone(), ns);
-                let db = api.get_opt(name).await?;
-                let ready_condition = db.as_ref().and_then(|db| {
+                let ready = api.get_opt(name).await?.and_then(|db| {
                     let s = db.status.as_ref()?;
                     let c = s.conditions.iter().find(|c| c.type_ == READY)?;
-                    Some((c, s.observed_generation == db.metadata.generation))
+                    Some(ReadyFact {
+                        ready: c.status == "True",
+                        reason: c.reason.clone(),
+                        message: c.message.clone(),
+                        current: s.observed_generation == db.metadata.generation,
+                    })
                 });
-                if ready_condition.is_some_and(|(c, current)| current && c.status == "True") {
-                    continue;
+                if let Some(outcome) = plan::database_wait(ns, name, ready.as_ref(), status, jiff::Timestamp::now()) {
+                    return Ok(outcome);
                 }
-                if deadline_passed(started, jiff::Timestamp::now(), DATABASE_READY_DEADLINE) {
-                    let described = format!("DatabaseInstance {ns}/{name}: ");
-                    let create_error = status.errors.iter().find_map(|e| e.strip_prefix(described.as_str()));
-                    let ready = ready_condition.map(|(c, _)| (c.reason.as_str(), c.message.as_str()));
-                    let message = database_not_ready_message(ns, name, ready, create_error);
-                    return Ok(StageResult::Fail(DATABASE_NOT_READY, message));
-                }
-                return Ok(StageResult::Wait(format!("waiting for DatabaseInstance {ns}/{name} to be Ready")));
             }
-            run_jobs(restore, ctx, tenant, loaded, stage, status).await
+            run_jobs(restore, ctx, tenant, loaded, stage, status, limit).await
         }
-        Stage::VolumeData => run_jobs(restore, ctx, tenant, loaded, stage, status).await,
+        Stage::VolumeData => run_jobs(restore, ctx, tenant, loaded, stage, status, limit).await,
     }
 }
 
 /// Runs (and waits for) one agent Job per database dump or volume of the Backup.
-/// Seconds an agent Job may run: what is left of the Restore's timeout (at least a minute, so
-/// a Job created just before the end still gets to start), and never more than a Job's own
-/// limit.
-fn job_deadline_seconds(restore: &Restore) -> i64 {
-    let limit = timeout(restore).unwrap_or(DEFAULT_TIMEOUT);
-    let left = limit.saturating_sub(elapsed(restore)).as_secs();
-    i64::try_from(left).unwrap_or(i64::MAX).clamp(60, JOB_DEADLINE_SECONDS)
-}
-
-/// Time since the Restore was created.
-fn elapsed(restore: &Restore) -> Duration {
-    let created = restore.meta().creation_timestamp.as_ref().map(|t| t.0);
-    created.map_or(Duration::ZERO, |c| {
-        Duration::try_from(jiff::Timestamp::now().duration_since(c)).unwrap_or(Duration::ZERO)
-    })
-}
-
 async fn run_jobs(
     restore: &Restore,
     ctx: &Ctx,
@@ -509,26 +484,17 @@ async fn run_jobs(
     loaded: &Loaded,
     stage: Stage,
     status: &mut RestoreStatus,
-) -> Result<StageResult, Error> {
+    limit: Duration,
+) -> Result<StageOutcome, Error> {
     let source_ns = loaded.backup.namespace().unwrap_or_default();
     let ns = target_namespace(restore, &source_ns);
     if ns != restore.namespace().unwrap_or_default() {
         copy_storage_secrets(&tenant.client, &restore.namespace().unwrap_or_default(), &ns, &loaded.policy).await?;
     }
+    let created = restore.meta().creation_timestamp.as_ref().map(|t| t.0);
     let mut waiting = Vec::new();
     for snap in &loaded.manifest.snapshots {
-        let task = match (stage, snap.kind.as_str()) {
-            (Stage::DatabaseData, "postgres") => {
-                AgentTask::RestorePostgres { instance: snap.source.clone(), snapshot: snap.snapshot.clone() }
-            }
-            (Stage::DatabaseData, "rabbitmq") => {
-                AgentTask::RestoreRabbitmq { instance: snap.source.clone(), snapshot: snap.snapshot.clone() }
-            }
-            (Stage::VolumeData, "dir") => {
-                AgentTask::RestoreVolume { pvc: snap.source.clone(), snapshot: snap.snapshot.clone() }
-            }
-            _ => continue,
-        };
+        let Some(task) = plan::data_task(stage, &snap.kind, &snap.source, &snap.snapshot) else { continue };
         let job_name = job_name(&restore.name_any(), &format!("{}/{}", snap.kind, snap.source));
         match ctx.jobs.get(&ObjectRef::new(&job_name).within(&ns)) {
             None => {
@@ -548,7 +514,7 @@ async fn run_jobs(
                     storage: &loaded.policy.spec.storage,
                     tags: Vec::new(),
                     consumer,
-                    deadline_seconds: job_deadline_seconds(restore),
+                    deadline_seconds: plan::job_deadline_seconds(limit, created, jiff::Timestamp::now()),
                     backoff_limit: JOB_BACKOFF_LIMIT,
                     // The account lives in the Restore's namespace; elsewhere the pod runs as
                     // that namespace's `default` (without a token, as always).
@@ -568,9 +534,7 @@ async fn run_jobs(
                     // Refused (forbidden, invalid): retrying cannot help; the item fails.
                     Err(kube::Error::Api(s)) if (400..500).contains(&s.code) && s.code != 429 => {
                         let message = format!("cannot create Job {ns}/{job_name} for {}: {}", task.name(), s.message);
-                        if !status.errors.contains(&message) {
-                            status.errors.push(message);
-                        }
+                        plan::record_error(status, message);
                         continue;
                     }
                     Err(e) => return Err(e.into()),
@@ -582,20 +546,12 @@ async fn run_jobs(
                 Some(Ok(())) => {}
                 Some(Err(message)) => {
                     let message = super::backup::job_error(&ctx.shared.client, &ns, &job_name, message).await?;
-                    if !status.errors.contains(&message) {
-                        status.errors.push(message);
-                    }
+                    plan::record_error(status, message);
                 }
             },
         }
     }
-    if waiting.is_empty() {
-        Ok(StageResult::Done)
-    } else if deadline_passed(status.stage_start_time.as_ref().map(|t| t.0), jiff::Timestamp::now(), JOBS_DEADLINE) {
-        Ok(StageResult::Fail(JOBS_TIMED_OUT, jobs_timed_out_message(&waiting, &ns, JOBS_DEADLINE)))
-    } else {
-        Ok(StageResult::Wait(format!("waiting for agent Jobs {}", waiting.join(", "))))
-    }
+    Ok(plan::jobs_outcome(&waiting, &ns, status, jiff::Timestamp::now()))
 }
 
 /// The Secrets (credentials, CA, key) that the agent Jobs of `storage` read.
@@ -788,16 +744,8 @@ async fn write_status(
     let api: Api<Restore> = Api::namespaced(ctx.shared.client.clone(), &restore.namespace().unwrap_or_default());
     api.patch_status(&restore.name_any(), &PatchParams::apply(STATUS_MANAGER).force(), &Patch::Apply(&patch)).await?;
     if current.phase.as_deref() != Some(new_phase) && phase::is_terminal(Some(new_phase)) {
-        let event = Event {
-            type_: if ready { EventType::Normal } else { EventType::Warning },
-            reason: reason.to_string(),
-            note: Some(message.chars().take(1024).collect()),
-            action: "Restore".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.shared.recorder.publish(&event, &restore.object_ref(&())).await {
-            warn!(restore = %key(restore), error = %e, "could not record an event");
-        }
+        let type_ = if ready { EventType::Normal } else { EventType::Warning };
+        publish(ctx, restore, type_, reason, &message).await;
     }
     Ok(())
 }

@@ -3,6 +3,8 @@
 //! their outcome; these functions only turn one task into one Job.
 
 pub mod jobs;
+pub mod phase;
+pub mod plan;
 
 pub use jobs::{AgentTask, JobSettings, agent_job};
 
