@@ -2,8 +2,11 @@
 //! app's own in `build`, claims in `volumes`, workers, cron jobs and the migration in
 //! `workloads`).
 
+pub mod access;
 pub mod build;
 pub mod databases;
+pub mod dns;
+pub mod external_secrets;
 pub mod security;
 pub mod status;
 pub mod validate;
