@@ -148,6 +148,12 @@ where
     match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => true,
         Err(kube::Error::Api(s)) if s.code == 404 => false,
+        // A watch the operator may not open would keep every cache from syncing (an older
+        // chart's RBAC under a newer binary): treated as absent, with a warning.
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            tracing::warn!(kind = %K::kind(&()), "the operator's RBAC does not allow listing this kind; treating its API as not installed");
+            false
+        }
         Err(e) => {
             tracing::warn!(error = %e, kind = %K::kind(&()), "cannot tell whether the API is installed; assuming it is");
             true
