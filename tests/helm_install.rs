@@ -158,11 +158,11 @@ async fn helm_upgrade_from_an_earlier_chart_keeps_running_and_upgrades_the_crds(
     let earlier = chart_at(EARLIER_CHART_COMMIT, cluster.dir());
 
     // The pods run the binary under test, which is newer than the earlier chart: it also
-    // watches the CronJobs of `spec.cronJobs`, which that chart's RBAC does not grant. (A real
-    // upgrade ships the binary with its own chart's RBAC; here the earlier chart's extension
-    // point supplies the one missing rule.)
-    let cronjobs =
-        r#"rbac.extraRules=[{"apiGroups":["batch"],"resources":["cronjobs"],"verbs":["get","list","watch"]}]"#;
+    // watches the CronJobs of `spec.cronJobs` and asks whether ExternalSecrets exist
+    // (`spec.externalSecrets`), which that chart's RBAC does not grant. (A real upgrade ships
+    // the binary with its own chart's RBAC; here the earlier chart's extension point supplies
+    // the missing rules.)
+    let cronjobs = r#"rbac.extraRules=[{"apiGroups":["batch"],"resources":["cronjobs"],"verbs":["get","list","watch"]},{"apiGroups":["external-secrets.io"],"resources":["externalsecrets"],"verbs":["get","list","watch"]}]"#;
     helm(
         &cluster,
         &[

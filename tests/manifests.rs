@@ -34,7 +34,7 @@ const CRD_FILES: &[&str] = &[
 
 /// API groups of custom resources: kubernetes-validate has no schema for them and warns.
 /// A warning for any other group (e.g. a built-in kind at a wrong version) is a failure.
-const NO_SCHEMA_GROUPS: &[&str] = &["berth.dev", "cert-manager.io", "monitoring.coreos.com"];
+const NO_SCHEMA_GROUPS: &[&str] = &["berth.dev", "cert-manager.io", "monitoring.coreos.com", "external-secrets.io"];
 
 /// Values files in charts/berth/ci/ (each switches on optional features); "" = defaults.
 const CHART_SCENARIOS: &[&str] = &["", "ci/all-features-values.yaml", "ci/single-replica-values.yaml"];

@@ -208,6 +208,24 @@ pub struct AppEnvironmentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<Migration>,
 
+    /// Who of the team may see and change this app, and nothing else of the namespace: each
+    /// entry's groups and users get a Role `<name>-access-<level>` scoped by resourceNames to
+    /// the app's own objects, and RoleBindings to the chart's `berth-access-*` ClusterRoles for
+    /// what RBAC cannot scope by name (pods, logs, backups and restores). See the README, "Team
+    /// access", for what each level grants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub access: Vec<AccessGrant>,
+
+    /// Secrets kept in AWS Secrets Manager or Parameter Store (or any store of the External
+    /// Secrets Operator): each entry becomes an `ExternalSecret` (external-secrets.io/v1)
+    /// whose target Secret `<name>-<entry>` is injected as environment variables or files. The
+    /// app stays `Ready=False`, reason `ExternalSecretNotReady`, with the ExternalSecret's own
+    /// message until the Secret is synced. Names are unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub external_secrets: Vec<AppExternalSecret>,
+
     /// Stop all writes to this environment's children (for maintenance or an incident).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
@@ -224,6 +242,131 @@ pub struct AppEnvironmentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86400))]
     pub progress_deadline_seconds: Option<i32>,
+}
+
+/// Access of some groups and users to this app.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("(has(self.groups) ? size(self.groups) : 0) + (has(self.users) ? size(self.users) : 0) > 0").message("spec.access entries need at least one group or user"),
+    validation = Rule::new("!has(self.exec) || !self.exec || self.level == 'operate'").message("spec.access exec is an addition to level operate: set level: operate or remove exec").field_path(".exec"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessGrant {
+    /// `view` (read the app's objects and pods), `edit` (view, and change or delete the app's
+    /// own objects, ConfigMaps and Secrets) or `operate` (edit, and pod logs, rollout restarts,
+    /// backups and restores).
+    pub level: AccessLevel,
+    /// Groups as the API server authenticates them (OIDC groups, or an EKS access entry's
+    /// groups).
+    #[serde(default)]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 253)))]
+    pub groups: Vec<String>,
+    /// User names as the API server authenticates them.
+    #[serde(default)]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 253)))]
+    pub users: Vec<String>,
+    /// Also `kubectl exec` into the namespace's pods (level `operate` only; RBAC cannot limit
+    /// exec to the app's pods). Defaults to false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exec: bool,
+}
+
+/// An access level of [`AccessGrant`]; each includes the ones before it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AccessLevel {
+    View,
+    Edit,
+    Operate,
+}
+
+impl AccessLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLevel::View => "view",
+            AccessLevel::Edit => "edit",
+            AccessLevel::Operate => "operate",
+        }
+    }
+}
+
+/// One Secret synced by the External Secrets Operator from a store such as AWS Secrets
+/// Manager, and how the app receives it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("has(self.env) != has(self.mountPath)").message("spec.externalSecrets entries need exactly one of env (variables) and mountPath (files)"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AppExternalSecret {
+    /// Entry name; the ExternalSecret and its target Secret are `<app>-<name>`.
+    #[schemars(length(min = 1, max = 30), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// The SecretStore or ClusterSecretStore that reads the secrets.
+    pub store: ExternalSecretStoreRef,
+    /// Keys of the Secret and the remote values they come from.
+    #[schemars(length(min = 1, max = 64))]
+    pub data: Vec<ExternalSecretKey>,
+    /// How often the operator re-reads the remote values, e.g. `1h` (ESO's `refreshInterval`).
+    /// Defaults to `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub refresh_interval: Option<String>,
+    /// Inject every key as an environment variable of the same name. Exactly one of `env`
+    /// and `mountPath`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<bool>,
+    /// Mount the keys as files in this directory. Exactly one of `env` and `mountPath`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2), regex(pattern = r"^/"))]
+    pub mount_path: Option<String>,
+}
+
+/// A SecretStore or ClusterSecretStore of the External Secrets Operator.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSecretStoreRef {
+    /// Name of the store.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `SecretStore` (default: in this namespace) or `ClusterSecretStore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<SecretStoreKind>,
+}
+
+/// Kind of External Secrets store.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum SecretStoreKind {
+    SecretStore,
+    ClusterSecretStore,
+}
+
+impl SecretStoreKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretStoreKind::SecretStore => "SecretStore",
+            SecretStoreKind::ClusterSecretStore => "ClusterSecretStore",
+        }
+    }
+}
+
+/// One key of the synced Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSecretKey {
+    /// Key in the Secret: the environment variable's name with `env`, the file name with
+    /// `mountPath`.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+    /// The remote secret, e.g. a Secrets Manager secret name or ARN, or a Parameter Store path.
+    #[schemars(length(min = 1))]
+    pub remote_key: String,
+    /// A JSON property of the remote secret, e.g. `password` of `{"password": …}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub property: Option<String>,
+    /// A version of the remote secret, e.g. `AWSCURRENT` or a version id. The current
+    /// version when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// A volume of the app: exactly one of `claim`, `configMap`, `secret` and `emptyDir`.
@@ -608,6 +751,39 @@ pub struct IngressSettings {
     /// Serve HTTPS with a cert-manager Certificate for every host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSettings>,
+    /// DNS records published by external-dns (Route 53 and others): Berth writes the
+    /// `external-dns.alpha.kubernetes.io/*` annotations on the Ingress. Set them here rather
+    /// than in `annotations`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<IngressDns>,
+}
+
+/// external-dns records of the Ingress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!has(self.target) || !has(self.alias) || !self.alias || !self.target.matches('^[0-9.]+$|:')").message("spec.ingress.dns.alias needs a hostname target (a load balancer's DNS name), not an IP address: remove alias or set target to the load balancer's hostname").field_path(".alias"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressDns {
+    /// Host names to publish (`external-dns.alpha.kubernetes.io/hostname`). Each must be one of
+    /// `spec.ingress.hosts`. Defaults to every host of `spec.ingress.hosts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 253)))]
+    pub hostnames: Vec<String>,
+    /// Record TTL in seconds (`external-dns.alpha.kubernetes.io/ttl`). Defaults by tier:
+    /// development and staging 60, production 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 172800))]
+    pub ttl: Option<i64>,
+    /// What the records point to (`external-dns.alpha.kubernetes.io/target`), e.g. the DNS name
+    /// of a shared ALB or an IP address. The Ingress's load balancer when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub target: Option<String>,
+    /// Publish Route 53 alias records (`external-dns.alpha.kubernetes.io/alias: "true"`)
+    /// instead of CNAMEs: needed at a zone apex, free of query charges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<bool>,
 }
 
 /// One routed path.

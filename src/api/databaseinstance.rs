@@ -82,10 +82,28 @@ pub struct DatabaseInstanceSpec {
     /// RabbitMQ users to create.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<RabbitUser>,
+    /// Where the administrative password comes from. Berth generates it when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsSource>,
     /// Prometheus metrics: a postgres_exporter sidecar (PostgreSQL) or RabbitMQ's built-in
     /// `rabbitmq_prometheus` endpoint, exposed on the client Service as port `metrics`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<DatabaseMetrics>,
+}
+
+/// A password kept outside Berth.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSource {
+    /// A Secret of this namespace written by the External Secrets Operator (the target of an
+    /// ExternalSecret reading AWS Secrets Manager), whose key `password` is the administrative
+    /// password. Berth follows it: a new value there is set on the server, and the connection
+    /// Secret `<instance>-credentials` carries it. The `berth.dev/rotate-credentials`
+    /// annotation is refused (rotation happens in Secrets Manager), and a Restore never
+    /// overwrites that Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub external_secret: Option<String>,
 }
 
 /// Metrics settings of a DatabaseInstance.

@@ -10,6 +10,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -26,6 +27,7 @@ use crate::api::appenvironment::{AppEnvironment, AppEnvironmentStatus, Migration
 use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::api::databaseinstance::DatabaseInstance;
 use crate::resources::appenvironment::adopt::{self, Takeover};
+use crate::resources::appenvironment::external_secrets::{self, ExternalSecret, SyncState};
 use crate::resources::appenvironment::status::{Observed, blocking_hash, health, is_blocked, slim_pod};
 use crate::resources::appenvironment::volumes::{
     self, CLAIM_COMPONENT, DELETION_POLICY_ANNOTATION, SizeChange, VOLUMES_FINALIZER,
@@ -33,7 +35,7 @@ use crate::resources::appenvironment::volumes::{
 use crate::resources::appenvironment::workloads::{
     self, CRON_JOB_COMPONENT, MIGRATION_COMPONENT, MigrationState, WORKER_COMPONENT,
 };
-use crate::resources::appenvironment::{AppChildren, ValidApp, build, history, link, url, validate};
+use crate::resources::appenvironment::{AppChildren, ValidApp, access, build, history, link, url, validate};
 use crate::resources::certificate::Certificate;
 use crate::resources::meta::{owner_label_key, typed};
 
@@ -67,6 +69,11 @@ pub struct Stores {
     pub database_instances: Store<DatabaseInstance>,
     /// The apps' pods, slimmed to their container states (see [`pod_cache`]).
     pub pods: Store<Pod>,
+    /// `spec.access` Roles and RoleBindings.
+    pub roles: Store<Role>,
+    pub role_bindings: Store<RoleBinding>,
+    /// `spec.externalSecrets` (only when the External Secrets Operator is installed).
+    pub external_secrets: Option<Store<ExternalSecret>>,
 }
 
 struct Ctx {
@@ -117,6 +124,14 @@ pub async fn run(
         (None, None)
     };
 
+    let (roles, role_stream) = cache::<Role>(&client, ns, children.clone());
+    let (role_bindings, binding_stream) = cache::<RoleBinding>(&client, ns, children.clone());
+    let (external_secrets, es_stream) = if shared.external_secrets {
+        let (reader, stream) = cache::<ExternalSecret>(&client, ns, children.clone());
+        (Some(reader), Some(stream))
+    } else {
+        (None, None)
+    };
     let (database_instances, dbi_stream) = cache::<DatabaseInstance>(&client, ns, watcher::Config::default());
     let (pods, pod_stream) = pod_cache(&client, ns, children.clone());
     let stores = Stores {
@@ -133,6 +148,9 @@ pub async fn run(
         volume_claims,
         database_instances,
         pods,
+        roles,
+        role_bindings,
+        external_secrets,
     };
     let readiness = {
         let s = (
@@ -147,6 +165,7 @@ pub async fn run(
             stores.database_instances.clone(),
             stores.pods.clone(),
             (stores.cron_jobs.clone(), stores.jobs.clone(), stores.volume_claims.clone()),
+            (stores.roles.clone(), stores.role_bindings.clone(), stores.external_secrets.clone()),
         );
         async move {
             synced_store(&s.0).await;
@@ -164,6 +183,11 @@ pub async fn run(
             synced_store(&s.10.0).await;
             synced_store(&s.10.1).await;
             synced_store(&s.10.2).await;
+            synced_store(&s.11.0).await;
+            synced_store(&s.11.1).await;
+            if let Some(es) = &s.11.2 {
+                synced_store(es).await;
+            }
         }
     };
 
@@ -184,8 +208,14 @@ pub async fn run(
         .owns_stream(pdb_stream)
         .owns_stream(np_stream)
         .owns_stream(cron_stream)
-        .owns_stream(job_stream);
+        .owns_stream(job_stream)
+        .owns_stream(role_stream)
+        .owns_stream(binding_stream);
     if let Some(stream) = cert_stream {
+        controller = controller.owns_stream(stream);
+    }
+    // An ExternalSecret's status (synced or not) is the app's readiness.
+    if let Some(stream) = es_stream {
         controller = controller.owns_stream(stream);
     }
     // A DatabaseInstance that changes (ready, rotated) wakes the apps that reference it.
@@ -274,6 +304,16 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
         update_status(app, ctx, &conditions, None, Computed::default()).await?;
         return Err(Error::DependencyMissing(missing.into()));
     }
+    if !children.external_secrets.is_empty() && !ctx.shared.external_secrets {
+        let missing = "spec.externalSecrets needs the External Secrets Operator, whose ExternalSecret API (external-secrets.io/v1) is not installed in the cluster; install it or remove spec.externalSecrets";
+        let conditions = [
+            DesiredCondition::new(READY, false, "ExternalSecretsMissing", missing),
+            DesiredCondition::new(PROGRESSING, false, "ExternalSecretsMissing", missing),
+            DesiredCondition::new(DEGRADED, true, "ExternalSecretsMissing", missing),
+        ];
+        update_status(app, ctx, &conditions, None, Computed::default()).await?;
+        return Err(Error::DependencyMissing(missing.into()));
+    }
     if let Some(conditions) = takeover_refusal(app, ctx, &children.deployment).await? {
         update_status(app, ctx, &conditions, Some(&valid), Computed::default()).await?;
         // Berth does not watch Deployments it does not own: look again at the next resync.
@@ -309,6 +349,11 @@ async fn reconcile_app(app: &AppEnvironment, ctx: &Ctx) -> Result<Action, Error>
         migration: applied.migration.0.clone(),
     };
     let mut app_health = health(&valid, &observed);
+    if !applied.secrets.not_ready.is_empty() {
+        let message = applied.secrets.not_ready.join("; ");
+        app_health.conditions.retain(|c| c.type_ != READY);
+        app_health.conditions.push(DesiredCondition::new(READY, false, "ExternalSecretNotReady", message));
+    }
     if let Some((reason, message)) = applied.refusals.first() {
         app_health.conditions.retain(|c| c.type_ != DEGRADED);
         app_health.conditions.push(DesiredCondition::new(DEGRADED, true, reason, message.clone()));
@@ -435,6 +480,8 @@ struct Applied {
     migration: (MigrationState, Option<MigrationStatus>),
     /// Claim changes that cannot be made (reason, message naming the field).
     refusals: Vec<(&'static str, String)>,
+    /// The ExternalSecrets' sync state.
+    secrets: SyncState,
 }
 
 fn applier<'a>(app: &AppEnvironment, ctx: &'a Ctx) -> Applier<'a> {
@@ -466,18 +513,41 @@ async fn apply_children(app: &AppEnvironment, ctx: &Ctx, children: &AppChildren)
         workers,
         cron_jobs,
         migration,
+        external_secrets,
+        access_roles,
+        access_bindings,
     } = children;
     let s = &ctx.stores;
     let name = app.name_any();
     let applier = applier(app, ctx);
     let mut writes = 0;
     writes += applier.apply(&s.service_accounts, service_account).await? as u32;
+    for role in access_roles {
+        writes += applier.apply(&s.roles, role).await? as u32;
+    }
+    for binding in access_bindings {
+        writes += applier.apply(&s.role_bindings, binding).await? as u32;
+    }
+    writes += delete_stale(app, &applier, &s.role_bindings, access::COMPONENT, access_bindings).await?;
+    writes += delete_stale(app, &applier, &s.roles, access::COMPONENT, access_roles).await?;
+    let mut secrets = SyncState::default();
+    if let Some(store) = &s.external_secrets {
+        for es in external_secrets {
+            writes += applier.apply(store, es).await? as u32;
+        }
+        writes += delete_stale(app, &applier, store, external_secrets::COMPONENT, external_secrets).await?;
+        let ns = app.namespace().unwrap_or_default();
+        let observed: Vec<_> =
+            external_secrets.iter().map(|es| store.get(&ObjectRef::new(&es.name_any()).within(&ns))).collect();
+        secrets = external_secrets::sync_state(app, &observed.iter().map(Option::as_deref).collect::<Vec<_>>());
+    }
     let (claim_writes, refusals) = apply_claims(app, ctx, &applier, volume_claims).await?;
     writes += claim_writes;
     let migration = migrate(app, ctx, &applier, migration.as_ref()).await?;
     writes += applier.apply(&s.services, service).await? as u32;
     let mut deployment_changed = false;
-    if matches!(migration.0, MigrationState::None | MigrationState::Succeeded) {
+    // Pods cannot start before every Secret they reference exists.
+    if matches!(migration.0, MigrationState::None | MigrationState::Succeeded) && !secrets.never_synced {
         deployment_changed = applier.apply(&s.deployments, deployment).await?;
         writes += deployment_changed as u32;
         for worker in workers {
@@ -499,7 +569,7 @@ async fn apply_children(app: &AppEnvironment, ctx: &Ctx, children: &AppChildren)
     if writes > 0 {
         info!(appenvironment = %key(app), writes, "converged children");
     }
-    Ok(Applied { deployment_changed, migration, refusals })
+    Ok(Applied { deployment_changed, migration, refusals, secrets })
 }
 
 /// Deletes the children of `component` this app owns that `desired` no longer lists (a

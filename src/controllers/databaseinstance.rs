@@ -30,7 +30,7 @@ use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READ
 use crate::api::databaseinstance::{DatabaseInstance, DatabaseInstanceStatus, ProvisioningError};
 use crate::provision::{self, ProvisionError, Target};
 use crate::resources::databaseinstance::build::COMPONENT;
-use crate::resources::databaseinstance::credentials::ROTATE_ANNOTATION;
+use crate::resources::databaseinstance::credentials::{self, ROTATE_ANNOTATION};
 use crate::resources::databaseinstance::day2::{self, Refusal, Resize};
 use crate::resources::databaseinstance::validate::MANAGEMENT_PORT;
 use crate::resources::databaseinstance::{Credentials, DatabaseChildren, ValidDatabase, build, validate};
@@ -211,15 +211,51 @@ async fn reconcile_instance(db: &DatabaseInstance, ctx: &Ctx) -> Result<Action, 
 
     // Credentials: stored ones are kept; only missing ones are generated.
     let stored = stored_credentials(&valid, ctx).await?;
+    let first = stored.as_ref().is_none_or(|c| c.admin_password.is_empty());
     let (mut credentials, generated) = Credentials::complete(&valid, stored);
     if generated {
         info!(databaseinstance = %key(db), "generated credentials");
     }
+    let external = db.spec.credentials.as_ref().and_then(|c| c.external_secret.as_deref());
+    let mut rotation_refused = None;
+    if let Some(secret) = external {
+        let synced = Api::<Secret>::namespaced(ctx.shared.client.clone(), &ns).get_opt(secret).await?;
+        let base =
+            if first { Credentials { admin_password: String::new(), ..credentials.clone() } } else { credentials };
+        let Some(followed) = synced.and_then(|s| credentials::follow_external(base, &s)) else {
+            let message = format!(
+                "spec.credentials.externalSecret: Secret {secret} does not exist or has no key \"password\" yet; the External Secrets Operator writes it from the store (check its ExternalSecret)"
+            );
+            let outcome = Outcome {
+                conditions: vec![
+                    DesiredCondition::new(READY, false, "ExternalSecretNotSynced", message.clone()),
+                    DesiredCondition::new(PROGRESSING, true, "ExternalSecretNotSynced", message),
+                ],
+                phase: "Pending",
+                current_version: None,
+                provisioned: None,
+                last_error: None,
+                credentials_revision: None,
+            };
+            update_status(db, ctx, None, outcome).await?;
+            return Ok(Action::requeue(ctx.shared.resync));
+        };
+        credentials = followed;
+    }
     if let Some(requested) = db.annotations().get(ROTATE_ANNOTATION)
         && credentials.revision.as_deref() != Some(requested.as_str())
     {
-        info!(databaseinstance = %key(db), revision = %requested, "rotating credentials");
-        credentials = credentials.rotated(&valid, requested);
+        if let Some(secret) = external {
+            rotation_refused = Some(Refusal {
+                reason: "RotationRefused",
+                message: format!(
+                    "{ROTATE_ANNOTATION}: the password comes from spec.credentials.externalSecret ({secret}); rotate it in AWS Secrets Manager and Berth follows the synced Secret, then remove the annotation"
+                ),
+            });
+        } else {
+            info!(databaseinstance = %key(db), revision = %requested, "rotating credentials");
+            credentials = credentials.rotated(&valid, requested);
+        }
     }
 
     let existing = ctx.stores.stateful_sets.get(&ObjectRef::new(&name).within(&ns));
@@ -252,6 +288,7 @@ async fn reconcile_instance(db: &DatabaseInstance, ctx: &Ctx) -> Result<Action, 
     let children = build(&plan.effective, &credentials, &ctx.shared.operator_namespace);
     apply_or_report(db, ctx, &children).await?;
     let mut refusals = plan.refusals.clone();
+    refusals.extend(rotation_refused);
     refusals.extend(grow_volumes(ctx, &ns, &plan.resizes).await?);
 
     let degraded = match refusals.first() {

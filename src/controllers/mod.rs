@@ -118,6 +118,8 @@ pub struct Context {
     pub resync: Duration,
     /// Whether cert-manager's Certificate API exists in the cluster.
     pub cert_manager: bool,
+    /// Whether the External Secrets Operator's ExternalSecret API (v1) exists in the cluster.
+    pub external_secrets: bool,
     /// Namespace the operator runs in (database NetworkPolicies admit it).
     pub operator_namespace: String,
     /// In-cluster `host:port` addresses mapped to reachable ones, for an operator that runs
@@ -145,6 +147,7 @@ impl Context {
             recorder,
             resync,
             cert_manager,
+            external_secrets: false,
             operator_namespace: "berth-system".into(),
             endpoint_overrides: HashMap::new(),
             agent_image: DEFAULT_AGENT_IMAGE.into(),

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::controllers::{self, Context};
+use crate::resources::appenvironment::external_secrets::ExternalSecret;
 use crate::resources::certificate::Certificate;
 use health::Health;
 use leader::{LeaderElector, LeaseTimings};
@@ -129,20 +130,32 @@ fn init_tracing(format: LogFormat) {
     };
 }
 
-/// Whether cert-manager's Certificate API is served (TLS needs it; without it Berth reports a
-/// condition instead of failing watches forever).
-/// Asked in the first watched namespace when namespaces are given: the operator may only have
-/// namespaced permissions then.
-async fn cert_manager_installed(client: &kube::Client, namespace: Option<&str>) -> bool {
-    let api: Api<Certificate> = match namespace {
+/// Whether the API of `K` (a CRD Berth uses but does not own: cert-manager's Certificate,
+/// External Secrets' ExternalSecret) is served; without it Berth reports a condition instead of
+/// failing watches forever. Asked in the first watched namespace when namespaces are given: the
+/// operator may only have namespaced permissions then.
+async fn api_served<K>(client: &kube::Client, namespace: Option<&str>) -> bool
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
     match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => true,
         Err(kube::Error::Api(s)) if s.code == 404 => false,
+        // A watch the operator may not open would keep every cache from syncing (an older
+        // chart's RBAC under a newer binary): treated as absent, with a warning.
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            tracing::warn!(kind = %K::kind(&()), "the operator's RBAC does not allow listing this kind; treating its API as not installed");
+            false
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot tell whether cert-manager is installed; assuming it is");
+            tracing::warn!(error = %e, kind = %K::kind(&()), "cannot tell whether the API is installed; assuming it is");
             true
         }
     }
@@ -227,9 +240,15 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     info!(lease = %args.lease_name, %identity, monotonic_ns = leader::monotonic_ns(), "started leading");
 
     let first_namespace = args.namespaces.iter().find(|n| !n.is_empty()).map(String::as_str);
-    let cert_manager = cert_manager_installed(&client, first_namespace).await;
+    let cert_manager = api_served::<Certificate>(&client, first_namespace).await;
     if !cert_manager {
         info!("cert-manager is not installed: AppEnvironments with TLS will report CertManagerMissing");
+    }
+    let external_secrets = api_served::<ExternalSecret>(&client, first_namespace).await;
+    if !external_secrets {
+        info!(
+            "the External Secrets Operator is not installed: AppEnvironments with externalSecrets will report ExternalSecretsMissing"
+        );
     }
     let recorder =
         Recorder::new(client.clone(), Reporter { controller: "berth".into(), instance: Some(identity.clone()) });
@@ -244,6 +263,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     context.operator_namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "berth-system".into());
     context.endpoint_overrides = args.endpoint_overrides.iter().cloned().collect();
     context.agent_image = args.agent_image.clone();
+    context.external_secrets = external_secrets;
     controllers::repository::allow_operator_identity(args.allow_operator_storage_identity);
     let ctx = Arc::new(context);
 

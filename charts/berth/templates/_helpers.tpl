@@ -171,6 +171,20 @@ Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
 - apiGroups: [cert-manager.io]
   resources: [certificates]
   verbs: {{ toJson $owned }}
+# AppEnvironment spec.externalSecrets: the ExternalSecrets the External Secrets Operator syncs
+# (their target Secrets are written by that operator, not by Berth).
+- apiGroups: [external-secrets.io]
+  resources: [externalsecrets]
+  verbs: {{ toJson $owned }}
+# AppEnvironment spec.access: RBAC cannot scope pods, logs, exec or the creation of Backups and
+# Restores by name, so a team gets those from these ClusterRoles, bound in its app's namespace
+# only. `bind` lets Berth bind them without holding what they grant (pods/log, pods/exec,
+# create of Restores): it gains no right it would only pass on. The named rules of the app's
+# own Role use only verbs Berth already holds (the Role and RoleBinding rule above).
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [clusterroles]
+  verbs: [bind]
+  resourceNames: [berth-access-view, berth-access-operate, berth-access-exec]
 # Tenancy: BackupPolicies, Backups and Restores act as a ServiceAccount of their own
 # namespace. Impersonating a ServiceAccount needs only this (the API server adds the account's
 # groups itself): no `impersonate` on users or groups.

@@ -19,11 +19,15 @@ use k8s_openapi::api::networking::v1::{
     ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
+use super::access;
 use super::databases::{self, DatabaseLinks};
+use super::dns;
+use super::external_secrets::{self, ExternalSecret};
 use super::validate::{ResolvedBudget, ValidApp};
 use super::{adopt, volumes, workloads};
 use crate::api::appenvironment::{AppEnvironment, Probes, PullPolicy, ServiceType};
@@ -56,11 +60,16 @@ pub struct AppChildren {
     pub cron_jobs: Vec<CronJob>,
     /// The Job of `spec.migration` for the current image.
     pub migration: Option<Job>,
+    /// One ExternalSecret per `spec.externalSecrets` entry.
+    pub external_secrets: Vec<ExternalSecret>,
+    /// `spec.access`: a Role per level, and the RoleBindings (see [`access`]).
+    pub access_roles: Vec<Role>,
+    pub access_bindings: Vec<RoleBinding>,
 }
 
 impl AppChildren {
-    /// Every present child as JSON, in apply order (ServiceAccount, claims, migration Job,
-    /// Service, Deployment, workers, CronJobs, Ingress, Certificate, HorizontalPodAutoscaler,
+    /// Every present child as JSON, in apply order (ServiceAccount, access Roles and
+    /// RoleBindings, ExternalSecrets, claims, migration Job, Service, Deployment, workers, CronJobs, Ingress, Certificate, HorizontalPodAutoscaler,
     /// PodDisruptionBudget, NetworkPolicy).
     pub fn to_json(&self) -> Vec<serde_json::Value> {
         let Self {
@@ -76,8 +85,14 @@ impl AppChildren {
             workers,
             cron_jobs,
             migration,
+            external_secrets,
+            access_roles,
+            access_bindings,
         } = self;
         let mut out = vec![typed(service_account)];
+        out.extend(access_roles.iter().map(typed));
+        out.extend(access_bindings.iter().map(typed));
+        out.extend(external_secrets.iter().map(typed));
         out.extend(volume_claims.iter().map(typed));
         out.extend(migration.as_ref().map(typed));
         out.extend([typed(service), typed(deployment)]);
@@ -96,7 +111,11 @@ impl AppChildren {
 /// [`databases::link`]: their variables, labels and annotations go into the Deployment's pods
 /// (whether or not the instances are ready yet; readiness only affects the status).
 pub fn build(valid: &ValidApp, links: &DatabaseLinks) -> AppChildren {
+    let (access_roles, access_bindings) = access::build(valid);
     AppChildren {
+        external_secrets: external_secrets::build(valid),
+        access_roles,
+        access_bindings,
         service_account: service_account(valid),
         service: service(valid),
         deployment: deployment(valid, links),
@@ -247,8 +266,12 @@ pub(super) fn pod_template(
 ) -> PodTemplateSpec {
     let spec = &app(valid).spec;
     let name = app(valid).name_any();
-    let env = databases::env_vars(links, &spec.env);
-    let (volumes, mounts) = volumes::pod_volumes(valid, shape.volumes);
+    let mut env = databases::env_vars(links, &spec.env);
+    env.extend(external_secrets::env_vars(app(valid)));
+    let (mut volumes, mut mounts) = volumes::pod_volumes(valid, shape.volumes);
+    let (secret_volumes, secret_mounts) = external_secrets::volumes(app(valid));
+    volumes.extend(secret_volumes);
+    mounts.extend(secret_mounts);
     let container = Container {
         name: CONTAINER.into(),
         image: Some(spec.image.clone()),
@@ -412,8 +435,10 @@ fn ingress(valid: &ValidApp) -> Option<Ingress> {
     } else {
         ing.hosts.iter().map(|h| IngressRule { host: Some(h.clone()), http: Some(http.clone()) }).collect()
     };
+    let mut annotations = ing.annotations.clone();
+    annotations.extend(ing.dns.as_ref().map(dns::annotations).unwrap_or_default());
     Some(Ingress {
-        metadata: child_meta(valid, ing.annotations.clone()),
+        metadata: child_meta(valid, annotations),
         spec: Some(IngressSpec {
             ingress_class_name: ing.class_name.clone(),
             rules: Some(rules),

@@ -2,9 +2,12 @@
 //! app's own in `build`, claims in `volumes`, workers, cron jobs and the migration in
 //! `workloads`).
 
+pub mod access;
 pub mod adopt;
 pub mod build;
 pub mod databases;
+pub mod dns;
+pub mod external_secrets;
 pub mod history;
 pub mod security;
 pub mod status;

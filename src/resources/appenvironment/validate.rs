@@ -8,8 +8,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::databases::name_prefix;
+use super::dns::{self, ResolvedDns};
 use super::security;
 use super::volumes;
+use super::{access, external_secrets};
 use crate::api::appenvironment::{
     AppEnvironment, AppPort, DatabaseRef, IssuerKind, PathType, Protocol, RolloutStrategy, Tier,
 };
@@ -61,6 +63,8 @@ pub struct ResolvedIngress {
     pub paths: Vec<(String, &'static str)>,
     pub annotations: BTreeMap<String, String>,
     pub tls: Option<ResolvedTls>,
+    /// `spec.ingress.dns`, its annotations added to the Ingress by the builder.
+    pub dns: Option<ResolvedDns>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,7 +190,9 @@ pub fn validate(app: &AppEnvironment) -> Result<ValidApp, Vec<FieldError>> {
                 })
                 .collect()
         };
+        let dns = dns::resolve(ing, tier, &mut errors);
         ResolvedIngress {
+            dns,
             class_name: ing.class_name.clone(),
             hosts: ing.hosts.clone(),
             paths,
@@ -272,6 +278,8 @@ pub fn validate(app: &AppEnvironment) -> Result<ValidApp, Vec<FieldError>> {
 
     volumes::check(app, replicas, &rollout, recreate, &mut errors);
     check_workloads(app, &mut errors);
+    access::check(&spec.access, &mut errors);
+    external_secrets::check(app, &mut errors);
 
     if !errors.is_empty() {
         return Err(errors);

@@ -142,6 +142,23 @@ impl Credentials {
     }
 }
 
+/// Follows an administrative password kept in an external store (`spec.credentials.
+/// externalSecret`): a `synced` value other than the stored one becomes the password, with the
+/// stored one kept as the previous password until the server has the new one, exactly like a
+/// rotation. `None` when the synced Secret has no `password` yet.
+pub fn follow_external(stored: Credentials, synced: &Secret) -> Option<Credentials> {
+    let password = secret_value(synced, "password")?;
+    if stored.admin_password == password {
+        return Some(stored);
+    }
+    let previous = stored.previous_admin_password.clone().or_else(|| Some(stored.admin_password.clone()));
+    Some(Credentials {
+        admin_password: password,
+        previous_admin_password: previous.filter(|p| !p.is_empty()),
+        ..stored
+    })
+}
+
 /// A value of a Secret, from `data` (as the API returns it) or `stringData`.
 fn secret_value(secret: &Secret, key: &str) -> Option<String> {
     let from_data = secret.data.as_ref().and_then(|d| d.get(key)).and_then(|b| String::from_utf8(b.0.clone()).ok());
@@ -151,6 +168,42 @@ fn secret_value(secret: &Secret, key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_external_password_is_followed_like_a_rotation() {
+        let stored = Credentials {
+            admin_password: "old".into(),
+            erlang_cookie: String::new(),
+            user_passwords: BTreeMap::new(),
+            revision: None,
+            previous_admin_password: None,
+        };
+        let synced = |pw: &str| Secret {
+            string_data: Some(BTreeMap::from([("password".to_string(), pw.to_string())])),
+            ..Secret::default()
+        };
+        let same = follow_external(stored.clone(), &synced("old")).unwrap();
+        assert_eq!(same, stored);
+        let new = follow_external(stored.clone(), &synced("new")).unwrap();
+        assert_eq!((new.admin_password.as_str(), new.previous_admin_password.as_deref()), ("new", Some("old")));
+        // Still unfinished when the store changes again: the server has the first password.
+        let again = follow_external(new, &synced("newer")).unwrap();
+        assert_eq!(again.previous_admin_password.as_deref(), Some("old"));
+        // A first sync before Berth stored anything: no previous password.
+        let fresh = Credentials { admin_password: String::new(), ..stored };
+        assert_eq!(follow_external(fresh, &synced("first")).unwrap().previous_admin_password, None);
+        assert_eq!(follow_external(stored_empty(), &Secret::default()), None);
+    }
+
+    fn stored_empty() -> Credentials {
+        Credentials {
+            admin_password: String::new(),
+            erlang_cookie: String::new(),
+            user_passwords: BTreeMap::new(),
+            revision: None,
+            previous_admin_password: None,
+        }
+    }
 
     #[test]
     fn passwords_are_long_alphanumeric_and_differ() {

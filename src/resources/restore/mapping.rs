@@ -120,6 +120,7 @@ pub mod reason {
     pub const SERVICE_ACCOUNT_TOKEN: &str = "ServiceAccountToken";
     pub const BACKUP_MACHINERY: &str = "BackupOrRestore";
     pub const POLICY_NOT_INCLUDED: &str = "BackupPolicyNotIncluded";
+    pub const SYNCED_BY_EXTERNAL_SECRETS: &str = "SyncedByExternalSecrets";
 }
 
 /// The API group of Berth's own kinds.
@@ -127,6 +128,30 @@ pub(super) const BERTH_GROUP: &str = "berth.dev";
 const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// The label that marks a child of a DatabaseInstance (see `resources::meta::owner_label_key`).
 const DATABASE_LABEL: &str = "berth.dev/databaseinstance";
+
+/// A Secret the External Secrets Operator writes from AWS Secrets Manager or another store
+/// (owned by an ExternalSecret, or carrying that operator's labels): the store holds the
+/// current value, so a restore must never put an older copy back.
+fn synced_by_external_secrets(secret: &Value) -> bool {
+    let owned = secret.pointer("/metadata/ownerReferences").and_then(Value::as_array).is_some_and(|owners| {
+        owners.iter().any(|o| o["apiVersion"].as_str().is_some_and(|v| v.starts_with("external-secrets.io/")))
+    });
+    let labelled = secret
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .is_some_and(|labels| labels.keys().any(|k| k.starts_with("reconcile.external-secrets.io/")));
+    owned || labelled
+}
+
+#[cfg(test)]
+#[test]
+fn secrets_synced_by_external_secrets_are_never_restored() {
+    let owned = serde_json::json!({"metadata": {"ownerReferences": [{"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret", "name": "db"}]}});
+    let labelled = serde_json::json!({"metadata": {"labels": {"reconcile.external-secrets.io/managed": "true"}}});
+    let own = serde_json::json!({"metadata": {"labels": {"app": "shop"}, "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap"}]}});
+    assert!(synced_by_external_secrets(&owned) && synced_by_external_secrets(&labelled));
+    assert!(!synced_by_external_secrets(&own));
+}
 
 /// Kinds that are the output of a controller, by (group, Kind).
 const RECREATED: &[(&str, &str)] = &[
@@ -264,6 +289,8 @@ pub fn plan(restore: &Restore, objects: Vec<Value>) -> Result<RestorePlan, Vec<F
             && obj.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token")
         {
             Some(reason::SERVICE_ACCOUNT_TOKEN)
+        } else if gk == ("", "Secret") && synced_by_external_secrets(&obj) {
+            Some(reason::SYNCED_BY_EXTERNAL_SECRETS)
         } else if label(MANAGED_BY_LABEL) == Some("berth") && !(gk == ("", "Secret") && label(DATABASE_LABEL).is_some())
         {
             Some(reason::MANAGED_BY_BERTH)
