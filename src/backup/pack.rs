@@ -329,7 +329,7 @@ impl Index {
 
     /// Sorts what [`Self::load_pack`] appended; a duplicate keeps its first location.
     pub fn sort_loaded(&mut self) {
-        self.sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        self.sorted.sort_by_key(|e| e.0);
         self.sorted.dedup_by(|later, first| later.0 == first.0);
         if self.sorted.capacity() > self.sorted.len() + self.sorted.len() / 4 {
             self.sorted.shrink_to_fit();
@@ -381,7 +381,7 @@ impl Index {
         if self.recent.len() > MERGE_AT.max(self.sorted.len() / 4) {
             self.sorted.extend(self.recent.drain());
             // Two sorted runs at most after a stable sort's run detection: close to linear.
-            self.sorted.sort_by(|a, b| a.0.cmp(&b.0));
+            self.sorted.sort_by_key(|e| e.0);
             self.recent.shrink_to_fit();
         }
     }

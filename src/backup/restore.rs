@@ -347,23 +347,26 @@ fn plan_file(repo: &Repository, batch: &mut Batch, path: PathBuf, n: &Node, is_r
     Ok(())
 }
 
+/// A blob to restore: where it is and where it goes.
+type Planned = (Id, IndexEntry, Vec<Target>);
+
 /// One ranged read: blobs of one pack, sorted by offset.
 struct Read {
     pack: PackMeta,
-    blobs: Vec<(Id, IndexEntry, Vec<Target>)>,
+    blobs: Vec<Planned>,
 }
 
 /// Cuts the blobs of a batch into reads: per pack, runs without a gap above
 /// [`MAX_RANGE_GAP`], at most [`MAX_READ`] long (a longer blob is read alone).
 fn plan_reads(blobs: HashMap<Id, (IndexEntry, PackMeta, Vec<Target>)>) -> Vec<Read> {
-    let mut by_pack: HashMap<u32, (PackMeta, Vec<(Id, IndexEntry, Vec<Target>)>)> = HashMap::new();
+    let mut by_pack: HashMap<u32, (PackMeta, Vec<Planned>)> = HashMap::new();
     for (id, (e, meta, targets)) in blobs {
         by_pack.entry(e.pack).or_insert_with(|| (meta, Vec::new())).1.push((id, e, targets));
     }
     let mut reads = Vec::new();
     for (_, (pack, mut entries)) in by_pack {
         entries.sort_by_key(|(_, e, _)| e.offset);
-        let mut current: Vec<(Id, IndexEntry, Vec<Target>)> = Vec::new();
+        let mut current: Vec<Planned> = Vec::new();
         for entry in entries {
             if let (Some(first), Some(last)) = (current.first(), current.last()) {
                 let start = first.1.offset as u64;
