@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,7 +21,7 @@ use tokio::runtime::Handle;
 use super::crypto::Id;
 use super::direct::DirectReader;
 use super::error::{BackupError, Result};
-use super::pack::{self, BlobKind, PackMeta};
+use super::pack::BlobKind;
 use super::repo::Repository;
 use super::snapshot::{Node, NodeKind, Tree, encode_raw};
 use super::writer::{BlobWriter, WriterStats};
@@ -52,8 +52,6 @@ struct Walker<'a> {
     repo: &'a Repository,
     handle: &'a Handle,
     stats: Arc<WriterStats>,
-    /// Every tree of the parent snapshot, fetched up front in parallel.
-    parent_trees: HashMap<Id, Tree>,
     small_file: u64,
     /// Files from this size on are chunked on the large-file threads (see [`LargeFile`]).
     large_file: u64,
@@ -99,33 +97,6 @@ fn store_large_file(
     stored
 }
 
-/// Loads every tree below `root` level by level, `parallel` pack downloads at a time.
-pub async fn load_all_trees(repo: &Repository, root: Id, parallel: usize) -> Result<HashMap<Id, Tree>> {
-    let mut out = HashMap::new();
-    let mut packs = HashMap::new();
-    let mut level = vec![root];
-    while !level.is_empty() {
-        let started = std::time::Instant::now();
-        let count = level.len();
-        let trees = repo.load_trees_packwise(&std::mem::take(&mut level), &mut packs, parallel).await?;
-        tracing::debug!(trees = count, elapsed_ms = started.elapsed().as_millis() as u64, "tree level loaded");
-        for (id, t) in trees {
-            for n in &t.nodes {
-                if let Some(sub) = n.subtree
-                    && !out.contains_key(&sub)
-                {
-                    level.push(sub);
-                }
-            }
-            out.insert(id, t);
-        }
-        level.sort();
-        level.dedup();
-        level.retain(|id| !out.contains_key(id));
-    }
-    Ok(out)
-}
-
 /// Threads that walk and read: twice the cores (stat calls on a cold cache wait on the disk),
 /// at most 8 so that the chunkers' buffers (up to two maximum-size chunks each) stay bounded.
 fn walk_pool() -> Result<rayon::ThreadPool> {
@@ -137,11 +108,10 @@ fn walk_pool() -> Result<rayon::ThreadPool> {
         .map_err(|e| BackupError::Aborted(format!("starting the walk threads: {e}")))
 }
 
-/// The previous snapshot of a source: its root node and every tree below it (loaded by
-/// [`ops::run_backup`](super::ops::run_backup) while it takes the lock).
+/// The previous snapshot of a source. Its trees are loaded one directory at a time as the
+/// walk reaches them, so that memory does not grow with the number of files.
 pub struct Parent {
     pub root: Node,
-    pub trees: HashMap<Id, Tree>,
 }
 
 /// Backs up the directory `path`; returns its root node (name `/`). `parent` is the previous
@@ -157,15 +127,8 @@ pub fn backup_dir(
     if !meta.is_dir() {
         return Err(BackupError::Invalid(format!("{} is not a directory", path.display())));
     }
-    let (parent_root, parent_trees) = match parent {
-        Some(p) => (p.root.subtree, p.trees),
-        None => (None, HashMap::new()),
-    };
-    let parent_tree = match parent_root {
-        Some(id) => Some(match parent_trees.get(&id) {
-            Some(t) => t.clone(),
-            None => handle.block_on(repo.load_tree(&id))?,
-        }),
+    let parent_tree = match parent.and_then(|p| p.root.subtree) {
+        Some(id) => Some(handle.block_on(repo.load_tree(&id))?),
         None => None,
     };
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -194,7 +157,6 @@ pub fn backup_dir(
             repo,
             handle,
             stats: writer.stats().clone(),
-            parent_trees,
             small_file: repo.config().chunker.min_size as u64,
             large_file: 8 * repo.config().chunker.max_size as u64,
             large,
@@ -305,10 +267,7 @@ impl Walker<'_> {
         } else if ft.is_dir() {
             let mut n = node_from_meta(name.as_bytes(), &meta, NodeKind::Dir);
             let sub = match prev.filter(|o| o.kind == NodeKind::Dir).and_then(|o| o.subtree) {
-                Some(id) => match self.parent_trees.get(&id) {
-                    Some(t) => Some(t.clone()),
-                    None => Some(self.handle.block_on(self.repo.load_tree(&id))?),
-                },
+                Some(id) => Some(self.handle.block_on(self.repo.load_tree(&id))?),
                 None => None,
             };
             n.subtree = Some(self.dir(p, sub)?);
@@ -438,291 +397,4 @@ pub async fn walk_files(repo: &Repository, root: &Node) -> Result<Vec<(String, N
     Ok(out)
 }
 
-/// Counters of a restore.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RestoreStats {
-    pub files: u64,
-    pub dirs: u64,
-    pub bytes: u64,
-}
-
-struct FilePlan {
-    path: PathBuf,
-    size: u64,
-}
-
-/// Blobs of one pack closer than this are fetched with one ranged GET; farther apart, the gap
-/// is not downloaded (packs written by incremental backups hold blobs of many snapshots).
-const MAX_RANGE_GAP: u64 = 1 << 20;
-
-/// Opens (creating it when needed) a file being restored and gives it its final length.
-/// Never follows a symlink at the path: a restore target may hold untrusted links.
-fn open_for_restore(plan: &FilePlan) -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let open = || {
-        std::fs::OpenOptions::new().write(true).create(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&plan.path)
-    };
-    let f = match open() {
-        // A symlink where the snapshot has a file: replace the link, never write through it.
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => match std::fs::remove_file(&plan.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => open(),
-        },
-        other => other,
-    }
-    .map_err(|e| BackupError::io(format!("create {}", plan.path.display()), e))?;
-    f.set_len(plan.size).map_err(|e| BackupError::io(format!("truncate {}", plan.path.display()), e))?;
-    Ok(f)
-}
-
-struct Target {
-    file: usize,
-    offset: u64,
-}
-
-/// Restores the tree below `root` into `target` (created if missing). Every chunk is
-/// verified (authenticated decryption and id hash) before it is written. `on_bytes` is
-/// called with the number of bytes written as the restore progresses.
-pub async fn restore_dir(
-    repo: &Repository,
-    root: &Node,
-    target: &Path,
-    parallel: usize,
-    on_bytes: &(dyn Fn(u64) + Sync),
-) -> Result<RestoreStats> {
-    let is_root = unsafe { libc::geteuid() } == 0;
-    std::fs::create_dir_all(target).map_err(|e| BackupError::io(format!("creating {}", target.display()), e))?;
-    let mut stats = RestoreStats::default();
-    let mut files: Vec<FilePlan> = Vec::new();
-    let mut file_nodes: Vec<(PathBuf, Node)> = Vec::new();
-    let mut dirs: Vec<(PathBuf, Node, usize)> = vec![(target.to_path_buf(), root.clone(), 0)];
-    // pack -> blob -> targets
-    let mut by_pack: HashMap<u32, HashMap<Id, Vec<Target>>> = HashMap::new();
-    let mut packs: HashMap<u32, PackMeta> = HashMap::new();
-    let mut trees = match root.subtree {
-        Some(id) => load_all_trees(repo, id, parallel).await?,
-        None => HashMap::new(),
-    };
-    let mut stack = vec![(target.to_path_buf(), root.subtree, 0usize)];
-    while let Some((dir, sub, depth)) = stack.pop() {
-        let Some(sub) = sub else { continue };
-        let tree = match trees.remove(&sub) {
-            Some(t) => t,
-            None => repo.load_tree(&sub).await?,
-        };
-        for n in tree.nodes {
-            let name = OsString::from_vec(n.name_bytes());
-            if name.is_empty() || name == "." || name == ".." || name.as_bytes().contains(&b'/') {
-                return Err(BackupError::corrupt(format!("tree {sub}"), format!("invalid file name {name:?}")));
-            }
-            let p = dir.join(&name);
-            match n.kind {
-                NodeKind::Dir => {
-                    match std::fs::create_dir(&p) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
-                        Err(e) => return Err(BackupError::io(format!("mkdir {}", p.display()), e)),
-                    }
-                    let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700));
-                    stats.dirs += 1;
-                    stack.push((p.clone(), n.subtree, depth + 1));
-                    dirs.push((p, n, depth + 1));
-                }
-                NodeKind::Symlink => {
-                    let _ = std::fs::remove_file(&p);
-                    let t = OsString::from_vec(n.target_bytes());
-                    std::os::unix::fs::symlink(&t, &p)
-                        .map_err(|e| BackupError::io(format!("symlink {}", p.display()), e))?;
-                    file_nodes.push((p, n));
-                }
-                NodeKind::Fifo => {
-                    let _ = std::fs::remove_file(&p);
-                    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
-                        .map_err(|_| BackupError::Invalid("NUL in path".into()))?;
-                    // SAFETY: valid NUL-terminated path.
-                    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-                        return Err(BackupError::io(
-                            format!("mkfifo {}", p.display()),
-                            std::io::Error::last_os_error(),
-                        ));
-                    }
-                    file_nodes.push((p, n));
-                }
-                NodeKind::File => {
-                    // Files with content are created by the pack workers, in parallel with
-                    // the downloads; empty ones here.
-                    let idx = files.len();
-                    files.push(FilePlan { path: p.clone(), size: n.size });
-                    if n.content.is_empty() {
-                        open_for_restore(&files[idx])?;
-                    }
-                    let index = repo.index().read().expect("index");
-                    let mut offset = 0u64;
-                    for id in &n.content {
-                        let (meta, e) = index.get(id).ok_or_else(|| {
-                            BackupError::corrupt(
-                                format!("blob {id}"),
-                                format!("not in the index (needed by {})", p.display()),
-                            )
-                        })?;
-                        packs.insert(e.pack, meta);
-                        by_pack.entry(e.pack).or_default().entry(*id).or_default().push(Target { file: idx, offset });
-                        offset += e.raw_len as u64;
-                    }
-                    drop(index);
-                    if offset != n.size {
-                        return Err(BackupError::corrupt(
-                            format!("file {}", p.display()),
-                            format!("chunks add up to {offset} bytes, node says {}", n.size),
-                        ));
-                    }
-                    stats.files += 1;
-                    stats.bytes += n.size;
-                    file_nodes.push((p, n));
-                }
-            }
-        }
-    }
-
-    tracing::debug!(files = files.len(), packs = packs.len(), "restore planned");
-    // Download each needed pack once, verify and write its blobs.
-    let files = Arc::new(files);
-    let key_repo = repo.clone();
-    let pool = BufferPool::default();
-    let jobs: Vec<(PackMeta, HashMap<Id, Vec<Target>>)> =
-        by_pack.into_iter().map(|(pos, blobs)| (packs[&pos], blobs)).collect();
-    let mut results = futures::stream::iter(jobs)
-        .map(|(meta, blobs)| {
-            let repo = key_repo.clone();
-            let files = files.clone();
-            let pool = pool.clone();
-            async move { restore_pack(&repo, meta, blobs, files, pool).await }
-        })
-        .buffer_unordered(parallel.max(1));
-    while let Some(r) = results.next().await {
-        on_bytes(r?);
-    }
-
-    tracing::debug!("restore data written");
-    // Metadata: files and links first, then directories deepest first (setting a file's
-    // times changes its directory's mtime). Each level in parallel.
-    tokio::task::spawn_blocking(move || {
-        file_nodes.par_iter().try_for_each(|(p, n)| apply_meta(p, n, is_root))?;
-        let mut by_depth: std::collections::BTreeMap<usize, Vec<(PathBuf, Node)>> = Default::default();
-        for (p, n, depth) in dirs {
-            by_depth.entry(depth).or_default().push((p, n));
-        }
-        by_depth
-            .into_values()
-            .rev()
-            .try_for_each(|level| level.par_iter().try_for_each(|(p, n)| apply_meta(p, n, is_root)))
-    })
-    .await
-    .map_err(|e| BackupError::Aborted(e.to_string()))??;
-    Ok(stats)
-}
-
-/// Download buffers shared by the pack tasks of one restore: a fresh buffer per ranged GET
-/// would be page-faulted (zeroed) by the kernel every time.
-type BufferPool = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
-
-thread_local! {
-    // Decompression output of the blocking threads, reused for the same reason.
-    static RESTORE_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-async fn restore_pack(
-    repo: &Repository,
-    meta: PackMeta,
-    blobs: HashMap<Id, Vec<Target>>,
-    files: Arc<Vec<FilePlan>>,
-    pool: BufferPool,
-) -> Result<u64> {
-    let mut entries: Vec<(Id, pack::IndexEntry, Vec<Target>)> = {
-        let index = repo.index().read().expect("index");
-        blobs
-            .into_iter()
-            .map(|(id, t)| {
-                let (_, e) = index.get(&id).expect("planned from the index");
-                (id, e, t)
-            })
-            .collect()
-    };
-    entries.sort_by_key(|(_, e, _)| e.offset);
-    let key = pack::pack_key(&meta.id);
-    let mut written = 0u64;
-    let mut buf = pool.lock().expect("pool").pop().unwrap_or_default();
-    while !entries.is_empty() {
-        // The longest run of blobs without a gap above MAX_RANGE_GAP.
-        let mut n = 1;
-        while n < entries.len() {
-            let prev_end = entries[n - 1].1.offset as u64 + entries[n - 1].1.length as u64;
-            if entries[n].1.offset as u64 > prev_end + MAX_RANGE_GAP {
-                break;
-            }
-            n += 1;
-        }
-        let group: Vec<_> = entries.drain(..n).collect();
-        let start = group[0].1.offset as u64;
-        let end = group.iter().map(|(_, e, _)| e.offset as u64 + e.length as u64).max().unwrap_or(start);
-        let mut data = repo.storage().get_range_into(&key, start, end - start, buf).await.map_err(|e| match e {
-            BackupError::Corrupt { detail, .. } => BackupError::corrupt(format!("pack {key}"), detail),
-            other => other,
-        })?;
-        let repo = repo.clone();
-        let files = files.clone();
-        let (n, back) = tokio::task::spawn_blocking(move || {
-            RESTORE_SCRATCH.with_borrow_mut(|scratch| {
-                let mut written = 0u64;
-                // Consecutive blobs of a pack often belong to one file: keep it open.
-                let mut open: Option<(usize, std::fs::File)> = None;
-                for (id, e, targets) in group {
-                    let s = (e.offset as u64 - start) as usize;
-                    let sealed = &mut data[s..s + e.length as usize];
-                    let plain = pack::open_blob_in_place(repo.key(), e.kind, &id, sealed, e.raw_len, scratch)?;
-                    for t in targets {
-                        let plan = &files[t.file];
-                        if open.as_ref().is_none_or(|(i, _)| *i != t.file) {
-                            open = Some((t.file, open_for_restore(plan)?));
-                        }
-                        let (_, f) = open.as_ref().expect("opened above");
-                        f.write_all_at(plain, t.offset)
-                            .map_err(|err| BackupError::io(format!("write {}", plan.path.display()), err))?;
-                        written += plain.len() as u64;
-                    }
-                }
-                Ok::<_, BackupError>((written, data))
-            })
-        })
-        .await
-        .map_err(|e| BackupError::Aborted(e.to_string()))??;
-        written += n;
-        buf = back;
-    }
-    pool.lock().expect("pool").push(buf);
-    Ok(written)
-}
-
-fn apply_meta(p: &Path, n: &Node, is_root: bool) -> Result<()> {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| BackupError::Invalid("NUL in path".into()))?;
-    if is_root {
-        // SAFETY: valid NUL-terminated path.
-        if unsafe { libc::lchown(c.as_ptr(), n.uid, n.gid) } != 0 {
-            return Err(BackupError::io(format!("chown {}", p.display()), std::io::Error::last_os_error()));
-        }
-    }
-    // Without root, the mode and times of a file another user owns cannot be set (a restore
-    // into a volume the app shares through its fsGroup); its content is restored all the same.
-    let owners_only = |e: &std::io::Error| !is_root && e.raw_os_error() == Some(libc::EPERM);
-    if n.kind != NodeKind::Symlink {
-        match std::fs::set_permissions(p, std::fs::Permissions::from_mode(n.mode)) {
-            Err(e) if !owners_only(&e) => return Err(BackupError::io(format!("chmod {}", p.display()), e)),
-            _ => {}
-        }
-    }
-    let mtime = filetime::FileTime::from_unix_time(n.mtime_sec, n.mtime_nsec);
-    match filetime::set_symlink_file_times(p, mtime, mtime) {
-        Err(e) if !owners_only(&e) => Err(BackupError::io(format!("set times {}", p.display()), e)),
-        _ => Ok(()),
-    }
-}
+pub use super::restore::{RestoreStats, restore_dir};

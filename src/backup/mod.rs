@@ -9,7 +9,7 @@
 //! * [`migrate::migrate`] from format version 1 (no MACs on readable objects)
 //! * [`ops::backup_directory`], [`ops::run_backup`] (any producer of files)
 //! * [`ops::forget`] with a [`RetentionPolicy`], [`ops::prune`], [`ops::check`]
-//! * [`archiver::restore_dir`], [`archiver::stream_file`]
+//! * [`restore::restore_dir`] (also as `archiver::restore_dir`), [`archiver::stream_file`]
 //! * [`replicate::replicate`] to an offsite copy
 
 pub mod archiver;
@@ -26,6 +26,7 @@ pub mod prefetch;
 pub mod replicate;
 pub mod repo;
 pub mod resources;
+pub mod restore;
 pub mod retention;
 pub mod snapshot;
 pub mod storage;

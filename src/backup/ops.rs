@@ -85,19 +85,9 @@ where
             }
         }
     };
-    // Directory backups compare against every tree of the parent: load them meanwhile too.
-    let parent_and_trees = async {
-        let parent = find_parent(repo, &spec).await?;
-        let trees = match parent.as_ref().and_then(|(_, s)| s.root.subtree) {
-            Some(id) if spec.kind == "dir" => archiver::load_all_trees(repo, id, 16).await?,
-            _ => HashMap::new(),
-        };
-        tracing::debug!(trees = trees.len(), "parent trees loaded");
-        Ok::<_, BackupError>((parent, trees))
-    };
-    let (lock, parent) = tokio::join!(locked, parent_and_trees);
+    let (lock, parent) = tokio::join!(locked, find_parent(repo, &spec));
     let lock = lock?;
-    let (parent, parent_trees) = match parent {
+    let parent = match parent {
         Ok(p) => p,
         Err(e) => {
             let _ = lock.release().await;
@@ -106,7 +96,7 @@ where
     };
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "lock acquired, parent snapshot found");
     let result = async {
-        let parent_arg = parent.as_ref().map(|(_, s)| archiver::Parent { root: s.root.clone(), trees: parent_trees });
+        let parent_arg = parent.as_ref().map(|(_, s)| archiver::Parent { root: s.root.clone() });
         let handle = Handle::current();
         let r = repo.clone();
         let st = stats.clone();

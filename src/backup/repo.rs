@@ -247,11 +247,15 @@ impl Repository {
         self.write_options
     }
 
-    /// (Re)loads all index files; returns their names.
+    /// (Re)loads all index files; returns their names. Each file is decoded and added as it
+    /// arrives, so that only the compact index and a few decoded files are in memory at once.
     pub async fn load_index(&self) -> Result<Vec<String>> {
         let files = self.storage.list("index").await?;
+        // An index file holds at most 45 bytes of (compressed, sealed) entry per blob: room
+        // for all of them up front, rather than doubling a vector of a million entries.
+        let hint = files.iter().map(|f| f.size as usize).sum::<usize>() / 40;
         let key = self.key.clone();
-        let loaded: Vec<(String, Vec<PackInfo>)> = futures::stream::iter(files)
+        let mut loaded = futures::stream::iter(files)
             .map(|f| {
                 let key = key.clone();
                 async move {
@@ -263,17 +267,18 @@ impl Repository {
                     Ok::<_, BackupError>((f.name, packs))
                 }
             })
-            .buffer_unordered(8)
-            .try_collect()
-            .await?;
-        let mut index = Index::default();
+            .buffer_unordered(8);
+        let mut index = Index::with_capacity(hint);
         let mut names = Vec::new();
-        for (name, packs) in loaded {
+        while let Some(file) = loaded.next().await {
+            let (name, packs) = file?;
             for p in &packs {
-                index.add_pack(p);
+                index.load_pack(p);
             }
             names.push(name);
         }
+        index.sort_loaded();
+        tracing::debug!(blobs = index.blob_count(), bytes = index.heap_bytes(), "index loaded");
         *self.index.write().expect("index lock") = index;
         *self.index_files.write().expect("index lock") = names.iter().cloned().collect();
         Ok(names)

@@ -49,6 +49,7 @@ struct Job {
 struct Shared {
     repo: Repository,
     handle: Handle,
+    /// Blobs queued or packed but not yet uploaded and indexed.
     pending: Mutex<HashSet<Id>>,
     /// Open packs: data and trees apart, so that trees can be fetched pack-wise.
     packs: [Mutex<PackBuilder>; 2],
@@ -136,8 +137,15 @@ impl BlobWriter {
     /// Queues a blob unless it is known; `data` is only called for a new blob.
     fn add_with(&self, kind: BlobKind, id: Id, data: impl FnOnce() -> Vec<u8>) -> Result<()> {
         self.check_error()?;
-        let known = self.shared.repo.index().read().expect("index lock").contains(&id);
-        if known || !self.shared.pending.lock().expect("lock").insert(id) {
+        // Under the pending lock: an upload moves its blobs from `pending` to the index (index
+        // first), so a blob is always in one of the two.
+        let known = {
+            let mut pending = self.shared.pending.lock().expect("lock");
+            pending.contains(&id)
+                || self.shared.repo.index().read().expect("index lock").contains(&id)
+                || !pending.insert(id)
+        };
+        if known {
             self.shared.stats.blobs_dedup.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
@@ -294,6 +302,13 @@ fn upload_pack(shared: &Arc<Shared>, builder: PackBuilder) {
         }
         shared2.stats.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
         shared2.repo.index().write().expect("index lock").add_pack(&info);
+        // Indexed now: `pending` only holds the blobs in flight (bounded by the packs in flight).
+        {
+            let mut pending = shared2.pending.lock().expect("lock");
+            for b in &info.blobs {
+                pending.remove(&b.id);
+            }
+        }
         let batch = {
             let mut un = shared2.unindexed.lock().expect("lock");
             un.push(info);
