@@ -843,8 +843,20 @@ async fn update_status(
         "status": new_status,
     });
     let api: Api<AppEnvironment> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    let written =
-        api.patch_status(&app.name_any(), &PatchParams::apply(STATUS_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    let params = PatchParams::apply(STATUS_MANAGER).force();
+    let written = match api.patch_status(&app.name_any(), &params, &Patch::Apply(&patch)).await {
+        // The CRD installed is older than this binary (an operator upgraded before its CRDs):
+        // keep the app's status current without the fields that CRD lacks.
+        Err(kube::Error::Api(e)) if e.message.contains(".status.history: field not declared in schema") => {
+            warn!(appenvironment = %app.name_any(), namespace = %ns, "the installed AppEnvironment CRD has no status.history: revision history and the progress deadline wait for the CRDs of this release (helm upgrade, or kubectl apply -f crds/)");
+            let mut older = patch.clone();
+            if let Some(status) = older["status"].as_object_mut() {
+                status.remove("history");
+            }
+            api.patch_status(&app.name_any(), &params, &Patch::Apply(&older)).await?
+        }
+        written => written?,
+    };
     if let Some(rv) = written.resource_version() {
         ctx.status_writes.record(key, new_status.clone(), &rv);
     }
