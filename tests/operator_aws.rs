@@ -392,7 +392,11 @@ async fn external_secrets_are_created_awaited_and_injected() {
     assert_eq!(spec["data"][0]["remoteRef"]["property"], "password");
     assert_eq!(spec["data"][0]["remoteRef"]["version"], "AWSCURRENT");
     assert_eq!(db.metadata.owner_references.as_ref().unwrap()[0].kind, "AppEnvironment");
-    let certs = es_api.get("shop-certs").await.unwrap();
+    // Each entry's ExternalSecret is its own apply: the second may land a moment after the first.
+    let certs = eventually("ExternalSecret shop-certs", Duration::from_secs(60), || async {
+        es_api.get_opt("shop-certs").await.ok().flatten()
+    })
+    .await;
     assert_eq!(certs.data["spec"]["secretStoreRef"]["kind"], "SecretStore");
     assert_eq!(certs.data["spec"]["refreshInterval"], "15m");
 
