@@ -31,8 +31,6 @@ while [ $# -gt 0 ]; do
 done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-GARAGE=${GARAGE:-$(command -v garage || echo /work/garage-build/bin/garage)}
-[ -x "$GARAGE" ] || { echo "garage not found: cargo install garage@2.5.0 --locked (or set GARAGE)" >&2; exit 1; }
 command -v restic >/dev/null || { echo "restic not found: apt-get install -y restic" >&2; exit 1; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 (cd "$ROOT" && cargo build --release --bin berth -q)
@@ -46,60 +44,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 elapsed() { python3 -c "print(f'{$2-$1:.2f}')"; }
 
 # ---------------------------------------------------------------- Garage (single node)
-S3P=$(free_port); RPC=$(free_port); ADM=$(free_port)
-mkdir -p "$W/garage/meta" "$W/garage/data"
-cat > "$W/garage.toml" <<EOF
-metadata_dir = "$W/garage/meta"
-data_dir = "$W/garage/data"
-db_engine = "lmdb"
-replication_factor = 1
-# Both clients upload encrypted, incompressible data. Garage's default (zstd level 1) would
-# compress every block on PUT and decompress it on every GET, on the same two cores as the
-# clients: server work that neither tool asked for.
-compression_level = "none"
-rpc_bind_addr = "127.0.0.1:$RPC"
-rpc_public_addr = "127.0.0.1:$RPC"
-rpc_secret = "$(openssl rand -hex 32 2>/dev/null || python3 -c 'import secrets; print(secrets.token_hex(32))')"
-[s3_api]
-s3_region = "us-east-1"
-api_bind_addr = "127.0.0.1:$S3P"
-root_domain = ".s3.garage.localhost"
-[admin]
-api_bind_addr = "127.0.0.1:$ADM"
-EOF
-chmod 600 "$W/garage.toml"
-G() { "$GARAGE" -c "$W/garage.toml" "$@"; }
-"$GARAGE" -c "$W/garage.toml" server > "$W/garage.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do G status >/dev/null 2>&1 && break; sleep 0.2; done
-NODE=$(G status 2>/dev/null | awk '/^[0-9a-f]{16}/ {print $1; exit}')
-G layout assign -z dc1 -c 20G "$NODE" >/dev/null
-G layout apply --version 1 >/dev/null
-KEYOUT=$(G key create bench)
-export AWS_ACCESS_KEY_ID=$(echo "$KEYOUT" | awk '/Key ID:/ {print $3}')
-export AWS_SECRET_ACCESS_KEY=$(echo "$KEYOUT" | awk '/Secret key:/ {print $3}')
-export AWS_REGION=us-east-1
+. "$ROOT/scripts/lib/garage.sh"
+garage_start "$W/garage"
+PIDS+=("$GARAGE_PID")
+S3P=$GARAGE_S3_PORT
 BUCKETS=()
 for i in $(seq "$RUNS"); do BUCKETS+=("berth$i" "restic$i"); done
-for b in "${BUCKETS[@]}" berthpg; do
-  G bucket create "$b" >/dev/null
-  G bucket allow --read --write --owner "$b" --key bench >/dev/null
-done
-# "Size: 664.6 MB (633.8 MiB)" -> bytes
-bucket_bytes() {
-  G bucket info "$1" | python3 -c '
-import re, sys
-m = re.search(r"^Size:.*\(([0-9.]+) (B|KiB|MiB|GiB|TiB)\)", sys.stdin.read(), re.M)
-u = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
-print(int(float(m.group(1)) * u[m.group(2)]) if m else 0)'
-}
-
-export BERTH_S3_ENDPOINT=http://127.0.0.1:$S3P BERTH_S3_INSECURE_HTTP=true
+for b in "${BUCKETS[@]}" berthpg; do garage_bucket "$b"; done
 export BERTH_REPOSITORY_KEY=bench-key BERTH_PROGRESS=none BERTH_LOG=warn
 export RESTIC_PASSWORD=bench-key
 # Run i uses bucket berth<i> / restic<i>.
@@ -190,7 +145,7 @@ for i in $(seq "$RUNS"); do
   run berth_initial "${AGENT[@]}" --json backup-dir "$W/data"
   run restic_initial restic backup -q "$W/data"
 done
-SIZE_B1=$(bucket_bytes berth1); SIZE_R1=$(bucket_bytes restic1)
+SIZE_B1=$(garage_bytes berth1); SIZE_R1=$(garage_bytes restic1)
 CHANGED=$(change_one_percent)
 for i in $(seq "$RUNS"); do
   use_run "$i"
@@ -209,7 +164,7 @@ for i in $(seq "$RUNS"); do
   diff -r "$W/data" "$W/r-restic$i/$W/data" > /dev/null || { echo "restic restore differs from the source" >&2; exit 1; }
 done
 rm -rf "$W"/r-berth* "$W"/r-restic*
-SIZE_B=$(bucket_bytes berth1); SIZE_R=$(bucket_bytes restic1)
+SIZE_B=$(garage_bytes berth1); SIZE_R=$(garage_bytes restic1)
 UP_B=$(python3 -c "import json;print(json.load(open('$W/berth_incr1.out'))['snapshot']['summary']['bytesUploaded'])")
 
 row() { printf '%-22s %9ss %9ss %8sx   %s / %s\n' "$1" "$(median "$2")" "$(median "$3")" "$(ratio "$(median "$3")" "$(median "$2")")" "$(spread "$2")" "$(spread "$3")"; }

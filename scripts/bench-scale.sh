@@ -127,57 +127,19 @@ PY
 # ---------------------------------------------------------------- repositories
 bucket_bytes() { du -sb "$W/repo-$1" | cut -f1; }
 if [ "$STORE" = s3 ]; then
-  GARAGE=${GARAGE:-$(command -v garage || echo /work/bench-data/garage/bin/garage)}
-  [ -x "$GARAGE" ] || { echo "garage not found: cargo install garage@2.5.0 --locked (or set GARAGE)" >&2; exit 1; }
-  free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-  S3P=$(free_port); RPC=$(free_port); ADM=$(free_port)
-  mkdir -p "$W/garage/meta" "$W/garage/data"
-  cat > "$W/garage.toml" <<EOF
-metadata_dir = "$W/garage/meta"
-data_dir = "$W/garage/data"
-db_engine = "lmdb"
-replication_factor = 1
-compression_level = "none"
-rpc_bind_addr = "127.0.0.1:$RPC"
-rpc_public_addr = "127.0.0.1:$RPC"
-rpc_secret = "$(openssl rand -hex 32)"
-[s3_api]
-s3_region = "us-east-1"
-api_bind_addr = "127.0.0.1:$S3P"
-root_domain = ".s3.garage.localhost"
-[admin]
-api_bind_addr = "127.0.0.1:$ADM"
-EOF
-  chmod 600 "$W/garage.toml"
-  G() { "$GARAGE" -c "$W/garage.toml" "$@"; }
-  "$GARAGE" -c "$W/garage.toml" server > "$W/garage.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 100); do G status >/dev/null 2>&1 && break; sleep 0.2; done
-  NODE=$(G status 2>/dev/null | awk '/^[0-9a-f]{16}/ {print $1; exit}')
-  G layout assign -z dc1 -c 100G "$NODE" >/dev/null
-  G layout apply --version 1 >/dev/null
-  KEYOUT=$(G key create bench)
-  export AWS_ACCESS_KEY_ID=$(echo "$KEYOUT" | awk '/Key ID:/ {print $3}')
-  export AWS_SECRET_ACCESS_KEY=$(echo "$KEYOUT" | awk '/Secret key:/ {print $3}')
-  export AWS_REGION=us-east-1 BERTH_S3_ENDPOINT=http://127.0.0.1:$S3P BERTH_S3_INSECURE_HTTP=true
+  . "$ROOT/scripts/lib/garage.sh"
+  garage_start "$W/garage"
+  PIDS+=("$GARAGE_PID")
+  S3P=$GARAGE_S3_PORT
   N_BUCKET=0
   # new_repos: a fresh bucket pair for berth and restic.
   new_repos() {
     N_BUCKET=$((N_BUCKET + 1))
-    for b in berth$N_BUCKET restic$N_BUCKET; do
-      G bucket create "$b" >/dev/null
-      G bucket allow --read --write --owner "$b" --key bench >/dev/null
-    done
+    garage_bucket "berth$N_BUCKET"; garage_bucket "restic$N_BUCKET"
     export BERTH_REPOSITORY=s3://berth$N_BUCKET/repo RESTIC_REPOSITORY=s3:http://127.0.0.1:$S3P/restic$N_BUCKET
   }
   drop_repo() { :; }
-  bucket_bytes() {
-    G bucket info "$1$N_BUCKET" | python3 -c '
-import re, sys
-m = re.search(r"^Size:.*\(([0-9.]+) (B|KiB|MiB|GiB|TiB)\)", sys.stdin.read(), re.M)
-u = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
-print(int(float(m.group(1)) * u[m.group(2)]) if m else 0)'
-  }
+  bucket_bytes() { garage_bytes "$1$N_BUCKET"; }
   drop_bucket() { G bucket delete --yes "$1$N_BUCKET" >/dev/null 2>&1 || true; }
 else
   new_repos() {

@@ -324,3 +324,67 @@ async fn watches_only_the_namespaces_it_is_given() {
     assert!(Api::<Deployment>::namespaced(client.clone(), "elsewhere").get_opt("shop-dev").await.unwrap().is_none());
     cluster.assert_clean().await;
 }
+
+/// A name Berth would give a child that is already taken by the team's own object: the app and
+/// the DatabaseInstance leave it exactly as it is and say why (a forced apply would silently
+/// take it, and a Secret's data with it), until `spec.adopt` asks for the takeover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_berth_did_not_create_is_left_alone_until_adopted() {
+    use berth::api::DatabaseInstance;
+    use k8s_openapi::api::core::v1::Secret;
+    let cluster = cluster(&["legacy"]).await;
+    let client = cluster.client();
+    let _operator = operator(&cluster, &[], &["--resync-seconds", "1"]).await;
+    let services: Api<Service> = Api::namespaced(client.clone(), "legacy");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "legacy");
+
+    // The old platform's Service and a team's Secret, each under a name Berth would use.
+    let legacy_service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "shop-dev", "annotations": {"team": "kept"}},
+        "spec": {"selector": {"app": "shop"}, "ports": [{"name": "web", "port": 8000}]}
+    }))
+    .unwrap();
+    let legacy_service = services.create(&PostParams::default(), &legacy_service).await.unwrap();
+    let team_secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "orders-db-credentials"}, "stringData": {"password": "the-teams-own"}
+    }))
+    .unwrap();
+    let team_secret = secrets.create(&PostParams::default(), &team_secret).await.unwrap();
+
+    let apps: Api<AppEnvironment> = Api::namespaced(client.clone(), "legacy");
+    let mut app = example("appenvironment-development.yaml");
+    app.metadata.namespace = Some("legacy".into());
+    apps.create(&PostParams::default(), &app).await.unwrap();
+    let text = std::fs::read_to_string(repo().join("deploy/examples/databaseinstance-postgres.yaml")).unwrap();
+    let mut instance: DatabaseInstance = serde_saphyr::from_str(&text).unwrap();
+    instance.metadata.namespace = Some("legacy".into());
+    let instances: Api<DatabaseInstance> = Api::namespaced(client.clone(), "legacy");
+    instances.create(&PostParams::default(), &instance).await.unwrap();
+
+    let refused = wait_condition(&apps, "shop-dev", "Ready", "False", Some("AdoptionConflict")).await;
+    let message = &refused.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap().message;
+    assert!(message.starts_with("Service shop-dev exists and Berth did not create it;"), "{message}");
+    assert!(message.contains("spec.adopt"), "{message}");
+    let refused = eventually("orders-db AdoptionConflict", Duration::from_secs(60), || async {
+        let db = instances.get("orders-db").await.ok()?;
+        let ready = db.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+        (ready.reason == "AdoptionConflict").then_some(ready.message)
+    })
+    .await;
+    assert!(refused.starts_with("Secret orders-db-credentials exists and Berth did not create it;"), "{refused}");
+    // A resync later, both are exactly as the team left them; the app's pods were not started.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let service = services.get("shop-dev").await.unwrap();
+    assert_eq!(service.metadata.resource_version, legacy_service.metadata.resource_version);
+    let secret = secrets.get("orders-db-credentials").await.unwrap();
+    assert_eq!(secret.metadata.resource_version, team_secret.metadata.resource_version);
+    assert!(Api::<Deployment>::namespaced(client.clone(), "legacy").get_opt("shop-dev").await.unwrap().is_none());
+
+    // Adopted: the Service becomes the app's, with Berth's ports, and the app converges.
+    apps.patch("shop-dev", &PatchParams::default(), &Patch::Merge(json!({"spec": {"adopt": {}}}))).await.unwrap();
+    let ready = wait_condition(&apps, "shop-dev", "Ready", "True", None).await;
+    let service = services.get("shop-dev").await.unwrap();
+    assert_eq!(service.metadata.owner_references.unwrap()[0].uid, ready.metadata.uid.unwrap());
+    assert!(service.spec.unwrap().ports.unwrap().iter().any(|p| p.name.as_deref() == Some("http")));
+    cluster.assert_clean().await;
+}

@@ -176,8 +176,9 @@ pub struct AppEnvironmentSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
 
-    /// Take over a Deployment of the same name that Berth did not create (`berth import
-    /// cluster --adopt` writes this). Without it, such a Deployment is left alone and the
+    /// Take over objects under the app's child names (its Deployment, Service, Ingress,
+    /// ServiceAccount, ...) that Berth did not create and no controller owns (`berth import
+    /// cluster --adopt` writes this). Without it, such an object is left alone and the
     /// AppEnvironment reports `AdoptionConflict`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopt: Option<Adopt>,

@@ -21,8 +21,11 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::apply::{Applier, WriteKey, WriteLog, up_to_date, with_hash};
-use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, slim, synced_store, when_synced};
+use super::apply::{Applier, Foreign, WriteKey, WriteLog, up_to_date, with_hash};
+use super::{
+    ADOPTION_CONFLICT, CachesSynced, Context, ControllerContext, Error, api, cache, drive, slim, synced_store,
+    when_synced,
+};
 use crate::api::appenvironment::{AppEnvironment, AppEnvironmentStatus, MigrationStatus, Revision};
 use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::api::databaseinstance::DatabaseInstance;
@@ -402,7 +405,7 @@ async fn takeover_refusal(
     };
     let (reason, message) = match adopt::decide(app, desired, cached.as_deref().or(fetched.as_ref())) {
         Takeover::Proceed => return Ok(None),
-        Takeover::Conflict(message) => ("AdoptionConflict", message),
+        Takeover::Conflict(message) => (ADOPTION_CONFLICT, message),
         Takeover::NeedsRollout(differences) => (
             "AdoptionNeedsRollout",
             format!(
@@ -493,6 +496,12 @@ fn applier<'a>(app: &AppEnvironment, ctx: &'a Ctx) -> Applier<'a> {
         namespace: app.namespace().unwrap_or_default(),
         owner_uid: app.uid().unwrap_or_default(),
         owner_label: (owner_label_key("AppEnvironment"), app.name_any()),
+        foreign: match app.spec.adopt {
+            Some(_) => Foreign::Adopt,
+            None => Foreign::Refuse(
+                "to take it over, set spec.adopt (`berth import cluster --adopt` writes it), or delete or rename it",
+            ),
+        },
     }
 }
 

@@ -61,6 +61,17 @@ pub struct Applier<'a> {
     pub owner_uid: String,
     /// The owner label (`berth.dev/<kind>`, owner name) that orphans must carry.
     pub owner_label: (String, String),
+    /// What to do with an object of a child's name that Berth did not create.
+    pub foreign: Foreign,
+}
+
+/// What an [`Applier`] does when a child's name is taken by an object it did not create.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Foreign {
+    /// Leave it and fail with [`Error::ForeignChild`], whose message ends with this fix.
+    Refuse(&'static str),
+    /// Take it over, unless another controller owns it (`AppEnvironment.spec.adopt`).
+    Adopt,
 }
 
 impl Applier<'_> {
@@ -83,6 +94,16 @@ impl Applier<'_> {
             return Ok(false);
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
+        // The cache holds only objects with Berth's labels: a miss may hide someone else's
+        // object of this name, which a forced apply would silently take.
+        if cached.is_none()
+            && let Some(live) = api.get_opt(&name).await?
+        {
+            let owner = (self.owner_uid.as_str(), (self.owner_label.0.as_str(), self.owner_label.1.as_str()));
+            if let Some(message) = foreign_conflict(&live, owner, self.foreign) {
+                return Err(Error::ForeignChild { kind: K::kind(&()).into_owned(), name, message });
+            }
+        }
         let applied = api
             .patch(&name, &PatchParams::apply(self.manager).force(), &Patch::Apply(&desired))
             .await
@@ -338,10 +359,71 @@ pub fn owned_by<K: Resource>(obj: &K, owner_uid: &str, owner_label: (&str, &str)
             == Some(crate::resources::meta::MANAGED_BY)
 }
 
+/// Why `live`, found under a child's name, may not be applied over by the owner
+/// (`owner_uid`, owner label), or `None` when it may: it is the owner's (its controller
+/// reference or its owner label), or it is unowned and `foreign` adopts.
+pub fn foreign_conflict<K: Resource<DynamicType = ()>>(
+    live: &K,
+    (owner_uid, (label, owner)): (&str, (&str, &str)),
+    foreign: Foreign,
+) -> Option<String> {
+    let (kind, name) = (K::kind(&()), live.name_any());
+    match live.owner_references().iter().find(|o| o.controller == Some(true)) {
+        Some(o) if o.uid == owner_uid => None,
+        Some(o) => Some(format!(
+            "{kind} {name} exists and is controlled by {} {}; Berth takes over only objects no controller owns, so rename the app or remove that {kind}",
+            o.kind, o.name
+        )),
+        None if live.labels().get(label).map(String::as_str) == Some(owner) => None,
+        None => match foreign {
+            Foreign::Adopt => None,
+            Foreign::Refuse(fix) => Some(format!("{kind} {name} exists and Berth did not create it; {fix}")),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_foreign_object_under_a_childs_name_is_refused_unless_adopted_and_unowned() {
+        use k8s_openapi::api::core::v1::Service;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let service = |labels: &[(&str, &str)], controller: Option<(&str, &str)>| {
+            let mut s = Service::default();
+            s.metadata.name = Some("shop".into());
+            s.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+            s.metadata.owner_references = controller.map(|(kind, uid)| {
+                vec![OwnerReference {
+                    kind: kind.into(),
+                    name: "other".into(),
+                    uid: uid.into(),
+                    controller: Some(true),
+                    ..OwnerReference::default()
+                }]
+            });
+            s
+        };
+        let owner = ("uid-1", ("berth.dev/appenvironment", "shop"));
+        let hand_made = service(&[("app", "shop")], None);
+        let refuse = Foreign::Refuse("set spec.adopt");
+        let message = foreign_conflict(&hand_made, owner, refuse).unwrap();
+        assert_eq!(message, "Service shop exists and Berth did not create it; set spec.adopt");
+        assert_eq!(foreign_conflict(&hand_made, owner, Foreign::Adopt), None);
+        // Another controller's object is never taken, adopted or not.
+        let owned = service(&[], Some(("HelmRelease", "uid-2")));
+        for foreign in [refuse, Foreign::Adopt] {
+            assert!(foreign_conflict(&owned, owner, foreign).unwrap().contains("controlled by HelmRelease other"));
+        }
+        // The owner's own: by controller reference, or (restored, re-labelled) by its label.
+        assert_eq!(foreign_conflict(&service(&[], Some(("AppEnvironment", "uid-1"))), owner, refuse), None);
+        let restored = service(&[("berth.dev/appenvironment", "shop")], None);
+        assert_eq!(foreign_conflict(&restored, owner, refuse), None);
+        let neighbours = service(&[("berth.dev/appenvironment", "shop-2")], None);
+        assert!(foreign_conflict(&neighbours, owner, refuse).is_some());
+    }
 
     #[test]
     fn subset_ignores_server_defaults_but_not_changes() {

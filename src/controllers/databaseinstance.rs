@@ -24,7 +24,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::apply::Applier;
+use super::apply::{Applier, Foreign};
 use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, synced_store, when_synced};
 use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::api::databaseinstance::{DatabaseInstance, DatabaseInstanceStatus, ProvisioningError};
@@ -455,6 +455,10 @@ async fn apply_children(db: &DatabaseInstance, ctx: &Ctx, children: &DatabaseChi
         namespace: db.namespace().unwrap_or_default(),
         owner_uid: db.uid().unwrap_or_default(),
         owner_label: (owner_label_key("DatabaseInstance"), name.clone()),
+        // A Secret or Service of the team's own that shares a child's name is never overwritten.
+        foreign: Foreign::Refuse(
+            "Berth never overwrites it: rename the DatabaseInstance, or move that object out of the way",
+        ),
     };
     let peer_discovery = format!("{name}-peer-discovery");
     let mut writes = 0u32;

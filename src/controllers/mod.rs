@@ -47,6 +47,9 @@ pub enum Error {
     /// spec (or something the server checks against) changes.
     #[error("the API server rejected the {kind} {name:?}: {message}")]
     ApplyRejected { kind: String, name: String, message: String },
+    /// A child's name is taken by an object the owner did not create and may not take over.
+    #[error("{message}")]
+    ForeignChild { kind: String, name: String, message: String },
 }
 
 /// Whether an API error may pass if the request is made again: a 5xx, a 429, or no answer
@@ -61,6 +64,8 @@ pub fn is_transient(e: &kube::Error) -> bool {
 
 /// Reason of the conditions that report an [`Error::ApplyRejected`].
 pub const APPLY_REJECTED: &str = "ApplyRejected";
+/// Reason of the conditions that report an object Berth would have to take over but may not.
+pub const ADOPTION_CONFLICT: &str = "AdoptionConflict";
 /// How often a rejected apply is tried again: slowly, since only a change (which wakes the
 /// controller anyway) or something outside Berth (an admission policy) can make it pass.
 pub const REJECTED_RETRY: Duration = Duration::from_secs(300);
@@ -71,13 +76,21 @@ impl Error {
             Error::Kube(_) | Error::Serialize { .. } => ErrorCategory::Transient,
             Error::DependencyMissing(_) => ErrorCategory::DependencyMissing,
             Error::Provision(_) => ErrorCategory::Transient,
-            Error::ApplyRejected { .. } => ErrorCategory::InvalidSpec,
+            Error::ApplyRejected { .. } | Error::ForeignChild { .. } => ErrorCategory::InvalidSpec,
         }
     }
 
     /// `Ready=False`, `Progressing=False` and `Degraded=True` with reason [`APPLY_REJECTED`] and
-    /// the server's message, for an [`Error::ApplyRejected`]; `None` for any other error.
+    /// the server's message, for an [`Error::ApplyRejected`]; `Ready=False` with reason
+    /// [`ADOPTION_CONFLICT`] for an [`Error::ForeignChild`]; `None` for any other error.
     pub fn rejected_conditions(&self) -> Option<[DesiredCondition; 3]> {
+        if let Error::ForeignChild { message, .. } = self {
+            return Some([
+                DesiredCondition::new(READY, false, ADOPTION_CONFLICT, message.clone()),
+                DesiredCondition::new(PROGRESSING, false, ADOPTION_CONFLICT, "the other object is left as it is"),
+                DesiredCondition::new(DEGRADED, false, ADOPTION_CONFLICT, message.clone()),
+            ]);
+        }
         let Error::ApplyRejected { .. } = self else { return None };
         let message = format!(
             "{self}; change the spec so that the server accepts it (Berth tries again every {} minutes)",
