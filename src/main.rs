@@ -11,6 +11,30 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's defaults for the whole process, set before its first allocation (an agent runs
+/// under a Job's memory limit, which sees the peak RSS). Committing whole arenas up front and
+/// holding freed pages kept 2.5-3x the live heap resident: a restore of 100k files peaked at
+/// 500 MiB on an 86 MiB heap, 175 MiB without (`scripts/bench-scale.sh`). The
+/// `MIMALLOC_ARENA_EAGER_COMMIT` and `MIMALLOC_PURGE_DELAY` environment variables still win.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static MIMALLOC_OPTIONS: extern "C" fn() = {
+    extern "C" fn set() {
+        // `mi_option_arena_eager_commit` and `mi_option_purge_delay` in mimalloc.h (the same
+        // numbers in v2 and v3; libmimalloc-sys does not name them).
+        for (option, env) in [(4, c"MIMALLOC_ARENA_EAGER_COMMIT"), (15, c"MIMALLOC_PURGE_DELAY")] {
+            // SAFETY: getenv of a NUL-terminated name, and a plain integer option, both before
+            // main (no other thread exists) and before any allocation reads the option.
+            unsafe {
+                if libc::getenv(env.as_ptr()).is_null() {
+                    libmimalloc_sys::mi_option_set(option, 0);
+                }
+            }
+        }
+    }
+    set
+};
+
 /// `berth --version`: the crate version and the git commit it was built from (build.rs).
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BERTH_GIT_COMMIT"), ")");
 
@@ -78,15 +102,7 @@ fn main() -> ExitCode {
         Command::Import(source) => berth::import::main(source),
         Command::Operator(args) => run_async(berth::runtime::run(*args)),
         Command::People(command) => run_async(berth::cli::run(command)),
-        Command::Agent(args) => {
-            // An agent is a short-lived process whose buffers are bounded: keeping freed memory
-            // (instead of returning it to the kernel after 10 ms) saves zeroing fresh pages for
-            // every download and chunk.
-            // SAFETY: sets a plain integer option; 15 is `mi_option_purge_delay` in mimalloc's
-            // option enum (v2 and v3), which libmimalloc-sys does not name.
-            unsafe { libmimalloc_sys::mi_option_set(15, -1) };
-            run_async(berth::agent::run(*args))
-        }
+        Command::Agent(args) => run_async(berth::agent::run(*args)),
     }
 }
 
