@@ -47,7 +47,7 @@ use crate::resources::restore::plan::{
 };
 use crate::resources::restore::{
     Access, DataWrites, NamespaceState, ResourceName, RestorePlan, Stage, create_refused, required_access,
-    target_namespace, timeout,
+    synced_secrets_note, target_namespace, timeout,
 };
 use crate::runtime::impersonate::{ACCOUNT_NOT_ALLOWED, Account, TenantClient, allowed};
 
@@ -447,6 +447,12 @@ async fn run_stage(
 ) -> Result<StageOutcome, Error> {
     match stage {
         Stage::ConfigAndSecrets | Stage::Volumes | Stage::Databases | Stage::Apps => {
+            if stage == Stage::ConfigAndSecrets
+                && let Some(note) = synced_secrets_note(&loaded.plan.dropped)
+            {
+                let reason = crate::resources::restore::reason::SYNCED_BY_EXTERNAL_SECRETS;
+                publish(ctx, restore, EventType::Normal, reason, &note).await;
+            }
             apply_objects(restore, &tenant.client, loaded.plan.objects(stage), status).await?;
             Ok(StageOutcome::Done)
         }
