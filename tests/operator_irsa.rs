@@ -5,8 +5,9 @@
 //! API server for a token of the account *as the account*, exchanges it at the STS stand-in on
 //! loopback (`AWS_ENDPOINT_URL_STS`) and signs every S3 request with the issued keys and
 //! session token (seen by a recording proxy in front of the S3 server). Without the annotation
-//! the policy still gets `CredentialsRequired`; an account whose Role lacks the token rule is
-//! told which rule to add; and the operator's own keys are never used.
+//! the policy still gets `CredentialsRequired`; a role STS refuses ends with STS's message and
+//! no token in sight; an account whose Role lacks the token rule is told which rule to add; and
+//! the operator's own keys are never used.
 
 mod support;
 
@@ -181,6 +182,35 @@ async fn a_policy_without_keys_uses_the_iam_role_of_its_service_account() {
         assert!(r.header("authorization").unwrap_or_default().contains(&format!("Credential={}/", s3.access_key)));
     }
     cluster.assert_clean().await;
+
+    // A role whose trust policy refuses the account: STS's own words, never the token.
+    let refusing = "arn:aws:iam::111122223333:role/not-for-shop";
+    sts.refuse(refusing);
+    let annotate = json!({"metadata": {"annotations": {"eks.amazonaws.com/role-arn": refusing}}});
+    accounts.patch("berth-backup", &PatchParams::default(), &Patch::Merge(&annotate)).await.unwrap();
+    let _: Backup = create(&client, backup("refused-role", None)).await;
+    let refused = ended(&backups, "refused-role").await;
+    let message = ready_message(&refused);
+    assert!(
+        message.starts_with("WebIdentityRefused: spec.storage: STS refused AssumeRoleWithWebIdentity"),
+        "{message}"
+    );
+    assert!(message.contains(refusing) && message.contains("AccessDenied: Not authorized"), "{message}");
+    let token = sts.calls().last().unwrap()["WebIdentityToken"].clone();
+    assert_eq!(sts.calls().last().unwrap()["RoleArn"], refusing);
+    assert!(!format!("{:?}", refused.status).contains(&token), "the token is not in the status");
+    // The event follows the status.
+    let notes = eventually("the Failed event of refused-role", WAIT, || async {
+        let events = cluster.events(Some(NS), "Failed").await;
+        let notes: Vec<String> = events
+            .iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some("refused-role"))
+            .filter_map(|e| e.message.clone())
+            .collect();
+        (!notes.is_empty()).then_some(notes)
+    })
+    .await;
+    assert!(notes.iter().all(|n| n.contains("AccessDenied") && !n.contains(&token)), "{notes:?}");
 
     // An account whose Role does not let it request its own token is told the rule to add.
     cluster.kubectl_apply(
