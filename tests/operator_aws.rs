@@ -13,13 +13,12 @@ use std::time::Duration;
 
 use berth::api::AppEnvironment;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 use support::cluster::Cluster;
+use support::external_secrets::{self, fill, set_ready};
 use support::kubectl::Kubectl;
 use support::operator::Operator;
 use support::wait::eventually;
@@ -328,45 +327,11 @@ spec:
       remoteKey: /shop/prod/client-cert
 "#;
 
-fn external_secrets_api(client: &kube::Client) -> Api<DynamicObject> {
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("external-secrets.io", "v1", "ExternalSecret"));
-    Api::namespaced_with(client.clone(), "shop", &resource)
-}
-
-/// The External Secrets Operator's part: the ExternalSecret's Ready condition.
-async fn set_ready(es: &Api<DynamicObject>, name: &str, ready: bool, reason: &str, message: &str) {
-    let mut status = json!({"conditions": [{
-        "type": "Ready", "status": if ready { "True" } else { "False" }, "reason": reason, "message": message,
-        "lastTransitionTime": "2026-01-01T00:00:00Z",
-    }]});
-    if ready {
-        status["refreshTime"] = json!("2026-01-01T00:00:00Z");
-        status["binding"] = json!({"name": name});
-    }
-    es.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await.unwrap();
-}
-
-/// The External Secrets Operator's part: the target Secret, owned by its ExternalSecret.
-async fn fill(client: &kube::Client, es: &DynamicObject, data: serde_json::Value) {
-    let secret = json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": es.metadata.name, "namespace": "shop", "ownerReferences": [{
-            "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
-            "name": es.metadata.name, "uid": es.metadata.uid, "controller": true,
-        }]},
-        "stringData": data,
-    });
-    let secret: Secret = serde_json::from_value(secret).unwrap();
-    Api::<Secret>::namespaced(client.clone(), "shop").create(&PostParams::default(), &secret).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_secrets_are_created_awaited_and_injected() {
     let cluster = Cluster::start().await;
     cluster.install_crds_from_dir(&repo().join("crds")).await;
-    cluster
-        .install_crds_from_file(&repo().join("tests/fixtures/cluster/external-secrets-externalsecret-crd.yaml"))
-        .await;
+    external_secrets::install_crd(&cluster).await;
     cluster.namespace("shop").await;
     let client = cluster.client();
     let kubeconfig = cluster.operator_kubeconfig(&[]).await;
@@ -374,7 +339,7 @@ async fn external_secrets_are_created_awaited_and_injected() {
     operator.wait_ready(Duration::from_secs(60));
     let apps: Api<AppEnvironment> = Api::namespaced(client.clone(), "shop");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
-    let es_api = external_secrets_api(&client);
+    let es_api = external_secrets::api(&client, "shop");
 
     apps.create(&PostParams::default(), &serde_saphyr::from_str(SECRETS_APP).unwrap()).await.unwrap();
     // The ExternalSecrets as the CRD's schema accepted them (defaults of the fixture applied).

@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::cluster::Cluster;
+use support::external_secrets;
 use support::operator::Operator;
 use support::servers::{Postgres, RabbitMq, S3Server};
 use support::wait::eventually;
@@ -643,4 +644,89 @@ async fn an_apps_volume_is_backed_up_on_its_node_and_restored() {
     assert_eq!(std::fs::read_to_string(data.join("reports/q3.csv")).unwrap(), "quarter,revenue\n3,42\n");
     cluster.assert_clean().await;
     assert_eq!(operator.terminate().code(), Some(0));
+}
+
+/// Secrets the External Secrets Operator syncs (owned by an ExternalSecret, or carrying its
+/// `reconcile.external-secrets.io/` labels) are backed up with the namespace but never
+/// restored: their store holds the current value. A restore into another namespace brings
+/// back the other Secrets only, and an Event on the Restore names those left out and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_leaves_out_secrets_synced_by_external_secrets() {
+    let s3 = S3Server::start();
+    s3.create_bucket("backups");
+    let cluster = cluster(&[]).await;
+    external_secrets::install_crd(&cluster).await;
+    let client = cluster.client();
+    let _operator = operator(&cluster, &["--leader-election=false"]).await;
+    storage_secrets(&client, &s3).await;
+    let es = external_secrets::create(&client, NS, "db-admin", "/shop/prod/db-admin").await;
+    external_secrets::fill(&client, &es, json!({"password": "from-secrets-manager"})).await;
+    // A Secret written by the External Secrets Operator with its labels (its newer versions
+    // label what they manage), without an owner.
+    let labelled = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "api-token", "labels": {"reconcile.external-secrets.io/managed": "true"}},
+        "stringData": {"token": "from-parameter-store"}});
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    secrets.create(&PostParams::default(), &serde_json::from_value(labelled).unwrap()).await.unwrap();
+    create_secret(&client, NS, "app-settings", &[("FEATURE_FLAGS", "checkout-v2")]).await;
+
+    let mut spec = policy(&s3, "0 3 * * *", true);
+    spec["spec"]["scope"] = json!({"databases": false, "extraResources": ["secrets"]});
+    let _: BackupPolicy = create(&client, NS, spec).await;
+    let _: Backup = create(
+        &client,
+        NS,
+        json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "with-synced"},
+               "spec": {"policyName": "nightly"}}),
+    )
+    .await;
+    let backups: Api<Backup> = Api::namespaced(client.clone(), NS);
+    wait_phase(&backups, "with-synced", "Completed", backup_phase).await;
+
+    let _: Restore = create(
+        &client,
+        NS,
+        json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "elsewhere"},
+               "spec": {"backupName": "with-synced", "namespaceMapping": {NS: OTHER}}}),
+    )
+    .await;
+    let restores: Api<Restore> = Api::namespaced(client.clone(), NS);
+    wait_phase(&restores, "elsewhere", "Completed", restore_phase).await;
+
+    // The ordinary Secret came back; the synced ones did not.
+    let other: Api<Secret> = Api::namespaced(client.clone(), OTHER);
+    let settings = other.get("app-settings").await.unwrap();
+    assert_eq!(secret_value(&settings, "FEATURE_FLAGS"), "checkout-v2");
+    assert!(other.get_opt("db-admin").await.unwrap().is_none(), "the ExternalSecret's Secret was restored");
+    assert!(other.get_opt("api-token").await.unwrap().is_none(), "the labelled synced Secret was restored");
+    // Both were in the backup: left out by the restore, not by the backup.
+    let _: Restore = create(
+        &client,
+        NS,
+        json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "plan"},
+               "spec": {"backupName": "with-synced", "namespaceMapping": {NS: OTHER}, "dryRun": true}}),
+    )
+    .await;
+    let planned = wait_phase(&restores, "plan", "Completed", restore_phase).await.status.unwrap().planned;
+    for name in ["db-admin", "api-token"] {
+        let line = format!("skip Secret {NS}/{name} (SyncedByExternalSecrets)");
+        assert!(planned.contains(&line), "{line:?} not in {planned:?}");
+    }
+
+    // The Restore's events say which were left out and why.
+    let events = cluster.events(Some(NS), "SyncedByExternalSecrets").await;
+    let notes: Vec<String> = events
+        .iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some("elsewhere"))
+        .filter_map(|e| e.message.clone())
+        .collect();
+    assert!(!notes.is_empty(), "{events:?}");
+    for note in &notes {
+        for name in ["db-admin", "api-token"] {
+            assert!(note.contains(&format!("Secret {NS}/{name}")), "{note}");
+        }
+        assert!(!note.contains("app-settings"), "{note}");
+        assert!(note.contains("External Secrets Operator"), "{note}");
+    }
+    cluster.assert_clean().await;
 }

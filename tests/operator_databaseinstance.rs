@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::cluster::{Cluster, OPERATOR_USER};
+use support::external_secrets;
 use support::operator::Operator;
 use support::servers::{Postgres, RabbitMq};
 use support::wait::eventually;
@@ -353,6 +354,83 @@ async fn rabbitmq_cluster_provisions_vhosts_and_users_and_refuses_scale_down() {
     assert!(message.contains("spec.replicas"), "{message}");
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
     assert_eq!(sts.get("events").await.unwrap().spec.unwrap().replicas, Some(3));
+    cluster.assert_clean().await;
+    assert_eq!(operator.terminate().code(), Some(0));
+}
+
+/// `spec.credentials.externalSecret`: the administrative password lives in AWS Secrets Manager
+/// and reaches the cluster as a Secret the External Secrets Operator syncs (this test plays that
+/// operator, `support::external_secrets`). The instance waits for it, provisions the real
+/// PostgreSQL with it, follows a new value there like a rotation, and refuses Berth's own
+/// rotation annotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_admin_password_follows_an_external_secret() {
+    let mut pg = Postgres::start();
+    let cluster = cluster().await;
+    external_secrets::install_crd(&cluster).await;
+    let client = cluster.client();
+    let overrides = format!("orders-db.{NS}.svc:5432=127.0.0.1:{}", pg.port);
+    let kubeconfig = cluster.operator_kubeconfig(&[]).await;
+    let mut operator = Operator::start(&kubeconfig, &["--resync-seconds", "1", "--endpoint-overrides", &overrides]);
+    operator.wait_ready(WAIT);
+    let es = external_secrets::create(&client, NS, "orders-db-admin", "/orders/prod/db-admin").await;
+
+    let api: Api<DatabaseInstance> = Api::namespaced(client.clone(), NS);
+    let instance: DatabaseInstance = serde_json::from_value(json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "DatabaseInstance",
+        "metadata": {"name": "orders-db", "namespace": NS},
+        "spec": {"engine": "postgres", "version": "15", "storage": {"size": "1Gi"},
+                 "credentials": {"externalSecret": "orders-db-admin"},
+                 "databases": [{"name": "orders"}]}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &instance).await.unwrap();
+
+    // Not synced yet: the instance waits and says for what; no password is generated.
+    let waiting = wait_condition(&api, "orders-db", "Ready", "False", "ExternalSecretNotSynced").await;
+    let ready = waiting.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.contains("spec.credentials.externalSecret: Secret orders-db-admin"), "{}", ready.message);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    assert!(secrets.get_opt("orders-db-credentials").await.unwrap().is_none(), "no generated password meanwhile");
+
+    // Synced: the connection Secret carries the store's password, which the image's entrypoint
+    // (this test) gives the server; the operator provisions with it.
+    let first = "first-password-from-secrets-manager";
+    external_secrets::fill(&client, &es, json!({"password": first})).await;
+    let admin = eventually("the credentials Secret follows the synced one", WAIT, || async {
+        let data = secret_data(&secrets.get_opt("orders-db-credentials").await.ok()??);
+        (data.get("password").map(String::as_str) == Some(first)).then_some(data)
+    })
+    .await;
+    assert_eq!(admin["username"], "postgres");
+    pg.psql("postgres", &format!("ALTER ROLE postgres PASSWORD '{first}'"));
+    pg.password = first.into();
+    wait_condition(&api, "orders-db", "Ready", "True", "Provisioned").await;
+    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'orders'").trim(), "1");
+
+    // Rotated in Secrets Manager: the operator sets the new password on the server (with the
+    // old one) and the connection Secret follows; the old one stops working.
+    let second = "second-password-from-secrets-manager";
+    external_secrets::refill(&client, &es, json!({"password": second})).await;
+    eventually("the server has the new password", WAIT, || async {
+        let data = secret_data(&secrets.get("orders-db-credentials").await.ok()?);
+        let done = data.get("password").map(String::as_str) == Some(second) && !data.contains_key("previous-password");
+        done.then_some(())
+    })
+    .await;
+    assert!(can_login(&pg, "postgres", second, "postgres").await, "the new password works");
+    assert!(!can_login(&pg, "postgres", first, "postgres").await, "the old password no longer works");
+    pg.password = second.into();
+    wait_condition(&api, "orders-db", "Ready", "True", "Provisioned").await;
+
+    // Berth's own rotation is refused: rotation happens in Secrets Manager.
+    let rotate = json!({"metadata": {"annotations": {"berth.dev/rotate-credentials": "2026-12-04"}}});
+    api.patch("orders-db", &PatchParams::default(), &patch(rotate)).await.unwrap();
+    let refused = wait_condition(&api, "orders-db", "Degraded", "True", "RotationRefused").await;
+    let degraded = refused.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Degraded").unwrap();
+    assert!(degraded.message.contains("rotate it in AWS Secrets Manager"), "{}", degraded.message);
+    assert_eq!(secret_data(&secrets.get("orders-db-credentials").await.unwrap())["password"], second);
+    assert!(can_login(&pg, "postgres", second, "postgres").await, "the password stayed the synced one");
     cluster.assert_clean().await;
     assert_eq!(operator.terminate().code(), Some(0));
 }

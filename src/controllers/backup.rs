@@ -42,7 +42,7 @@ use crate::resources::backup::plan::{
 use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, job_outcome, jobs, snapshot_tags};
 use crate::resources::backuppolicy::{ValidPolicy, validate as validate_policy};
 use crate::resources::meta::owner_label_key;
-use crate::runtime::impersonate::{ACCOUNT_NOT_ALLOWED, ACCOUNT_NOT_FOUND};
+use crate::runtime::impersonate::{ACCOUNT_NOT_ALLOWED, ACCOUNT_NOT_FOUND, TenantClient};
 
 pub const NAME: &str = "backup";
 const STATUS_MANAGER: &str = "berth/backup-status";
@@ -163,7 +163,7 @@ async fn reconcile_backup(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
 
 /// The Backup's valid policy and a client that acts as the Backup's ServiceAccount (its own
 /// `spec.serviceAccountName`, else its policy's, else the operator's default), or why not.
-async fn policy(ctx: &Ctx, backup: &Backup) -> Result<Result<(ValidPolicy, kube::Client, String), Failure>, Error> {
+async fn policy(ctx: &Ctx, backup: &Backup) -> Result<Result<(ValidPolicy, TenantClient, String), Failure>, Error> {
     let ns = backup.namespace().unwrap_or_default();
     let api: Api<BackupPolicy> = Api::namespaced(ctx.shared.client.clone(), &ns);
     let Some(policy) = api.get_opt(&backup.spec.policy_name).await? else {
@@ -343,7 +343,7 @@ async fn run_jobs(backup: &Backup, ctx: &Ctx, mut status: BackupStatus) -> Resul
 
 /// The Backup's account and a client that acts as it.
 struct Tenant {
-    client: kube::Client,
+    client: TenantClient,
     account: String,
 }
 
@@ -396,7 +396,7 @@ async fn create_job(
     let mut job = agent_job(&task, &settings);
     job.labels_mut().insert(owner_label_key("Backup"), name.clone());
     // Created as the Backup's account: its Role decides whether it may run Jobs here.
-    let jobs: Api<Job> = Api::namespaced(tenant.client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(kube::Client::clone(&tenant.client), &ns);
     match jobs.create(&PostParams::default(), &job).await {
         Ok(_) => info!(backup = %key(backup), item = %item, job = %job_name, "started agent Job"),
         Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -455,7 +455,7 @@ pub(super) async fn volume_consumer(
 async fn finish(
     backup: &Backup,
     ctx: &Ctx,
-    tenant: &kube::Client,
+    tenant: &TenantClient,
     policy: &ValidPolicy,
     mut status: BackupStatus,
 ) -> Result<Action, Error> {

@@ -34,7 +34,7 @@ use crate::resources::backuppolicy::plan::{
     self, ACCOUNT_RECHECK, BackupSeen, Gate, Observed, RunResult, RunState, SYNC_INTERVAL, StartRun, Step,
 };
 use crate::resources::backuppolicy::{ValidPolicy, validate};
-use crate::runtime::impersonate::ACCOUNT_NOT_ALLOWED;
+use crate::runtime::impersonate::{ACCOUNT_NOT_ALLOWED, TenantClient};
 use crate::runtime::metrics::PolicyLabels;
 
 pub const NAME: &str = "backuppolicy";
@@ -141,7 +141,7 @@ async fn converge(
     policy: &BackupPolicy,
     ctx: &Ctx,
     valid: &ValidPolicy,
-    tenant: kube::Client,
+    tenant: TenantClient,
 ) -> Result<Action, Error> {
     let now = jiff::Timestamp::now();
     let ns = policy.namespace().unwrap_or_default();
@@ -238,7 +238,7 @@ fn sync_due(ctx: &Ctx, key: &str) -> bool {
 async fn tenant_client(
     ctx: &Ctx,
     policy: &BackupPolicy,
-) -> Result<Result<kube::Client, (&'static str, String)>, Error> {
+) -> Result<Result<TenantClient, (&'static str, String)>, Error> {
     let ns = policy.namespace().unwrap_or_default();
     let requested = [policy.spec.service_account_name.as_deref()];
     match ctx.shared.tenants.policy.account(&ns, &requested, "spec.serviceAccountName") {
@@ -306,7 +306,7 @@ impl MaintenanceError {
 /// policy's ServiceAccount's (it reads the storage Secrets).
 async fn maintain(
     client: &kube::Client,
-    tenant: &kube::Client,
+    tenant: &TenantClient,
     policy: &BackupPolicy,
     valid: &ValidPolicy,
     backups: &[Arc<Backup>],

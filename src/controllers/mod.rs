@@ -10,6 +10,7 @@ pub mod databaseinstance;
 pub mod maintenance;
 pub mod repository;
 pub mod restore;
+pub mod web_identity;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 
 use crate::api::conditions::{DEGRADED, DesiredCondition, PROGRESSING, READY};
-use crate::runtime::impersonate::{ACCOUNT_NOT_FOUND, Account, Tenants, account_exists, account_not_found_message};
+use crate::runtime::impersonate::{
+    ACCOUNT_NOT_FOUND, Account, TenantClient, Tenants, account_exists, account_not_found_message,
+};
 use crate::runtime::metrics::{ErrorCategory, Metrics};
 
 /// Image of agent Jobs when none is configured: the operator's own release, whose `pg_dump`
@@ -189,11 +192,12 @@ impl Context {
 
     /// A client that acts as `account`, or the reason and message of the condition that says
     /// the account does not exist (Berth never creates it).
-    pub async fn act_as(&self, account: &Account) -> Result<Result<Client, (&'static str, String)>, Error> {
+    pub async fn act_as(&self, account: &Account) -> Result<Result<TenantClient, (&'static str, String)>, Error> {
         if !account_exists(&self.client, account).await? {
             return Ok(Err((ACCOUNT_NOT_FOUND, account_not_found_message(account))));
         }
-        Ok(Ok(self.tenants.client(account)?))
+        let client = self.tenants.client(account)?;
+        Ok(Ok(TenantClient { client, account: account.clone(), operator: self.client.clone() }))
     }
 
     /// Forgets the failures of `key` after a success.

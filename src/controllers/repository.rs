@@ -10,14 +10,16 @@ use kube::Api;
 use crate::api::backuppolicy::StorageLocation;
 use crate::backup::storage::is_plain_http;
 use crate::backup::{BackupError, Repository, S3Config, ServerSideEncryption, Storage, StorageConfig};
+use crate::controllers::web_identity::{self, ROLE_ARN_ANNOTATION, WebIdentityError};
+use crate::runtime::impersonate::{Account, TenantClient};
 
 /// How long opening a repository may take before the backup reports the storage unreachable.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 static INIT_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Whether a location without `credentialsSecret` may be reached with the operator's own cloud
-/// identity (its IRSA role, instance profile or environment). Off unless the cluster admin
+/// Whether a location without `credentialsSecret`, whose account has no IAM role annotation,
+/// may be reached with the operator's own cloud identity (its IRSA role, instance profile or environment). Off unless the cluster admin
 /// turns it on (`--allow-operator-storage-identity`): otherwise any namespace editor could use
 /// the operator's IAM role on any bucket. Set once at start.
 static OPERATOR_IDENTITY_ALLOWED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -41,9 +43,12 @@ pub enum RepositoryError {
     )]
     InsecureEndpoint { field: &'static str, endpoint: String },
     #[error(
-        "{field}.credentialsSecret is not set: Berth does not lend the operator's own cloud identity to a namespace's backups. Create a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in this namespace and name it in {field}.credentialsSecret (a cluster admin may instead allow the operator's identity with --allow-operator-storage-identity)"
+        "{field}.credentialsSecret is not set and {account} has no {ROLE_ARN_ANNOTATION} annotation: Berth does not lend the operator's own cloud identity to a namespace's backups. Either annotate the account with the IAM role its backups may use (kubectl annotate serviceaccount -n {} {} {ROLE_ARN_ANNOTATION}=arn:aws:iam::ACCOUNT_ID:role/NAME; its Role must allow create on serviceaccounts/token for itself), or create a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in this namespace and name it in {field}.credentialsSecret (a cluster admin may instead allow the operator's identity with --allow-operator-storage-identity)",
+        account.namespace, account.name
     )]
-    CredentialsRequired { field: &'static str },
+    CredentialsRequired { field: &'static str, account: Account },
+    #[error("{field}: {source}")]
+    WebIdentity { field: &'static str, source: WebIdentityError },
     #[error("cannot reach the backup storage at {url}: {message}")]
     Unreachable { url: String, message: String },
     #[error("{0}")]
@@ -60,6 +65,7 @@ impl RepositoryError {
             Self::SecretForbidden { .. } => "Forbidden",
             Self::InsecureEndpoint { .. } => "InsecureEndpoint",
             Self::CredentialsRequired { .. } => "CredentialsRequired",
+            Self::WebIdentity { source, .. } => source.reason(),
             Self::Unreachable { .. } => "StorageUnreachable",
             Self::Repository(BackupError::WrongKey { .. }) => "WrongKey",
             Self::Repository(BackupError::Unauthenticated { .. } | BackupError::KdfRefused { .. }) => {
@@ -125,18 +131,30 @@ pub fn s3_settings(location: &StorageLocation, field: &'static str) -> Result<S3
     })
 }
 
-/// The storage settings of `location`, with credentials read from its Secrets.
+/// The storage settings of `location`, with credentials read from its Secrets as `tenant`, or
+/// else from the IAM role of `tenant`'s account (IRSA).
 pub async fn storage_config(
-    client: &kube::Client,
+    tenant: &TenantClient,
     namespace: &str,
     location: &StorageLocation,
     field: &'static str,
 ) -> Result<StorageConfig, RepositoryError> {
     let mut config = s3_settings(location, field)?;
-    if location.credentials_secret.is_none() && !OPERATOR_IDENTITY_ALLOWED.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(RepositoryError::CredentialsRequired { field });
+    if location.credentials_secret.is_none() {
+        let keys = web_identity::credentials(tenant, location.region.as_deref())
+            .await
+            .map_err(|source| RepositoryError::WebIdentity { field, source })?;
+        match keys {
+            Some(keys) => {
+                config.access_key_id = Some(keys.access_key_id);
+                config.secret_access_key = Some(keys.secret_access_key);
+                config.session_token = Some(keys.session_token);
+            }
+            None if OPERATOR_IDENTITY_ALLOWED.load(std::sync::atomic::Ordering::Relaxed) => {}
+            None => return Err(RepositoryError::CredentialsRequired { field, account: tenant.account.clone() }),
+        }
     }
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(tenant.client.clone(), namespace);
     if let Some(name) = &location.credentials_secret {
         let get = |key| secret_value(&secrets, field, name, key);
         config.access_key_id = get("AWS_ACCESS_KEY_ID").await?.map(text);
@@ -186,13 +204,13 @@ pub async fn repository_key(
 /// Opens the repository at `location`, creating it when the location has none. `field` names
 /// the spec field of the location in error messages (`spec.storage` or `spec.offsite`).
 pub async fn open(
-    client: &kube::Client,
+    tenant: &TenantClient,
     namespace: &str,
     location: &StorageLocation,
     field: &'static str,
 ) -> Result<Repository, RepositoryError> {
-    let config = storage_config(client, namespace, location, field).await?;
-    let key = repository_key(client, namespace, location, field).await?;
+    let config = storage_config(tenant, namespace, location, field).await?;
+    let key = repository_key(tenant, namespace, location, field).await?;
     let url = config.url();
     let unreachable = |message: String| RepositoryError::Unreachable { url: url.clone(), message };
     let opened = tokio::time::timeout(OPEN_TIMEOUT, async {

@@ -47,9 +47,9 @@ use crate::resources::restore::plan::{
 };
 use crate::resources::restore::{
     Access, DataWrites, NamespaceState, ResourceName, RestorePlan, Stage, create_refused, required_access,
-    target_namespace, timeout,
+    synced_secrets_note, target_namespace, timeout,
 };
-use crate::runtime::impersonate::{ACCOUNT_NOT_ALLOWED, Account, allowed};
+use crate::runtime::impersonate::{ACCOUNT_NOT_ALLOWED, Account, TenantClient, allowed};
 
 pub const NAME: &str = "restore";
 const STATUS_MANAGER: &str = "berth/restore-status";
@@ -297,7 +297,7 @@ async fn publish(ctx: &Ctx, restore: &Restore, type_: EventType, reason: &str, n
 async fn load(
     restore: &Restore,
     ctx: &Ctx,
-    tenant: &kube::Client,
+    tenant: &TenantClient,
 ) -> Result<Result<Arc<Loaded>, (&'static str, String)>, Error> {
     let ns = restore.namespace().unwrap_or_default();
     let backups: Api<Backup> = Api::namespaced(ctx.shared.client.clone(), &ns);
@@ -394,7 +394,7 @@ async fn load(
 
 /// The Restore's account and a client that acts as it.
 struct Tenant {
-    client: kube::Client,
+    client: TenantClient,
     account: Account,
 }
 
@@ -447,6 +447,12 @@ async fn run_stage(
 ) -> Result<StageOutcome, Error> {
     match stage {
         Stage::ConfigAndSecrets | Stage::Volumes | Stage::Databases | Stage::Apps => {
+            if stage == Stage::ConfigAndSecrets
+                && let Some(note) = synced_secrets_note(&loaded.plan.dropped)
+            {
+                let reason = crate::resources::restore::reason::SYNCED_BY_EXTERNAL_SECRETS;
+                publish(ctx, restore, EventType::Normal, reason, &note).await;
+            }
             apply_objects(restore, &tenant.client, loaded.plan.objects(stage), status).await?;
             Ok(StageOutcome::Done)
         }
@@ -455,7 +461,7 @@ async fn run_stage(
             for obj in loaded.plan.objects(Stage::Databases) {
                 let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
                 let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-                let api: Api<DatabaseInstance> = Api::namespaced(tenant.client.clone(), ns);
+                let api: Api<DatabaseInstance> = Api::namespaced(kube::Client::clone(&tenant.client), ns);
                 let ready = api.get_opt(name).await?.and_then(|db| {
                     let s = db.status.as_ref()?;
                     let c = s.conditions.iter().find(|c| c.type_ == READY)?;
@@ -527,7 +533,7 @@ async fn run_jobs(
                 }
                 job.labels_mut().insert(owner_label_key("Restore"), restore.name_any());
                 // Created as the account: a Job runs pods in its namespace.
-                let jobs: Api<Job> = Api::namespaced(tenant.client.clone(), &ns);
+                let jobs: Api<Job> = Api::namespaced(kube::Client::clone(&tenant.client), &ns);
                 match jobs.create(&PostParams::default(), &job).await {
                     Ok(_) => info!(restore = %key(restore), job = %job_name, "started agent Job"),
                     Err(kube::Error::Api(s)) if s.code == 409 => {}

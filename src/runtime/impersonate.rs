@@ -94,6 +94,24 @@ pub fn account_not_found_message(account: &Account) -> String {
     )
 }
 
+/// A client that acts as a tenant's account, with the account and the operator's own client
+/// (storage credentials by web identity are asked for that account, after the operator reads
+/// its role annotation). Derefs to the tenant's client.
+#[derive(Clone)]
+pub struct TenantClient {
+    pub client: Client,
+    pub account: Account,
+    pub operator: Client,
+}
+
+impl std::ops::Deref for TenantClient {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
 /// Clients that impersonate tenants' accounts, made from the operator's own configuration and
 /// kept per account (each holds a connection pool; accounts are few: one or two a namespace).
 pub struct Tenants {

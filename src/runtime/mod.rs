@@ -79,8 +79,8 @@ pub struct OperatorArgs {
     /// (the Helm chart sets it).
     #[arg(long, env = "BERTH_AGENT_IMAGE", default_value = controllers::DEFAULT_AGENT_IMAGE)]
     pub agent_image: String,
-    /// Let BackupPolicies without `credentialsSecret` reach their storage with the operator's
-    /// own cloud identity (its IRSA role or instance profile). Off by default: with it, every
+    /// Let BackupPolicies without `credentialsSecret`, whose ServiceAccount has no IAM role
+    /// annotation (IRSA), reach their storage with the operator's own cloud identity (its IRSA role or instance profile). Off by default: with it, every
     /// namespace that may create a BackupPolicy can use that identity on any bucket.
     #[arg(long, env = "BERTH_ALLOW_OPERATOR_STORAGE_IDENTITY", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_operator_storage_identity: bool,

@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod external_secrets;
 pub mod fault_proxy;
 pub mod install;
 pub mod jobs;

@@ -1,7 +1,9 @@
 //! A stand-in for AWS STS on loopback that answers `AssumeRoleWithWebIdentity` (the call the
 //! AWS SDK's default credential chain makes with `AWS_WEB_IDENTITY_TOKEN_FILE` and
 //! `AWS_ROLE_ARN`, as under IRSA) with fixed temporary credentials in STS's XML format, and
-//! records the parameters of every call. Any other action is answered with an STS error.
+//! records the parameters of every call. Any other action is answered with an STS error, and so
+//! is a role [`StsStandIn::refuse`] named (`AccessDenied`, as a trust policy that does not allow
+//! the token's subject).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +23,7 @@ pub struct StsStandIn {
     /// `http://127.0.0.1:<port>`, for `AWS_ENDPOINT_URL_STS`.
     pub endpoint: String,
     calls: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
+    refused: Arc<Mutex<Vec<String>>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -31,16 +34,17 @@ impl StsStandIn {
         listener.set_nonblocking(true).expect("nonblocking");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
         let calls = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let recorded = calls.clone();
+        let (recorded, refusing) = (calls.clone(), refused.clone());
         let thread = std::thread::Builder::new()
             .name("sts-stand-in".into())
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
                 rt.block_on(async move {
                     let app = axum::Router::new().fallback(move |uri: Uri, body: Bytes| {
-                        let (issued, recorded) = (issued.clone(), recorded.clone());
-                        async move { answer(&issued, &recorded, &uri, &body) }
+                        let (issued, recorded, refusing) = (issued.clone(), recorded.clone(), refusing.clone());
+                        async move { answer(&issued, &recorded, &refusing, &uri, &body) }
                     });
                     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                     let _ = axum::serve(listener, app)
@@ -51,7 +55,12 @@ impl StsStandIn {
                 });
             })
             .expect("spawn sts thread");
-        Self { endpoint, calls, shutdown: Some(tx), thread: Some(thread) }
+        Self { endpoint, calls, refused, shutdown: Some(tx), thread: Some(thread) }
+    }
+
+    /// From now on, answers AssumeRoleWithWebIdentity of `role` with AccessDenied.
+    pub fn refuse(&self, role: &str) {
+        self.refused.lock().unwrap().push(role.to_string());
     }
 
     /// The parameters (query and form body) of every call so far.
@@ -74,6 +83,7 @@ impl Drop for StsStandIn {
 fn answer(
     issued: &Issued,
     recorded: &Mutex<Vec<BTreeMap<String, String>>>,
+    refused: &Mutex<Vec<String>>,
     uri: &Uri,
     body: &[u8],
 ) -> Response<String> {
@@ -93,6 +103,12 @@ fn answer(
     }
     let session = params.remove("RoleSessionName").unwrap_or_default();
     let role = params.remove("RoleArn").unwrap_or_default();
+    if refused.lock().unwrap().contains(&role) {
+        return xml(
+            StatusCode::FORBIDDEN,
+            r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>Not authorized to perform sts:AssumeRoleWithWebIdentity</Message></Error><RequestId>stand-in</RequestId></ErrorResponse>"#.into(),
+        );
+    }
     xml(
         StatusCode::OK,
         format!(

@@ -129,6 +129,21 @@ const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// The label that marks a child of a DatabaseInstance (see `resources::meta::owner_label_key`).
 const DATABASE_LABEL: &str = "berth.dev/databaseinstance";
 
+/// The note of the event that tells why Secrets synced by the External Secrets Operator were
+/// left out of a restore (they are not restored, so a reader would look for them); `None` when
+/// there were none.
+pub fn synced_secrets_note(dropped: &[Dropped]) -> Option<String> {
+    let synced: Vec<&str> =
+        dropped.iter().filter(|d| d.reason == reason::SYNCED_BY_EXTERNAL_SECRETS).map(|d| d.object.as_str()).collect();
+    (!synced.is_empty()).then(|| {
+        format!(
+            "not restored ({}): {}; the External Secrets Operator writes them from their store, whose value is newer than the backup's",
+            reason::SYNCED_BY_EXTERNAL_SECRETS,
+            synced.join(", ")
+        )
+    })
+}
+
 /// A Secret the External Secrets Operator writes from AWS Secrets Manager or another store
 /// (owned by an ExternalSecret, or carrying that operator's labels): the store holds the
 /// current value, so a restore must never put an older copy back.
@@ -141,6 +156,21 @@ fn synced_by_external_secrets(secret: &Value) -> bool {
         .and_then(Value::as_object)
         .is_some_and(|labels| labels.keys().any(|k| k.starts_with("reconcile.external-secrets.io/")));
     owned || labelled
+}
+
+#[cfg(test)]
+#[test]
+fn the_note_names_only_the_synced_secrets() {
+    let dropped = |object: &str, reason| Dropped { object: object.into(), reason };
+    assert_eq!(synced_secrets_note(&[dropped("Pod shop/web-1", reason::RECREATED_BY_CONTROLLER)]), None);
+    let note = synced_secrets_note(&[
+        dropped("Secret shop/db", reason::SYNCED_BY_EXTERNAL_SECRETS),
+        dropped("Pod shop/web-1", reason::RECREATED_BY_CONTROLLER),
+        dropped("Secret shop/api", reason::SYNCED_BY_EXTERNAL_SECRETS),
+    ])
+    .unwrap();
+    assert!(note.starts_with("not restored (SyncedByExternalSecrets): Secret shop/db, Secret shop/api;"), "{note}");
+    assert!(!note.contains("web-1"), "{note}");
 }
 
 #[cfg(test)]

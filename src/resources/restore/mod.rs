@@ -12,7 +12,7 @@ pub mod waits;
 pub use access::{
     Access, DataWrites, NOT_AUTHORIZED, ResourceName, authorization_refusal, create_refused, required_access,
 };
-pub use mapping::{Dropped, RestorePlan, Stage, plan, reason, target_namespace};
+pub use mapping::{Dropped, RestorePlan, Stage, plan, reason, synced_secrets_note, target_namespace};
 pub use waits::{
     DATABASE_NOT_READY, DATABASE_READY_DEADLINE, DEFAULT_TIMEOUT, JOBS_TIMED_OUT, NAMESPACE_NOT_FOUND,
     NAMESPACE_RECHECK, NAMESPACE_TERMINATING, NamespaceState, TIMED_OUT, database_not_ready_message, deadline_passed,
