@@ -188,7 +188,7 @@ struct SnapshotSession {
 }
 
 /// `schema.table|count` of every ordinary and partitioned table outside the system schemas.
-const COUNT_ROWS: &str = "SELECT format('%s.%s', n.nspname, c.relname) || '|' || \
+pub const COUNT_ROWS: &str = "SELECT format('%s.%s', n.nspname, c.relname) || '|' || \
      (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text \
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
@@ -222,10 +222,7 @@ impl SnapshotSession {
         if output.is_empty() {
             let _ = child.kill();
             let out = child.wait_with_output().context("waiting for psql")?;
-            bail!(
-                "counting the rows of database {db:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("counting the rows of database {db:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         let id = output.remove(0);
         let counts = parse_counts(&output).with_context(|| format!("row counts of database {db:?}"))?;

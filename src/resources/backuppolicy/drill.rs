@@ -51,6 +51,12 @@ pub struct DrillOutcome {
     pub result: Result<String, Refusal>,
 }
 
+impl From<DrillOutcome> for DrillTask {
+    fn from(outcome: DrillOutcome) -> Self {
+        Self::Finished(outcome)
+    }
+}
+
 /// What a reconcile observed for the drills of a valid policy.
 #[derive(Clone, Debug)]
 pub struct DrillObserved<'a> {
