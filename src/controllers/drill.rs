@@ -5,7 +5,9 @@
 //! the namespace is emptied; a child `Restore` (owned by the policy, acting as the policy's
 //! account) brings back data only into the drill namespace and waits for its
 //! DatabaseInstances to be Ready; each restored PostgreSQL database's row counts are compared
-//! with those the backup recorded in the dump's snapshot; the namespace is emptied again
+//! with those the backup recorded in the dump's snapshot, and each RabbitMQ instance's
+//! definitions (vhosts, users, permissions, queues, exchanges, policies) with the backup's;
+//! the namespace is emptied again
 //! after a pass (a failed drill's is kept, see [`crate::resources::backuppolicy::drill`]).
 //!
 //! Row counts are read by the operator over the same connection it provisions the instance
@@ -31,9 +33,12 @@ use crate::backup::archiver;
 use crate::backup::ops::check_snapshot_data;
 use crate::provision::{self, Target};
 use crate::resources::backup::phase;
-use crate::resources::backuppolicy::drill::{DRILL_KINDS, DrillOutcome, StartDrill, compare_counts};
+use crate::resources::backuppolicy::drill::{
+    DRILL_KINDS, DrillOutcome, StartDrill, compare_counts, compare_definitions,
+};
 use crate::resources::backuppolicy::plan::Refusal;
 use crate::resources::databaseinstance::validate as validate_database;
+use crate::resources::databaseinstance::validate::MANAGEMENT_PORT;
 use crate::resources::restore::Access;
 use crate::runtime::impersonate::allowed;
 
@@ -119,21 +124,26 @@ async fn drill(d: &DrillRun) -> Result<String, Refusal> {
             ));
         };
         let Ok(valid) = validate_database(&db) else { continue };
+        let password = admin_password(&d.tenant, ns, &valid.secret_name()).await?;
         if valid.is_rabbitmq() {
+            let recorded = read_snapshot_file(&repo, snapshot, "definitions.json").await?.unwrap_or_default();
+            let recorded: serde_json::Value = serde_json::from_slice(&recorded).map_err(|e| {
+                ("CheckFailed", format!("the definitions of snapshot {snapshot} are not readable: {e}"))
+            })?;
+            let (host, port) = d.shared.endpoint(&valid.host(), MANAGEMENT_PORT as u16);
+            let target = Target { host, port, user: valid.admin_user().into(), password };
+            let object = format!("DatabaseInstance {ns}/{name}");
+            let restored = provision::rabbitmq::definitions(&target)
+                .await
+                .map_err(|e| ("CheckFailed", format!("RabbitMQ definitions of {object}: {e}")))?;
+            let found = compare_definitions(&object, &recorded, &restored).map_err(|m| ("CheckFailed", m))?;
+            checked.push(format!("{name}: {found} RabbitMQ definitions as recorded"));
             continue;
         }
         let Some(recorded) = recorded_row_counts(&repo, snapshot).await? else {
             checked.push(format!("{name}: no row counts recorded (a backup made before drills)"));
             continue;
         };
-        let secrets: Api<Secret> = Api::namespaced(d.tenant.clone(), ns);
-        let secret = secrets.get(&valid.secret_name()).await.map_err(kube_failed("reading the credentials Secret"))?;
-        let password = secret
-            .data
-            .as_ref()
-            .and_then(|data| data.get("password"))
-            .map(|p| String::from_utf8_lossy(&p.0).into_owned())
-            .unwrap_or_default();
         let (host, port) = d.shared.endpoint(&valid.host(), valid.port() as u16);
         let target = Target { host, port, user: valid.admin_user().into(), password };
         let (mut tables, mut rows) = (0, 0);
@@ -263,20 +273,38 @@ async fn restore(d: &DrillRun, source: &str) -> Result<(), Refusal> {
     }
 }
 
+/// The administrative password of a restored instance, read as the policy's account.
+async fn admin_password(tenant: &kube::Client, ns: &str, secret: &str) -> Result<String, Refusal> {
+    let secrets: Api<Secret> = Api::namespaced(tenant.clone(), ns);
+    let secret = secrets.get(secret).await.map_err(kube_failed("reading the credentials Secret"))?;
+    Ok(secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get("password"))
+        .map(|p| String::from_utf8_lossy(&p.0).into_owned())
+        .unwrap_or_default())
+}
+
+/// The file at `path` in a snapshot, `None` when there is none.
+async fn read_snapshot_file(repo: &Repository, snapshot: &str, path: &str) -> Result<Option<Vec<u8>>, Refusal> {
+    let (_, snap) =
+        repo.find_snapshot(snapshot).await.map_err(|e| ("CheckFailed", format!("snapshot {snapshot}: {e}")))?;
+    let Ok(node) = archiver::lookup(repo, &snap.root, path).await else { return Ok(None) };
+    archiver::read_file(repo, &node)
+        .await
+        .map(Some)
+        .map_err(|e| ("CheckFailed", format!("reading {path} of snapshot {snapshot}: {e}")))
+}
+
 /// `rowcounts.json` of a `postgres` snapshot: database → table → rows; `None` when the backup
 /// recorded none.
 async fn recorded_row_counts(
     repo: &Repository,
     snapshot: &str,
 ) -> Result<Option<BTreeMap<String, BTreeMap<String, u64>>>, Refusal> {
-    let (_, snap) =
-        repo.find_snapshot(snapshot).await.map_err(|e| ("CheckFailed", format!("snapshot {snapshot}: {e}")))?;
-    let Ok(node) = archiver::lookup(repo, &snap.root, crate::agent::postgres::ROW_COUNTS).await else {
+    let Some(bytes) = read_snapshot_file(repo, snapshot, crate::agent::postgres::ROW_COUNTS).await? else {
         return Ok(None);
     };
-    let bytes = archiver::read_file(repo, &node)
-        .await
-        .map_err(|e| ("CheckFailed", format!("reading the row counts of snapshot {snapshot}: {e}")))?;
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| ("CheckFailed", format!("the row counts of snapshot {snapshot} are not readable: {e}")))

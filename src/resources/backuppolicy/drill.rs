@@ -261,6 +261,52 @@ pub fn compare_counts(
     if problems.is_empty() { Ok(()) } else { Err(format!("{check} of {object}: {}", problems.join(", "))) }
 }
 
+/// The named objects of a RabbitMQ definitions document, as `kind vhost/name` (vhosts and
+/// users by name, permissions as `user@vhost`).
+fn definition_names(definitions: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let text = |v: &serde_json::Value, key: &str| v.get(key).and_then(|s| s.as_str()).unwrap_or_default().to_string();
+    let mut names = std::collections::BTreeSet::new();
+    for (kind, list) in [
+        ("vhost", "vhosts"),
+        ("user", "users"),
+        ("permission", "permissions"),
+        ("queue", "queues"),
+        ("exchange", "exchanges"),
+        ("policy", "policies"),
+    ] {
+        for item in definitions.get(list).and_then(|l| l.as_array()).into_iter().flatten() {
+            let name = match kind {
+                "vhost" | "user" => text(item, "name"),
+                "permission" => format!("{}@{}", text(item, "user"), text(item, "vhost")),
+                _ => format!("{}/{}", text(item, "vhost"), text(item, "name")),
+            };
+            names.insert(format!("{kind} {name}"));
+        }
+    }
+    names
+}
+
+/// Every vhost, user, permission, queue, exchange and policy the backup recorded must be in
+/// the restored server's definitions; the missing ones are named, with the totals.
+pub fn compare_definitions(
+    object: &str,
+    recorded: &serde_json::Value,
+    restored: &serde_json::Value,
+) -> Result<usize, String> {
+    let (want, have) = (definition_names(recorded), definition_names(restored));
+    let missing: Vec<&String> = want.difference(&have).collect();
+    if missing.is_empty() {
+        return Ok(want.len());
+    }
+    let listed: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+    Err(format!(
+        "RabbitMQ definitions of {object}: {} of the {} recorded are missing: {}",
+        missing.len(),
+        want.len(),
+        listed.join(", ")
+    ))
+}
+
 #[cfg(test)]
 #[path = "drill_tests.rs"]
 mod tests;

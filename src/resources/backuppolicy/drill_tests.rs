@@ -152,3 +152,23 @@ fn counts_name_the_check_the_object_and_both_numbers() {
         Err("row counts of database orders: public.items has 1, the backup recorded 3, public.orders is missing (the backup recorded 2)".into())
     );
 }
+
+#[test]
+fn rabbitmq_definitions_name_what_is_missing() {
+    let recorded = serde_json::json!({
+        "vhosts": [{"name": "orders"}],
+        "users": [{"name": "orders-app", "password_hash": "x"}],
+        "permissions": [{"user": "orders-app", "vhost": "orders", "configure": ".*"}],
+        "queues": [{"name": "jobs", "vhost": "orders", "durable": true}],
+        "exchanges": [], "policies": []
+    });
+    let mut restored = recorded.clone();
+    restored["vhosts"].as_array_mut().unwrap().push(serde_json::json!({"name": "/"}));
+    assert_eq!(compare_definitions("DatabaseInstance shop-drill/events", &recorded, &restored), Ok(4));
+    restored["queues"] = serde_json::json!([]);
+    restored["users"] = serde_json::json!([{"name": "admin"}]);
+    assert_eq!(
+        compare_definitions("DatabaseInstance shop-drill/events", &recorded, &restored),
+        Err("RabbitMQ definitions of DatabaseInstance shop-drill/events: 2 of the 4 recorded are missing: queue orders/jobs, user orders-app".into())
+    );
+}
