@@ -16,7 +16,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use support::cluster::Cluster;
 use support::operator::Operator;
-use support::servers::{Postgres, S3Server};
+use support::servers::{Postgres, RabbitMq, S3Server};
 use support::wait::eventually;
 
 const NS: &str = "shop";
@@ -94,10 +94,13 @@ fn forget_stored_checksums(root: &Path, path: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drill_verifies_a_good_backup_and_names_a_damaged_pack() {
     let (mut pg, mut pg_drill, s3) = (Postgres::start(), Postgres::start(), S3Server::start());
+    let (mut mq, mut mq_drill) = (RabbitMq::start(), RabbitMq::start());
     s3.create_bucket("backups");
     let overrides = [
         (format!("orders-db.{NS}.svc:5432"), format!("127.0.0.1:{}", pg.port)),
         (format!("orders-db.{DRILL}.svc:5432"), format!("127.0.0.1:{}", pg_drill.port)),
+        (format!("events.{NS}.svc:15672"), format!("127.0.0.1:{}", mq.mgmt_port)),
+        (format!("events.{DRILL}.svc:15672"), format!("127.0.0.1:{}", mq_drill.mgmt_port)),
     ];
     let cluster = Cluster::start().await;
     cluster.install_crds_from_dir(&repo().join("crds")).await;
@@ -151,12 +154,37 @@ async fn a_drill_verifies_a_good_backup_and_names_a_damaged_pack() {
         server.psql("postgres", &format!("ALTER ROLE postgres PASSWORD '{password}'"));
         server.password = password.clone();
     }
-    let instances: Api<DatabaseInstance> = Api::namespaced(client.clone(), NS);
-    eventually("orders-db Ready", WAIT, || async {
-        let db = instances.get("orders-db").await.ok()?;
-        db.status?.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(())
-    })
+    let _: DatabaseInstance = create(
+        &client,
+        NS,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "DatabaseInstance", "metadata": {"name": "events"},
+            "spec": {"engine": "rabbitmq", "version": "4.1", "storage": {"size": "1Gi"}, "vhosts": ["orders"],
+                     "users": [{"name": "orders-app", "permissions": [{"vhost": "orders"}]}]}
+        }),
+    )
     .await;
+    let mq_admin =
+        eventually("events credentials", WAIT, || async { secrets.get_opt("events-credentials").await.ok().flatten() })
+            .await;
+    let mq_password = secret_value(&mq_admin, "password");
+    for server in [&mut mq, &mut mq_drill] {
+        let user = json!({"password": mq_password, "tags": "administrator"}).to_string();
+        server.api_ok("PUT", "/api/users/admin", Some(&user));
+        server.api_ok("PUT", "/api/permissions/%2F/admin", Some(r#"{"configure":".*","write":".*","read":".*"}"#));
+        server.user = "admin".into();
+        server.password = mq_password.clone();
+    }
+    let instances: Api<DatabaseInstance> = Api::namespaced(client.clone(), NS);
+    for name in ["orders-db", "events"] {
+        eventually(&format!("{name} Ready"), WAIT, || async {
+            let db = instances.get(name).await.ok()?;
+            db.status?.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(())
+        })
+        .await;
+    }
+    // A queue only the backup's definitions bring back (provisioning makes vhosts and users).
+    mq.api_ok("PUT", "/api/queues/orders/jobs", Some(r#"{"durable":true}"#));
     pg.psql(
         "orders",
         "CREATE TABLE items (id int PRIMARY KEY, name text); \
@@ -206,6 +234,12 @@ async fn a_drill_verifies_a_good_backup_and_names_a_damaged_pack() {
     let last = passed.last_verified_restore.clone().unwrap();
     assert_eq!(last.backup, "manual-1");
     assert!(last.message.contains("orders-db: 2 databases, 2 tables, 502 rows as recorded"), "{}", last.message);
+    assert!(
+        last.message.contains("events: ") && last.message.contains("RabbitMQ definitions as recorded"),
+        "{}",
+        last.message
+    );
+    mq_drill.api_ok("GET", "/api/queues/orders/jobs", None);
     let verified = passed.conditions.iter().find(|c| c.type_ == "RestoreVerified").expect("RestoreVerified");
     assert_eq!((verified.status.as_str(), verified.reason.as_str()), ("True", "DrillPassed"), "{verified:?}");
     // The drill's server got the backup's rows; the source is as it was.
