@@ -303,7 +303,17 @@ fn start_drill(ctx: &Ctx, policy: &BackupPolicy, tenant: kube::Client, start: St
         shared: ctx.shared.clone(),
     };
     info!(backuppolicy = %key(policy), backup = %run.start.backup, namespace = %run.start.namespace, "restore drill started");
-    let handle = tokio::spawn(drill_ctl::run(run));
+    // A drill of a deleted (or replaced) policy stops; its Restore goes with the policy.
+    let api: Api<BackupPolicy> = Api::namespaced(ctx.shared.client.clone(), &policy.namespace().unwrap_or_default());
+    let (name, uid) = (policy.name_any(), policy.uid().unwrap_or_default());
+    let handle = tokio::spawn(async move {
+        tokio::select! {
+            outcome = drill_ctl::run(run) => outcome,
+            () = maintenance::policy_gone(&api, &name, &uid) => DrillOutcome {
+                result: Err(("PolicyDeleted", "the policy was deleted during the drill".into())),
+            },
+        }
+    });
     ctx.drills.lock().expect("drills").insert(key(policy), (policy.uid().unwrap_or_default(), handle));
 }
 
