@@ -100,6 +100,13 @@ fn dump_drop_restore_gives_same_tables_and_roles() {
     agent.ok(&["restore", "latest", "--target", dir.to_str().unwrap()]);
     assert!(dir.join("globals.sql").is_file());
     assert!(dir.join("databases/shop.dump").is_file());
+    // Each table's rows, counted in the snapshot its dump read (a restore drill compares them).
+    let counts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("rowcounts.json")).unwrap()).unwrap();
+    assert_eq!(counts["shop"]["public.customers"], 20000, "{counts}");
+    assert_eq!(counts["shop"]["public.orders"], 100000, "{counts}");
+    assert_eq!(counts["inventory"]["public.pgbench_history"], 4000, "{counts}");
+    assert_eq!(counts["inventory"]["public.pgbench_accounts"], 200000, "{counts}");
     agent.ok(&["check", "--read-data"]);
 }
 

@@ -8,8 +8,11 @@
 //! reordered restore, error reporting per object. Roles and tablespaces come from
 //! `pg_dumpall --globals-only`.
 //!
-//! Snapshot layout: `globals.sql` and `databases/<name>.dump`.
+//! Snapshot layout: `globals.sql`, `databases/<name>.dump` and `rowcounts.json`: each table's
+//! row count, taken in the snapshot the database's `pg_dump` reads (`--snapshot`), which a
+//! restore drill compares with the restored database.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -161,6 +164,7 @@ fn check_tool_version(tool: &Path, server_major: u32) -> anyhow::Result<()> {
 pub struct Dump {
     conn: PgConn,
     pg_dump: PathBuf,
+    psql: PathBuf,
     globals: Option<Vec<u8>>,
     /// Databases still to dump, in order; the first one's `pg_dump` may be running.
     databases: std::collections::VecDeque<String>,
@@ -170,12 +174,90 @@ pub struct Dump {
 struct Running {
     child: std::process::Child,
     stderr: std::thread::JoinHandle<String>,
+    /// Holds the snapshot pg_dump reads until the dump is done.
+    session: SnapshotSession,
 }
 
-fn spawn_pg_dump(conn: &PgConn, pg_dump: &Path, db: &str) -> anyhow::Result<Running> {
+/// Counts every table's rows in one repeatable-read transaction and exports its snapshot, for
+/// `pg_dump --snapshot`: the counts describe exactly the rows of the dump. The `psql` session
+/// holds the transaction (and so the snapshot) open until it is dropped.
+struct SnapshotSession {
+    child: std::process::Child,
+    id: String,
+    counts: BTreeMap<String, u64>,
+}
+
+/// `schema.table|count` of every ordinary and partitioned table outside the system schemas.
+pub const COUNT_ROWS: &str = "SELECT format('%s.%s', n.nspname, c.relname) || '|' || \
+     (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY 1;";
+const END_MARK: &str = "__berth_counted__";
+
+impl SnapshotSession {
+    fn open(conn: &PgConn, psql: &Path, db: &str) -> anyhow::Result<Self> {
+        use std::io::{BufRead, Write};
+        let mut child = conn
+            .command(psql)
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "--dbname", db])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", psql.display()))?;
+        let script = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\n{COUNT_ROWS}\n\\echo {END_MARK}\n"
+        );
+        child.stdin.as_mut().expect("piped").write_all(script.as_bytes()).context("writing to psql")?;
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        let mut output = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.context("reading from psql")?;
+            if line == END_MARK {
+                break;
+            }
+            output.push(line);
+        }
+        if output.is_empty() {
+            let _ = child.kill();
+            let out = child.wait_with_output().context("waiting for psql")?;
+            bail!("counting the rows of database {db:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let id = output.remove(0);
+        let counts = parse_counts(&output).with_context(|| format!("row counts of database {db:?}"))?;
+        Ok(Self { child, id, counts })
+    }
+}
+
+impl Drop for SnapshotSession {
+    fn drop(&mut self) {
+        // Closing psql's input ends the (read-only) transaction.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// `schema.table|count` lines.
+fn parse_counts(lines: &[String]) -> anyhow::Result<BTreeMap<String, u64>> {
+    lines
+        .iter()
+        .map(|line| {
+            let (table, count) = line.rsplit_once('|').with_context(|| format!("unexpected line {line:?}"))?;
+            let count = count.parse().with_context(|| format!("unexpected count in {line:?}"))?;
+            Ok((table.to_string(), count))
+        })
+        .collect()
+}
+
+/// The path of the per-database row counts in a `postgres` snapshot: `{db: {schema.table: rows}}`.
+pub const ROW_COUNTS: &str = "rowcounts.json";
+
+fn spawn_pg_dump(conn: &PgConn, pg_dump: &Path, psql: &Path, db: &str) -> anyhow::Result<Running> {
+    let session = SnapshotSession::open(conn, psql, db)?;
     let mut child = conn
         .command(pg_dump)
-        .args(["--format=custom", "--compress=0", "--no-password", "--dbname", db])
+        .args(["--format=custom", "--compress=0", "--no-password", "--snapshot", &session.id, "--dbname", db])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -193,7 +275,7 @@ fn spawn_pg_dump(conn: &PgConn, pg_dump: &Path, db: &str) -> anyhow::Result<Runn
         let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
         s
     });
-    Ok(Running { child, stderr })
+    Ok(Running { child, stderr, session })
 }
 
 impl Dump {
@@ -203,8 +285,8 @@ impl Dump {
         let major = server_major(conn)?;
         let pg_dump = find_tool(conn, "pg_dump", Some(major))?;
         check_tool_version(&pg_dump, major)?;
+        let psql = find_tool(conn, "psql", Some(major))?;
         let dbs: Vec<String> = if databases.is_empty() {
-            let psql = find_tool(conn, "psql", Some(major))?;
             run_psql(
                 conn,
                 &psql,
@@ -236,10 +318,10 @@ impl Dump {
             None
         };
         let running = match dbs.first() {
-            Some(db) => Some(spawn_pg_dump(conn, &pg_dump, db)?),
+            Some(db) => Some(spawn_pg_dump(conn, &pg_dump, &psql, db)?),
             None => None,
         };
-        Ok(Self { conn: conn.clone(), pg_dump, globals, databases: dbs.into(), running })
+        Ok(Self { conn: conn.clone(), pg_dump, psql, globals, databases: dbs.into(), running })
     }
 
     /// Streams every dump into the writer; returns the root node
@@ -260,16 +342,19 @@ impl Dump {
             root_nodes.push(n);
         }
         let mut db_nodes = Vec::new();
+        let mut row_counts = BTreeMap::new();
         while let Some(db) = self.databases.pop_front() {
             tracing::info!(database = %db, "dumping");
             let mut run = match self.running.take() {
                 Some(r) => r,
-                None => spawn_pg_dump(&self.conn, &self.pg_dump, &db)?,
+                None => spawn_pg_dump(&self.conn, &self.pg_dump, &self.psql, &db)?,
             };
             let stdout = run.child.stdout.take().expect("piped");
             let res = writer.add_stream(stdout, None);
             let status = run.child.wait().context("waiting for pg_dump")?;
             let err = run.stderr.join().unwrap_or_default();
+            row_counts.insert(db.clone(), std::mem::take(&mut run.session.counts));
+            drop(run.session);
             if !status.success() {
                 bail!("pg_dump of database {db:?} failed ({status}): {}", err.trim());
             }
@@ -286,6 +371,12 @@ impl Dump {
         let mut dbdir = Node::new("databases", NodeKind::Dir);
         dbdir.subtree = Some(db_tree);
         root_nodes.insert(0, dbdir);
+        let counts = serde_json::to_vec_pretty(&row_counts)?;
+        let mut n = Node::new(ROW_COUNTS, NodeKind::File);
+        let (ids, len) = writer.add_stream(&counts[..], None)?;
+        n.content = ids;
+        n.size = len;
+        root_nodes.push(n);
         let mut root = Node::new("/", NodeKind::Dir);
         root.subtree = Some(archiver::save_tree(writer, &Tree { nodes: root_nodes })?);
         Ok(root)

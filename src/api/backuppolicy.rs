@@ -69,6 +69,37 @@ pub struct BackupPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub service_account_name: Option<String>,
+    /// Restore drills: on their own schedule, the newest Completed backup is restored (data
+    /// only: DatabaseInstances, Secrets, PVCs and their data, never apps or CronJobs) into a
+    /// pre-created drill namespace and checked, and the result is recorded in
+    /// `status.lastVerifiedRestore` and the `RestoreVerified` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
+}
+
+/// Restore drills of a BackupPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifySpec {
+    /// Five-field cron schedule of the drills (in `spec.timeZone`), e.g. `0 5 * * 0`.
+    #[schemars(length(min = 9, max = 128))]
+    pub schedule: String,
+    /// The drill namespace, which the cluster admin creates and in which the policy's
+    /// ServiceAccount may act (as for a Restore into another namespace). Berth empties it
+    /// before and after each drill, so it must hold nothing else; it may not be the policy's
+    /// own namespace.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: String,
+    /// How long the drill namespace of a failed drill is kept as it is for inspection, as a
+    /// duration such as `24h` or `90m`. Defaults to `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(h|m|s))+$"))]
+    pub keep_failed_for: Option<String>,
+    /// Longest a drill may take (restore, waits and checks), such as `1h`. Defaults to `1h`;
+    /// a drill still unfinished then fails with reason `TimedOut`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(h|m|s))+$"))]
+    pub timeout: Option<String>,
 }
 
 /// An S3 (or S3-compatible) location.
@@ -215,6 +246,44 @@ pub struct BackupPolicyStatus {
     /// The last retention and offsite replication run, which goes on outside the reconcile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<MaintenanceStatus>,
+    /// The drill under way (`spec.verify`), while one runs or a failed one's namespace is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillStatus>,
+    /// The last finished restore drill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_restore: Option<VerifiedRestore>,
+}
+
+/// A restore drill under way.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillStatus {
+    /// The Backup being restored.
+    pub backup: String,
+    /// The child Restore that brings the data into the drill namespace.
+    pub restore: String,
+    /// When the drill started.
+    pub started_at: Time,
+    /// Emptying, Restoring, Checking, or Kept (a failed drill's namespace kept for inspection).
+    pub phase: String,
+}
+
+/// The result of the last restore drill.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedRestore {
+    /// The Backup that was restored.
+    pub backup: String,
+    /// When the drill started.
+    pub started_at: Time,
+    /// When it finished.
+    pub finished_at: Time,
+    /// How long it took, in seconds.
+    pub duration_seconds: i64,
+    /// Passed or Failed.
+    pub result: String,
+    /// What was checked, or which check failed with the object and the numbers.
+    pub message: String,
 }
 
 /// A retention and offsite replication run of a BackupPolicy.

@@ -532,6 +532,103 @@ async fn check_locked(repo: &Repository, read_data: bool) -> Result<CheckReport>
     Ok(report)
 }
 
+/// `check --read-data` limited to `snapshots`: every tree reachable from them readable and
+/// authentic, and every pack holding one of their blobs present, of the indexed size,
+/// downloaded and each of its blobs verified. What a restore drill checks of its backup.
+pub async fn check_snapshot_data(repo: &Repository, snapshots: &[Id]) -> Result<CheckReport> {
+    let lock = RepoLock::acquire(repo, false, "check").await?;
+    let result = check_snapshot_data_locked(repo, snapshots).await;
+    let released = lock.release().await;
+    let r = result?;
+    released?;
+    Ok(r)
+}
+
+async fn check_snapshot_data_locked(repo: &Repository, snapshots: &[Id]) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    repo.load_index().await?;
+    let mut todo = Vec::new();
+    for id in snapshots {
+        match repo.load_snapshot(id).await {
+            Ok(s) => {
+                report.snapshots += 1;
+                todo.extend(s.root.subtree);
+            }
+            Err(e) => report.errors.push(format!("snapshot {id}: {e}")),
+        }
+    }
+    let mut blobs: HashSet<Id> = HashSet::new();
+    while let Some(id) = todo.pop() {
+        if !blobs.insert(id) {
+            continue;
+        }
+        report.trees_checked += 1;
+        match repo.load_tree(&id).await {
+            Err(e) => report.errors.push(format!("tree {id}: {e}")),
+            Ok(t) => {
+                for n in t.nodes {
+                    blobs.extend(n.content.iter().copied());
+                    todo.extend(n.subtree);
+                }
+            }
+        }
+    }
+    let stored: HashMap<String, u64> = repo
+        .storage()
+        .list("data")
+        .await?
+        .into_iter()
+        .map(|o| (o.name.rsplit('/').next().unwrap_or("").to_string(), o.size))
+        .collect();
+    let contents: Vec<PackInfo> = repo
+        .index()
+        .read()
+        .expect("index")
+        .pack_contents()
+        .into_iter()
+        .filter(|p| p.blobs.iter().any(|b| blobs.contains(&b.id)))
+        .collect();
+    report.packs = contents.len();
+    report.blobs = blobs.len();
+    let results: Vec<(String, u64, Vec<String>)> = futures::stream::iter(contents)
+        .map(|p| {
+            let size = stored.get(&p.id.to_hex()).copied();
+            async move {
+                let key = pack::pack_key(&p.id);
+                match size {
+                    None => return (key, 0, vec!["indexed but missing from storage".to_string()]),
+                    Some(size) if size != p.size => {
+                        return (
+                            key,
+                            0,
+                            vec![format!("{size} bytes in storage, the index says {} (truncated or damaged)", p.size)],
+                        );
+                    }
+                    Some(_) => {}
+                }
+                let data = match repo.storage().get(&key).await {
+                    Ok(d) => d,
+                    Err(e) => return (key, 0, vec![e.to_string()]),
+                };
+                let len = data.len() as u64;
+                let r = repo.clone();
+                let errs = tokio::task::spawn_blocking(move || verify_pack(&r, &p, &data))
+                    .await
+                    .unwrap_or_else(|e| vec![format!("verifier panicked: {e}")]);
+                (key, len, errs)
+            }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    for (key, len, errs) in results {
+        report.packs_read += usize::from(len > 0);
+        report.bytes_read += len;
+        report.errors.extend(errs.into_iter().map(|e| format!("pack {key}: {e}")));
+    }
+    Ok(report)
+}
+
 /// Reads back (HeadObject) the server-side encryption of every object of the format (locks
 /// excepted: they live minutes) and reports those stored without the configured one: written
 /// before it was configured, or by a server or bucket policy that dropped it.

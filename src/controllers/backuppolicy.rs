@@ -20,6 +20,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::backup::{self as backup_ctl, POLICY_LABEL, SYNCED_LABEL, phase};
+use super::drill::{self as drill_ctl, DrillRun};
 use super::maintenance::{self, Outcome};
 use super::repository::{self, RepositoryError};
 use super::{CachesSynced, Context, ControllerContext, Error, api, cache, drive, synced_store, when_synced};
@@ -30,6 +31,7 @@ use crate::backup::Repository;
 use crate::backup::ops::{PruneOptions, prune};
 use crate::backup::replicate::{ReplicateOptions, replicate};
 use crate::backup::resources::{BackupManifest, RefusedManifest, scan_manifests};
+use crate::resources::backuppolicy::drill::{self, DrillObserved, DrillOutcome, DrillTask, StartDrill};
 use crate::resources::backuppolicy::plan::{
     self, ACCOUNT_RECHECK, BackupSeen, Gate, Observed, RunResult, RunState, SYNC_INTERVAL, StartRun, Step,
 };
@@ -42,6 +44,8 @@ const STATUS_MANAGER: &str = "berth/backuppolicy-status";
 pub use crate::resources::backuppolicy::plan::BACKUP_FRESH;
 /// How long the bucket sync (disaster recovery) may take in one reconcile.
 const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long emptying a kept drill namespace may take in one reconcile.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 struct Ctx {
     shared: Arc<Context>,
@@ -51,6 +55,8 @@ struct Ctx {
     last_sync: Mutex<HashMap<String, Instant>>,
     /// Each policy's retention and replication run.
     maintenance: maintenance::Tasks,
+    /// Each policy's restore drill under way (by namespace/name), with its policy's uid.
+    drills: Mutex<HashMap<String, (String, tokio::task::JoinHandle<DrillOutcome>)>>,
 }
 
 impl ControllerContext for Ctx {
@@ -90,7 +96,14 @@ pub async fn run(
         caches_synced,
         synced,
     );
-    let ctx = Arc::new(Ctx { shared, backups, caches, last_sync: Mutex::default(), maintenance: Default::default() });
+    let ctx = Arc::new(Ctx {
+        shared,
+        backups,
+        caches,
+        last_sync: Mutex::default(),
+        maintenance: Default::default(),
+        drills: Mutex::default(),
+    });
     drive(NAME, controller, shutdown, ctx, |obj, ctx| async move { reconcile_policy(&obj, &ctx).await }).await;
 }
 
@@ -201,6 +214,7 @@ async fn converge(
         run,
     };
     let decided = plan::converge(&observed);
+    let tenant_for_drill = tenant.clone();
 
     if let Some(backup) = &decided.fire {
         create_backup(ctx, policy, backup).await?;
@@ -221,12 +235,100 @@ async fn converge(
         });
     }
     let labels = PolicyLabels { namespace: ns.clone(), policy: name.clone() };
+    let mut status = decided.status;
+    let mut conditions = decided.conditions;
+    let drilled = drill::decide(&DrillObserved {
+        policy: valid,
+        status: &status,
+        created: observed.created,
+        now,
+        backups: &seen,
+        task: poll_drill(ctx, policy).await,
+    });
+    if let Some(start) = drilled.start.clone() {
+        start_drill(ctx, policy, tenant_for_drill, start);
+    }
+    if drilled.release
+        && let Some(verify) = policy.spec.verify.as_ref()
+    {
+        release_drill_namespace(ctx, policy, &verify.namespace).await;
+    }
+    if let Some(last) = &drilled.last
+        && status.last_verified_restore.as_ref() != Some(last)
+    {
+        let passed = i64::from(last.result == drill::PASSED);
+        ctx.shared.metrics.restore_drill_passed.get_or_create(&labels).set(passed);
+        ctx.shared.metrics.restore_drill_last.get_or_create(&labels).set(last.finished_at.0.as_second());
+    }
+    status.drill = drilled.drill;
+    status.last_verified_restore = drilled.last;
+    conditions.extend(drilled.condition);
+    let requeue = drilled.requeue.map_or(decided.requeue, |r| r.min(decided.requeue));
     ctx.shared.metrics.backup_fresh.get_or_create(&labels).set(i64::from(decided.fresh.fresh));
     if let Some(t) = decided.last_success {
         ctx.shared.metrics.backup_last_success.get_or_create(&labels).set(t.as_second());
     }
-    write_status(policy, ctx, &decided.conditions, decided.status).await?;
-    Ok(Action::requeue(decided.requeue))
+    write_status(policy, ctx, &conditions, status).await?;
+    Ok(Action::requeue(requeue))
+}
+
+/// The state of `policy`'s drill task; a finished outcome is handed out once.
+async fn poll_drill(ctx: &Ctx, policy: &BackupPolicy) -> DrillTask {
+    let finished = {
+        let mut drills = ctx.drills.lock().expect("drills");
+        let key = key(policy);
+        match drills.get(&key) {
+            None => return DrillTask::Idle,
+            Some((uid, handle)) if *uid != policy.uid().unwrap_or_default() => {
+                handle.abort();
+                drills.remove(&key);
+                return DrillTask::Idle;
+            }
+            Some((_, handle)) if !handle.is_finished() => return DrillTask::Running,
+            Some(_) => drills.remove(&key).expect("present").1,
+        }
+    };
+    finished
+        .await
+        .unwrap_or_else(|e| DrillOutcome { result: Err(("DrillStopped", format!("the drill stopped: {e}"))) })
+        .into()
+}
+
+fn start_drill(ctx: &Ctx, policy: &BackupPolicy, tenant: kube::Client, start: StartDrill) {
+    let run = DrillRun {
+        operator: ctx.shared.client.clone(),
+        tenant,
+        policy: policy.clone(),
+        start,
+        shared: ctx.shared.clone(),
+    };
+    info!(backuppolicy = %key(policy), backup = %run.start.backup, namespace = %run.start.namespace, "restore drill started");
+    // A drill of a deleted (or replaced) policy stops; its Restore goes with the policy.
+    let api: Api<BackupPolicy> = Api::namespaced(ctx.shared.client.clone(), &policy.namespace().unwrap_or_default());
+    let (name, uid) = (policy.name_any(), policy.uid().unwrap_or_default());
+    let handle = tokio::spawn(async move {
+        tokio::select! {
+            outcome = drill_ctl::run(run) => outcome,
+            () = maintenance::policy_gone(&api, &name, &uid) => DrillOutcome {
+                result: Err(("PolicyDeleted", "the policy was deleted during the drill".into())),
+            },
+        }
+    });
+    ctx.drills.lock().expect("drills").insert(key(policy), (policy.uid().unwrap_or_default(), handle));
+}
+
+/// Empties the namespace a failed drill kept, within a deadline (the next reconcile retries).
+async fn release_drill_namespace(ctx: &Ctx, policy: &BackupPolicy, namespace: &str) {
+    let Ok(Ok(tenant)) = tenant_client(ctx, policy).await else { return };
+    match tokio::time::timeout(RELEASE_TIMEOUT, drill_ctl::empty_namespace(&tenant, namespace)).await {
+        Ok(Ok(())) => info!(backuppolicy = %key(policy), namespace, "kept drill namespace emptied"),
+        Ok(Err((_, message))) => {
+            warn!(backuppolicy = %key(policy), namespace, %message, "cannot empty the drill namespace")
+        }
+        Err(_) => {
+            warn!(backuppolicy = %key(policy), namespace, "emptying the drill namespace goes on at the next reconcile")
+        }
+    }
 }
 
 fn sync_due(ctx: &Ctx, key: &str) -> bool {
@@ -461,7 +563,9 @@ async fn write_status(
         && status.next_schedule_time == current.next_schedule_time
         && status.last_successful_backup == current.last_successful_backup
         && status.last_replicated_backup == current.last_replicated_backup
-        && status.maintenance == current.maintenance;
+        && status.maintenance == current.maintenance
+        && status.drill == current.drill
+        && status.last_verified_restore == current.last_verified_restore;
     if unchanged {
         return Ok(());
     }

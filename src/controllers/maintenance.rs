@@ -124,7 +124,7 @@ impl Tasks {
 }
 
 /// Resolves once the policy `name` with `uid` is deleted, being deleted, or replaced.
-async fn policy_gone(api: &Api<BackupPolicy>, name: &str, uid: &str) {
+pub(super) async fn policy_gone(api: &Api<BackupPolicy>, name: &str, uid: &str) {
     loop {
         tokio::time::sleep(POLICY_RECHECK).await;
         match api.get_opt(name).await {

@@ -7,6 +7,7 @@ pub mod apply;
 pub mod backup;
 pub mod backuppolicy;
 pub mod databaseinstance;
+pub mod drill;
 pub mod maintenance;
 pub mod repository;
 pub mod restore;

@@ -131,6 +131,15 @@ impl Management {
     }
 }
 
+/// The server's definitions document (`GET /api/definitions`), as a restore drill compares it.
+pub async fn definitions(target: &Target) -> Result<serde_json::Value, ProvisionError> {
+    let api = Management::new(target)?;
+    api.get("/definitions", "reading the definitions").await?.ok_or_else(|| ProvisionError::Request {
+        action: "reading the definitions".into(),
+        message: "the management API has no /api/definitions".into(),
+    })
+}
+
 /// Whether RabbitMQ's `password_hash` (base64 of a 4-byte salt and the digest of salt ‖
 /// password) accepts `password`.
 pub fn password_matches(password_hash: &str, algorithm: &str, password: &str) -> bool {

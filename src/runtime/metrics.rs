@@ -49,6 +49,10 @@ pub struct Metrics {
     pub backup_fresh: Family<PolicyLabels, Gauge>,
     /// Unix time of a BackupPolicy's newest successful backup.
     pub backup_last_success: Family<PolicyLabels, Gauge>,
+    /// 1 when a BackupPolicy's last restore drill passed, 0 when it failed.
+    pub restore_drill_passed: Family<PolicyLabels, Gauge>,
+    /// Unix time the last restore drill of a BackupPolicy finished.
+    pub restore_drill_last: Family<PolicyLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -82,7 +86,30 @@ impl Default for Metrics {
             "Unix time of the newest successful backup of a BackupPolicy",
             backup_last_success.clone(),
         );
-        Self { registry, reconciles, failures, duration, applies, leader, backup_fresh, backup_last_success }
+        let restore_drill_passed = Family::<PolicyLabels, Gauge>::default();
+        let restore_drill_last = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "restore_drill_last_result",
+            "1 when the last restore drill (spec.verify) of a BackupPolicy passed, 0 when it failed",
+            restore_drill_passed.clone(),
+        );
+        registry.register(
+            "restore_drill_last_timestamp_seconds",
+            "Unix time the last restore drill of a BackupPolicy finished",
+            restore_drill_last.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            failures,
+            duration,
+            applies,
+            leader,
+            backup_fresh,
+            backup_last_success,
+            restore_drill_passed,
+            restore_drill_last,
+        }
     }
 }
 

@@ -98,6 +98,11 @@ Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
 - apiGroups: ["berth.dev"]
   resources: [backups]
   verbs: [create, patch, delete]
+# Restores: a policy's restore drill (spec.verify) creates one, owned by the policy, and
+# deletes it after a passed drill; what it writes is checked against the tenant's account.
+- apiGroups: ["berth.dev"]
+  resources: [restores]
+  verbs: [create, delete]
 # AppEnvironments: only their `berth.dev/volumes` finalizer (claims with `deletionPolicy:
 # Delete` are deleted by Berth when the app goes), written as the whole list under a
 # resourceVersion precondition.

@@ -4,6 +4,7 @@
 //! ([`retention`]). No I/O: the controller reads the clock and the Backup objects and passes
 //! them in.
 
+pub mod drill;
 pub mod plan;
 pub mod retention;
 pub mod schedule;

@@ -29,8 +29,9 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use jiff::tz::TimeZone;
 
-use crate::api::backuppolicy::{BackupPolicy, Retention, ServerSideEncryptionType, StorageLocation};
+use crate::api::backuppolicy::{BackupPolicy, Retention, ServerSideEncryptionType, StorageLocation, VerifySpec};
 use crate::api::validation::FieldError;
+use crate::resources::restore::waits::parse_duration;
 
 /// A schedule users can copy when theirs is rejected.
 pub const SCHEDULE_EXAMPLE: &str = "\"0 3 * * *\" (every day at 03:00) or \"30 1 * * 0\" (Sundays at 01:30)";
@@ -44,7 +45,27 @@ pub struct ValidPolicy {
     pub schedule: Cron,
     /// `spec.timeZone` from the tz database, UTC when absent.
     pub time_zone: TimeZone,
+    /// `spec.verify`, parsed.
+    pub verify: Option<ValidVerify>,
 }
+
+/// `spec.verify` of a valid policy.
+#[derive(Clone, Debug)]
+pub struct ValidVerify {
+    /// The drills' five-field schedule (in the policy's time zone).
+    pub schedule: Cron,
+    /// The pre-created drill namespace.
+    pub namespace: String,
+    /// How long a failed drill's namespace is kept as it is.
+    pub keep_failed_for: std::time::Duration,
+    /// Longest a drill may take.
+    pub timeout: std::time::Duration,
+}
+
+/// Default of `spec.verify.keepFailedFor`.
+pub const KEEP_FAILED_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Default of `spec.verify.timeout`.
+pub const DRILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl ValidPolicy {
     /// Whether `spec.suspend` stops the schedule.
@@ -121,6 +142,8 @@ pub fn validate(policy: &BackupPolicy) -> Result<ValidPolicy, Vec<FieldError>> {
         ));
     }
 
+    let verify = spec.verify.as_ref().and_then(|v| check_verify(v, policy, &mut errors));
+
     match (schedule, time_zone) {
         (Some(schedule), Some(time_zone)) if errors.is_empty() => {
             // A pattern such as `0 0 30 2 *` parses but never fires.
@@ -131,7 +154,7 @@ pub fn validate(policy: &BackupPolicy) -> Result<ValidPolicy, Vec<FieldError>> {
                     format!("{:?} never fires (no such date); use e.g. {SCHEDULE_EXAMPLE}", spec.schedule),
                 )]);
             }
-            Ok(ValidPolicy { policy: policy.clone(), schedule, time_zone })
+            Ok(ValidPolicy { policy: policy.clone(), schedule, time_zone, verify })
         }
         _ => Err(errors),
     }
@@ -156,6 +179,45 @@ pub fn parse_schedule(schedule: &str) -> Result<Cron, String> {
         .build()
         .parse(trimmed)
         .map_err(|e| format!("{schedule:?} is not a valid cron schedule ({e}); e.g. {SCHEDULE_EXAMPLE}"))
+}
+
+/// `spec.verify`: its schedule parses, its durations are durations, and the drill namespace is
+/// not the namespace the policy backs up (a drill empties its namespace).
+fn check_verify(verify: &VerifySpec, policy: &BackupPolicy, errors: &mut Vec<FieldError>) -> Option<ValidVerify> {
+    let before = errors.len();
+    let schedule =
+        parse_schedule(&verify.schedule).map_err(|m| errors.push(FieldError::new("spec.verify.schedule", m)));
+    let source = policy.metadata.namespace.as_deref().unwrap_or_default();
+    if verify.namespace == source {
+        errors.push(FieldError::new(
+            "spec.verify.namespace",
+            format!("{:?} is the namespace this policy backs up; a drill empties its namespace, so name a separate, pre-created drill namespace (e.g. {:?})", verify.namespace, format!("{source}-drill")),
+        ));
+    }
+    let mut duration = |text: Option<&str>, field: &str, default| match text {
+        None => Some(default),
+        Some(text) => {
+            let parsed = parse_duration(text).filter(|d| !d.is_zero());
+            if parsed.is_none() {
+                errors.push(FieldError::new(
+                    field,
+                    format!("{text:?} is not a duration; write hours, minutes and seconds such as 24h, 90m or 2h30m"),
+                ));
+            }
+            parsed
+        }
+    };
+    let keep_failed_for = duration(verify.keep_failed_for.as_deref(), "spec.verify.keepFailedFor", KEEP_FAILED_FOR);
+    let timeout = duration(verify.timeout.as_deref(), "spec.verify.timeout", DRILL_TIMEOUT);
+    if errors.len() != before {
+        return None;
+    }
+    Some(ValidVerify {
+        schedule: schedule.ok()?,
+        namespace: verify.namespace.clone(),
+        keep_failed_for: keep_failed_for?,
+        timeout: timeout?,
+    })
 }
 
 fn normalized_prefix(location: &StorageLocation) -> &str {
@@ -253,6 +315,31 @@ mod tests {
 
     fn errors(p: &BackupPolicy) -> Vec<FieldError> {
         validate(p).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn verify_is_parsed_and_its_errors_name_the_field() {
+        let v =
+            validate(&with("  schedule: \"0 3 * * *\"\n  verify: {schedule: \"0 5 * * 0\", namespace: shop-drill}\n"))
+                .unwrap();
+        let verify = v.verify.unwrap();
+        assert_eq!(
+            (verify.namespace.as_str(), verify.keep_failed_for, verify.timeout),
+            ("shop-drill", KEEP_FAILED_FOR, DRILL_TIMEOUT)
+        );
+        let bad = with(
+            "  schedule: \"0 3 * * *\"\n  verify: {schedule: \"5 * *\", namespace: shop, keepFailedFor: 1d, timeout: 0m}\n",
+        );
+        let fields: Vec<String> = errors(&bad).iter().map(|e| e.to_string()).collect();
+        assert_eq!(fields.len(), 4, "{fields:?}");
+        for (field, text) in [
+            ("spec.verify.schedule", "has 3 fields"),
+            ("spec.verify.namespace", "is the namespace this policy backs up"),
+            ("spec.verify.keepFailedFor", "\"1d\" is not a duration"),
+            ("spec.verify.timeout", "\"0m\" is not a duration"),
+        ] {
+            assert!(fields.iter().any(|f| f.starts_with(field) && f.contains(text)), "{field}: {fields:?}");
+        }
     }
 
     #[test]

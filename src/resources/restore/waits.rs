@@ -89,7 +89,8 @@ pub fn timeout(restore: &Restore) -> Result<Duration, FieldError> {
     })
 }
 
-fn parse_duration(text: &str) -> Option<Duration> {
+/// `1h`, `90m`, `2h30m`: hours, minutes and seconds in any order.
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut total = 0u64;
     let mut number = String::new();
     for c in text.chars() {
