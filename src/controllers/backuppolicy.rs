@@ -294,7 +294,7 @@ async fn poll_drill(ctx: &Ctx, policy: &BackupPolicy) -> DrillTask {
         .into()
 }
 
-fn start_drill(ctx: &Ctx, policy: &BackupPolicy, tenant: kube::Client, start: StartDrill) {
+fn start_drill(ctx: &Ctx, policy: &BackupPolicy, tenant: TenantClient, start: StartDrill) {
     let run = DrillRun {
         operator: ctx.shared.client.clone(),
         tenant,

@@ -40,7 +40,7 @@ use crate::resources::backuppolicy::plan::Refusal;
 use crate::resources::databaseinstance::validate as validate_database;
 use crate::resources::databaseinstance::validate::MANAGEMENT_PORT;
 use crate::resources::restore::Access;
-use crate::runtime::impersonate::allowed;
+use crate::runtime::impersonate::{TenantClient, allowed};
 
 /// How often the child Restore and the emptying namespace are looked at.
 const POLL: Duration = Duration::from_secs(2);
@@ -50,7 +50,7 @@ pub const DRILL_LABEL: &str = "berth.dev/drill-of";
 /// What the drill needs besides the policy.
 pub struct DrillRun {
     pub operator: kube::Client,
-    pub tenant: kube::Client,
+    pub tenant: TenantClient,
     pub policy: BackupPolicy,
     pub start: StartDrill,
     /// The operator's context, for its endpoint overrides (`--endpoint-overrides`).
@@ -114,7 +114,7 @@ async fn drill(d: &DrillRun) -> Result<String, Refusal> {
     empty_namespace(&d.tenant, ns).await?;
     restore(d, &source).await?;
 
-    let instances: Api<DatabaseInstance> = Api::namespaced(d.tenant.clone(), ns);
+    let instances: Api<DatabaseInstance> = Api::namespaced(d.tenant.client.clone(), ns);
     for item in &items {
         let (Some(name), Some(snapshot)) = (item.name.strip_prefix("database/"), &item.snapshot) else { continue };
         let Some(db) = instances.get_opt(name).await.map_err(kube_failed("reading a DatabaseInstance"))? else {
