@@ -64,20 +64,22 @@ async fn kubectl_apply_get_and_wait_for_the_examples() {
         );
     }
     // Re-applying the same files changes nothing on the server: every object keeps its
-    // resourceVersion.
+    // generation and kubectl's field set keeps its time. (Not the resourceVersion: the operator
+    // may still be writing statuses, e.g. of an instance whose server is not up.)
     let versions = || {
         let out = k.ok(&[
             "get",
             "berth",
             "-A",
             "-o",
-            "jsonpath={range .items[*]}{.metadata.name}={.metadata.resourceVersion} {end}",
+            r#"jsonpath={range .items[*]}{.metadata.name}={.metadata.generation}@{.metadata.managedFields[?(@.manager=="kubectl")].time} {end}"#,
         ]);
         let mut v: Vec<String> = out.split_whitespace().map(String::from).collect();
         v.sort();
         v
     };
     let before = versions();
+    assert!(before.iter().all(|v| v.contains("@20")), "kubectl's field set time of every object: {before:?}");
     k.ok(&["apply", "--server-side", "-f", examples.to_str().unwrap()]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(versions(), before, "a second apply of unchanged examples wrote something");

@@ -327,11 +327,13 @@ impl Index {
         self.sorted.extend(info.blobs.iter().map(|b| (b.id, entry(pos, b))));
     }
 
-    /// Sorts what [`Self::load_pack`] appended; a duplicate keeps its first location.
+    /// Sorts what [`Self::load_pack`] appended, in place (a stable sort would allocate half
+    /// the index again); a duplicate keeps its first location (the pack loaded first).
     pub fn sort_loaded(&mut self) {
-        self.sorted.sort_by_key(|e| e.0);
+        self.sorted.sort_unstable_by_key(|(id, e)| (*id, e.pack));
         self.sorted.dedup_by(|later, first| later.0 == first.0);
-        if self.sorted.capacity() > self.sorted.len() + self.sorted.len() / 4 {
+        // Shrinking copies the whole index: only worth it when most of the room is unused.
+        if self.sorted.capacity() > 2 * self.sorted.len() {
             self.sorted.shrink_to_fit();
         }
     }

@@ -385,14 +385,11 @@ fn plan_reads(blobs: HashMap<Id, (IndexEntry, PackMeta, Vec<Target>)>) -> Vec<Re
     reads
 }
 
-/// Download buffers shared by the reads of one restore: a fresh buffer per ranged GET would
-/// be page-faulted (zeroed) by the kernel every time.
-type BufferPool = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
-
-thread_local! {
-    // Decompression output of the blocking threads, reused for the same reason.
-    static RESTORE_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
+/// Download and decompression buffers shared by the reads of one restore, one pair per read in
+/// flight: a fresh buffer per ranged GET would be page-faulted (zeroed) by the kernel every
+/// time. (Not per thread: the blocking pool grows to dozens of threads over a long restore,
+/// and per-thread scratch held 70 MB at a million files.)
+type BufferPool = Arc<std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
 
 async fn write_batch(
     repo: &Repository,
@@ -427,21 +424,21 @@ async fn read_and_write(
     let key = pack::pack_key(&read.pack.id);
     let start = read.blobs[0].1.offset as u64;
     let end = read.blobs.iter().map(|(_, e, _)| e.offset as u64 + e.length as u64).max().unwrap_or(start);
-    let buf = pool.lock().expect("pool").pop().unwrap_or_default();
+    let (buf, mut scratch) = pool.lock().expect("pool").pop().unwrap_or_default();
     let mut data = repo.storage().get_range_into(&key, start, end - start, buf).await.map_err(|e| match e {
         BackupError::Corrupt { detail, .. } => BackupError::corrupt(format!("pack {key}"), detail),
         other => other,
     })?;
     let repo = repo.clone();
-    let (written, data) = tokio::task::spawn_blocking(move || {
-        RESTORE_SCRATCH.with_borrow_mut(|scratch| {
+    let (written, data, scratch) = tokio::task::spawn_blocking(move || {
+        let result = (|| {
             let mut written = 0u64;
             // Consecutive blobs of a pack often belong to one file: keep it open.
             let mut open: Option<(u32, std::fs::File)> = None;
             for (id, e, targets) in read.blobs {
                 let s = (e.offset as u64 - start) as usize;
                 let sealed = &mut data[s..s + e.length as usize];
-                let plain = pack::open_blob_in_place(repo.key(), e.kind, &id, sealed, e.raw_len, scratch)?;
+                let plain = pack::open_blob_in_place(repo.key(), e.kind, &id, sealed, e.raw_len, &mut scratch)?;
                 for t in targets {
                     let plan = &files[t.file as usize];
                     if open.as_ref().is_none_or(|(i, _)| *i != t.file) {
@@ -458,12 +455,13 @@ async fn read_and_write(
                     }
                 }
             }
-            Ok::<_, BackupError>((written, data))
-        })
+            Ok::<_, BackupError>(written)
+        })();
+        result.map(|written| (written, data, scratch))
     })
     .await
     .map_err(|e| BackupError::Aborted(e.to_string()))??;
-    pool.lock().expect("pool").push(data);
+    pool.lock().expect("pool").push((data, scratch));
     Ok(written)
 }
 
