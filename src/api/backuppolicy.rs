@@ -128,8 +128,10 @@ pub struct StorageLocation {
     /// Address buckets by path (`endpoint/bucket`), as most S3-compatible servers need.
     #[serde(default)]
     pub force_path_style: bool,
-    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. Required unless the cluster
-    /// admin lets the operator lend its own identity (`--allow-operator-storage-identity`).
+    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. Without it, the policy's
+    /// ServiceAccount needs the IRSA annotation `eks.amazonaws.com/role-arn` (the operator and
+    /// the agent Jobs then assume that role), unless the cluster admin lets the operator lend
+    /// its own identity (`--allow-operator-storage-identity`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
     /// Secret with `ca.crt` for a server with a private CA.
