@@ -125,6 +125,27 @@ fn directory_roundtrip_incremental_and_retention() {
     let out = agent.dir.path().join("restore1");
     agent.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
     assert_eq!(describe(&out), before, "restored tree differs");
+    // A restore drill's count: the restored tree holds what the summary recorded, and one file
+    // less is named with both counts.
+    let recorded: Vec<String> = [("files", "files"), ("dirs", "dirs"), ("bytes", "bytesTotal")]
+        .iter()
+        .map(|(flag, field)| format!("--{flag}={}", s1[field].as_u64().unwrap()))
+        .collect();
+    let count = |dir: &Path| -> Vec<String> {
+        let mut args = vec!["count-dir".to_string(), dir.to_str().unwrap().to_string()];
+        args.extend(recorded.iter().cloned());
+        args
+    };
+    let args = count(&out);
+    let counted = agent.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(counted.contains("7 files, 6 directories"), "{counted}");
+    let fewer = agent.dir.path().join("restore-fewer");
+    agent.ok(&["restore", "latest", "--target", fewer.to_str().unwrap()]);
+    std::fs::remove_file(fewer.join("a/b/small.txt")).unwrap();
+    let args = count(&fewer);
+    let stderr = agent.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(stderr.contains("it holds 6 files, 6 directories"), "{stderr}");
+    assert!(stderr.contains("the backup recorded 7 files, 6 directories"), "{stderr}");
 
     // Change one file slightly and add one: the second backup uploads little.
     let mut big = std::fs::read(src.join("a/big.bin")).unwrap();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use berth::api::{Backup, BackupPolicy, DatabaseInstance};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use support::cluster::Cluster;
@@ -64,6 +64,29 @@ fn checksum(pg: &Postgres) -> String {
 }
 
 /// The biggest pack of the bucket's repository: the database dump's data.
+/// Every path below `root` with its content (files) or target (symlinks), in order.
+fn tree_digest(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let kind = std::fs::symlink_metadata(&path).unwrap().file_type();
+            let content = if kind.is_dir() {
+                pending.push(path.clone());
+                Vec::new()
+            } else if kind.is_symlink() {
+                std::fs::read_link(&path).unwrap().into_os_string().into_encoded_bytes()
+            } else {
+                std::fs::read(&path).unwrap()
+            };
+            out.push((path.strip_prefix(root).unwrap().to_path_buf(), content));
+        }
+    }
+    out.sort();
+    out
+}
+
 fn biggest_pack(root: &Path) -> PathBuf {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).unwrap() {
@@ -192,6 +215,34 @@ async fn a_drill_verifies_a_good_backup_and_names_a_damaged_pack() {
          CREATE TABLE notes (body text); INSERT INTO notes VALUES ('a'), ('b')",
     );
     let before = checksum(&pg);
+    // An app's volume with files in nested directories: the drill restores it and counts them.
+    let _: berth::api::AppEnvironment = create(
+        &client,
+        NS,
+        json!({"apiVersion": "berth.dev/v1alpha1", "kind": "AppEnvironment", "metadata": {"name": "web"},
+               "spec": {"tier": "development", "image": "ghcr.io/example/web:1"}}),
+    )
+    .await;
+    let _: PersistentVolumeClaim = create(
+        &client,
+        NS,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": "web-data", "labels": {"berth.dev/appenvironment": "web"}},
+               "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await;
+    let data = eventually("web-data bound", WAIT, || async { cluster.kubelet().pvc_dir(NS, "web-data").await }).await;
+    let mut bytes = 0;
+    for i in 0..30 {
+        let dir = data.join(format!("uploads/{}", i % 4));
+        std::fs::create_dir_all(&dir).unwrap();
+        let body = format!("upload {i}\n").repeat(i + 1);
+        bytes += body.len();
+        std::fs::write(dir.join(format!("{i}.txt")), body).unwrap();
+    }
+    // Not counted, on either side: a symlink is not a file.
+    std::os::unix::fs::symlink("uploads/0/0.txt", data.join("latest")).unwrap();
+    let volume_before = tree_digest(&data);
 
     // A policy whose drills run every minute, and one Backup of it.
     let policy = json!({
@@ -202,7 +253,7 @@ async fn a_drill_verifies_a_good_backup_and_names_a_damaged_pack() {
             "storage": {"bucket": "backups", "prefix": "shop", "region": s3.region, "endpoint": s3.endpoint,
                         "insecureHTTP": true, "forcePathStyle": true, "credentialsSecret": "s3-credentials",
                         "encryptionKeySecret": "repository-key"},
-            "scope": {"databases": true},
+            "scope": {"databases": true, "volumes": true},
             "verify": {"schedule": "* * * * *", "namespace": DRILL, "timeout": "10m"}
         }
     });
@@ -234,6 +285,12 @@ async fn a_drill_verifies_a_good_backup_and_names_a_damaged_pack() {
     let last = passed.last_verified_restore.clone().unwrap();
     assert_eq!(last.backup, "manual-1");
     assert!(last.message.contains("orders-db: 2 databases, 2 tables, 502 rows as recorded"), "{}", last.message);
+    // The root, uploads and its four directories; counted by an agent Job on the drill's claim.
+    let counted = format!("web-data: 30 files, 6 directories, {bytes} bytes as recorded");
+    assert!(last.message.contains(&counted), "{counted} in: {}", last.message);
+    let count = cluster.kubelet().runs().into_iter().find(|r| r.args.iter().any(|a| a == "count-dir"));
+    let count = count.expect("a count-dir Job ran");
+    assert_eq!((count.namespace.as_str(), count.exit_code), (DRILL, Some(0)), "{count:?}");
     assert!(
         last.message.contains("events: ") && last.message.contains("RabbitMQ definitions as recorded"),
         "{}",
@@ -245,6 +302,7 @@ async fn a_drill_verifies_a_good_backup_and_names_a_damaged_pack() {
     // The drill's server got the backup's rows; the source is as it was.
     assert_eq!(pg_drill.psql("orders", "SELECT count(*) FROM items").trim(), "500");
     assert_eq!(checksum(&pg), before, "a drill changed the source");
+    assert_eq!(tree_digest(&data), volume_before, "a drill changed the source volume");
     // The drill namespace was emptied after the pass, and its Restore removed.
     let drill_instances: Api<DatabaseInstance> = Api::namespaced(client.clone(), DRILL);
     assert!(drill_instances.list(&ListParams::default()).await.unwrap().items.is_empty());
@@ -259,6 +317,11 @@ async fn a_drill_verifies_a_good_backup_and_names_a_damaged_pack() {
         .filter_map(|s| s.metadata.name)
         .collect();
     assert!(left.is_empty(), "left in the drill namespace: {left:?}");
+    // The agent Jobs went too: a finished pod would keep its claim for the Jobs' day of TTL.
+    let drill_jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), DRILL);
+    assert!(drill_jobs.list(&ListParams::default()).await.unwrap().items.is_empty(), "agent Jobs left");
+    let drill_claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), DRILL);
+    assert!(drill_claims.list(&ListParams::default()).await.unwrap().items.is_empty(), "claims left");
 
     // Damage one pack in the bucket (same size, other bytes): the next drill fails, names it,
     // and leaves the drill namespace as it is.

@@ -25,7 +25,7 @@ use anyhow::{Context, bail};
 
 use crate::backup::{
     Repository, RetentionPolicy, S3Config, ServerSideEncryption, Storage, StorageConfig, WriteOptions, WriterStats,
-    archiver, lock, ops, prefetch::MetadataPrefetch,
+    archiver, census::Census, lock, ops, prefetch::MetadataPrefetch,
 };
 use progress::{ProgressMode, Reporter, Source};
 
@@ -170,6 +170,17 @@ pub enum Command {
         pg: postgres::PgConn,
         #[command(flatten)]
         rabbit: rabbitmq::RabbitConn,
+    },
+    /// Count the regular files, directories and bytes below a directory, as a `dir` snapshot's
+    /// summary counts them, and fail when they differ from the given figures (restore drills).
+    CountDir {
+        path: PathBuf,
+        #[arg(long)]
+        files: u64,
+        #[arg(long)]
+        dirs: u64,
+        #[arg(long)]
+        bytes: u64,
     },
     /// List snapshots.
     Snapshots {
@@ -371,6 +382,19 @@ async fn execute(args: AgentArgs) -> anyhow::Result<ExitCode> {
             })
             .await?;
             report_backup(&out, &id, &snap);
+        }
+        Command::CountDir { path, files, dirs, bytes } => {
+            let recorded = Census { files, dirs, bytes };
+            let root = path.clone();
+            let found = tokio::task::spawn_blocking(move || Census::count(&root)).await.context("count thread")??;
+            if let Some(difference) = found.mismatch(&recorded) {
+                bail!("{}: {difference}", path.display());
+            }
+            if out.json {
+                print_json(&found);
+            } else {
+                println!("{}: {found}, as the backup recorded", path.display());
+            }
         }
         Command::Restore { snapshot, target, databases, parallel, pg, rabbit } => {
             let repo = open_repo(&args.repo).await?;

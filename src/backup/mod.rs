@@ -14,6 +14,7 @@
 
 pub mod archiver;
 pub mod auth;
+pub mod census;
 pub mod chunker;
 pub mod crypto;
 pub mod direct;

@@ -6,8 +6,9 @@
 //! account) brings back data only into the drill namespace and waits for its
 //! DatabaseInstances to be Ready; each restored PostgreSQL database's row counts are compared
 //! with those the backup recorded in the dump's snapshot, and each RabbitMQ instance's
-//! definitions (vhosts, users, permissions, queues, exchanges, policies) with the backup's;
-//! the namespace is emptied again
+//! definitions (vhosts, users, permissions, queues, exchanges, policies) with the backup's,
+//! and each restored volume's files, directories and bytes (counted by an agent Job on the
+//! claim) with its snapshot's summary; the namespace is emptied again
 //! after a pass (a failed drill's is kept, see [`crate::resources::backuppolicy::drill`]).
 //!
 //! Row counts are read by the operator over the same connection it provisions the instance
@@ -17,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -30,9 +32,11 @@ use crate::api::databaseinstance::DatabaseInstance;
 use crate::api::restore::{Restore, RestoreSpec};
 use crate::backup::Repository;
 use crate::backup::archiver;
+use crate::backup::census::Census;
 use crate::backup::ops::check_snapshot_data;
 use crate::provision::{self, Target};
-use crate::resources::backup::phase;
+use crate::resources::backup::jobs::COMPONENT as AGENT_COMPONENT;
+use crate::resources::backup::{AgentTask, JobSettings, agent_job, job_name, job_outcome, phase};
 use crate::resources::backuppolicy::drill::{
     DRILL_KINDS, DrillOutcome, StartDrill, compare_counts, compare_definitions,
 };
@@ -114,6 +118,17 @@ async fn drill(d: &DrillRun) -> Result<String, Refusal> {
     empty_namespace(&d.tenant, ns).await?;
     restore(d, &source).await?;
 
+    for item in &items {
+        let (Some(pvc), Some(snapshot)) = (item.name.strip_prefix("volume/"), &item.snapshot) else { continue };
+        let (_, snap) = repo
+            .find_snapshot(snapshot)
+            .await
+            .map_err(|e| ("SnapshotMissing", format!("snapshot {snapshot} of {}: {e}", item.name)))?;
+        let recorded = Census::of_summary(&snap.summary);
+        count_volume(d, pvc, recorded).await?;
+        checked.push(format!("{pvc}: {recorded} as recorded"));
+    }
+
     let instances: Api<DatabaseInstance> = Api::namespaced(d.tenant.client.clone(), ns);
     for item in &items {
         let (Some(name), Some(snapshot)) = (item.name.strip_prefix("database/"), &item.snapshot) else { continue };
@@ -174,7 +189,8 @@ async fn drill(d: &DrillRun) -> Result<String, Refusal> {
 /// The policy's account must be allowed to empty the drill namespace; asked, never learnt from
 /// a refused delete.
 async fn check_access(tenant: &kube::Client, ns: &str, policy: &str) -> Result<(), Refusal> {
-    let resources = [("berth.dev", "databaseinstances"), ("", "secrets"), ("", "persistentvolumeclaims")];
+    let resources =
+        [("berth.dev", "databaseinstances"), ("", "secrets"), ("", "persistentvolumeclaims"), ("batch", "jobs")];
     let mut missing = Vec::new();
     for (group, resource) in resources {
         for verb in ["list", "delete"] {
@@ -184,6 +200,12 @@ async fn check_access(tenant: &kube::Client, ns: &str, policy: &str) -> Result<(
                 missing.push(access.to_string());
             }
         }
+    }
+    // The volume counts run as agent Jobs there, as the restore's own do.
+    let jobs =
+        Access { verb: "create", group: "batch".into(), resource: "jobs".into(), namespace: ns.into(), name: None };
+    if !allowed(tenant, &jobs).await.map_err(kube_failed("asking for access"))? {
+        missing.push(jobs.to_string());
     }
     if missing.is_empty() {
         return Ok(());
@@ -197,15 +219,24 @@ async fn check_access(tenant: &kube::Client, ns: &str, policy: &str) -> Result<(
     ))
 }
 
-/// Deletes the DatabaseInstances, PersistentVolumeClaims and Secrets (but ServiceAccount
-/// tokens) of the drill namespace, and waits until they are gone.
+/// Deletes the DatabaseInstances, PersistentVolumeClaims, Secrets (but ServiceAccount tokens)
+/// and agent Jobs of the drill namespace, and waits until they are gone. The Jobs go first: a
+/// finished pod still mounting a claim keeps that claim (`pvc-protection`) until it is deleted.
 pub async fn empty_namespace(tenant: &kube::Client, ns: &str) -> Result<(), Refusal> {
+    let jobs: Api<Job> = Api::namespaced(tenant.clone(), ns);
+    let agents = ListParams::default().labels(&format!("app.kubernetes.io/component={AGENT_COMPONENT}"));
     let instances: Api<DatabaseInstance> = Api::namespaced(tenant.clone(), ns);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(tenant.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(tenant.clone(), ns);
     let lp = ListParams::default();
     loop {
         let mut left = 0;
+        for job in jobs.list(&agents).await.map_err(kube_failed("listing the drill namespace"))? {
+            left += 1;
+            if job.meta().deletion_timestamp.is_none() {
+                let _ = jobs.delete(&job.name_any(), &DeleteParams::background()).await;
+            }
+        }
         for db in instances.list(&lp).await.map_err(kube_failed("listing the drill namespace"))? {
             left += 1;
             if db.meta().deletion_timestamp.is_none() {
@@ -269,6 +300,51 @@ async fn restore(d: &DrillRun, source: &str) -> Result<(), Refusal> {
                 return Err(("RestoreFailed", format!("Restore {source}/{} ended {p}: {errors}", d.start.restore)));
             }
             _ => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// Counts the files of the restored claim `pvc` with an agent Job in the drill namespace
+/// (created as the policy's account, like the restore's own Jobs; read-only mount), which
+/// fails naming both counts when they differ from what the backup recorded.
+async fn count_volume(d: &DrillRun, pvc: &str, recorded: Census) -> Result<(), Refusal> {
+    let ns = d.start.namespace.as_str();
+    let name = job_name(&d.start.restore, &format!("count/{pvc}"));
+    let owner = d.policy.controller_owner_ref(&()).expect("a stored policy has a uid");
+    let settings = JobSettings {
+        owner: &owner,
+        namespace: ns,
+        name: &name,
+        image: &d.shared.agent_image,
+        storage: &d.policy.spec.storage,
+        tags: Vec::new(),
+        consumer: None,
+        deadline_seconds: d.start.timeout.as_secs().max(1) as i64,
+        backoff_limit: 1,
+        service_account: None,
+    };
+    let mut job = agent_job(&AgentTask::CountVolume { pvc: pvc.into(), recorded }, &settings);
+    // The policy lives in another namespace; the Job is left to its TTL.
+    job.metadata.owner_references = None;
+    job.labels_mut().insert(DRILL_LABEL.into(), d.policy.name_any());
+    let jobs: Api<Job> = Api::namespaced(d.tenant.client.clone(), ns);
+    match jobs.create(&PostParams::default(), &job).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(kube_failed(&format!("creating Job {ns}/{name} to count volume {pvc}"))(e)),
+    }
+    let observed: Api<Job> = Api::namespaced(d.operator.clone(), ns);
+    loop {
+        let current = observed.get(&name).await.map_err(kube_failed("reading the drill's count Job"))?;
+        match job_outcome(&current) {
+            None => tokio::time::sleep(POLL).await,
+            Some(Ok(())) => return Ok(()),
+            Some(Err(message)) => {
+                let message = super::backup::job_error(&d.operator, ns, &name, message)
+                    .await
+                    .map_err(|e| ("KubernetesError", e.to_string()))?;
+                return Err(("CheckFailed", format!("volume {pvc} restored into {ns}: {message}")));
+            }
         }
     }
 }

@@ -223,6 +223,7 @@ mod tests {
             AgentTask::RestorePostgres { instance: instance.clone(), snapshot: snapshot.clone() },
             AgentTask::RestoreRabbitmq { instance: instance.clone(), snapshot: snapshot.clone() },
             AgentTask::RestoreVolume { pvc: pvc.clone(), snapshot: snapshot.clone() },
+            AgentTask::CountVolume { pvc: pvc.clone(), recorded: Default::default() },
         ] {
             let settings = JobSettings {
                 owner: &owner,

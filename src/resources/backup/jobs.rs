@@ -35,6 +35,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use crate::api::backuppolicy::StorageLocation;
+use crate::backup::census::Census;
 use crate::resources::databaseinstance::build::BACKUP_ROLE_LABEL;
 use crate::resources::databaseinstance::validate::MANAGEMENT_PORT;
 use crate::resources::meta::{MANAGED_BY, label_value, owner_label_key, selector_labels};
@@ -104,6 +105,9 @@ pub enum AgentTask {
     RestoreRabbitmq { instance: String, snapshot: String },
     /// A `dir` snapshot's files into a PVC.
     RestoreVolume { pvc: String, snapshot: String },
+    /// A restored PVC's files counted against what its backup recorded (restore drills);
+    /// mounted read-only, like a backup.
+    CountVolume { pvc: String, recorded: Census },
 }
 
 impl AgentTask {
@@ -116,6 +120,7 @@ impl AgentTask {
             Self::RestorePostgres { .. } => "restore-postgres",
             Self::RestoreRabbitmq { .. } => "restore-rabbitmq",
             Self::RestoreVolume { .. } => "restore-volume",
+            Self::CountVolume { .. } => "count-volume",
         }
     }
 
@@ -126,7 +131,7 @@ impl AgentTask {
             | Self::BackupRabbitmq { instance }
             | Self::RestorePostgres { instance, .. }
             | Self::RestoreRabbitmq { instance, .. } => instance,
-            Self::BackupVolume { pvc } | Self::RestoreVolume { pvc, .. } => pvc,
+            Self::BackupVolume { pvc } | Self::RestoreVolume { pvc, .. } | Self::CountVolume { pvc, .. } => pvc,
         }
     }
 
@@ -138,7 +143,7 @@ impl AgentTask {
     /// The PVC mounted at [`DATA_MOUNT_PATH`], for volume tasks.
     pub fn pvc(&self) -> Option<&str> {
         match self {
-            Self::BackupVolume { pvc } | Self::RestoreVolume { pvc, .. } => Some(pvc),
+            Self::BackupVolume { pvc } | Self::RestoreVolume { pvc, .. } | Self::CountVolume { pvc, .. } => Some(pvc),
             _ => None,
         }
     }
@@ -174,6 +179,14 @@ impl AgentTask {
                     snapshot.clone(),
                     "--target".to_string(),
                     DATA_MOUNT_PATH.to_string(),
+                ]);
+            }
+            Self::CountVolume { recorded, .. } => {
+                args.extend(["count-dir".to_string(), DATA_MOUNT_PATH.to_string()]);
+                args.extend([
+                    format!("--files={}", recorded.files),
+                    format!("--dirs={}", recorded.dirs),
+                    format!("--bytes={}", recorded.bytes),
                 ]);
             }
         }

@@ -279,6 +279,17 @@ fn restore_volume_is_writable() {
     assert_eq!(psc.fs_group_change_policy.as_deref(), Some("OnRootMismatch"));
 }
 
+#[test]
+fn count_volume_reads_only_and_passes_the_recorded_figures() {
+    let recorded = crate::backup::census::Census { files: 12, dirs: 3, bytes: 4096 };
+    let task = AgentTask::CountVolume { pvc: "uploads".into(), recorded };
+    let job = build(&task, &storage(), None);
+    assert_common(&job, "count-volume", "uploads");
+    assert_eq!(args(&job), ["agent", "count-dir", "/data", "--files=12", "--dirs=3", "--bytes=4096"]);
+    assert_eq!(mounts(&job)["/data"], (DATA_VOLUME.to_string(), true));
+    assert_eq!(volume(&job, DATA_VOLUME).persistent_volume_claim.as_ref().unwrap().read_only, Some(true));
+}
+
 /// A running pod mounting `claim` as `user` (container level) with the pod's `fs_group`.
 fn consumer_pod(claim: &str, phase: &str, user: Option<i64>, fs_group: Option<i64>) -> Pod {
     serde_json::from_value(serde_json::json!({
