@@ -491,11 +491,11 @@ pub fn agent_job(task: &AgentTask, settings: &JobSettings) -> Job {
         args: Some(task.args(if task.is_restore() { &[] } else { &settings.tags })),
         env: Some(env),
         volume_mounts: Some(volume_mounts),
-        // Measured with scripts/bench-scale.sh (release build): peak RSS 183 MiB backing up and
-        // at most 330 MiB restoring a million files (11 GiB). The request covers that; the limit
-        // leaves room for the chunk index of larger repositories (52 bytes a chunk: ~10M).
+        // Measured with scripts/bench-scale.sh (release build): peak RSS 189 MiB backing up and
+        // 158 MiB restoring a million files (11 GiB). The request covers that; the limit leaves
+        // room for the chunk index of larger repositories (52 bytes a chunk: ~10M).
         resources: Some(ResourceRequirements {
-            requests: Some(quantities(&[("cpu", "100m"), ("memory", "384Mi")])),
+            requests: Some(quantities(&[("cpu", "100m"), ("memory", "256Mi")])),
             limits: Some(quantities(&[("memory", "1Gi")])),
             ..ResourceRequirements::default()
         }),
