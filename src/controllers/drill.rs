@@ -324,7 +324,7 @@ async fn count_volume(d: &DrillRun, pvc: &str, recorded: Census) -> Result<(), R
         service_account: None,
     };
     let mut job = agent_job(&AgentTask::CountVolume { pvc: pvc.into(), recorded }, &settings);
-    // The policy lives in another namespace; the Job is left to its TTL.
+    // The policy lives in another namespace: emptying the drill namespace removes the Job.
     job.metadata.owner_references = None;
     job.labels_mut().insert(DRILL_LABEL.into(), d.policy.name_any());
     let jobs: Api<Job> = Api::namespaced(d.tenant.client.clone(), ns);
