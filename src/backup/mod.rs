@@ -19,6 +19,7 @@ pub mod chunker;
 pub mod crypto;
 pub mod direct;
 pub mod error;
+pub mod index;
 pub mod lock;
 pub mod migrate;
 pub mod ops;

@@ -15,8 +15,6 @@
 //! stored, and snapshots only after their index files, so a crash never leaves a snapshot that
 //! points at missing data.
 
-use std::collections::HashMap;
-
 use super::crypto::{Id, MasterKey, OVERHEAD};
 use super::error::{BackupError, Result};
 
@@ -277,141 +275,6 @@ pub fn parse_pack(key: &MasterKey, expected: &Id, data: &[u8]) -> Result<Vec<Pac
     Ok(out)
 }
 
-/// Where a blob lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IndexEntry {
-    /// Position in [`Index::packs`].
-    pub pack: u32,
-    pub kind: BlobKind,
-    pub offset: u32,
-    pub length: u32,
-    pub raw_len: u32,
-}
-
-/// A pack known to the index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PackMeta {
-    pub id: Id,
-    pub size: u64,
-}
-
-/// The in-memory index of a repository: blob id → pack and position.
-///
-/// Compact: blobs sit in a vector sorted by id (52 bytes a blob, searched by bisection), and
-/// those added since the last merge in a small hash map. A repository of a million blobs (a
-/// million small files) costs 52 MB, not the ~110 MB of a hash map of the same entries.
-#[derive(Debug, Default)]
-pub struct Index {
-    pub packs: Vec<PackMeta>,
-    pack_pos: HashMap<Id, u32>,
-    /// Sorted by id, each id once.
-    sorted: Vec<(Id, IndexEntry)>,
-    /// Added since the last merge; none of them is in `sorted`.
-    recent: HashMap<Id, IndexEntry>,
-}
-
-/// `recent` is merged into `sorted` once it holds more than this many blobs, or a quarter of
-/// `sorted` when that is more (so that merging costs O(1) per blob over time).
-const MERGE_AT: usize = 1 << 16;
-
-impl Index {
-    /// An empty index with room for about `blobs` blobs, to be filled with [`Self::load_pack`]
-    /// and finished with [`Self::sort_loaded`].
-    pub fn with_capacity(blobs: usize) -> Self {
-        Self { sorted: Vec::with_capacity(blobs), ..Self::default() }
-    }
-
-    /// Appends the blobs of a pack read from an index file, without sorting.
-    pub fn load_pack(&mut self, info: &PackInfo) {
-        let pos = self.pack_position(info);
-        self.sorted.extend(info.blobs.iter().map(|b| (b.id, entry(pos, b))));
-    }
-
-    /// Sorts what [`Self::load_pack`] appended, in place (a stable sort would allocate half
-    /// the index again); a duplicate keeps its first location (the pack loaded first).
-    pub fn sort_loaded(&mut self) {
-        self.sorted.sort_unstable_by_key(|(id, e)| (*id, e.pack));
-        self.sorted.dedup_by(|later, first| later.0 == first.0);
-        // Shrinking copies the whole index: only worth it when most of the room is unused.
-        if self.sorted.capacity() > 2 * self.sorted.len() {
-            self.sorted.shrink_to_fit();
-        }
-    }
-
-    pub fn contains(&self, id: &Id) -> bool {
-        self.entry(id).is_some()
-    }
-    fn entry(&self, id: &Id) -> Option<&IndexEntry> {
-        match self.sorted.binary_search_by(|(k, _)| k.cmp(id)) {
-            Ok(i) => Some(&self.sorted[i].1),
-            Err(_) => self.recent.get(id),
-        }
-    }
-    pub fn get(&self, id: &Id) -> Option<(PackMeta, IndexEntry)> {
-        self.entry(id).map(|e| (self.packs[e.pack as usize], *e))
-    }
-    pub fn blob_count(&self) -> usize {
-        self.sorted.len() + self.recent.len()
-    }
-    pub fn iter(&self) -> impl Iterator<Item = (&Id, &IndexEntry)> {
-        self.sorted.iter().map(|(id, e)| (id, e)).chain(self.recent.iter())
-    }
-    pub fn has_pack(&self, id: &Id) -> bool {
-        self.pack_pos.contains_key(id)
-    }
-    /// Bytes held by the blob entries (for tests and logs).
-    pub fn heap_bytes(&self) -> usize {
-        self.sorted.capacity() * std::mem::size_of::<(Id, IndexEntry)>()
-            + self.recent.capacity() * (std::mem::size_of::<(Id, IndexEntry)>() + 1)
-    }
-
-    fn pack_position(&mut self, info: &PackInfo) -> u32 {
-        *self.pack_pos.entry(info.id).or_insert_with(|| {
-            self.packs.push(PackMeta { id: info.id, size: info.size });
-            (self.packs.len() - 1) as u32
-        })
-    }
-
-    /// Adds the blobs of a pack (a blob already known elsewhere keeps its first location).
-    pub fn add_pack(&mut self, info: &PackInfo) {
-        let pos = self.pack_position(info);
-        for b in &info.blobs {
-            if !self.contains(&b.id) {
-                self.recent.insert(b.id, entry(pos, b));
-            }
-        }
-        if self.recent.len() > MERGE_AT.max(self.sorted.len() / 4) {
-            self.sorted.extend(self.recent.drain());
-            // Two sorted runs at most after a stable sort's run detection: close to linear.
-            self.sorted.sort_by_key(|e| e.0);
-            self.recent.shrink_to_fit();
-        }
-    }
-
-    /// Every pack with its blobs (as in the index, including duplicates' first location only).
-    pub fn pack_contents(&self) -> Vec<PackInfo> {
-        let mut out: Vec<PackInfo> =
-            self.packs.iter().map(|p| PackInfo { id: p.id, size: p.size, blobs: Vec::new() }).collect();
-        for (id, e) in self.iter() {
-            out[e.pack as usize].blobs.push(PackedBlob {
-                kind: e.kind,
-                id: *id,
-                offset: e.offset,
-                length: e.length,
-                raw_len: e.raw_len,
-            });
-        }
-        for p in &mut out {
-            p.blobs.sort_by_key(|b| b.offset);
-        }
-        out
-    }
-}
-
-fn entry(pack: u32, b: &PackedBlob) -> IndexEntry {
-    IndexEntry { pack, kind: b.kind, offset: b.offset, length: b.length, raw_len: b.raw_len }
-}
-
 /// Serialises packs into one sealed index file.
 pub fn encode_index(key: &MasterKey, packs: &[PackInfo]) -> Vec<u8> {
     let mut raw = Vec::with_capacity(8 + packs.iter().map(|p| 44 + p.blobs.len() * 49).sum::<usize>());
@@ -475,61 +338,6 @@ pub fn decode_index(key: &MasterKey, name: &str, sealed: &[u8]) -> Result<Vec<Pa
 mod tests {
     use super::*;
 
-    fn blob_id(n: u32) -> Id {
-        Id(*blake3::hash(&n.to_le_bytes()).as_bytes())
-    }
-
-    fn pack_of(seed: u32, blobs: std::ops::Range<u32>) -> PackInfo {
-        let blobs = blobs
-            .enumerate()
-            .map(|(i, n)| PackedBlob {
-                kind: BlobKind::Data,
-                id: blob_id(n),
-                offset: i as u32 * 10,
-                length: 10,
-                raw_len: n,
-            })
-            .collect();
-        PackInfo { id: blob_id(1_000_000_000 + seed), size: 1 << 20, blobs }
-    }
-
-    /// Lookups find every blob whether it came from an index file (sorted part) or from a
-    /// pack written since (recent part, then merged), across many packs; a blob stored twice
-    /// keeps its first location; unknown ids are not found; `pack_contents` lists each once.
-    #[test]
-    fn compact_index_lookups_across_index_files_and_merges() {
-        // "Index files": three packs loaded in bulk, the third repeating blobs of the first.
-        let mut index = Index::with_capacity(10);
-        for p in [pack_of(1, 0..40_000), pack_of(2, 40_000..80_000), pack_of(3, 30_000..45_000)] {
-            index.load_pack(&p);
-        }
-        index.sort_loaded();
-        assert_eq!(index.blob_count(), 80_000);
-        // Packs written by a backup: more than MERGE_AT new blobs, so at least one merge.
-        for k in 0..20u32 {
-            index.add_pack(&pack_of(10 + k, 80_000 + k * 5_000..80_000 + (k + 1) * 5_000));
-        }
-        index.add_pack(&pack_of(99, 179_990..180_010)); // half known already: first location stays
-        assert_eq!(index.blob_count(), 180_010);
-        assert!(index.recent.len() < MERGE_AT, "merged: {} recent", index.recent.len());
-        for n in 0..180_010u32 {
-            let (pack, e) = index.get(&blob_id(n)).unwrap_or_else(|| panic!("blob {n} not found"));
-            assert_eq!(e.raw_len, n);
-            let expected = match n {
-                0..40_000 => 1,
-                40_000..80_000 => 2,
-                80_000..180_000 => 10 + (n - 80_000) / 5_000,
-                _ => 99,
-            };
-            assert_eq!(pack.id, blob_id(1_000_000_000 + expected), "blob {n}");
-        }
-        assert!(!index.contains(&blob_id(200_000)));
-        let listed: usize = index.pack_contents().iter().map(|p| p.blobs.len()).sum();
-        assert_eq!(listed, 180_010);
-        // 52 bytes a blob in the sorted part, more in the recent part.
-        assert!(index.heap_bytes() < 180_010 * 80, "{} bytes", index.heap_bytes());
-    }
-
     #[test]
     fn random_data_is_stored_raw_and_the_rest_compressed() {
         let text: Vec<u8> = b"fn main() { println!(\"hello, berth\"); }\n".repeat(20_000);
@@ -587,8 +395,8 @@ mod tests {
         let back = decode_index(&key, "x", &idx).unwrap();
         assert_eq!(back[0].blobs, info.blobs);
         assert_eq!(back[0].size, info.size);
-        let mut index = Index::default();
-        index.add_pack(&back[0]);
+        let mut index = crate::backup::index::Index::default();
+        index.add_pack(&back[0]).unwrap();
         assert!(index.contains(&ids[1]));
         assert_eq!(index.pack_contents()[0].blobs, info.blobs);
         assert!(decode_index(&MasterKey::generate(), "x", &idx).is_err());

@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use super::auth::{self, Kind};
 use super::crypto::{self, Id, KeyFile, MasterKey};
 use super::error::{BackupError, Result};
-use super::pack::{self, BlobKind, Index, PackInfo};
+use super::index::{Index, IndexEntry, IndexLimits, IndexLoader};
+use super::pack::{self, BlobKind, PackInfo};
 use super::snapshot::{SNAPSHOT_VERSION, Snapshot, Tree};
 use super::storage::Storage;
 
@@ -251,11 +252,6 @@ impl Repository {
     /// arrives, so that only the compact index and a few decoded files are in memory at once.
     pub async fn load_index(&self) -> Result<Vec<String>> {
         let files = self.storage.list("index").await?;
-        // An index entry's 32-byte blob id is random, so no compression makes it smaller:
-        // bytes / 32 bounds the number of blobs from above (by at most 45/32). Room for all of
-        // them up front: doubling (and then shrinking) a vector of a million entries held up
-        // to 2.8x the index at once, most of a restore's peak memory at a million files.
-        let hint = files.iter().map(|f| f.size as usize).sum::<usize>() / 32;
         let key = self.key.clone();
         let mut loaded = futures::stream::iter(files)
             .map(|f| {
@@ -270,17 +266,22 @@ impl Repository {
                 }
             })
             .buffer_unordered(8);
-        let mut index = Index::with_capacity(hint);
+        let mut loader = IndexLoader::new(IndexLimits::default());
         let mut names = Vec::new();
         while let Some(file) = loaded.next().await {
             let (name, packs) = file?;
             for p in &packs {
-                index.load_pack(p);
+                loader.load_pack(p)?;
             }
             names.push(name);
         }
-        index.sort_loaded();
-        tracing::debug!(blobs = index.blob_count(), bytes = index.heap_bytes(), "index loaded");
+        let index = loader.finish()?;
+        tracing::debug!(
+            blobs = index.blob_count(),
+            spilled = index.spilled_blobs(),
+            bytes = index.heap_bytes(),
+            "index loaded"
+        );
         *self.index.write().expect("index lock") = index;
         *self.index_files.write().expect("index lock") = names.iter().cloned().collect();
         Ok(names)
@@ -334,7 +335,7 @@ impl Repository {
         packs: &mut HashMap<Id, Bytes>,
         parallel: usize,
     ) -> Result<Vec<(Id, Tree)>> {
-        let located: Vec<(Id, Id, pack::IndexEntry)> = {
+        let located: Vec<(Id, Id, IndexEntry)> = {
             let index = self.index.read().expect("index lock");
             ids.iter()
                 .map(|id| {

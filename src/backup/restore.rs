@@ -24,7 +24,8 @@ use tokio::task::JoinHandle;
 
 use super::crypto::Id;
 use super::error::{BackupError, Result};
-use super::pack::{self, IndexEntry, PackMeta};
+use super::index::{IndexEntry, PackMeta};
+use super::pack;
 use super::repo::Repository;
 use super::snapshot::{Node, NodeKind, Tree};
 

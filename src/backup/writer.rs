@@ -301,7 +301,10 @@ fn upload_pack(shared: &Arc<Shared>, builder: PackBuilder) {
             return;
         }
         shared2.stats.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
-        shared2.repo.index().write().expect("index lock").add_pack(&info);
+        if let Err(e) = shared2.repo.index().write().expect("index lock").add_pack(&info) {
+            set_error(&shared2, e);
+            return;
+        }
         // Indexed now: `pending` only holds the blobs in flight (bounded by the packs in flight).
         {
             let mut pending = shared2.pending.lock().expect("lock");
