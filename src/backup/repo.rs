@@ -126,6 +126,7 @@ pub struct Repository {
     /// Names of the index files the in-memory index was built from (and has written since).
     index_files: Arc<RwLock<BTreeSet<String>>>,
     pub(crate) write_options: WriteOptions,
+    index_limits: IndexLimits,
 }
 
 impl std::fmt::Debug for Repository {
@@ -176,6 +177,7 @@ impl Repository {
             index: Arc::default(),
             index_files: Arc::default(),
             write_options: WriteOptions::default(),
+            index_limits: IndexLimits::default(),
         }
     }
 
@@ -244,6 +246,10 @@ impl Repository {
     pub fn set_write_options(&mut self, o: WriteOptions) {
         self.write_options = o;
     }
+    /// How much of the index later loads hold in memory (tests spill small indexes with it).
+    pub fn set_index_limits(&mut self, l: IndexLimits) {
+        self.index_limits = l;
+    }
     pub fn write_options(&self) -> WriteOptions {
         self.write_options
     }
@@ -266,7 +272,7 @@ impl Repository {
                 }
             })
             .buffer_unordered(8);
-        let mut loader = IndexLoader::new(IndexLimits::default());
+        let mut loader = IndexLoader::new(self.index_limits);
         let mut names = Vec::new();
         while let Some(file) = loaded.next().await {
             let (name, packs) = file?;

@@ -406,8 +406,10 @@ fn volumes(task: &AgentTask, storage: &StorageLocation) -> (Vec<Volume>, Vec<Vol
     let mut volumes = vec![
         Volume {
             name: TMP_VOLUME.into(),
+            // Holds the index spill file of a large repository (49 bytes a blob, twice while
+            // it is rewritten): 2 GiB is room for 20 million blobs.
             empty_dir: Some(EmptyDirVolumeSource {
-                size_limit: Some(Quantity("1Gi".into())),
+                size_limit: Some(Quantity("2Gi".into())),
                 ..EmptyDirVolumeSource::default()
             }),
             ..Volume::default()
