@@ -200,6 +200,11 @@ pub struct PackBuilder {
 }
 
 impl PackBuilder {
+    /// A builder that fills `buf` (emptied), e.g. the buffer of a pack already uploaded.
+    pub fn with_buffer(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        Self { buf, blobs: Vec::new() }
+    }
     pub fn len(&self) -> usize {
         self.buf.len()
     }

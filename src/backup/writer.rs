@@ -62,10 +62,14 @@ struct Shared {
     /// Chunk buffers handed back by the workers: a fresh multi-megabyte buffer per chunk
     /// would be page-faulted (zeroed) by the kernel every time.
     spare: Mutex<Vec<Vec<u8>>>,
+    /// Buffers of uploaded packs, for the next packs: a fresh one would be page-faulted too.
+    pack_buffers: Mutex<Vec<Vec<u8>>>,
 }
 
 /// Buffers kept in [`Shared::spare`]: enough for the queue, the workers and the walkers.
 const SPARE_BUFFERS: usize = 16;
+/// Pack buffers kept in [`Shared::pack_buffers`]: one per open pack.
+const SPARE_PACK_BUFFERS: usize = 2;
 
 /// Writes blobs into a repository. Create one per backup run, call [`finish`](Self::finish).
 pub struct BlobWriter {
@@ -95,6 +99,7 @@ impl BlobWriter {
             stats,
             chunker: Chunker::new(repo.config().chunker, repo.key().chunker_seed),
             spare: Mutex::default(),
+            pack_buffers: Mutex::default(),
         });
         let (tx, rx) = sync_channel::<Job>(workers * 2);
         let rx = Arc::new(Mutex::new(rx));
@@ -123,36 +128,47 @@ impl BlobWriter {
         Ok(())
     }
 
-    /// Stores a blob unless it exists already; returns its id.
+    /// Stores a blob unless it exists already; returns its id. The calling thread compresses
+    /// and encrypts it: these are whole small files and trees, from the walk's many threads,
+    /// and handing each to a worker cost more in wake-ups than sealing it.
     pub fn add(&self, kind: BlobKind, data: Vec<u8>) -> Result<Id> {
+        thread_local! {
+            static SEALED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let id = self.shared.repo.key().blob_id(&data);
-        self.add_with_id(kind, id, data)?;
+        if self.claim(&id, data.len())? {
+            SEALED.with_borrow_mut(|sealed| pack_blob(&self.shared, kind, &id, &data, sealed));
+        }
         Ok(id)
     }
 
-    fn add_with_id(&self, kind: BlobKind, id: Id, data: Vec<u8>) -> Result<()> {
-        self.add_with(kind, id, || data)
-    }
-
-    /// Queues a blob unless it is known; `data` is only called for a new blob.
-    fn add_with(&self, kind: BlobKind, id: Id, data: impl FnOnce() -> Vec<u8>) -> Result<()> {
+    /// Whether a blob is new: then it is marked pending and counted, and the caller stores it.
+    fn claim(&self, id: &Id, len: usize) -> Result<bool> {
         self.check_error()?;
         // Under the pending lock: an upload moves its blobs from `pending` to the index (index
         // first), so a blob is always in one of the two.
         let known = {
             let mut pending = self.shared.pending.lock().expect("lock");
-            pending.contains(&id)
-                || self.shared.repo.index().read().expect("index lock").contains(&id)
-                || !pending.insert(id)
+            pending.contains(id)
+                || self.shared.repo.index().read().expect("index lock").contains(id)
+                || !pending.insert(*id)
         };
+        let s = &self.shared.stats;
         if known {
-            self.shared.stats.blobs_dedup.fetch_add(1, Ordering::Relaxed);
+            s.blobs_dedup.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
+        }
+        s.blobs_new.fetch_add(1, Ordering::Relaxed);
+        s.bytes_new.fetch_add(len as u64, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Queues a blob for the workers unless it is known; `data` is only called for a new blob.
+    fn add_with(&self, kind: BlobKind, id: Id, data: impl FnOnce() -> Vec<u8>, len: usize) -> Result<()> {
+        if !self.claim(&id, len)? {
             return Ok(());
         }
         let data = data();
-        let s = &self.shared.stats;
-        s.blobs_new.fetch_add(1, Ordering::Relaxed);
-        s.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
         self.tx.as_ref().expect("writer open").send(Job { kind, id, data }).map_err(|_| {
             self.shared
                 .error
@@ -177,11 +193,16 @@ impl BlobWriter {
             |d| key.blob_id(d),
             |chunk, id| {
                 self.shared.stats.bytes_read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                self.add_with(BlobKind::Data, id, || {
-                    let mut buf = self.shared.spare.lock().expect("lock").pop().unwrap_or_default();
-                    buf.extend_from_slice(chunk);
-                    buf
-                })?;
+                self.add_with(
+                    BlobKind::Data,
+                    id,
+                    || {
+                        let mut buf = self.shared.spare.lock().expect("lock").pop().unwrap_or_default();
+                        buf.extend_from_slice(chunk);
+                        buf
+                    },
+                    chunk.len(),
+                )?;
                 ids.push(id);
                 Ok::<_, BackupError>(())
             },
@@ -251,7 +272,6 @@ fn set_error(shared: &Shared, e: BackupError) {
 }
 
 fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Job>>>) {
-    let opts = shared.repo.write_options();
     let mut sealed = Vec::new();
     loop {
         let job = {
@@ -263,22 +283,33 @@ fn worker(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Job>>>) {
             // Drain without work so that senders do not block; the error surfaces in add/finish.
             continue;
         }
-        pack::seal_blob_into(shared.repo.key(), job.kind, &job.id, &job.data, opts.compression_level, &mut sealed);
-        let full = {
-            let mut p = shared.packs[job.kind as usize].lock().expect("lock");
-            p.add(job.kind, job.id, &sealed, job.data.len() as u32);
-            if p.len() >= opts.pack_size { Some(std::mem::take(&mut *p)) } else { None }
-        };
+        pack_blob(&shared, job.kind, &job.id, &job.data, &mut sealed);
         let mut buf = job.data;
         buf.clear();
         let mut spare = shared.spare.lock().expect("lock");
         if spare.len() < SPARE_BUFFERS {
             spare.push(buf);
         }
-        drop(spare);
-        if let Some(p) = full {
-            upload_pack(&shared, p);
+    }
+}
+
+/// Compresses and encrypts a blob into `sealed`, appends it to the open pack of its kind,
+/// and uploads the pack once full.
+fn pack_blob(shared: &Arc<Shared>, kind: BlobKind, id: &Id, data: &[u8], sealed: &mut Vec<u8>) {
+    let opts = shared.repo.write_options();
+    pack::seal_blob_into(shared.repo.key(), kind, id, data, opts.compression_level, sealed);
+    let full = {
+        let mut p = shared.packs[kind as usize].lock().expect("lock");
+        p.add(kind, *id, sealed, data.len() as u32);
+        if p.len() >= opts.pack_size {
+            let buf = shared.pack_buffers.lock().expect("lock").pop().unwrap_or_default();
+            Some(std::mem::replace(&mut *p, PackBuilder::with_buffer(buf)))
+        } else {
+            None
         }
+    };
+    if let Some(p) = full {
+        upload_pack(shared, p);
     }
 }
 
@@ -296,9 +327,18 @@ fn upload_pack(shared: &Arc<Shared>, builder: PackBuilder) {
         let _permit = permit;
         let key = pack::pack_key(&info.id);
         let len = bytes.len() as u64;
-        if let Err(e) = shared2.repo.storage().put(&key, bytes).await {
+        if let Err(e) = shared2.repo.storage().put(&key, bytes.clone()).await {
             set_error(&shared2, e);
             return;
+        }
+        // The storage is done with the bytes: their buffer serves the next pack.
+        if let Ok(buf) = bytes.try_into_mut() {
+            let mut buf = Vec::from(buf);
+            buf.clear();
+            let mut pool = shared2.pack_buffers.lock().expect("lock");
+            if pool.len() < SPARE_PACK_BUFFERS {
+                pool.push(buf);
+            }
         }
         shared2.stats.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
         if let Err(e) = shared2.repo.index().write().expect("index lock").add_pack(&info) {
