@@ -55,6 +55,7 @@ W=$(mktemp -d "$D/scale.XXXXXX")
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  for m in "$W"/t-*; do if mountpoint -q "$m"; then umount "$m"; fi; done
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -207,14 +208,31 @@ if [ -n "$SMALL" ]; then
   "${AGENT[@]}" backup-dir "$SRC" > /dev/null
   [ "$RESTIC" = 0 ] || { restic init -q > /dev/null; restic backup -q "$SRC" > /dev/null; }
   tar -C "$SRC" -cf "$W/small.tar" .
+  # Each restore writes into a freshly made ext4 file system (a loop device, when this runs as
+  # root): ext4's inode allocator slows down by several times after the many deletes of
+  # earlier runs, which would measure the file system's history rather than the tools.
+  FRESH=loop
+  fresh_fs() {
+    mkdir -p "$1"
+    if [ "$FRESH" = loop ]; then
+      truncate -s 4G "$1.img" && mkfs.ext4 -q -F "$1.img" && mount -o loop "$1.img" "$1" 2>/dev/null \
+        || { FRESH=dir; rm -f "$1.img"; echo "no loop mount: restores go to $W (file system history included)" >&2; }
+    fi
+  }
+  drop_fs() { if mountpoint -q "$1"; then umount "$1"; fi; rm -rf "$1" "$1.img"; }
   for i in 1 2 3; do
     cat "$W/small.tar" > /dev/null   # in page cache
-    measure "tar$i" sh -c "mkdir $W/t-tar$i && tar -C $W/t-tar$i -xf $W/small.tar && sync"
-    measure "br$i" sh -c "${AGENT[*]} restore latest --target $W/t-berth$i > /dev/null && sync"
-    [ "$RESTIC" = 0 ] || measure "rr$i" sh -c "restic restore latest -q --target $W/t-restic$i && sync"
+    fresh_fs "$W/t-tar"; measure "tar$i" sh -c "tar -C $W/t-tar -xf $W/small.tar && sync"; drop_fs "$W/t-tar"
+    fresh_fs "$W/t-berth"
+    measure "br$i" sh -c "${AGENT[*]} restore latest --target $W/t-berth/r > /dev/null && sync"
+    if [ "$VERIFY" = 1 ] && [ "$i" = 1 ]; then
+      diff -r "$SRC" "$W/t-berth/r" > /dev/null || { echo "berth restore differs" >&2; exit 1; }
+    fi
+    drop_fs "$W/t-berth"
+    if [ "$RESTIC" = 1 ]; then
+      fresh_fs "$W/t-restic"; measure "rr$i" sh -c "restic restore latest -q --target $W/t-restic/r && sync"; drop_fs "$W/t-restic"
+    fi
   done
-  [ "$VERIFY" = 0 ] || diff -r "$SRC" "$W/t-berth1" > /dev/null || { echo "berth restore differs" >&2; exit 1; }
-  rm -rf "$W"/t-*
   # Initial backup against tar | zstd -1 -T2 (item 4), page cache warm for both, fresh
   # repository each time.
   for i in 1 2 3; do
@@ -225,7 +243,7 @@ if [ -n "$SMALL" ]; then
   done
   med() { for i in 1 2 3; do secs "$1$i"; done | sort -n | sed -n 2p; }
   SMALL_ROWS+=("small-file tree: $COUNT files, $(gib "$BYTES") GiB; median of 3, load $(load)")
-  SMALL_ROWS+=("  restore (+ sync): tar x from page cache $(med tar)s, berth $(med br)s, restic $([ "$RESTIC" = 0 ] && echo - || med rr)s")
+  SMALL_ROWS+=("  restore (+ sync, each into a fresh $([ "$FRESH" = loop ] && echo "ext4 loop file system" || echo "directory of $W")): tar x from page cache $(med tar)s, berth $(med br)s, restic $([ "$RESTIC" = 0 ] && echo - || med rr)s")
   SMALL_ROWS+=("  initial backup (warm cache): tar | zstd -1 -T2 $(med tz)s, berth $(med bi)s = $(python3 -c "print(f'{$(med bi)/$(med tz):.2f}')")x")
   rm -rf "$W"/t-* "$W/small.tar" "$SRC"
 fi

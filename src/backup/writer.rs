@@ -68,8 +68,9 @@ struct Shared {
 
 /// Buffers kept in [`Shared::spare`]: enough for the queue, the workers and the walkers.
 const SPARE_BUFFERS: usize = 16;
-/// Pack buffers kept in [`Shared::pack_buffers`]: one per open pack.
-const SPARE_PACK_BUFFERS: usize = 2;
+/// Pack buffers kept in [`Shared::pack_buffers`], for the next data pack: one, as each kept
+/// buffer is 18 MiB resident beside the packs in flight.
+const SPARE_PACK_BUFFERS: usize = 1;
 
 /// Writes blobs into a repository. Create one per backup run, call [`finish`](Self::finish).
 pub struct BlobWriter {
@@ -302,7 +303,11 @@ fn pack_blob(shared: &Arc<Shared>, kind: BlobKind, id: &Id, data: &[u8], sealed:
         let mut p = shared.packs[kind as usize].lock().expect("lock");
         p.add(kind, *id, sealed, data.len() as u32);
         if p.len() >= opts.pack_size {
-            let buf = shared.pack_buffers.lock().expect("lock").pop().unwrap_or_default();
+            // Tree packs fill slowly: a fresh buffer is only faulted in as they grow.
+            let buf = match kind {
+                BlobKind::Data => shared.pack_buffers.lock().expect("lock").pop().unwrap_or_default(),
+                BlobKind::Tree => Vec::new(),
+            };
             Some(std::mem::replace(&mut *p, PackBuilder::with_buffer(buf)))
         } else {
             None
