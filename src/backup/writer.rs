@@ -1,10 +1,11 @@
 //! The write pipeline: chunk → id → (dedup) → compress + encrypt → pack → upload → index.
 //!
-//! Callers run in blocking threads and hand plaintext blobs to [`BlobWriter::add`]. New blobs
-//! go over a bounded channel to worker threads (compression and encryption), which append
-//! them to the current pack; a full pack is uploaded by a tokio task, at most
-//! `upload_concurrency` at a time. Memory is bounded by the channel (2 × workers blobs), the
-//! open pack and the packs in flight. After upload the pack's blobs enter the shared index and
+//! Callers run in blocking threads. Whole blobs ([`BlobWriter::add`]: small files, trees) are
+//! compressed and encrypted by the calling thread; the chunks of a stream
+//! ([`BlobWriter::add_stream`]) go over a bounded channel to worker threads that do it. Both
+//! append to the open pack of the blob's kind; a full pack is uploaded by a tokio task, at
+//! most `upload_concurrency` at a time. Memory is bounded by the channel (2 × workers blobs),
+//! the open packs, the packs in flight and one kept pack buffer. After upload the pack's blobs enter the shared index and
 //! an index file is written every few packs, so that a killed backup leaves reusable data.
 
 use std::collections::HashSet;
