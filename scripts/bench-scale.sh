@@ -14,7 +14,7 @@
 # --unique-gib N: 4 files of N/4 GiB of unique, compressible data (every 4 KiB block differs),
 # backed up, the source deleted, restored, compared with the regenerated stream.
 # --small-restore N: restore of an N-file tree beside restic and `tar x` + sync (item 3), and
-# its initial backup beside `tar | zstd -1 -T2` (item 4).
+# its initial backup beside `tar | zstd -1 -T2` (item 4), at berth's default zstd level (3) and at 1.
 # --store s3 uses a Garage S3 server on loopback as scripts/bench-backup.sh does (GARAGE=path);
 # --store file a file:// repository (memory figures do not depend on it).
 # Disk: source + one repository + one restore at a time (~30 GB at 1M files); DIR defaults to
@@ -62,7 +62,7 @@ trap cleanup EXIT
 export BERTH_REPOSITORY_KEY=bench-key BERTH_PROGRESS=none BERTH_LOG=warn RESTIC_PASSWORD=bench-key
 
 # ---------------------------------------------------------------- helpers
-# measure KEY CMD...: runs CMD, records "seconds maxrss_kib" in $W/KEY.m
+# measure KEY CMD...: runs CMD, records "seconds maxrss_kib cpu_seconds" in $W/KEY.m
 measure() {
   local k=$1; shift
   python3 - "$W/$k.m" "$@" > "$W/$k.out" 2> "$W/$k.err" <<'PY' || { cat "$W/$k.err" >&2; exit 1; }
@@ -74,10 +74,21 @@ dt = time.monotonic() - t
 code = os.waitstatus_to_exitcode(status)
 if code != 0:
     sys.exit(f"{sys.argv[2:]} exited with {code}")
-open(sys.argv[1], "w").write(f"{dt:.2f} {ru.ru_maxrss}\n")
+open(sys.argv[1], "w").write(f"{dt:.2f} {ru.ru_maxrss} {ru.ru_utime + ru.ru_stime:.2f}\n")
 PY
 }
 secs() { cut -d' ' -f1 "$W/$1.m"; }
+cpu() { cut -d' ' -f3 "$W/$1.m"; }
+# CPU seconds the S3 server has used so far (0 for file://): it shares the cores with the tools.
+server_cpu() {
+  if [ -n "${GARAGE_PID:-}" ]; then awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$GARAGE_PID/stat"; else echo 0; fi
+}
+# measure_s3 KEY CMD...: measure, and the S3 server's CPU seconds meanwhile in $W/KEY.s
+measure_s3() {
+  local k=$1 before; before=$(server_cpu)
+  measure "$@"
+  python3 -c "print(f'{$(server_cpu) - $before:.2f}')" > "$W/$k.s"
+}
 rss() { awk '{printf "%.0f", $2/1024}' "$W/$1.m"; }
 per_s() { python3 -c "print(f'{$1/$(secs "$2"):.0f}')"; }
 gib() { python3 -c "print(f'{$1/2**30:.2f}')"; }
@@ -224,13 +235,13 @@ if [ -n "$SMALL" ]; then
     cat "$W/small.tar" > /dev/null   # in page cache
     fresh_fs "$W/t-tar"; measure "tar$i" sh -c "tar -C $W/t-tar -xf $W/small.tar && sync"; drop_fs "$W/t-tar"
     fresh_fs "$W/t-berth"
-    measure "br$i" sh -c "${AGENT[*]} restore latest --target $W/t-berth/r > /dev/null && sync"
+    measure_s3 "br$i" sh -c "${AGENT[*]} restore latest --target $W/t-berth/r > /dev/null && sync"
     if [ "$VERIFY" = 1 ] && [ "$i" = 1 ]; then
       diff -r "$SRC" "$W/t-berth/r" > /dev/null || { echo "berth restore differs" >&2; exit 1; }
     fi
     drop_fs "$W/t-berth"
     if [ "$RESTIC" = 1 ]; then
-      fresh_fs "$W/t-restic"; measure "rr$i" sh -c "restic restore latest -q --target $W/t-restic/r && sync"; drop_fs "$W/t-restic"
+      fresh_fs "$W/t-restic"; measure_s3 "rr$i" sh -c "restic restore latest -q --target $W/t-restic/r && sync"; drop_fs "$W/t-restic"
     fi
   done
   # Initial backup against tar | zstd -1 -T2 (item 4), page cache warm for both, fresh
@@ -240,11 +251,18 @@ if [ -n "$SMALL" ]; then
     measure "tz$i" sh -c "tar -C $SRC -cf - . | zstd -q -1 -T2 > /dev/null"
     new_repos; "${AGENT[@]}" init > /dev/null
     measure "bi$i" "${AGENT[@]}" backup-dir "$SRC"
+    # The same at zstd level 1, like for like with `zstd -1` (the default level is 3).
+    new_repos; "${AGENT[@]}" init > /dev/null
+    measure "bl$i" "${AGENT[@]}" backup-dir --compression-level 1 "$SRC"
   done
   med() { for i in 1 2 3; do secs "$1$i"; done | sort -n | sed -n 2p; }
+  med_cpu() { for i in 1 2 3; do cpu "$1$i"; done | sort -n | sed -n 2p; }
+  med_s3() { for i in 1 2 3; do cat "$W/$1$i.s"; done | sort -n | sed -n 2p; }
   SMALL_ROWS+=("small-file tree: $COUNT files, $(gib "$BYTES") GiB; median of 3, load $(load)")
   SMALL_ROWS+=("  restore (+ sync, each into a fresh $([ "$FRESH" = loop ] && echo "ext4 loop file system" || echo "directory of $W")): tar x from page cache $(med tar)s, berth $(med br)s, restic $([ "$RESTIC" = 0 ] && echo - || med rr)s")
-  SMALL_ROWS+=("  initial backup (warm cache): tar | zstd -1 -T2 $(med tz)s, berth $(med bi)s = $(python3 -c "print(f'{$(med bi)/$(med tz):.2f}')")x")
+  SMALL_ROWS+=("  restore CPU seconds (user + sys): tar $(med_cpu tar), berth $(med_cpu br) + S3 server $(med_s3 br), restic $([ "$RESTIC" = 0 ] && echo - || echo "$(med_cpu rr) + S3 server $(med_s3 rr)")")
+  ratio() { python3 -c "print(f'{$(med "$1")/$(med tz):.2f}')"; }
+  SMALL_ROWS+=("  initial backup (warm cache): tar | zstd -1 -T2 $(med tz)s, berth $(med bi)s = $(ratio bi)x, berth --compression-level 1 $(med bl)s = $(ratio bl)x")
   rm -rf "$W"/t-* "$W/small.tar" "$SRC"
 fi
 
