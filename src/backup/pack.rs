@@ -215,6 +215,12 @@ impl PackBuilder {
         self.blobs.len()
     }
 
+    /// Reserves room for `additional` more bytes; a builder without room reserves a whole
+    /// pack's at its first blob.
+    pub fn reserve(&mut self, additional: usize) {
+        self.buf.reserve(additional);
+    }
+
     /// Appends an already sealed blob.
     pub fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: u32) {
         if self.buf.capacity() == 0 {
@@ -222,6 +228,18 @@ impl PackBuilder {
         }
         self.blobs.push(PackedBlob { kind, id, offset: self.buf.len() as u32, length: sealed.len() as u32, raw_len });
         self.buf.extend_from_slice(sealed);
+    }
+
+    /// Moves the blobs of `run` (a builder used as a staging area, never finished) to the
+    /// end of this pack, in their order; `run` is left empty with its buffer.
+    pub fn append(&mut self, run: &mut PackBuilder) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(18 * 1024 * 1024);
+        }
+        let base = self.buf.len() as u32;
+        self.blobs.extend(run.blobs.drain(..).map(|b| PackedBlob { offset: base + b.offset, ..b }));
+        self.buf.extend_from_slice(&run.buf);
+        run.buf.clear();
     }
 
     /// Appends the header and returns the pack bytes and its description.

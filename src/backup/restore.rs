@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::crypto::Id;
@@ -42,11 +43,12 @@ struct Limits {
 
 const LIMITS: Limits = Limits { batch_files: 8192, batch_bytes: 256 << 20, prefetch_trees: 64 };
 /// Blobs of one pack closer than this are fetched with one ranged GET; farther apart, the gap
-/// is not downloaded (packs written by incremental backups hold blobs of many snapshots).
-const MAX_RANGE_GAP: u64 = 1 << 20;
-/// The longest ranged GET: bounds the read buffers, and splits a batch of small files into
-/// enough reads to keep `parallel` of them busy.
-const MAX_READ: u64 = 4 << 20;
+/// is not downloaded (packs written by incremental backups hold blobs of many snapshots, and
+/// a backup's walk threads write runs longer than this, see `writer::RUN_BYTES`).
+pub(super) const MAX_RANGE_GAP: u64 = 1 << 20;
+/// The longest ranged GET: bounds the read buffers (`parallel` of them), and splits a batch of
+/// small files into enough reads to keep `parallel` of them busy.
+const MAX_READ: u64 = 8 << 20;
 
 /// Counters of a restore.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -153,59 +155,113 @@ async fn restore_with(
     walked?
 }
 
-/// Trees requested ahead of the walk.
+/// Trees requested ahead of the walk, in groups: the trees of a group that sit close together
+/// in a tree pack come with one ranged read. (A read per tree cost a request per directory,
+/// and the S3 server a whole block read for each.)
 struct TreeFetch {
     repo: Repository,
-    /// Several handles for one id when identical directories share a tree.
-    pending: HashMap<Id, Vec<JoinHandle<Result<Tree>>>>,
+    /// Several receivers for one id when identical directories share a tree.
+    pending: HashMap<Id, Vec<oneshot::Receiver<Tree>>>,
+    reads: Vec<JoinHandle<()>>,
     count: usize,
     budget: usize,
 }
 
 impl TreeFetch {
-    fn request(&mut self, id: Id) {
-        let repo = self.repo.clone();
-        self.pending.entry(id).or_default().push(tokio::spawn(async move { repo.load_tree(&id).await }));
-        self.count += 1;
+    fn new(repo: Repository, budget: usize) -> Self {
+        Self { repo, pending: HashMap::new(), reads: Vec::new(), count: 0, budget }
+    }
+
+    fn request(&mut self, ids: Vec<Id>) {
+        let mut wanted: HashMap<Id, (IndexEntry, PackMeta, Vec<oneshot::Sender<Tree>>)> = HashMap::new();
+        let index = self.repo.index().read().expect("index");
+        for id in ids {
+            let (tx, rx) = oneshot::channel();
+            self.pending.entry(id).or_default().push(rx);
+            self.count += 1;
+            // A tree missing from the index is left to `take`, which reports it.
+            if let Some((meta, e)) = index.get(&id) {
+                wanted.entry(id).or_insert_with(|| (e, meta, Vec::new())).2.push(tx);
+            }
+        }
+        drop(index);
+        self.reads.retain(|h| !h.is_finished());
+        for read in plan_reads(wanted) {
+            let repo = self.repo.clone();
+            self.reads.push(tokio::spawn(async move {
+                // On an error the trees' receivers fail, and `take` loads them one by one.
+                let _ = read_trees(&repo, read).await;
+            }));
+        }
     }
 
     async fn take(&mut self, id: Id) -> Result<Tree> {
-        let handle = self.pending.get_mut(&id).and_then(Vec::pop);
+        let requested = self.pending.get_mut(&id).and_then(Vec::pop);
         if self.pending.get(&id).is_some_and(Vec::is_empty) {
             self.pending.remove(&id);
         }
-        match handle {
-            Some(h) => {
-                self.count -= 1;
-                h.await.map_err(|e| BackupError::Aborted(format!("loading tree {id}: {e}")))?
+        if let Some(rx) = requested {
+            self.count -= 1;
+            if let Ok(tree) = rx.await {
+                return Ok(tree);
             }
-            None => self.repo.load_tree(&id).await,
         }
+        // Not requested, or its group's read failed: alone, failing with this tree's error.
+        self.repo.load_tree(&id).await
     }
 
-    /// Requests the next subtrees in walk order (nearest first) up to the budget.
+    /// Requests the next subtrees in walk order (nearest first) up to the budget, once half
+    /// of it is used, so that each group is large enough to share reads.
     fn fill(&mut self, stack: &mut [Frame]) {
-        for frame in stack.iter_mut().rev() {
+        if self.count > self.budget / 2 {
+            return;
+        }
+        let mut ids = Vec::new();
+        'frames: for frame in stack.iter_mut().rev() {
             while frame.scanned > 0 {
-                if self.count >= self.budget {
-                    return;
+                if self.count + ids.len() >= self.budget {
+                    break 'frames;
                 }
                 frame.scanned -= 1;
                 let n = &frame.nodes[frame.scanned];
                 if n.kind == NodeKind::Dir
                     && let Some(id) = n.subtree
                 {
-                    self.request(id);
+                    ids.push(id);
                 }
             }
+        }
+        if !ids.is_empty() {
+            self.request(ids);
         }
     }
 }
 
 impl Drop for TreeFetch {
     fn drop(&mut self) {
-        self.pending.values().flatten().for_each(JoinHandle::abort);
+        self.reads.iter().for_each(JoinHandle::abort);
     }
+}
+
+/// Reads the trees of one ranged read and hands each to its receivers.
+async fn read_trees(repo: &Repository, read: Read<Vec<oneshot::Sender<Tree>>>) -> Result<()> {
+    let (start, end) = read.span();
+    let data = repo.storage().get_range(&pack::pack_key(&read.pack.id), start, end - start).await?;
+    let repo = repo.clone();
+    tokio::task::spawn_blocking(move || {
+        for (id, e, receivers) in read.blobs {
+            let s = (e.offset as u64 - start) as usize;
+            let plain = pack::open_blob(repo.key(), e.kind, &id, &data[s..s + e.length as usize], e.raw_len)?;
+            let tree: Tree =
+                serde_json::from_slice(&plain).map_err(|e| BackupError::corrupt(format!("tree {id}"), e))?;
+            for tx in receivers {
+                let _ = tx.send(tree.clone());
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| BackupError::Aborted(e.to_string()))?
 }
 
 /// A directory being walked.
@@ -235,7 +291,7 @@ async fn walk(
     tx: tokio::sync::mpsc::Sender<Batch>,
 ) -> Result<RestoreStats> {
     let mut stats = RestoreStats::default();
-    let mut fetch = TreeFetch { repo: repo.clone(), pending: HashMap::new(), count: 0, budget: limits.prefetch_trees };
+    let mut fetch = TreeFetch::new(repo.clone(), limits.prefetch_trees);
     let tree = match root.subtree {
         Some(id) => Some(fetch.take(id).await?),
         None => None,
@@ -348,26 +404,35 @@ fn plan_file(repo: &Repository, batch: &mut Batch, path: PathBuf, n: &Node, is_r
     Ok(())
 }
 
-/// A blob to restore: where it is and where it goes.
-type Planned = (Id, IndexEntry, Vec<Target>);
+/// A blob to read: where it is, and where it goes (`T`).
+type Planned<T> = (Id, IndexEntry, T);
 
 /// One ranged read: blobs of one pack, sorted by offset.
-struct Read {
+struct Read<T = Vec<Target>> {
     pack: PackMeta,
-    blobs: Vec<Planned>,
+    blobs: Vec<Planned<T>>,
 }
 
-/// Cuts the blobs of a batch into reads: per pack, runs without a gap above
+impl<T> Read<T> {
+    /// The byte range of the pack that holds the blobs.
+    fn span(&self) -> (u64, u64) {
+        let start = self.blobs[0].1.offset as u64;
+        let end = self.blobs.iter().map(|(_, e, _)| e.offset as u64 + e.length as u64).max().unwrap_or(start);
+        (start, end)
+    }
+}
+
+/// Cuts blobs (of a batch, or trees) into reads: per pack, runs without a gap above
 /// [`MAX_RANGE_GAP`], at most [`MAX_READ`] long (a longer blob is read alone).
-fn plan_reads(blobs: HashMap<Id, (IndexEntry, PackMeta, Vec<Target>)>) -> Vec<Read> {
-    let mut by_pack: HashMap<u32, (PackMeta, Vec<Planned>)> = HashMap::new();
+fn plan_reads<T>(blobs: HashMap<Id, (IndexEntry, PackMeta, T)>) -> Vec<Read<T>> {
+    let mut by_pack: HashMap<u32, (PackMeta, Vec<Planned<T>>)> = HashMap::new();
     for (id, (e, meta, targets)) in blobs {
         by_pack.entry(e.pack).or_insert_with(|| (meta, Vec::new())).1.push((id, e, targets));
     }
     let mut reads = Vec::new();
     for (_, (pack, mut entries)) in by_pack {
         entries.sort_by_key(|(_, e, _)| e.offset);
-        let mut current: Vec<Planned> = Vec::new();
+        let mut current: Vec<Planned<T>> = Vec::new();
         for entry in entries {
             if let (Some(first), Some(last)) = (current.first(), current.last()) {
                 let start = first.1.offset as u64;
@@ -423,8 +488,7 @@ async fn read_and_write(
     pool: BufferPool,
 ) -> Result<u64> {
     let key = pack::pack_key(&read.pack.id);
-    let start = read.blobs[0].1.offset as u64;
-    let end = read.blobs.iter().map(|(_, e, _)| e.offset as u64 + e.length as u64).max().unwrap_or(start);
+    let (start, end) = read.span();
     let (buf, mut scratch) = pool.lock().expect("pool").pop().unwrap_or_default();
     let mut data = repo.storage().get_range_into(&key, start, end - start, buf).await.map_err(|e| match e {
         BackupError::Corrupt { detail, .. } => BackupError::corrupt(format!("pack {key}"), detail),
@@ -641,6 +705,43 @@ mod tests {
         assert_eq!(describe(&target), describe(&src));
     }
 
+    /// Trees requested together come with one read of their tree pack, identical trees
+    /// included; when a group's read fails, each tree is loaded alone and fails with its own
+    /// error (the group's is not lost, nor a tree left waiting).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trees_are_fetched_in_groups() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        for i in 0..40u64 {
+            std::fs::create_dir_all(src.join(format!("d{i:02}"))).unwrap();
+            std::fs::write(src.join(format!("d{i:02}/f")), test_bytes(i, 100)).unwrap();
+        }
+        let storage = Storage::connect(&StorageConfig::Local(tmp.path().join("repo"))).await.unwrap();
+        let repo = Repository::init(storage, b"secret").await.unwrap();
+        let (_, snap) = backup_directory(&repo, &src, vec![], Arc::default(), None).await.unwrap();
+        let root = repo.load_tree(&snap.root.subtree.unwrap()).await.unwrap();
+        let mut ids: Vec<Id> = root.nodes.iter().filter_map(|n| n.subtree).collect();
+        assert_eq!(ids.len(), 40);
+        ids.push(ids[7]); // a directory identical to another shares its tree
+
+        let mut fetch = TreeFetch::new(repo.clone(), 64);
+        fetch.request(ids.clone());
+        assert_eq!(fetch.reads.len(), 1, "one read for 41 trees of one tree pack");
+        for id in &ids {
+            assert_eq!(fetch.take(*id).await.unwrap(), repo.load_tree(id).await.unwrap());
+        }
+        assert_eq!((fetch.count, fetch.pending.len()), (0, 0));
+
+        let (pack, _) = repo.index().read().unwrap().get(&ids[0]).unwrap();
+        std::fs::remove_file(tmp.path().join("repo").join(pack::pack_key(&pack.id))).unwrap();
+        let mut fetch = TreeFetch::new(repo.clone(), 64);
+        fetch.request(ids.clone());
+        for id in &ids[..3] {
+            let err = fetch.take(*id).await.unwrap_err();
+            assert!(err.to_string().contains(&pack.id.to_hex()), "{err}");
+        }
+    }
+
     /// Reads of one batch are cut at gaps and at the read size, never split a blob, and keep
     /// every blob once.
     #[test]
@@ -664,7 +765,8 @@ mod tests {
             assert!(last.offset as u64 + last.length as u64 - first <= MAX_READ);
             assert!(r.blobs.windows(2).all(|w| w[1].1.offset == w[0].1.offset + w[0].1.length));
         }
-        // 50 blobs before the hole (2 reads of at most 40), 150 after (4 reads).
-        assert_eq!(reads.len(), 6);
+        // 50 blobs before the hole, 150 after, cut into reads of at most `per_read` blobs.
+        let per_read = (MAX_READ / (100 << 10)) as usize;
+        assert_eq!(reads.len(), 50usize.div_ceil(per_read) + 150usize.div_ceil(per_read));
     }
 }
