@@ -3,13 +3,13 @@
 //! A walk task goes through the snapshot's trees depth-first, one directory at a time (with
 //! at most 64 trees fetched ahead in walk order), creates directories, links, fifos and
 //! empty files, and cuts the files with content into batches of at most 8192 files or
-//! 256 MiB (see [`LIMITS`]). While one batch is written the walk plans
-//! the next. A batch is written as ranged reads of at most [`MAX_READ`] bytes of one pack each,
-//! `parallel` at a time: every blob is verified (authenticated decryption and id hash) and
+//! 256 MiB (see [`LIMITS`]). While batches are written the walk plans the next. A batch is
+//! written as ranged reads of at most [`MAX_READ`] bytes of one pack each, `parallel` at a time
+//! across batch boundaries (see [`write_batches`]): every blob is verified (authenticated decryption and id hash) and
 //! written at its offsets, files are created in parallel, and the last write of a file sets its
 //! owner, mode and times through the open descriptor. Directories get theirs once their whole
 //! subtree is written, deepest first. Memory: the walk stack (one tree per level), the
-//! prefetched trees, at most three batch plans and `parallel` read buffers.
+//! prefetched trees, at most [`WRITING_BATCHES`] + 2 batch plans and `parallel` read buffers.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -137,22 +137,117 @@ async fn restore_with(
     // SAFETY: geteuid cannot fail.
     let is_root = unsafe { libc::geteuid() } == 0;
     std::fs::create_dir_all(target).map_err(|e| BackupError::io(format!("creating {}", target.display()), e))?;
-    // Capacity 1: the walk plans at most one batch ahead of the one being written.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(1);
+    // Capacity 1: the walk plans at most one batch ahead of those being written.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(1);
     let walk = tokio::spawn(walk(repo.clone(), root.clone(), target.to_path_buf(), is_root, limits, tx));
     let pool = BufferPool::default();
-    let mut written = Ok(());
-    while let Some(batch) = rx.recv().await {
-        written = write_batch(repo, batch, parallel.max(1), is_root, &pool, on_bytes).await;
-        if written.is_err() {
-            break;
-        }
-    }
-    drop(rx);
+    let written = write_batches(
+        rx,
+        parallel.max(1),
+        |read, files| read_and_write(repo, read, files, is_root, pool.clone()),
+        |dirs| set_dir_meta(dirs, is_root),
+        on_bytes,
+    )
+    .await;
     let walked = walk.await.map_err(|e| BackupError::Aborted(format!("restore walk: {e}")));
     // A failed write stops the walk (its send fails): the write's error is the cause.
     written?;
     walked?
+}
+
+/// Batches being written at once, at most: the tail of one, the next, and one more when the
+/// next is short. A batch is released once its directories have their metadata.
+const WRITING_BATCHES: usize = 3;
+
+/// A batch whose reads are under way.
+struct Writing {
+    reads_left: usize,
+    /// Given their metadata once this batch's reads and the earlier batches' directories are
+    /// done.
+    dirs: Vec<(PathBuf, Meta)>,
+}
+
+enum Done {
+    Read(u64, Result<u64>),
+    Dirs(Result<()>),
+}
+
+/// Writes the batches in order with `parallel` reads in flight throughout: the reads of the
+/// next batch start while the last of the current one still run (waiting for a batch's slowest
+/// read left the other slots idle at every batch boundary). A batch's directories get their
+/// metadata once its reads are done and the earlier batches' directories have theirs (a parent
+/// may lose the write or search permission its children still need).
+async fn write_batches<R, RF, D, DF>(
+    mut batches: tokio::sync::mpsc::Receiver<Batch>,
+    parallel: usize,
+    read: R,
+    set_dirs: D,
+    on_bytes: &(dyn Fn(u64) + Sync),
+) -> Result<()>
+where
+    R: Fn(Read, Arc<Vec<FilePlan>>) -> RF,
+    RF: std::future::Future<Output = Result<u64>>,
+    D: Fn(Vec<(PathBuf, Meta)>) -> DF,
+    DF: std::future::Future<Output = Result<()>>,
+{
+    use futures::FutureExt;
+    use futures::future::Either;
+    // Batches are numbered in order: `writing[0]` is batch `oldest`.
+    let mut writing: std::collections::VecDeque<Writing> = std::collections::VecDeque::new();
+    let mut oldest = 0u64;
+    let mut queued: std::vec::IntoIter<Read> = Vec::new().into_iter();
+    let mut queued_files: Arc<Vec<FilePlan>> = Arc::default();
+    let mut tasks = futures::stream::FuturesUnordered::new();
+    let (mut reading, mut setting_dirs, mut more) = (0usize, false, true);
+    loop {
+        while reading < parallel
+            && let Some(r) = queued.next()
+        {
+            let batch = oldest + writing.len() as u64 - 1;
+            tasks.push(Either::Left(read(r, queued_files.clone()).map(move |r| Done::Read(batch, r))));
+            reading += 1;
+        }
+        if !setting_dirs && writing.front().is_some_and(|w| w.reads_left == 0) {
+            let dirs = std::mem::take(&mut writing[0].dirs);
+            tasks.push(Either::Right(set_dirs(dirs).map(Done::Dirs)));
+            setting_dirs = true;
+        }
+        let take_batch = more && queued.len() == 0 && reading < parallel && writing.len() < WRITING_BATCHES;
+        tokio::select! {
+            biased;
+            done = tasks.next(), if !tasks.is_empty() => match done.expect("a task") {
+                Done::Read(batch, r) => {
+                    on_bytes(r?);
+                    reading -= 1;
+                    writing[(batch - oldest) as usize].reads_left -= 1;
+                }
+                Done::Dirs(r) => {
+                    r?;
+                    writing.pop_front();
+                    oldest += 1;
+                    setting_dirs = false;
+                }
+            },
+            batch = batches.recv(), if take_batch => match batch {
+                Some(b) => {
+                    let reads = plan_reads(b.blobs);
+                    writing.push_back(Writing { reads_left: reads.len(), dirs: b.dirs });
+                    queued = reads.into_iter();
+                    queued_files = Arc::new(b.files);
+                }
+                None => more = false,
+            },
+            else => break,
+        }
+    }
+    debug_assert!(writing.is_empty(), "every batch written");
+    Ok(())
+}
+
+async fn set_dir_meta(dirs: Vec<(PathBuf, Meta)>, is_root: bool) -> Result<()> {
+    tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|(p, m)| apply_meta(p, m, is_root)))
+        .await
+        .map_err(|e| BackupError::Aborted(e.to_string()))?
 }
 
 /// Trees requested ahead of the walk, in groups: the trees of a group that sit close together
@@ -457,29 +552,6 @@ fn plan_reads<T>(blobs: HashMap<Id, (IndexEntry, PackMeta, T)>) -> Vec<Read<T>> 
 /// and per-thread scratch held 70 MB at a million files.)
 type BufferPool = Arc<std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
 
-async fn write_batch(
-    repo: &Repository,
-    batch: Batch,
-    parallel: usize,
-    is_root: bool,
-    pool: &BufferPool,
-    on_bytes: &(dyn Fn(u64) + Sync),
-) -> Result<()> {
-    let files = Arc::new(batch.files);
-    let reads = plan_reads(batch.blobs);
-    let mut results = futures::stream::iter(reads)
-        .map(|read| read_and_write(repo, read, files.clone(), is_root, pool.clone()))
-        .buffer_unordered(parallel);
-    while let Some(r) = results.next().await {
-        on_bytes(r?);
-    }
-    drop(results);
-    let dirs = batch.dirs;
-    tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|(p, m)| apply_meta(p, m, is_root)))
-        .await
-        .map_err(|e| BackupError::Aborted(e.to_string()))?
-}
-
 async fn read_and_write(
     repo: &Repository,
     read: Read,
@@ -768,5 +840,83 @@ mod tests {
         // 50 blobs before the hole, 150 after, cut into reads of at most `per_read` blobs.
         let per_read = (MAX_READ / (100 << 10)) as usize;
         assert_eq!(reads.len(), 50usize.div_ceil(per_read) + 150usize.div_ceil(per_read));
+    }
+
+    /// A batch for [`write_batches`]: `reads` blobs in as many packs (pack id: batch, read),
+    /// and one directory.
+    fn test_batch(n: u8, reads: u8) -> Batch {
+        let mut b = Batch::default();
+        for r in 0..reads {
+            let pack = PackMeta { id: Id([n * 16 + r; 32]), size: 1 << 20 };
+            let e = IndexEntry {
+                pack: u32::from(n * 16 + r),
+                kind: pack::BlobKind::Data,
+                offset: 0,
+                length: 10,
+                raw_len: 10,
+            };
+            b.blobs.insert(pack.id, (e, pack, Vec::new()));
+        }
+        let meta = Meta { kind: NodeKind::Dir, mode: 0o755, uid: 0, gid: 0, mtime: filetime::FileTime::zero() };
+        b.dirs.push((PathBuf::from(format!("d{n}")), meta));
+        b
+    }
+
+    /// The next batch's reads start while the current batch's slowest read still runs, never
+    /// more than `parallel` at once; a batch's directories get their metadata only after its
+    /// own reads and after the earlier batches' directories.
+    #[tokio::test]
+    async fn batches_overlap_and_directories_come_after_their_reads() {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        for (n, reads) in [(0, 2), (1, 3), (2, 0), (3, 1)] {
+            tx.send(test_batch(n, reads)).await.unwrap();
+        }
+        drop(tx);
+        let log = std::sync::Mutex::new(Vec::<String>::new());
+        let (in_flight, most) = (AtomicU64::new(0), AtomicU64::new(0));
+        let next_batch_started = tokio::sync::Notify::new();
+        let read = |read: Read, _files| {
+            let (batch, i) = (read.pack.id.0[0] / 16, read.pack.id.0[0] % 16);
+            let (log, in_flight, most, started) = (&log, &in_flight, &most, &next_batch_started);
+            async move {
+                most.fetch_max(in_flight.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                if batch == 1 {
+                    started.notify_one();
+                }
+                if (batch, i) == (0, 0) {
+                    started.notified().await;
+                }
+                tokio::task::yield_now().await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                log.lock().unwrap().push(format!("read {batch}"));
+                Ok(10)
+            }
+        };
+        let set_dirs = |dirs: Vec<(PathBuf, Meta)>| {
+            log.lock().unwrap().push(format!("dirs {}", &dirs[0].0.display().to_string()[1..]));
+            async { Ok(()) }
+        };
+        let written = AtomicU64::new(0);
+        let on_bytes = |n| {
+            written.fetch_add(n, Ordering::Relaxed);
+        };
+        let run = write_batches(rx, 3, read, set_dirs, &on_bytes);
+        tokio::time::timeout(std::time::Duration::from_secs(10), run)
+            .await
+            .expect("batch 1 waited for the slowest read of batch 0")
+            .unwrap();
+        assert_eq!(written.load(Ordering::Relaxed), 60);
+        assert!(most.load(Ordering::SeqCst) <= 3, "at most `parallel` reads at once");
+        let log = log.into_inner().unwrap();
+        let at = |what: &str| log.iter().rposition(|l| l == what).unwrap_or_else(|| panic!("{what}: {log:?}"));
+        for n in 0..4 {
+            let dirs = at(&format!("dirs {n}"));
+            if n != 2 {
+                assert!(at(&format!("read {n}")) < dirs, "{log:?}");
+            }
+            if n > 0 {
+                assert!(at(&format!("dirs {}", n - 1)) < dirs, "{log:?}");
+            }
+        }
     }
 }
