@@ -372,9 +372,7 @@ impl Repository {
                         .get(e.offset as usize..e.offset as usize + e.length as usize)
                         .ok_or_else(|| BackupError::corrupt(format!("pack {p}"), "shorter than its index says"))?;
                     let plain = pack::open_blob(&key, e.kind, &id, sealed, e.raw_len)?;
-                    let tree =
-                        serde_json::from_slice(&plain).map_err(|e| BackupError::corrupt(format!("tree {id}"), e))?;
-                    Ok((id, tree))
+                    Ok((id, Tree::decode(&id, &plain)?))
                 })
                 .collect()
         })
@@ -385,7 +383,7 @@ impl Repository {
     /// Loads a tree blob.
     pub async fn load_tree(&self, id: &Id) -> Result<Tree> {
         let data = self.read_blob(id).await?;
-        serde_json::from_slice(&data).map_err(|e| BackupError::corrupt(format!("tree {id}"), e))
+        Tree::decode(id, &data)
     }
 
     /// Kind check for a blob id (used by `check`).

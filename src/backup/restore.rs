@@ -347,8 +347,7 @@ async fn read_trees(repo: &Repository, read: Read<Vec<oneshot::Sender<Tree>>>) -
         for (id, e, receivers) in read.blobs {
             let s = (e.offset as u64 - start) as usize;
             let plain = pack::open_blob(repo.key(), e.kind, &id, &data[s..s + e.length as usize], e.raw_len)?;
-            let tree: Tree =
-                serde_json::from_slice(&plain).map_err(|e| BackupError::corrupt(format!("tree {id}"), e))?;
+            let tree = Tree::decode(&id, &plain)?;
             for tx in receivers {
                 let _ = tx.send(tree.clone());
             }

@@ -130,6 +130,13 @@ pub struct Tree {
     pub nodes: Vec<Node>,
 }
 
+impl Tree {
+    /// Parses the plaintext of tree blob `id`; one that does not parse is corrupt.
+    pub fn decode(id: &Id, plain: &[u8]) -> Result<Self, super::error::BackupError> {
+        serde_json::from_slice(plain).map_err(|e| super::error::BackupError::corrupt(format!("tree {id}"), e))
+    }
+}
+
 /// Counters of one backup run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
