@@ -4,12 +4,13 @@
 //! at most 64 trees fetched ahead in walk order), creates directories, links, fifos and
 //! empty files, and cuts the files with content into batches of at most 8192 files or
 //! 256 MiB (see [`LIMITS`]). While batches are written the walk plans the next. A batch is
-//! written as ranged reads of at most [`MAX_READ`] bytes of one pack each, `parallel` at a time
-//! across batch boundaries (see [`write_batches`]): every blob is verified (authenticated decryption and id hash) and
-//! written at its offsets, files are created in parallel, and the last write of a file sets its
-//! owner, mode and times through the open descriptor. Directories get theirs once their whole
-//! subtree is written, deepest first. Memory: the walk stack (one tree per level), the
-//! prefetched trees, at most [`WRITING_BATCHES`] + 2 batch plans and `parallel` read buffers.
+//! written as ranged reads of at most [`MAX_READ`] bytes of one pack each, `parallel` at a
+//! time across batch boundaries (see [`write_batches`]): every blob is verified (authenticated
+//! decryption and id hash) and written at its offsets, files are created in parallel, and the
+//! last write of a file sets its owner, mode and times through the open descriptor.
+//! Directories get theirs once their whole subtree is written, deepest first. Memory: the walk
+//! stack (one tree per level), the prefetched trees, at most [`WRITING_BATCHES`] + 2 batch
+//! plans and `parallel` read buffers.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
