@@ -115,9 +115,11 @@ const SAMPLE_LEN: usize = 1024;
 const SAMPLE_EVERY: usize = 32 * 1024;
 
 /// True when every sample of `data` (1 KiB every 32 KiB) has a nearly uniform byte
-/// distribution, as encrypted, compressed or random data has. The test is the sum of squared
-/// byte counts: about n + n²/256 (5,120) for uniform bytes, several times that for text,
-/// code or structured binary data, so one compressible sample is enough to try zstd.
+/// distribution, as encrypted, compressed or random data has, and does not repeat itself. The
+/// first test is the sum of squared byte counts: about n + n²/256 (5,120) for uniform bytes,
+/// several times that for text, code or structured binary data; the second catches a block
+/// of evenly spread bytes written again and again (see [`repeats`]). One compressible sample
+/// is enough to try zstd.
 pub fn looks_incompressible(data: &[u8]) -> bool {
     if data.len() < 4 * SAMPLE_LEN {
         return false;
@@ -131,8 +133,24 @@ pub fn looks_incompressible(data: &[u8]) -> bool {
         for &b in sample {
             counts[b as usize] += 1;
         }
-        counts.iter().map(|&c| c * c).sum::<u32>() < 7 * 1024
+        counts.iter().map(|&c| c * c).sum::<u32>() < 7 * 1024 && !repeats(sample)
     })
+}
+
+/// Whether many 8-byte windows of `sample` occurred earlier in it, as a tiny LZ match finder
+/// sees them: in random data almost none do; in a block repeated within the sample (a byte
+/// ramp, a counter and padding, a short record written again) most do, whatever its byte
+/// histogram. (Repeats farther apart than a sample stay unseen: such data is stored raw.)
+fn repeats(sample: &[u8]) -> bool {
+    let mut seen = [0u64; 512];
+    let mut hits = 0;
+    for w in sample.windows(8).step_by(2) {
+        let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        let slot = &mut seen[(w.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 55) as usize];
+        hits += usize::from(*slot == w);
+        *slot = w;
+    }
+    hits * 8 > sample.len()
 }
 
 /// [`open_blob`] without allocating: decrypts `sealed` in place, decompresses into `scratch`
@@ -371,6 +389,16 @@ mod tests {
         assert!(!looks_incompressible(&mixed), "one compressible region is enough to try zstd");
         assert!(!looks_incompressible(&noise[..1000]), "too short to judge: zstd decides");
         let key = MasterKey::generate();
+        // Evenly spread bytes that repeat: the byte histogram is flat, the data is not random.
+        let ramp: Vec<u8> = (0..600_000u32).map(|i| i as u8).collect();
+        let block: Vec<u8> = noise[..256].repeat(2400);
+        let counted: Vec<u8> =
+            (0..150u32).flat_map(|n| n.to_le_bytes().into_iter().chain(ramp[..4092].iter().copied())).collect();
+        for (name, data) in [("ramp", &ramp), ("repeated random block", &block), ("counter + ramp blocks", &counted)] {
+            assert!(!looks_incompressible(data), "{name}");
+            let id = key.blob_id(data);
+            assert!(seal_blob(&key, BlobKind::Data, &id, data, 2).len() < data.len() / 4, "{name} compressed");
+        }
         for (data, raw) in [(&noise, true), (&text, false), (&mixed, false)] {
             let id = key.blob_id(data);
             let sealed = seal_blob(&key, BlobKind::Data, &id, data, 2);
