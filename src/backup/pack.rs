@@ -239,11 +239,17 @@ impl PackBuilder {
         self.buf.reserve(additional);
     }
 
-    /// Appends an already sealed blob.
-    pub fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: u32) {
+    /// A builder without room reserves 18 MiB before its first blob: a 16 MiB pack and the
+    /// blob that passes the size, without growing by copying.
+    fn reserve_pack(&mut self) {
         if self.buf.capacity() == 0 {
             self.buf.reserve(18 * 1024 * 1024);
         }
+    }
+
+    /// Appends an already sealed blob.
+    pub fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: u32) {
+        self.reserve_pack();
         self.blobs.push(PackedBlob { kind, id, offset: self.buf.len() as u32, length: sealed.len() as u32, raw_len });
         self.buf.extend_from_slice(sealed);
     }
@@ -251,9 +257,7 @@ impl PackBuilder {
     /// Moves the blobs of `run` (a builder used as a staging area, never finished) to the
     /// end of this pack, in their order; `run` is left empty with its buffer.
     pub fn append(&mut self, run: &mut PackBuilder) {
-        if self.buf.capacity() == 0 {
-            self.buf.reserve(18 * 1024 * 1024);
-        }
+        self.reserve_pack();
         let base = self.buf.len() as u32;
         self.blobs.extend(run.blobs.drain(..).map(|b| PackedBlob { offset: base + b.offset, ..b }));
         self.buf.extend_from_slice(&run.buf);
