@@ -196,12 +196,11 @@ async fn converge(
         .collect();
     let run = match ctx.maintenance.poll(policy) {
         maintenance::State::Idle => RunState::Idle,
-        maintenance::State::Running { .. } => RunState::Running,
-        maintenance::State::Finished(outcome) => RunState::Finished(RunResult {
-            replicated: outcome.replicated,
-            error: outcome.error,
-            summary: outcome.summary,
-        }),
+        maintenance::State::Running(started) => RunState::Running(started),
+        maintenance::State::Finished(started, outcome) => RunState::Finished(
+            started,
+            RunResult { replicated: outcome.replicated, error: outcome.error, summary: outcome.summary },
+        ),
     };
     let status = policy.status.clone().unwrap_or_default();
     let observed = Observed {
@@ -219,9 +218,9 @@ async fn converge(
     if let Some(backup) = &decided.fire {
         create_backup(ctx, policy, backup).await?;
     }
-    if let Some(StartRun { victims, newest }) = decided.start_run {
+    if let Some(StartRun { victims, newest, started }) = decided.start_run {
         let (client, owned, valid) = (ctx.shared.client.clone(), policy.clone(), valid.clone());
-        ctx.maintenance.start(client.clone(), policy, async move {
+        ctx.maintenance.start(client.clone(), policy, started, async move {
             match maintain(&client, &tenant, &owned, &valid, &backups, &victims).await {
                 Ok(report) => Outcome {
                     replicated: report.is_some().then_some(newest).flatten(),

@@ -14,6 +14,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use crate::api::backuppolicy::BackupPolicy;
+use crate::resources::backuppolicy::plan::RunStarted;
 
 /// How often a running task checks that its policy still exists.
 pub const POLICY_RECHECK: Duration = Duration::from_secs(5);
@@ -35,13 +36,13 @@ pub struct Outcome {
 #[derive(Debug, PartialEq, Eq)]
 pub enum State {
     Idle,
-    Running { since: jiff::Timestamp },
-    Finished(Outcome),
+    Running(RunStarted),
+    Finished(RunStarted, Outcome),
 }
 
 struct Task {
     uid: String,
-    since: jiff::Timestamp,
+    started: RunStarted,
     outcome: Arc<Mutex<Option<Outcome>>>,
     handle: tokio::task::JoinHandle<()>,
 }
@@ -66,25 +67,22 @@ impl Tasks {
         }
         let finished = task.outcome.lock().expect("outcome").take();
         match finished {
-            Some(outcome) => {
-                tasks.remove(&key);
-                State::Finished(outcome)
-            }
-            None if task.handle.is_finished() => {
-                tasks.remove(&key);
-                State::Finished(Outcome {
+            Some(outcome) => State::Finished(tasks.remove(&key).expect("present").started, outcome),
+            None if task.handle.is_finished() => State::Finished(
+                tasks.remove(&key).expect("present").started,
+                Outcome {
                     replicated: None,
                     error: Some(("MaintenanceStopped", "the retention and replication run stopped early".into())),
                     summary: String::new(),
-                })
-            }
-            None => State::Running { since: task.since },
+                },
+            ),
+            None => State::Running(task.started.clone()),
         }
     }
 
-    /// Starts `work` for `policy` unless a task of it runs. The task ends with `work`, at
-    /// [`DEADLINE`], or when the policy is gone.
-    pub fn start<F>(&self, client: kube::Client, policy: &BackupPolicy, work: F)
+    /// Starts `work`, as `started` describes it, for `policy` unless a task of it runs. The
+    /// task ends with `work`, at [`DEADLINE`], or when the policy is gone.
+    pub fn start<F>(&self, client: kube::Client, policy: &BackupPolicy, started: RunStarted, work: F)
     where
         F: Future<Output = Outcome> + Send + 'static,
     {
@@ -119,7 +117,7 @@ impl Tasks {
             }
             *slot.lock().expect("outcome") = Some(result);
         });
-        tasks.insert(key, Task { uid, since: jiff::Timestamp::now(), outcome, handle });
+        tasks.insert(key, Task { uid, started, outcome, handle });
     }
 }
 

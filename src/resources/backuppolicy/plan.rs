@@ -90,13 +90,22 @@ pub struct RunResult {
     pub summary: String,
 }
 
+/// A retention and replication run as it was started: kept by the task that runs it, so
+/// that its status comes from the task and not from a status a stale cache may show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunStarted {
+    pub at: jiff::Timestamp,
+    /// What it does (the status message while it runs).
+    pub plan: String,
+}
+
 /// The policy's retention and replication run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunState {
     Idle,
-    Running,
+    Running(RunStarted),
     /// Finished since the last reconcile (handed out once).
-    Finished(RunResult),
+    Finished(RunStarted, RunResult),
 }
 
 /// What a reconcile of a valid policy observed.
@@ -122,6 +131,7 @@ pub struct StartRun {
     pub victims: Vec<String>,
     /// The newest successful Backup (what the offsite copy will hold).
     pub newest: Option<String>,
+    pub started: RunStarted,
 }
 
 /// Everything one reconcile of a valid policy does.
@@ -198,13 +208,17 @@ pub fn converge(o: &Observed) -> Converge {
         })
         .collect();
     let victims = retention_victims(valid.retention(), &facts, &valid.time_zone);
+    // The run's phase comes from its task: the status observed may predate the last write.
     let run_going = match &o.run {
-        RunState::Running => true,
-        RunState::Finished(result) => {
+        RunState::Running(started) => {
+            status.maintenance = Some(run_going_status(started));
+            true
+        }
+        RunState::Finished(started, result) => {
             if result.replicated.is_some() {
                 status.last_replicated_backup = result.replicated.clone();
             }
-            status.maintenance = Some(finished(result, status.maintenance.take(), now));
+            status.maintenance = Some(finished(started, result, now));
             false
         }
         RunState::Idle => false,
@@ -221,13 +235,9 @@ pub fn converge(o: &Observed) -> Converge {
     });
     let mut start_run = None;
     if !run_going && retry_due && (!victims.is_empty() || needs_replication(valid, &status)) {
-        status.maintenance = Some(MaintenanceStatus {
-            phase: MAINTENANCE_RUNNING.into(),
-            start_time: Some(Time(now)),
-            message: Some(run_plan(&victims, offsite)),
-            ..MaintenanceStatus::default()
-        });
-        start_run = Some(StartRun { victims, newest: status.last_successful_backup.clone() });
+        let started = RunStarted { at: now, plan: run_plan(&victims, offsite) };
+        status.maintenance = Some(run_going_status(&started));
+        start_run = Some(StartRun { victims, newest: status.last_successful_backup.clone(), started });
     }
 
     let last_success = newest.and_then(|b| b.completion);
@@ -243,15 +253,25 @@ pub fn converge(o: &Observed) -> Converge {
     Converge { fire, start_run, status, conditions, fresh, last_success, requeue: until_next.min(wake) }
 }
 
+/// The status of a run that goes.
+fn run_going_status(started: &RunStarted) -> MaintenanceStatus {
+    MaintenanceStatus {
+        phase: MAINTENANCE_RUNNING.into(),
+        start_time: Some(Time(started.at)),
+        message: Some(started.plan.clone()),
+        ..MaintenanceStatus::default()
+    }
+}
+
 /// The status of a finished run.
-fn finished(result: &RunResult, started: Option<MaintenanceStatus>, now: jiff::Timestamp) -> MaintenanceStatus {
+fn finished(started: &RunStarted, result: &RunResult, now: jiff::Timestamp) -> MaintenanceStatus {
     let (phase, reason, message) = match &result.error {
         Some((reason, message)) => (MAINTENANCE_FAILED, Some(reason.to_string()), message.clone()),
         None => (MAINTENANCE_SUCCEEDED, None, result.summary.clone()),
     };
     MaintenanceStatus {
         phase: phase.into(),
-        start_time: started.and_then(|s| s.start_time),
+        start_time: Some(Time(started.at)),
         completion_time: Some(Time(now)),
         reason,
         message: Some(message),

@@ -104,20 +104,28 @@ fn retention_starts_a_run_that_is_collected_when_it_ends() {
         backup("new", phase::COMPLETED, Some("2026-01-02T03:10:00Z")),
     ];
     let c = converge(&observed(&policy, &status, &backups));
-    assert_eq!(c.start_run, Some(StartRun { victims: vec!["old".into()], newest: Some("new".into()) }));
+    let now = at("2026-01-02T03:00:30Z");
+    let started = RunStarted { at: now, plan: "retention: removing 1 backups".into() };
+    let start = StartRun { victims: vec!["old".into()], newest: Some("new".into()), started: started.clone() };
+    assert_eq!(c.start_run, Some(start));
     let m = c.status.maintenance.clone().unwrap();
     assert_eq!((m.phase.as_str(), m.message.as_deref()), (MAINTENANCE_RUNNING, Some("retention: removing 1 backups")));
+    assert_eq!(m.start_time, Some(Time(now)));
     assert_eq!(c.requeue, MAINTENANCE_POLL);
 
     // While it runs, nothing else starts, and the policy looks again soon.
     let running = c.status.clone();
-    let c = converge(&Observed { run: RunState::Running, ..observed(&policy, &running, &backups) });
+    let c = converge(&Observed { run: RunState::Running(started.clone()), ..observed(&policy, &running, &backups) });
     assert_eq!((c.start_run, c.requeue), (None, MAINTENANCE_POLL));
+    assert_eq!(c.status.maintenance, running.maintenance);
 
     // A failed run makes the policy not Ready and is retried five minutes later.
     let failed =
         RunResult { replicated: None, error: Some(("RetentionFailed", "boom".into())), summary: String::new() };
-    let c = converge(&Observed { run: RunState::Finished(failed), ..observed(&policy, &running, &backups) });
+    let c = converge(&Observed {
+        run: RunState::Finished(started, failed),
+        ..observed(&policy, &BackupPolicyStatus::default(), &backups)
+    });
     let m = c.status.maintenance.clone().unwrap();
     assert_eq!((m.phase.as_str(), m.reason.as_deref()), (MAINTENANCE_FAILED, Some("RetentionFailed")));
     assert_eq!(m.start_time, running.maintenance.unwrap().start_time);
@@ -141,11 +149,12 @@ fn offsite_copies_the_newest_success_and_retention_keeps_what_is_not_copied() {
     ];
     // Nothing is offsite yet: nothing is removed, the newest is copied.
     let c = converge(&observed(&policy, &status, &backups));
-    assert_eq!(c.start_run, Some(StartRun { victims: vec![], newest: Some("new".into()) }));
+    let started = RunStarted { at: at("2026-01-02T03:00:30Z"), plan: "replicating to spec.offsite".into() };
+    assert_eq!(c.start_run, Some(StartRun { victims: vec![], newest: Some("new".into()), started: started.clone() }));
     assert_eq!(c.status.maintenance.unwrap().message.as_deref(), Some("replicating to spec.offsite"));
 
     let done = RunResult { replicated: Some("new".into()), error: None, summary: "copied 3".into() };
-    let c = converge(&Observed { run: RunState::Finished(done), ..observed(&policy, &status, &backups) });
+    let c = converge(&Observed { run: RunState::Finished(started, done), ..observed(&policy, &status, &backups) });
     assert_eq!(c.status.last_replicated_backup.as_deref(), Some("new"));
     assert_eq!(c.start_run, None);
     // The next reconcile may remove the old one, now that a newer one is offsite.
@@ -154,4 +163,32 @@ fn offsite_copies_the_newest_success_and_retention_keeps_what_is_not_copied() {
     assert_eq!(c.start_run.map(|r| r.victims), Some(vec!["old".to_string()]));
     let m = c.status.maintenance.unwrap();
     assert_eq!(m.message.as_deref(), Some("retention: removing 1 backups, then replicating to spec.offsite"));
+}
+
+/// A reconcile may see the policy as it was before its own last status write (the cache lags
+/// the API server). The phase of a run that goes must still be Running, or a later write
+/// would show the previous run's outcome for as long as this one goes.
+#[test]
+fn a_running_run_is_reported_from_its_task_whatever_status_was_observed() {
+    let policy = valid("  offsite: {bucket: far, encryptionKeySecret: key}\n");
+    let backups = [backup("second", phase::COMPLETED, Some("2026-01-02T03:10:00Z"))];
+    let earlier = MaintenanceStatus {
+        phase: MAINTENANCE_SUCCEEDED.into(),
+        start_time: Some(Time(at("2026-01-01T03:00:00Z"))),
+        completion_time: Some(Time(at("2026-01-01T03:01:00Z"))),
+        reason: None,
+        message: Some("replicated to spec.offsite: 3 objects".into()),
+    };
+    let stale = BackupPolicyStatus {
+        last_schedule_time: Some(Time(at("2026-01-02T03:00:00Z"))),
+        maintenance: Some(earlier),
+        ..Default::default()
+    };
+    let started = RunStarted { at: at("2026-01-02T03:10:05Z"), plan: "replicating to spec.offsite".into() };
+    let c = converge(&Observed { run: RunState::Running(started), ..observed(&policy, &stale, &backups) });
+    let m = c.status.maintenance.unwrap();
+    assert_eq!((m.phase.as_str(), m.message.as_deref()), (MAINTENANCE_RUNNING, Some("replicating to spec.offsite")));
+    assert_eq!((m.start_time, m.completion_time), (Some(Time(at("2026-01-02T03:10:05Z"))), None));
+    assert_eq!(c.status.last_successful_backup.as_deref(), Some("second"));
+    assert_eq!((c.start_run, c.requeue), (None, MAINTENANCE_POLL));
 }
