@@ -111,7 +111,13 @@ fn key(p: &BackupPolicy) -> String {
     format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
 }
 
-async fn reconcile_policy(policy: &BackupPolicy, ctx: &Ctx) -> Result<Action, Error> {
+async fn reconcile_policy(cached: &BackupPolicy, ctx: &Ctx) -> Result<Action, Error> {
+    // The cache may lag this controller's own last status write (a Backup event can trigger
+    // the next reconcile first). A status computed from it would be written back stale, and
+    // a finished run's or drill's outcome, handed out once, would be lost: read it fresh.
+    let api: Api<BackupPolicy> = Api::namespaced(ctx.shared.client.clone(), &cached.namespace().unwrap_or_default());
+    let Some(policy) = api.get_opt(&cached.name_any()).await? else { return Ok(Action::await_change()) };
+    let policy = &policy;
     let validated = validate(policy);
     let mut gate = Gate {
         deleting: policy.meta().deletion_timestamp.is_some(),
