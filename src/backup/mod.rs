@@ -25,6 +25,7 @@ pub mod migrate;
 pub mod ops;
 pub mod pack;
 pub mod prefetch;
+pub mod ranges;
 pub mod replicate;
 pub mod repo;
 pub mod resources;

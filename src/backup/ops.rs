@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::Serialize;
 use tokio::runtime::Handle;
 
@@ -213,12 +213,8 @@ async fn used_blobs(repo: &Repository, snaps: &[(Id, Snapshot)]) -> Result<HashS
     let mut todo: Vec<Id> = snaps.iter().filter_map(|(_, s)| s.root.subtree).collect();
     while !todo.is_empty() {
         let batch: Vec<Id> = todo.drain(..).filter(|id| used.insert(*id)).collect();
-        let trees: Vec<_> = futures::stream::iter(batch)
-            .map(|id| async move { repo.load_tree(&id).await })
-            .buffer_unordered(16)
-            .try_collect()
-            .await?;
-        for t in trees {
+        for (_, t) in repo.load_trees(batch).await {
+            let t = t?;
             for n in t.nodes {
                 used.extend(n.content);
                 if let Some(s) = n.subtree {
@@ -474,12 +470,7 @@ async fn check_locked(repo: &Repository, read_data: bool) -> Result<CheckReport>
     let mut todo = roots;
     while !todo.is_empty() {
         let batch: Vec<Id> = todo.drain(..).filter(|id| visited.insert(*id)).collect();
-        let trees: Vec<(Id, Result<super::snapshot::Tree>)> = futures::stream::iter(batch)
-            .map(|id| async move { (id, repo.load_tree(&id).await) })
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        for (id, t) in trees {
+        for (id, t) in repo.load_trees(batch).await {
             report.trees_checked += 1;
             match t {
                 Err(e) => report.errors.push(format!("tree {id}: {e}")),
@@ -558,17 +549,17 @@ async fn check_snapshot_data_locked(repo: &Repository, snapshots: &[Id]) -> Resu
         }
     }
     let mut blobs: HashSet<Id> = HashSet::new();
-    while let Some(id) = todo.pop() {
-        if !blobs.insert(id) {
-            continue;
-        }
-        report.trees_checked += 1;
-        match repo.load_tree(&id).await {
-            Err(e) => report.errors.push(format!("tree {id}: {e}")),
-            Ok(t) => {
-                for n in t.nodes {
-                    blobs.extend(n.content.iter().copied());
-                    todo.extend(n.subtree);
+    while !todo.is_empty() {
+        let level: Vec<Id> = todo.drain(..).filter(|id| blobs.insert(*id)).collect();
+        for (id, t) in repo.load_trees(level).await {
+            report.trees_checked += 1;
+            match t {
+                Err(e) => report.errors.push(format!("tree {id}: {e}")),
+                Ok(t) => {
+                    for n in t.nodes {
+                        blobs.extend(n.content.iter().copied());
+                        todo.extend(n.subtree);
+                    }
                 }
             }
         }

@@ -28,8 +28,9 @@ use serde::{Deserialize, Serialize};
 use super::auth::{self, Kind};
 use super::crypto::{self, Id, KeyFile, MasterKey};
 use super::error::{BackupError, Result};
-use super::index::{Index, IndexEntry, IndexLimits, IndexLoader};
+use super::index::{Index, IndexLimits, IndexLoader};
 use super::pack::{self, BlobKind, PackInfo};
+use super::ranges;
 use super::snapshot::{SNAPSHOT_VERSION, Snapshot, Tree};
 use super::storage::Storage;
 
@@ -39,6 +40,8 @@ pub const REPO_VERSION: u32 = 2;
 /// Key files tried when opening: each costs a key derivation, so a bucket filled with forged
 /// key files must not turn opening into hours of PBKDF2.
 pub const MAX_KEY_FILES: usize = 32;
+/// Tree reads in flight in [`Repository::load_trees`].
+const TREE_READS: usize = 16;
 
 /// Chunker parameters, fixed at `init` (changing them would defeat deduplication).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -332,52 +335,59 @@ impl Repository {
             .map_err(|e| BackupError::Aborted(e.to_string()))?
     }
 
-    /// Reads and parses trees, fetching each of their packs whole into `packs` (kept by the
-    /// caller across calls): the trees of one backup sit together in a few tree packs, so the
-    /// levels of a snapshot's tree cost one download per pack rather than one round each.
-    pub async fn load_trees_packwise(
-        &self,
-        ids: &[Id],
-        packs: &mut HashMap<Id, Bytes>,
-        parallel: usize,
-    ) -> Result<Vec<(Id, Tree)>> {
-        let located: Vec<(Id, Id, IndexEntry)> = {
+    /// Loads trees, several per ranged read where they sit close together in a pack: the
+    /// trees of one backup sit together in a few tree packs, and a GET per tree cost a
+    /// request per directory (and an S3 server a whole block read for each). A tree whose
+    /// read fails is loaded alone, so that it fails with its own error.
+    pub async fn load_trees(&self, ids: Vec<Id>) -> Vec<(Id, Result<Tree>)> {
+        let mut wanted = HashMap::new();
+        let mut alone = Vec::new();
+        {
             let index = self.index.read().expect("index lock");
-            ids.iter()
-                .map(|id| {
-                    let (meta, e) =
-                        index.get(id).ok_or_else(|| BackupError::corrupt(format!("tree {id}"), "not in the index"))?;
-                    Ok((*id, meta.id, e))
-                })
-                .collect::<Result<_>>()?
-        };
-        let mut missing: Vec<Id> = located.iter().map(|(_, p, _)| *p).filter(|p| !packs.contains_key(p)).collect();
-        missing.sort();
-        missing.dedup();
-        let fetched: Vec<(Id, Bytes)> = futures::stream::iter(missing)
-            .map(|p| async move { Ok::<_, BackupError>((p, self.storage.get(&pack::pack_key(&p)).await?)) })
-            .buffer_unordered(parallel.max(1))
-            .try_collect()
-            .await?;
-        packs.extend(fetched);
-        let held: HashMap<Id, Bytes> = located.iter().map(|(_, p, _)| (*p, packs[p].clone())).collect();
-        let key = self.key.clone();
+            for id in ids {
+                match index.get(&id) {
+                    Some((meta, e)) => drop(wanted.insert(id, (e, meta, ()))),
+                    None => alone.push(id),
+                }
+            }
+        }
+        let mut loaded = Vec::new();
+        let mut reads = futures::stream::iter(ranges::plan_reads(wanted))
+            .map(|read| async move { (self.read_trees(&read).await, read) })
+            .buffer_unordered(TREE_READS);
+        while let Some((trees, read)) = reads.next().await {
+            match trees {
+                Ok(trees) => loaded.extend(trees),
+                Err(_) => alone.extend(read.blobs.iter().map(|(id, _, _)| *id)),
+            }
+        }
+        let singles = futures::stream::iter(alone)
+            .map(|id| async move { (id, self.load_tree(&id).await) })
+            .buffer_unordered(TREE_READS)
+            .collect::<Vec<_>>()
+            .await;
+        loaded.extend(singles);
+        loaded
+    }
+
+    /// The trees of one ranged read, each parsed or failed on its own.
+    async fn read_trees(&self, read: &ranges::Read<()>) -> Result<Vec<(Id, Result<Tree>)>> {
+        let (start, end) = read.span();
+        let data = self.storage.get_range(&pack::pack_key(&read.pack.id), start, end - start).await?;
+        let (key, blobs) = (self.key.clone(), read.blobs.iter().map(|(id, e, _)| (*id, *e)).collect::<Vec<_>>());
         tokio::task::spawn_blocking(move || {
-            use rayon::prelude::*;
-            located
-                .into_par_iter()
-                .map(|(id, p, e)| {
-                    let data = &held[&p];
-                    let sealed = data
-                        .get(e.offset as usize..e.offset as usize + e.length as usize)
-                        .ok_or_else(|| BackupError::corrupt(format!("pack {p}"), "shorter than its index says"))?;
-                    let plain = pack::open_blob(&key, e.kind, &id, sealed, e.raw_len)?;
-                    Ok((id, Tree::decode(&id, &plain)?))
+            blobs
+                .into_iter()
+                .map(|(id, e)| {
+                    let s = (e.offset as u64 - start) as usize;
+                    let tree = pack::open_blob(&key, e.kind, &id, &data[s..s + e.length as usize], e.raw_len)
+                        .and_then(|plain| Tree::decode(&id, &plain));
+                    (id, tree)
                 })
                 .collect()
         })
         .await
-        .map_err(|e| BackupError::Aborted(e.to_string()))?
+        .map_err(|e| BackupError::Aborted(e.to_string()))
     }
 
     /// Loads a tree blob.
@@ -526,6 +536,44 @@ mod tests {
         let storage = Storage::connect(&StorageConfig::Local(dir.path().join("repo"))).await.unwrap();
         Repository::init(storage.clone(), b"secret").await.unwrap();
         (dir, storage)
+    }
+
+    /// 41 trees of one tree pack come with one GET, each equal to its own load; ids missing
+    /// from the index, and trees whose read fails, fail with their own error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trees_are_loaded_with_one_read_per_pack_region() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        for i in 0..40u64 {
+            std::fs::create_dir_all(src.join(format!("d{i:02}"))).unwrap();
+            std::fs::write(src.join(format!("d{i:02}/f")), crate::backup::test_bytes(i, 100)).unwrap();
+        }
+        let storage = Storage::connect(&StorageConfig::Local(tmp.path().join("repo"))).await.unwrap();
+        let repo = Repository::init(storage.clone(), b"secret").await.unwrap();
+        let (_, snap) = crate::backup::ops::backup_directory(&repo, &src, vec![], Arc::default(), None).await.unwrap();
+        let root = snap.root.subtree.unwrap();
+        let mut ids: Vec<Id> = repo.load_tree(&root).await.unwrap().nodes.iter().filter_map(|n| n.subtree).collect();
+        ids.push(root);
+        assert_eq!(ids.len(), 41);
+
+        let before = storage.gets();
+        let loaded = repo.load_trees(ids.clone()).await;
+        assert_eq!(storage.gets() - before, 1, "one GET for 41 trees of one tree pack");
+        assert_eq!(loaded.len(), 41);
+        for (id, tree) in loaded {
+            assert_eq!(tree.unwrap(), repo.load_tree(&id).await.unwrap());
+        }
+
+        let unknown = Id([7; 32]);
+        let (pack, _) = repo.index().read().unwrap().get(&ids[0]).unwrap();
+        std::fs::remove_file(tmp.path().join("repo").join(pack::pack_key(&pack.id))).unwrap();
+        let loaded = repo.load_trees(vec![ids[0], ids[1], unknown]).await;
+        assert_eq!(loaded.len(), 3);
+        for (id, tree) in loaded {
+            let err = tree.unwrap_err().to_string();
+            let named = if id == unknown { id.to_hex() } else { pack.id.to_hex() };
+            assert!(err.contains(&named), "{id}: {err}");
+        }
     }
 
     async fn edit_config(storage: &Storage, f: impl FnOnce(&mut serde_json::Value)) {

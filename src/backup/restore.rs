@@ -4,7 +4,7 @@
 //! at most 64 trees fetched ahead in walk order), creates directories, links, fifos and
 //! empty files, and cuts the files with content into batches of at most 8192 files or
 //! 256 MiB (see [`LIMITS`]). While batches are written the walk plans the next. A batch is
-//! written as ranged reads of at most [`MAX_READ`] bytes of one pack each, `parallel` at a
+//! written as ranged reads of at most [`ranges::MAX_READ`] bytes of one pack each, `parallel` at a
 //! time across batch boundaries (see [`write_batches`]): every blob is verified (authenticated
 //! decryption and id hash) and written at its offsets, files are created in parallel, and the
 //! last write of a file sets its owner, mode and times through the open descriptor.
@@ -28,6 +28,7 @@ use super::crypto::Id;
 use super::error::{BackupError, Result};
 use super::index::{IndexEntry, PackMeta};
 use super::pack;
+use super::ranges::{self, plan_reads};
 use super::repo::Repository;
 use super::snapshot::{Node, NodeKind, Tree};
 
@@ -42,14 +43,10 @@ struct Limits {
     prefetch_trees: usize,
 }
 
+/// A ranged read of a batch: each blob goes to its targets.
+type Read<T = Vec<Target>> = ranges::Read<T>;
+
 const LIMITS: Limits = Limits { batch_files: 8192, batch_bytes: 256 << 20, prefetch_trees: 64 };
-/// Blobs of one pack closer than this are fetched with one ranged GET; farther apart, the gap
-/// is not downloaded (packs written by incremental backups hold blobs of many snapshots, and
-/// a backup's walk threads write runs longer than this, see `writer::RUN_BYTES`).
-pub(super) const MAX_RANGE_GAP: u64 = 1 << 20;
-/// The longest ranged GET: bounds the read buffers (`parallel` of them), and splits a batch of
-/// small files into enough reads to keep `parallel` of them busy.
-const MAX_READ: u64 = 8 << 20;
 
 /// Counters of a restore.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -499,53 +496,6 @@ fn plan_file(repo: &Repository, batch: &mut Batch, path: PathBuf, n: &Node, is_r
     Ok(())
 }
 
-/// A blob to read: where it is, and where it goes (`T`).
-type Planned<T> = (Id, IndexEntry, T);
-
-/// One ranged read: blobs of one pack, sorted by offset.
-struct Read<T = Vec<Target>> {
-    pack: PackMeta,
-    blobs: Vec<Planned<T>>,
-}
-
-impl<T> Read<T> {
-    /// The byte range of the pack that holds the blobs.
-    fn span(&self) -> (u64, u64) {
-        let start = self.blobs[0].1.offset as u64;
-        let end = self.blobs.iter().map(|(_, e, _)| e.offset as u64 + e.length as u64).max().unwrap_or(start);
-        (start, end)
-    }
-}
-
-/// Cuts blobs (of a batch, or trees) into reads: per pack, runs without a gap above
-/// [`MAX_RANGE_GAP`], at most [`MAX_READ`] long (a longer blob is read alone).
-fn plan_reads<T>(blobs: HashMap<Id, (IndexEntry, PackMeta, T)>) -> Vec<Read<T>> {
-    let mut by_pack: HashMap<u32, (PackMeta, Vec<Planned<T>>)> = HashMap::new();
-    for (id, (e, meta, targets)) in blobs {
-        by_pack.entry(e.pack).or_insert_with(|| (meta, Vec::new())).1.push((id, e, targets));
-    }
-    let mut reads = Vec::new();
-    for (_, (pack, mut entries)) in by_pack {
-        entries.sort_by_key(|(_, e, _)| e.offset);
-        let mut current: Vec<Planned<T>> = Vec::new();
-        for entry in entries {
-            if let (Some(first), Some(last)) = (current.first(), current.last()) {
-                let start = first.1.offset as u64;
-                let prev_end = last.1.offset as u64 + last.1.length as u64;
-                let end = entry.1.offset as u64 + entry.1.length as u64;
-                if entry.1.offset as u64 > prev_end + MAX_RANGE_GAP || end - start > MAX_READ {
-                    reads.push(Read { pack, blobs: std::mem::take(&mut current) });
-                }
-            }
-            current.push(entry);
-        }
-        if !current.is_empty() {
-            reads.push(Read { pack, blobs: current });
-        }
-    }
-    reads
-}
-
 /// Download and decompression buffers shared by the reads of one restore, one pair per read in
 /// flight: a fresh buffer per ranged GET would be page-faulted (zeroed) by the kernel every
 /// time. (Not per thread: the blocking pool grows to dozens of threads over a long restore,
@@ -812,34 +762,6 @@ mod tests {
             let err = fetch.take(*id).await.unwrap_err();
             assert!(err.to_string().contains(&pack.id.to_hex()), "{err}");
         }
-    }
-
-    /// Reads of one batch are cut at gaps and at the read size, never split a blob, and keep
-    /// every blob once.
-    #[test]
-    fn reads_are_bounded_and_cover_every_blob() {
-        let pack = PackMeta { id: Id([1; 32]), size: 64 << 20 };
-        let mut blobs = HashMap::new();
-        let mut offset = 0u32;
-        for i in 0..200u32 {
-            // 100 KiB blobs, a 2 MiB hole after the 50th.
-            let e = IndexEntry { pack: 0, kind: pack::BlobKind::Data, offset, length: 100 << 10, raw_len: 1 };
-            let mut id = [0u8; 32];
-            id[..4].copy_from_slice(&i.to_le_bytes());
-            blobs.insert(Id(id), (e, pack, vec![Target { file: i, offset: 0 }]));
-            offset += (100 << 10) + if i == 49 { 2 << 20 } else { 0 };
-        }
-        let reads = plan_reads(blobs);
-        assert_eq!(reads.iter().map(|r| r.blobs.len()).sum::<usize>(), 200);
-        for r in &reads {
-            let first = r.blobs[0].1.offset as u64;
-            let last = r.blobs.last().unwrap().1;
-            assert!(last.offset as u64 + last.length as u64 - first <= MAX_READ);
-            assert!(r.blobs.windows(2).all(|w| w[1].1.offset == w[0].1.offset + w[0].1.length));
-        }
-        // 50 blobs before the hole, 150 after, cut into reads of at most `per_read` blobs.
-        let per_read = (MAX_READ / (100 << 10)) as usize;
-        assert_eq!(reads.len(), 50usize.div_ceil(per_read) + 150usize.div_ceil(per_read));
     }
 
     /// A batch for [`write_batches`]: `reads` blobs in as many packs (pack id: batch, read),

@@ -229,6 +229,8 @@ pub struct ObjectInfo {
 pub struct Storage {
     inner: Arc<Backend>,
     url: String,
+    /// GETs made through this handle and its clones.
+    gets: Arc<std::sync::atomic::AtomicU64>,
 }
 
 enum Backend {
@@ -290,7 +292,9 @@ impl Storage {
     pub async fn connect(config: &StorageConfig) -> Result<Self> {
         let url = config.url();
         match config {
-            StorageConfig::Local(root) => Ok(Self { inner: Arc::new(Backend::Local { root: root.clone() }), url }),
+            StorageConfig::Local(root) => {
+                Ok(Self { inner: Arc::new(Backend::Local { root: root.clone() }), url, gets: Arc::default() })
+            }
             StorageConfig::S3(c) => {
                 if let Some(endpoint) = c.endpoint.as_deref().filter(|e| is_plain_http(e))
                     && !c.insecure_http
@@ -369,6 +373,7 @@ impl Storage {
                         sse: c.sse.clone(),
                     }),
                     url,
+                    gets: Arc::default(),
                 })
             }
         }
@@ -377,6 +382,12 @@ impl Storage {
     /// The location as a URL.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// How many objects and ranges were read through this handle and its clones (each is a
+    /// request, and on S3 a billed one).
+    pub fn gets(&self) -> u64 {
+        self.gets.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn full_key(prefix: &str, key: &str) -> String {
@@ -472,6 +483,7 @@ impl Storage {
     }
 
     async fn get_inner(&self, key: &str, range: Option<(u64, u64)>, mut buf: Vec<u8>) -> Result<Vec<u8>> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match &*self.inner {
             Backend::Local { root } => {
                 let path = root.join(key);

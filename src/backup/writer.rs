@@ -85,7 +85,7 @@ const SPARE_PACK_BUFFERS: usize = 1;
 /// run is longer than the gap a restore reads through, so it skips the other threads' runs;
 /// and long, so that a restore needs few reads (each costs the S3 server partial blocks).
 const RUN_BYTES: usize = 4 << 20;
-const _: () = assert!(RUN_BYTES as u64 > super::restore::MAX_RANGE_GAP);
+const _: () = assert!(RUN_BYTES as u64 > super::ranges::MAX_RANGE_GAP);
 /// Run slots: more than the walk threads, so that each has its own.
 const RUN_SLOTS: usize = 16;
 static NEXT_RUN_SLOT: AtomicUsize = AtomicUsize::new(0);
