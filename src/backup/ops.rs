@@ -206,20 +206,22 @@ pub async fn forget(
     Ok((report, decisions))
 }
 
+/// Trees a walk of `check` or `prune` holds at once: it takes them from the front of its queue
+/// (breadth first), so that trees close together in a pack share reads while memory does
+/// not grow with the width of a level.
+const TREES_AT_ONCE: usize = 1024;
+
 /// Collects every blob reachable from the snapshots (trees and data). Fails when a tree
 /// cannot be read.
 async fn used_blobs(repo: &Repository, snaps: &[(Id, Snapshot)]) -> Result<HashSet<Id>> {
     let mut used = HashSet::new();
     let mut todo: Vec<Id> = snaps.iter().filter_map(|(_, s)| s.root.subtree).collect();
     while !todo.is_empty() {
-        let batch: Vec<Id> = todo.drain(..).filter(|id| used.insert(*id)).collect();
-        for (_, t) in repo.load_trees(batch).await {
-            let t = t?;
-            for n in t.nodes {
+        let ids: Vec<Id> = todo.drain(..todo.len().min(TREES_AT_ONCE)).filter(|id| used.insert(*id)).collect();
+        for (_, t) in repo.load_trees(ids).await {
+            for n in t?.nodes {
                 used.extend(n.content);
-                if let Some(s) = n.subtree {
-                    todo.push(s);
-                }
+                todo.extend(n.subtree);
             }
         }
     }
@@ -469,8 +471,8 @@ async fn check_locked(repo: &Repository, read_data: bool) -> Result<CheckReport>
     let mut visited: HashSet<Id> = HashSet::new();
     let mut todo = roots;
     while !todo.is_empty() {
-        let batch: Vec<Id> = todo.drain(..).filter(|id| visited.insert(*id)).collect();
-        for (id, t) in repo.load_trees(batch).await {
+        let ids: Vec<Id> = todo.drain(..todo.len().min(TREES_AT_ONCE)).filter(|id| visited.insert(*id)).collect();
+        for (id, t) in repo.load_trees(ids).await {
             report.trees_checked += 1;
             match t {
                 Err(e) => report.errors.push(format!("tree {id}: {e}")),
@@ -550,8 +552,8 @@ async fn check_snapshot_data_locked(repo: &Repository, snapshots: &[Id]) -> Resu
     }
     let mut blobs: HashSet<Id> = HashSet::new();
     while !todo.is_empty() {
-        let level: Vec<Id> = todo.drain(..).filter(|id| blobs.insert(*id)).collect();
-        for (id, t) in repo.load_trees(level).await {
+        let ids: Vec<Id> = todo.drain(..todo.len().min(TREES_AT_ONCE)).filter(|id| blobs.insert(*id)).collect();
+        for (id, t) in repo.load_trees(ids).await {
             report.trees_checked += 1;
             match t {
                 Err(e) => report.errors.push(format!("tree {id}: {e}")),
@@ -684,6 +686,31 @@ mod tests {
     async fn open(dir: &Path) -> Repository {
         let storage = Storage::connect(&StorageConfig::Local(dir.to_path_buf())).await.unwrap();
         Repository::open(storage, b"secret").await.unwrap()
+    }
+
+    /// Walks wider than [`TREES_AT_ONCE`] see every tree: check counts them all, prune
+    /// keeps every blob they reference, and the snapshot's data check agrees.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tree_walks_wider_than_one_load_see_every_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (repo_dir, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+        let dirs = TREES_AT_ONCE + 76;
+        for i in 0..dirs {
+            std::fs::create_dir_all(src.join(format!("d{i:04}"))).unwrap();
+            std::fs::write(src.join(format!("d{i:04}/f")), crate::backup::test_bytes(i as u64, 64)).unwrap();
+        }
+        let storage = Storage::connect(&StorageConfig::Local(repo_dir)).await.unwrap();
+        let repo = Repository::init(storage, b"secret").await.unwrap();
+        let (id, _) = backup_directory(&repo, &src, vec![], Arc::default(), None).await.unwrap();
+
+        let report = check(&repo, false).await.unwrap();
+        assert_eq!((report.trees_checked, report.errors.len()), (dirs + 1, 0), "{:?}", report.errors);
+        let report = check_snapshot_data(&repo, &[id]).await.unwrap();
+        assert_eq!((report.trees_checked, report.errors.len()), (dirs + 1, 0), "{:?}", report.errors);
+        let pruned = prune(&repo, PruneOptions::default()).await.unwrap();
+        assert_eq!(pruned.blobs_removed, 0);
+        let report = check(&repo, true).await.unwrap();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
     }
 
     /// A writer that opened the repository before a prune removed data must not refer to
