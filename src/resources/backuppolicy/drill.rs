@@ -14,12 +14,11 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::plan::{BackupSeen, Refusal};
+use super::plan::{BackupSeen, Refusal, newest_completed};
 use super::schedule::STARTING_DEADLINE;
 use super::validate::{ValidPolicy, ValidVerify};
 use crate::api::backuppolicy::{BackupPolicyStatus, DrillStatus, VerifiedRestore};
 use crate::api::conditions::DesiredCondition;
-use crate::resources::backup::phase;
 
 /// Condition type of the last drill's result.
 pub const RESTORE_VERIFIED: &str = "RestoreVerified";
@@ -140,8 +139,7 @@ pub fn decide(o: &DrillObserved) -> DrillDecision {
         let baseline = d.last.as_ref().map_or(o.created, |l| l.started_at.0.max(o.created));
         let due = previous_run(verify, o.policy, o.now)
             .filter(|at| *at > baseline && o.now.duration_since(*at) <= STARTING_DEADLINE);
-        let newest =
-            o.backups.iter().filter(|b| b.phase.as_deref() == Some(phase::COMPLETED)).max_by_key(|b| b.completion);
+        let newest = newest_completed(o.backups);
         if let (Some(_), Some(backup)) = (due, newest) {
             let policy = kube::ResourceExt::name_any(&o.policy.policy);
             let restore = super::backup_name(&format!("{policy}-drill"), o.now);

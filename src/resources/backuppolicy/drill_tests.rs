@@ -1,6 +1,7 @@
 //! The drill planner, without a cluster.
 
 use super::*;
+use crate::resources::backup::phase;
 use crate::resources::backuppolicy::validate;
 
 fn valid(verify: &str) -> ValidPolicy {

@@ -174,8 +174,7 @@ pub fn converge(o: &Observed) -> Converge {
         ready = DesiredCondition::new(READY, false, reason, message.clone());
     }
 
-    let completed = o.backups.iter().filter(|b| b.phase.as_deref() == Some(phase::COMPLETED));
-    let newest = completed.max_by_key(|b| b.completion);
+    let newest = newest_completed(o.backups);
     status.last_successful_backup = newest.map(|b| b.name.clone());
 
     let last_schedule = status.last_schedule_time.as_ref().map(|t| t.0);
@@ -251,6 +250,17 @@ pub fn converge(o: &Observed) -> Converge {
     // A running retention or replication is looked at again to collect its outcome.
     let wake = if run_going || start_run.is_some() { MAINTENANCE_POLL } else { SYNC_INTERVAL };
     Converge { fire, start_run, status, conditions, fresh, last_success, requeue: until_next.min(wake) }
+}
+
+/// The newest Completed Backup: by completion time, then by name. Completion times have a
+/// resolution of one second, and two small backups can finish within one; without the name
+/// a tie went to whichever came last in the cache's iteration order, which changes between
+/// reconciles. (Scheduled Backups are named after their time, so the name orders them too.)
+pub fn newest_completed(backups: &[BackupSeen]) -> Option<&BackupSeen> {
+    backups
+        .iter()
+        .filter(|b| b.phase.as_deref() == Some(phase::COMPLETED))
+        .max_by(|a, b| (a.completion, &a.name).cmp(&(b.completion, &b.name)))
 }
 
 /// The status of a run that goes.

@@ -192,3 +192,17 @@ fn a_running_run_is_reported_from_its_task_whatever_status_was_observed() {
     assert_eq!(c.status.last_successful_backup.as_deref(), Some("second"));
     assert_eq!((c.start_run, c.requeue), (None, MAINTENANCE_POLL));
 }
+
+/// Two Backups that complete within one second: the newest is decided by name, whatever the
+/// order the cache lists them in (it was the last one listed).
+#[test]
+fn a_tie_of_completion_times_is_decided_by_name_not_by_listing_order() {
+    let policy = valid("");
+    let status = BackupPolicyStatus::default();
+    let second = backup("second", phase::COMPLETED, Some("2026-01-02T03:10:00Z"));
+    let third = backup("third", phase::COMPLETED, Some("2026-01-02T03:10:00Z"));
+    for listed in [[second.clone(), third.clone()], [third, second]] {
+        let c = converge(&observed(&policy, &status, &listed));
+        assert_eq!(c.status.last_successful_backup.as_deref(), Some("third"), "{listed:?}");
+    }
+}
