@@ -71,3 +71,21 @@ pub(crate) fn test_bytes(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A file:// repository under `tmp` holding one snapshot of 40 directories with a small file
+/// each, for tests of tree reads: the root tree's id and the 40 directories' tree ids.
+#[cfg(test)]
+pub(crate) async fn forty_dir_snapshot(tmp: &std::path::Path) -> (Repository, Id, Vec<Id>) {
+    let src = tmp.join("src");
+    for i in 0..40u64 {
+        std::fs::create_dir_all(src.join(format!("d{i:02}"))).unwrap();
+        std::fs::write(src.join(format!("d{i:02}/f")), test_bytes(i, 100)).unwrap();
+    }
+    let storage = Storage::connect(&StorageConfig::Local(tmp.join("repo"))).await.unwrap();
+    let repo = Repository::init(storage, b"secret").await.unwrap();
+    let (_, snap) = ops::backup_directory(&repo, &src, vec![], Default::default(), None).await.unwrap();
+    let root = snap.root.subtree.unwrap();
+    let dirs: Vec<Id> = repo.load_tree(&root).await.unwrap().nodes.iter().filter_map(|n| n.subtree).collect();
+    assert_eq!(dirs.len(), 40);
+    (repo, root, dirs)
+}

@@ -19,7 +19,7 @@ use super::pack::{self, BlobKind, PackBuilder, PackInfo};
 use super::prefetch::MetadataPrefetch;
 use super::repo::Repository;
 use super::retention::{self, Decision, RetentionPolicy};
-use super::snapshot::{Node, NodeKind, SNAPSHOT_VERSION, Snapshot, Summary};
+use super::snapshot::{Node, NodeKind, SNAPSHOT_VERSION, Snapshot, Summary, Tree};
 use super::writer::{BlobWriter, WriterStats};
 
 /// What a backup run is about.
@@ -211,20 +211,42 @@ pub async fn forget(
 /// not grow with the width of a level.
 const TREES_AT_ONCE: usize = 1024;
 
-/// Collects every blob reachable from the snapshots (trees and data). Fails when a tree
-/// cannot be read.
-async fn used_blobs(repo: &Repository, snaps: &[(Id, Snapshot)]) -> Result<HashSet<Id>> {
-    let mut used = HashSet::new();
-    let mut todo: Vec<Id> = snaps.iter().filter_map(|(_, s)| s.root.subtree).collect();
+/// Walks the trees reachable from `roots` breadth first, [`TREES_AT_ONCE`] at a time, each
+/// once: `seen` gets every tree id (a tree already in it is skipped). `visit` gets each tree,
+/// or the error that kept it from being read; its error ends the walk.
+async fn walk_trees(
+    repo: &Repository,
+    roots: Vec<Id>,
+    seen: &mut HashSet<Id>,
+    mut visit: impl FnMut(Id, Result<&Tree>) -> Result<()>,
+) -> Result<()> {
+    let mut todo = roots;
     while !todo.is_empty() {
-        let ids: Vec<Id> = todo.drain(..todo.len().min(TREES_AT_ONCE)).filter(|id| used.insert(*id)).collect();
-        for (_, t) in repo.load_trees(ids).await {
-            for n in t?.nodes {
-                used.extend(n.content);
-                todo.extend(n.subtree);
+        let ids: Vec<Id> = todo.drain(..todo.len().min(TREES_AT_ONCE)).filter(|id| seen.insert(*id)).collect();
+        for (id, tree) in repo.load_trees(ids).await {
+            match tree {
+                Ok(tree) => {
+                    visit(id, Ok(&tree))?;
+                    todo.extend(tree.nodes.iter().filter_map(|n| n.subtree));
+                }
+                Err(e) => visit(id, Err(e))?,
             }
         }
     }
+    Ok(())
+}
+
+/// Collects every blob reachable from the snapshots (trees and data). Fails when a tree
+/// cannot be read.
+async fn used_blobs(repo: &Repository, snaps: &[(Id, Snapshot)]) -> Result<HashSet<Id>> {
+    let (mut used, mut data) = (HashSet::new(), HashSet::new());
+    let roots = snaps.iter().filter_map(|(_, s)| s.root.subtree).collect();
+    walk_trees(repo, roots, &mut used, |_, tree| {
+        data.extend(tree?.nodes.iter().flat_map(|n| n.content.iter().copied()));
+        Ok(())
+    })
+    .await?;
+    used.extend(data);
     Ok(used)
 }
 
@@ -468,34 +490,32 @@ async fn check_locked(repo: &Repository, read_data: bool) -> Result<CheckReport>
     // Manifests that fail authentication would be refused by every reader.
     let (_, refused) = super::resources::scan_manifests(repo).await?;
     report.errors.extend(refused.into_iter().map(|r| r.reason));
-    let mut visited: HashSet<Id> = HashSet::new();
-    let mut todo = roots;
-    while !todo.is_empty() {
-        let ids: Vec<Id> = todo.drain(..todo.len().min(TREES_AT_ONCE)).filter(|id| visited.insert(*id)).collect();
-        for (id, t) in repo.load_trees(ids).await {
-            report.trees_checked += 1;
-            match t {
-                Err(e) => report.errors.push(format!("tree {id}: {e}")),
-                Ok(t) => {
-                    let index = repo.index().read().expect("index");
-                    for n in t.nodes {
-                        for c in &n.content {
-                            match index.get(c) {
-                                None => report
-                                    .errors
-                                    .push(format!("file {:?} in tree {id}: chunk {c} is not in the index", n.name)),
-                                Some((_, e)) if e.kind != BlobKind::Data => {
-                                    report.errors.push(format!("chunk {c} is indexed as a tree"))
-                                }
-                                Some(_) => {}
-                            }
-                        }
-                        todo.extend(n.subtree);
+    walk_trees(repo, roots, &mut HashSet::new(), |id, tree| {
+        report.trees_checked += 1;
+        let tree = match tree {
+            Ok(tree) => tree,
+            Err(e) => {
+                report.errors.push(format!("tree {id}: {e}"));
+                return Ok(());
+            }
+        };
+        let index = repo.index().read().expect("index");
+        for n in &tree.nodes {
+            for c in &n.content {
+                match index.get(c) {
+                    None => {
+                        report.errors.push(format!("file {:?} in tree {id}: chunk {c} is not in the index", n.name))
                     }
+                    Some((_, e)) if e.kind != BlobKind::Data => {
+                        report.errors.push(format!("chunk {c} is indexed as a tree"))
+                    }
+                    Some(_) => {}
                 }
             }
         }
-    }
+        Ok(())
+    })
+    .await?;
     check_server_side_encryption(repo, &mut report).await?;
     if read_data {
         let results: Vec<(String, u64, Vec<String>)> = futures::stream::iter(contents)
@@ -550,22 +570,17 @@ async fn check_snapshot_data_locked(repo: &Repository, snapshots: &[Id]) -> Resu
             Err(e) => report.errors.push(format!("snapshot {id}: {e}")),
         }
     }
-    let mut blobs: HashSet<Id> = HashSet::new();
-    while !todo.is_empty() {
-        let ids: Vec<Id> = todo.drain(..todo.len().min(TREES_AT_ONCE)).filter(|id| blobs.insert(*id)).collect();
-        for (id, t) in repo.load_trees(ids).await {
-            report.trees_checked += 1;
-            match t {
-                Err(e) => report.errors.push(format!("tree {id}: {e}")),
-                Ok(t) => {
-                    for n in t.nodes {
-                        blobs.extend(n.content.iter().copied());
-                        todo.extend(n.subtree);
-                    }
-                }
-            }
+    let (mut blobs, mut data) = (HashSet::new(), HashSet::new());
+    walk_trees(repo, todo, &mut blobs, |id, tree| {
+        report.trees_checked += 1;
+        match tree {
+            Ok(tree) => data.extend(tree.nodes.iter().flat_map(|n| n.content.iter().copied())),
+            Err(e) => report.errors.push(format!("tree {id}: {e}")),
         }
-    }
+        Ok(())
+    })
+    .await?;
+    blobs.extend(data);
     let stored: HashMap<String, u64> = repo
         .storage()
         .list("data")

@@ -543,18 +543,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn trees_are_loaded_with_one_read_per_pack_region() {
         let tmp = tempfile::tempdir().unwrap();
-        let src = tmp.path().join("src");
-        for i in 0..40u64 {
-            std::fs::create_dir_all(src.join(format!("d{i:02}"))).unwrap();
-            std::fs::write(src.join(format!("d{i:02}/f")), crate::backup::test_bytes(i, 100)).unwrap();
-        }
-        let storage = Storage::connect(&StorageConfig::Local(tmp.path().join("repo"))).await.unwrap();
-        let repo = Repository::init(storage.clone(), b"secret").await.unwrap();
-        let (_, snap) = crate::backup::ops::backup_directory(&repo, &src, vec![], Arc::default(), None).await.unwrap();
-        let root = snap.root.subtree.unwrap();
-        let mut ids: Vec<Id> = repo.load_tree(&root).await.unwrap().nodes.iter().filter_map(|n| n.subtree).collect();
+        let (repo, root, mut ids) = crate::backup::forty_dir_snapshot(tmp.path()).await;
+        let storage = repo.storage().clone();
         ids.push(root);
-        assert_eq!(ids.len(), 41);
 
         let before = storage.gets();
         let loaded = repo.load_trees(ids.clone()).await;
