@@ -7,11 +7,17 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A running operator; killed when dropped.
+/// A running operator; killed when dropped. Its log goes to a file at `info` and is printed
+/// when the test fails (a flaky test's cause may show only at `info`); with `BERTH_TEST_LOG`
+/// set it goes to the test's stderr at that level instead.
 pub struct Operator {
     child: Child,
     pub metrics_addr: SocketAddr,
+    log: Option<tempfile::NamedTempFile>,
 }
+
+/// The operator log lines printed when a test fails.
+const FAILED_TEST_LOG_LINES: usize = 400;
 
 /// A free port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
@@ -28,19 +34,30 @@ impl Operator {
     /// credentials).
     pub fn start_with_env(kubeconfig: &Path, extra: &[&str], env: &[(&str, &str)]) -> Operator {
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .envs(env.iter().copied())
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.envs(env.iter().copied())
             .arg("operator")
             .arg("--metrics-addr")
             .arg(metrics_addr.to_string())
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .env("POD_NAMESPACE", "berth-system")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start berth operator");
-        Operator { child, metrics_addr }
+            .stdin(Stdio::null());
+        let log = match std::env::var("BERTH_TEST_LOG") {
+            Ok(level) => {
+                cmd.env("RUST_LOG", level);
+                None
+            }
+            Err(_) => {
+                let log = tempfile::NamedTempFile::new().expect("operator log file");
+                cmd.env("RUST_LOG", "info,kube=warn")
+                    .env("NO_COLOR", "1")
+                    .stderr(log.reopen().expect("operator log file"));
+                Some(log)
+            }
+        };
+        let child = cmd.spawn().expect("start berth operator");
+        Operator { child, metrics_addr, log }
     }
 
     /// Body and status of a GET on the metrics listener.
@@ -121,5 +138,20 @@ impl Drop for Operator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking()
+            && let Some(log) = &self.log
+        {
+            let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(FAILED_TEST_LOG_LINES)..];
+            eprintln!(
+                "--- the operator's log (pid {}), last {} of {} lines:",
+                self.child.id(),
+                tail.len(),
+                lines.len()
+            );
+            tail.iter().for_each(|l| eprintln!("{l}"));
+            eprintln!("--- end of the operator's log");
+        }
     }
 }
