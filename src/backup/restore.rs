@@ -845,10 +845,9 @@ mod tests {
         }
     }
 
-    /// With windows smaller than the tree pack: each window is read once while it is kept,
-    /// a tree reaching past a window read before comes alone (at most the trees that cross a
-    /// window's end), and trees still come right once
-    /// their window was evicted.
+    /// With windows smaller than the tree pack: each window is read once while it is kept, a
+    /// tree reaching past a window read before comes alone (at most the trees that cross a
+    /// window's end), and trees still come right once their window was evicted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn small_windows_are_read_once_while_kept() {
         let tmp = tempfile::tempdir().unwrap();
