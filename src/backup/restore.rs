@@ -1,7 +1,7 @@
 //! Restore of a directory tree, streamed: memory does not grow with the number of files.
 //!
 //! A walk task goes through the snapshot's trees depth-first, one directory at a time (with
-//! at most 64 trees fetched ahead in walk order, through a cache of 256 KiB windows of the tree
+//! at most 64 trees fetched ahead in walk order, through a cache of 1 MiB windows of the tree
 //! packs, see [`TreeFetch`]), creates directories, links, fifos and empty files, and cuts the
 //! files with content into batches of at most 16,384 files or 256 MiB (see [`LIMITS`]).
 //! While batches are written the walk plans the next. A batch is written as ranged reads of at
@@ -268,9 +268,10 @@ async fn set_dir_meta(dirs: Vec<(PathBuf, Meta)>, is_root: bool) -> Result<()> {
 /// kept: a directory's subtrees were written just before it (post-order), so the trees the
 /// walk wants next are mostly in a window already read. A read per group of trees cost a round
 /// trip each time the walk went down a level: 43 ms each on a loopback Garage (a small
-/// response waits for the client's delayed ACK), tens of ms on S3. 1 MiB windows were as fast
-/// but held ~35 MiB more at a million files (prefetched trees in that many windows).
-const TREE_WINDOW: u64 = 256 << 10;
+/// response waits for the client's delayed ACK), tens of ms on S3. 256 KiB windows held
+/// ~35 MiB less at a million files but made the 80k-file bench restore 1.1 s slower: the 18
+/// windows of its tree pack no longer fit in the 16 kept.
+const TREE_WINDOW: u64 = 1 << 20;
 /// Windows kept (their sealed bytes), besides those still held by trees being decoded.
 const TREE_WINDOWS: usize = 16;
 
