@@ -370,21 +370,23 @@ impl Repository {
         loaded
     }
 
+    /// Opens (authenticates, decompresses) and parses the tree `e` out of `region`, the bytes
+    /// of its pack from offset `start` on.
+    pub(crate) fn open_tree(&self, id: &Id, e: &super::index::IndexEntry, region: &[u8], start: u64) -> Result<Tree> {
+        let s = (e.offset as u64 - start) as usize;
+        let sealed = region
+            .get(s..s + e.length as usize)
+            .ok_or_else(|| BackupError::corrupt(format!("tree {id}"), "outside the bytes read for it".to_string()))?;
+        Tree::decode(id, &pack::open_blob(&self.key, e.kind, id, sealed, e.raw_len)?)
+    }
+
     /// The trees of one ranged read, each parsed or failed on its own.
     async fn read_trees(&self, read: &ranges::Read<()>) -> Result<Vec<(Id, Result<Tree>)>> {
         let (start, end) = read.span();
         let data = self.storage.get_range(&pack::pack_key(&read.pack.id), start, end - start).await?;
-        let (key, blobs) = (self.key.clone(), read.blobs.iter().map(|(id, e, _)| (*id, *e)).collect::<Vec<_>>());
+        let (repo, blobs) = (self.clone(), read.blobs.iter().map(|(id, e, _)| (*id, *e)).collect::<Vec<_>>());
         tokio::task::spawn_blocking(move || {
-            blobs
-                .into_iter()
-                .map(|(id, e)| {
-                    let s = (e.offset as u64 - start) as usize;
-                    let tree = pack::open_blob(&key, e.kind, &id, &data[s..s + e.length as usize], e.raw_len)
-                        .and_then(|plain| Tree::decode(&id, &plain));
-                    (id, tree)
-                })
-                .collect()
+            blobs.into_iter().map(|(id, e)| (id, repo.open_tree(&id, &e, &data, start))).collect()
         })
         .await
         .map_err(|e| BackupError::Aborted(e.to_string()))

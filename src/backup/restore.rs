@@ -50,7 +50,7 @@ struct Limits {
 }
 
 /// A ranged read of a batch: each blob goes to its targets.
-type Read<T = Vec<Target>> = ranges::Read<T>;
+type Read = ranges::Read<Vec<Target>>;
 
 /// Batches of 16,384 files rather than 8,192: a batch's blobs then sit closer together in their
 /// packs, so it takes fewer and longer reads (the 80k-file bench restore from Garage: 4.2 s
@@ -428,10 +428,7 @@ impl Drop for TreeFetch {
 /// open is skipped (its receivers fail, and `take` loads it alone for its error).
 fn decode_trees(repo: &Repository, window: &[u8], start: u64, trees: HashMap<Id, Wanted>) {
     for (id, (e, receivers)) in trees {
-        let s = (e.offset as u64 - start) as usize;
-        let Some(sealed) = window.get(s..s + e.length as usize) else { continue };
-        let Ok(plain) = pack::open_blob(repo.key(), e.kind, &id, sealed, e.raw_len) else { continue };
-        let Ok(tree) = Tree::decode(&id, &plain) else { continue };
+        let Ok(tree) = repo.open_tree(&id, &e, window, start) else { continue };
         for tx in receivers {
             let _ = tx.send(tree.clone());
         }
