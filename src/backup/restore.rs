@@ -3,7 +3,8 @@
 //! A walk task goes through the snapshot's trees depth-first, one directory at a time (with
 //! at most 64 trees fetched ahead in walk order, through a cache of 1 MiB windows of the tree
 //! packs, see [`TreeFetch`]), creates directories, links, fifos and empty files, and cuts the
-//! files with content into batches of at most 16,384 files or 256 MiB (see [`LIMITS`]).
+//! files with content into batches of at most 16,384 files or 256 MiB (see [`LIMITS`]; the
+//! first three smaller, see [`RAMP`]).
 //! While batches are written the walk plans the next. A batch is written as ranged reads of at
 //! most [`ranges::MAX_READ`] bytes of one pack each, `parallel` at a time across batch
 //! boundaries (see [`write_batches`]): every blob is verified (authenticated decryption and
@@ -121,9 +122,16 @@ struct Batch {
     dirs: Vec<(PathBuf, Meta)>,
 }
 
+/// The first batches are cut at 1/8, 1/4 and 1/2 of the limits: no data is read before the
+/// first batch is planned, and planning 16,384 files (with their trees) kept the reads idle
+/// for the first part of a restore.
+const RAMP: u32 = 3;
+
 impl Batch {
-    fn full(&self, limits: &Limits) -> bool {
-        self.files.len() >= limits.batch_files || self.bytes >= limits.batch_bytes
+    /// Whether this batch, the `sent`-th, is full.
+    fn full(&self, limits: &Limits, sent: u32) -> bool {
+        let shift = RAMP.saturating_sub(sent);
+        self.files.len() >= (limits.batch_files >> shift).max(1) || self.bytes >= limits.batch_bytes >> shift
     }
 }
 
@@ -266,8 +274,9 @@ async fn set_dir_meta(dirs: Vec<(PathBuf, Meta)>, is_root: bool) -> Result<()> {
 
 /// Tree packs are read in aligned windows of this size, and the last [`TREE_WINDOWS`] are
 /// kept: a directory's subtrees were written just before it (post-order), so the trees the
-/// walk wants next are mostly in a window already read. A read per group of trees cost a round
-/// trip each time the walk went down a level: 43 ms each on a loopback Garage (a small
+/// walk wants next are mostly in a window already read. A tree that crosses a window's end is
+/// taken out of both (a read of its own would be a small one). A read per group of trees cost
+/// a round trip each time the walk went down a level: 43 ms each on a loopback Garage (a small
 /// response waits for the client's delayed ACK), tens of ms on S3. 256 KiB windows held
 /// ~35 MiB less at a million files but made the 80k-file bench restore 1.1 s slower: the 18
 /// windows of its tree pack no longer fit in the 16 kept.
@@ -280,16 +289,18 @@ const TREE_WINDOWS: usize = 16;
 type WindowRead = futures::future::Shared<futures::future::BoxFuture<'static, Option<Bytes>>>;
 
 struct Window {
-    start: u64,
-    end: u64,
     read: WindowRead,
     abort: tokio::task::AbortHandle,
     last_use: u64,
 }
 
-/// A tree wanted from a window, and who waits for it (several receivers when identical
+/// A tree wanted from its windows, and who waits for it (several receivers when identical
 /// directories share a tree).
 type Wanted = (IndexEntry, Vec<oneshot::Sender<Tree>>);
+
+/// The windows a tree is read from: its pack, and its first and last window (the next one
+/// when the tree crosses a window's end).
+type Span = (Id, u64, u64);
 
 /// Trees requested ahead of the walk, read through a cache of tree-pack windows and decoded
 /// off the walk's task.
@@ -311,7 +322,7 @@ impl TreeFetch {
 
     fn request(&mut self, ids: Vec<Id>) {
         self.uses += 1;
-        let mut wanted: HashMap<(Id, u64), HashMap<Id, Wanted>> = HashMap::new();
+        let mut wanted: HashMap<Span, HashMap<Id, Wanted>> = HashMap::new();
         let found: Vec<_> = {
             let index = self.repo.index().read().expect("index");
             ids.into_iter().map(|id| (id, index.get(&id))).collect()
@@ -320,45 +331,54 @@ impl TreeFetch {
             let (tx, rx) = oneshot::channel();
             self.pending.entry(id).or_default().push(rx);
             self.count += 1;
-            // A tree missing from the index, or reaching past a window read before it was
-            // wanted, is left to `take`, which loads it alone.
+            // A tree missing from the index, longer than a window or past its pack's end is
+            // left to `take`, which loads it alone.
             if let Some((meta, e)) = found
-                && let Some(key) = self.window(meta, &e)
+                && let Some(span) = self.windows_of(meta, &e)
             {
-                wanted.entry(key).or_default().entry(id).or_insert_with(|| (e, Vec::new())).1.push(tx);
+                wanted.entry(span).or_default().entry(id).or_insert_with(|| (e, Vec::new())).1.push(tx);
             }
         }
         self.decodes.retain(|h| !h.is_finished());
-        for (key, trees) in wanted {
-            let w = &self.windows[&key];
-            let (read, start, repo) = (w.read.clone(), w.start, self.repo.clone());
+        let size = self.limits.tree_window;
+        for ((pack, first, last), trees) in wanted {
+            let reads: Vec<_> = (first..=last).map(|k| (k * size, self.windows[&(pack, k)].read.clone())).collect();
+            let repo = self.repo.clone();
             self.decodes.push(tokio::spawn(async move {
+                let pieces = futures::future::join_all(
+                    reads.into_iter().map(|(start, read)| async move { read.await.map(|bytes| (start, bytes)) }),
+                );
                 // Dropped senders make `take` load the trees alone.
-                let Some(bytes) = read.await else { return };
-                let _ = tokio::task::spawn_blocking(move || decode_trees(&repo, &bytes, start, trees)).await;
+                let Some(pieces) = pieces.await.into_iter().collect::<Option<Vec<_>>>() else { return };
+                let _ = tokio::task::spawn_blocking(move || decode_trees(&repo, &pieces, trees)).await;
             }));
         }
         self.evict();
     }
 
-    /// The window holding the tree `e` of `pack`, read from now on if it is not yet; `None`
-    /// when the tree reaches past a window read before.
-    fn window(&mut self, pack: PackMeta, e: &IndexEntry) -> Option<(Id, u64)> {
+    /// The windows holding the tree `e` of `pack`, each read from now on if it is not yet;
+    /// `None` for a tree that is longer than a window or reaches past the pack's end.
+    fn windows_of(&mut self, pack: PackMeta, e: &IndexEntry) -> Option<Span> {
         let (offset, end) = (e.offset as u64, e.offset as u64 + e.length as u64);
         let size = self.limits.tree_window;
-        let key = (pack.id, offset / size);
-        let uses = self.uses;
-        let w = self.windows.entry(key).or_insert_with(|| {
-            let start = key.1 * size;
-            let end = (start + size).max(end).min(pack.size.max(end));
-            let (storage, object) = (self.repo.storage().clone(), pack::pack_key(&pack.id));
-            let task = tokio::spawn(async move { storage.get_range(&object, start, end - start).await.ok() });
-            let abort = task.abort_handle();
-            let read = futures::FutureExt::shared(futures::FutureExt::boxed(async move { task.await.ok().flatten() }));
-            Window { start, end, read, abort, last_use: uses }
-        });
-        w.last_use = uses;
-        (end <= w.end).then_some(key)
+        if e.length == 0 || u64::from(e.length) > size || end > pack.size {
+            return None;
+        }
+        let (first, last) = (offset / size, (end - 1) / size);
+        for k in first..=last {
+            let uses = self.uses;
+            let w = self.windows.entry((pack.id, k)).or_insert_with(|| {
+                let (start, end) = (k * size, ((k + 1) * size).min(pack.size));
+                let (storage, object) = (self.repo.storage().clone(), pack::pack_key(&pack.id));
+                let task = tokio::spawn(async move { storage.get_range(&object, start, end - start).await.ok() });
+                let abort = task.abort_handle();
+                let read =
+                    futures::FutureExt::shared(futures::FutureExt::boxed(async move { task.await.ok().flatten() }));
+                Window { read, abort, last_use: uses }
+            });
+            w.last_use = uses;
+        }
+        Some((pack.id, first, last))
     }
 
     /// Drops the least recently used windows beyond the number kept.
@@ -424,15 +444,36 @@ impl Drop for TreeFetch {
     }
 }
 
-/// Decodes the trees of one window and hands each to its receivers; a tree that does not
-/// open is skipped (its receivers fail, and `take` loads it alone for its error).
-fn decode_trees(repo: &Repository, window: &[u8], start: u64, trees: HashMap<Id, Wanted>) {
+/// Decodes trees out of the windows read for them (each window's start and bytes, in order)
+/// and hands each to its receivers; a tree that does not open is skipped (its receivers fail,
+/// and `take` loads it alone for its error).
+fn decode_trees(repo: &Repository, windows: &[(u64, Bytes)], trees: HashMap<Id, Wanted>) {
     for (id, (e, receivers)) in trees {
-        let Ok(tree) = repo.open_tree(&id, &e, window, start) else { continue };
+        let opened = match windows {
+            [(start, bytes)] => repo.open_tree(&id, &e, bytes, *start),
+            // Across a window's end: its own bytes out of both.
+            _ => {
+                let (offset, end) = (e.offset as u64, e.offset as u64 + e.length as u64);
+                repo.open_tree(&id, &e, &gather(windows, offset, end), offset)
+            }
+        };
+        let Ok(tree) = opened else { continue };
         for tx in receivers {
             let _ = tx.send(tree.clone());
         }
     }
+}
+
+/// The bytes `[offset, end)` out of consecutive windows (shorter when they do not cover it).
+fn gather(windows: &[(u64, Bytes)], offset: u64, end: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity((end - offset) as usize);
+    for (start, bytes) in windows {
+        let (from, to) = (offset.max(*start), end.min(start + bytes.len() as u64));
+        if from < to {
+            out.extend_from_slice(&bytes[(from - start) as usize..(to - start) as usize]);
+        }
+    }
+    out
 }
 
 /// A directory being walked.
@@ -468,7 +509,7 @@ async fn walk(
         None => None,
     };
     let mut stack = vec![Frame::new(target, Meta::of(&root), tree)];
-    let mut batch = Batch::default();
+    let (mut batch, mut sent) = (Batch::default(), 0u32);
     let stopped = || BackupError::Aborted("the restore stopped".into());
     loop {
         fetch.fill(&mut stack);
@@ -524,8 +565,9 @@ async fn walk(
                 stats.files += 1;
                 stats.bytes += n.size;
                 plan_file(&repo, &mut batch, p, &n, is_root)?;
-                if batch.full(&limits) {
+                if batch.full(&limits, sent) {
                     tx.send(std::mem::take(&mut batch)).await.map_err(|_| stopped())?;
+                    sent += 1;
                 }
             }
         }
@@ -844,8 +886,8 @@ mod tests {
     }
 
     /// With windows smaller than the tree pack: each window is read once while it is kept, a
-    /// tree reaching past a window read before comes alone (at most the trees that cross a
-    /// window's end), and trees still come right once their window was evicted.
+    /// tree that crosses a window's end comes out of both windows (no read of its own), and
+    /// trees still come right once their window was evicted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn small_windows_are_read_once_while_kept() {
         let tmp = tempfile::tempdir().unwrap();
@@ -859,9 +901,11 @@ mod tests {
                 .map(|e| (e.offset as u64, (e.offset + e.length) as u64))
                 .collect()
         };
-        let windows: std::collections::HashSet<u64> = spans.iter().map(|(s, _)| s / window).collect();
+        let windows: std::collections::HashSet<u64> =
+            spans.iter().flat_map(|(s, e)| s / window..=(e - 1) / window).collect();
         assert!(windows.len() >= 4, "the trees span {} windows: the test needs several", windows.len());
-        let crossing = spans.iter().filter(|(s, e)| (e - 1) / window != s / window).count() as u64;
+        let crossing = spans.iter().filter(|(s, e)| (e - 1) / window != s / window).count();
+        assert!(crossing > 0, "no tree crosses a window's end: the test needs one");
 
         let limits = Limits { tree_window: window, tree_windows: 64, ..LIMITS };
         let gets = repo.storage().gets();
@@ -870,15 +914,13 @@ mod tests {
         for (id, tree) in ids.iter().zip(&expected) {
             assert_eq!(&fetch.take(*id).await.unwrap(), tree);
         }
-        let reads = repo.storage().gets() - gets;
-        assert!(reads >= windows.len() as u64 && reads <= windows.len() as u64 + crossing, "{reads} reads");
-        // Again: every window is kept, only the trees that came alone are read again.
+        assert_eq!(repo.storage().gets() - gets, windows.len() as u64, "one read per window, none per tree");
+        // Again: every window is kept, nothing is read again.
         fetch.request(ids.clone());
         for (id, tree) in ids.iter().zip(&expected) {
             assert_eq!(&fetch.take(*id).await.unwrap(), tree);
         }
-        let alone = reads - windows.len() as u64;
-        assert_eq!(repo.storage().gets() - gets - reads, alone, "kept windows are not read again");
+        assert_eq!(repo.storage().gets() - gets, windows.len() as u64, "kept windows are not read again");
 
         // One window kept: each request evicts the last, and the trees still come right.
         let mut fetch = TreeFetch::new(repo.clone(), Limits { tree_windows: 1, ..limits });
@@ -887,6 +929,39 @@ mod tests {
             assert_eq!(&fetch.take(*id).await.unwrap(), tree);
             assert!(fetch.windows.len() <= 1);
         }
+    }
+
+    /// A tree's bytes out of the windows it crosses; windows that do not cover it give fewer
+    /// bytes (and the tree then fails to open, and is loaded alone).
+    #[test]
+    fn a_tree_across_windows_is_gathered_from_both() {
+        let windows = [(0u64, Bytes::from_static(b"abcd")), (4, Bytes::from_static(b"efgh"))];
+        assert_eq!(gather(&windows, 2, 6), b"cdef");
+        assert_eq!(gather(&windows, 4, 7), b"efg");
+        assert_eq!(gather(&windows[..1], 2, 6), b"cd");
+    }
+
+    /// The first batches are cut small, so that reads start early; from the fourth on, at the
+    /// limits.
+    #[test]
+    fn the_first_batches_are_cut_small() {
+        let limits = Limits { batch_files: 16, batch_bytes: 1 << 20, ..LIMITS };
+        let files_when_full = |sent| {
+            let mut b = Batch::default();
+            while !b.full(&limits, sent) {
+                b.files.push(FilePlan {
+                    path: PathBuf::new(),
+                    size: 1,
+                    meta: Meta { kind: NodeKind::File, mode: 0, uid: 0, gid: 0, mtime: filetime::FileTime::zero() },
+                    remaining: AtomicU64::new(1),
+                    single: true,
+                });
+            }
+            b.files.len()
+        };
+        assert_eq!((0..5).map(files_when_full).collect::<Vec<_>>(), [2, 4, 8, 16, 16]);
+        let big = Batch { bytes: 1 << 17, ..Batch::default() };
+        assert!(big.full(&limits, 0) && !big.full(&limits, 1), "bytes ramp up the same way");
     }
 
     /// A batch for [`write_batches`]: `reads` blobs in as many packs (pack id: batch, read),
