@@ -10,7 +10,8 @@
 //! boundaries (see [`write_batches`]): every blob is verified (authenticated decryption and
 //! id hash) and written at its offsets, files are created in parallel, and the last write of a
 //! file sets its owner, mode and times through the open descriptor. Directories get theirs
-//! once their whole subtree is written, deepest first. Memory: the walk stack (one tree per
+//! once their whole subtree is written, deepest first. The target's file system is flushed as
+//! batches are written and once at the end (see [`Flush`]). Memory: the walk stack (one tree per
 //! level), the prefetched trees, 16 tree-pack windows, at most [`WRITING_BATCHES`] + 2 batch
 //! plans and `parallel` read buffers.
 
@@ -136,8 +137,9 @@ impl Batch {
 }
 
 /// Restores the tree below `root` into `target` (created if missing). Every chunk is
-/// verified (authenticated decryption and id hash) before it is written. `on_bytes` is
-/// called with the number of bytes written as the restore progresses.
+/// verified (authenticated decryption and id hash) before it is written, and the restore
+/// returns once what it wrote is on disk (see [`Flush`]). `on_bytes` is called with the
+/// number of bytes written as the restore progresses.
 pub async fn restore_dir(
     repo: &Repository,
     root: &Node,
@@ -145,9 +147,10 @@ pub async fn restore_dir(
     parallel: usize,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<RestoreStats> {
-    restore_with(repo, root, target, parallel, on_bytes, LIMITS).await
+    restore_with(repo, root, target, parallel, on_bytes, LIMITS).await.map(|(stats, _)| stats)
 }
 
+/// [`restore_dir`] within `limits`; also gives the number of flushes started.
 async fn restore_with(
     repo: &Repository,
     root: &Node,
@@ -155,7 +158,7 @@ async fn restore_with(
     parallel: usize,
     on_bytes: &(dyn Fn(u64) + Sync),
     limits: Limits,
-) -> Result<RestoreStats> {
+) -> Result<(RestoreStats, u64)> {
     // SAFETY: geteuid cannot fail.
     let is_root = unsafe { libc::geteuid() } == 0;
     std::fs::create_dir_all(target).map_err(|e| BackupError::io(format!("creating {}", target.display()), e))?;
@@ -163,18 +166,96 @@ async fn restore_with(
     let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(1);
     let walk = tokio::spawn(walk(repo.clone(), root.clone(), target.to_path_buf(), is_root, limits, tx));
     let pool = BufferPool::default();
+    let flush = Flush::open(target)?;
     let written = write_batches(
         rx,
         parallel.max(1),
         |read, files| read_and_write(repo, read, files, is_root, pool.clone()),
-        |dirs| set_dir_meta(dirs, is_root),
+        |dirs| {
+            flush.start();
+            set_dir_meta(dirs, is_root)
+        },
         on_bytes,
     )
     .await;
     let walked = walk.await.map_err(|e| BackupError::Aborted(format!("restore walk: {e}")));
     // A failed write stops the walk (its send fails): the write's error is the cause.
     written?;
-    walked?
+    let stats = walked??;
+    flush.finish().await?;
+    Ok((stats, flush.started.into_inner()))
+}
+
+/// Flushes the target's file system while the restore goes on (one `syncfs` at a time, started
+/// as each batch is written) and once more at the end, so that a restore reports done only
+/// once what it restored is on disk. Flushing as it goes lets the disk write while the restore
+/// still reads (the 80k-file bench restore with its `sync`: 3.7 s instead of 4.3 s), and keeps
+/// its dirty pages, which count against the Job's memory limit, few.
+struct Flush {
+    dir: Arc<std::fs::File>,
+    path: PathBuf,
+    running: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The first error of a flush in the background: `syncfs` reports a write-back error to a
+    /// descriptor once, so the final flush would not see it again.
+    failed: Arc<std::sync::Mutex<Option<std::io::Error>>>,
+    started: AtomicU64,
+}
+
+impl Flush {
+    fn open(target: &Path) -> Result<Self> {
+        let dir = std::fs::File::open(target).map_err(|e| BackupError::io(format!("open {}", target.display()), e))?;
+        Ok(Self {
+            dir: Arc::new(dir),
+            path: target.to_path_buf(),
+            running: std::sync::Mutex::new(None),
+            failed: Arc::default(),
+            started: AtomicU64::new(0),
+        })
+    }
+
+    /// Starts a flush in the background unless one is running.
+    fn start(&self) {
+        let mut running = self.running.lock().expect("flush");
+        if running.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        self.started.fetch_add(1, Ordering::Relaxed);
+        let (dir, failed) = (self.dir.clone(), self.failed.clone());
+        *running = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = syncfs(&dir) {
+                failed.lock().expect("flush").get_or_insert(e);
+            }
+        }));
+    }
+
+    /// Waits for the flush in the background, then flushes what was written since.
+    async fn finish(&self) -> Result<()> {
+        let running = self.running.lock().expect("flush").take();
+        if let Some(h) = running {
+            h.await.map_err(|e| BackupError::Aborted(e.to_string()))?;
+        }
+        self.started.fetch_add(1, Ordering::Relaxed);
+        let dir = self.dir.clone();
+        let last =
+            tokio::task::spawn_blocking(move || syncfs(&dir)).await.map_err(|e| BackupError::Aborted(e.to_string()))?;
+        match self.failed.lock().expect("flush").take().map_or(last, Err) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(BackupError::io(format!("flushing the file system of {} to disk", self.path.display()), e)),
+        }
+    }
+}
+
+/// `syncfs(2)`; a file system that cannot flush (some FUSE ones) is not an error.
+fn syncfs(f: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        return Ok(());
+    }
+    match std::io::Error::last_os_error() {
+        e if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)) => Ok(()),
+        e => Err(e),
+    }
 }
 
 /// Batches being written at once, at most: the tail of one, the next, and one more when the
@@ -837,8 +918,10 @@ mod tests {
         let on_bytes = |n| {
             written.fetch_add(n, Ordering::Relaxed);
         };
-        let stats = restore_with(&repo, &snap.root, &target, 3, &on_bytes, limits).await.unwrap();
+        let (stats, flushes) = restore_with(&repo, &snap.root, &target, 3, &on_bytes, limits).await.unwrap();
         assert_eq!(describe(&target), describe(&src));
+        // Batches of 3 files: flushes go on during the restore, and one comes last.
+        assert!(flushes >= 2, "{flushes} flushes");
         assert_eq!(stats.files, 56, "{stats:?}");
         assert_eq!(stats.dirs, 48, "{stats:?}");
         assert_eq!(written.load(Ordering::Relaxed), stats.bytes);
