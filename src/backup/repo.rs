@@ -373,10 +373,9 @@ impl Repository {
     /// Opens (authenticates, decompresses) and parses the tree `e` out of `region`, the bytes
     /// of its pack from offset `start` on.
     pub(crate) fn open_tree(&self, id: &Id, e: &super::index::IndexEntry, region: &[u8], start: u64) -> Result<Tree> {
-        let s = (e.offset as u64 - start) as usize;
-        let sealed = region
-            .get(s..s + e.length as usize)
-            .ok_or_else(|| BackupError::corrupt(format!("tree {id}"), "outside the bytes read for it".to_string()))?;
+        let outside = || BackupError::corrupt(format!("tree {id}"), "outside the bytes read for it".to_string());
+        let s = (e.offset as u64).checked_sub(start).ok_or_else(outside)? as usize;
+        let sealed = region.get(s..s + e.length as usize).ok_or_else(outside)?;
         Tree::decode(id, &pack::open_blob(&self.key, e.kind, id, sealed, e.raw_len)?)
     }
 
@@ -538,6 +537,22 @@ mod tests {
         let storage = Storage::connect(&StorageConfig::Local(dir.path().join("repo"))).await.unwrap();
         Repository::init(storage.clone(), b"secret").await.unwrap();
         (dir, storage)
+    }
+
+    /// A tree opened out of bytes read for it comes out as loaded alone; out of bytes that do
+    /// not hold it (before or past them), it is an error naming the tree, never a panic.
+    #[tokio::test]
+    async fn a_tree_outside_the_bytes_read_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (repo, root, _) = crate::backup::forty_dir_snapshot(tmp.path()).await;
+        let (pack, e) = repo.index().read().unwrap().get(&root).unwrap();
+        let start = e.offset as u64;
+        let bytes = repo.storage().get_range(&pack::pack_key(&pack.id), start, e.length as u64).await.unwrap();
+        assert_eq!(repo.open_tree(&root, &e, &bytes, start).unwrap(), repo.load_tree(&root).await.unwrap());
+        for (region, from) in [(&bytes[..], start + 1), (&bytes[..bytes.len() - 1], start)] {
+            let err = repo.open_tree(&root, &e, region, from).unwrap_err().to_string();
+            assert!(err.contains(&root.to_hex()) && err.contains("outside"), "{err}");
+        }
     }
 
     /// 41 trees of one tree pack come with one GET, each equal to its own load; ids missing
