@@ -29,7 +29,7 @@ use super::writer::{BlobWriter, WriterStats};
 /// Stores a tree and returns its id.
 pub fn save_tree(writer: &BlobWriter, tree: &Tree) -> Result<Id> {
     let json = serde_json::to_vec(tree).expect("tree json");
-    writer.add(BlobKind::Tree, json)
+    writer.add(BlobKind::Tree, &json)
 }
 
 fn node_from_meta(name: &[u8], meta: &std::fs::Metadata, kind: NodeKind) -> Node {
@@ -73,6 +73,34 @@ struct LargeFile {
 enum Entry {
     Done(Option<Node>),
     Reading(Node, std::sync::mpsc::Receiver<Result<(Vec<Id>, u64)>>),
+}
+
+thread_local! {
+    /// A walk thread's buffer for small files: one allocation per thread, not one per file
+    /// (fresh pages faulted in, and freed again, for each of a volume's million small files).
+    static SMALL_FILE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reads `f` to its end into `buf`, expecting `expected` bytes (it may have changed since
+/// its `stat`), and returns the bytes read. `buf` stays initialised up to its largest use,
+/// so it is neither zeroed again nor read into with a probe per file.
+fn read_whole<'b>(f: &mut std::fs::File, expected: usize, buf: &'b mut Vec<u8>) -> std::io::Result<&'b [u8]> {
+    use std::io::Read;
+    if buf.len() <= expected {
+        buf.resize(expected + 1, 0); // one byte more: the read that sees the end is not a probe
+    }
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            buf.resize(2 * buf.len(), 0);
+        }
+        match f.read(&mut buf[filled..]) {
+            Ok(0) => return Ok(&buf[..filled]),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Chunks and stores an open file; read errors name the file.
@@ -238,14 +266,24 @@ impl Walker<'_> {
                 self.stats.files_unchanged.fetch_add(1, Ordering::Relaxed);
             } else if meta.len() < self.small_file {
                 // Below the minimum chunk size the chunker would return the whole file.
-                let data = match std::fs::read(p) {
-                    Ok(d) => d,
+                let mut f = match std::fs::File::open(p) {
+                    Ok(f) => f,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vanished(p),
-                    Err(e) => return Err(BackupError::io(format!("reading {}", p.display()), e)),
+                    Err(e) => return Err(BackupError::io(format!("open {}", p.display()), e)),
                 };
-                n.size = data.len() as u64;
-                self.stats.bytes_read.fetch_add(n.size, Ordering::Relaxed);
-                n.content = if data.is_empty() { Vec::new() } else { vec![self.writer.add(BlobKind::Data, data)?] };
+                let stored = SMALL_FILE.with_borrow_mut(|buf| {
+                    let data = read_whole(&mut f, meta.len() as usize, buf)
+                        .map_err(|e| BackupError::io(format!("reading {}", p.display()), e))?;
+                    n.size = data.len() as u64;
+                    self.stats.bytes_read.fetch_add(n.size, Ordering::Relaxed);
+                    let content =
+                        if data.is_empty() { Vec::new() } else { vec![self.writer.add(BlobKind::Data, data)?] };
+                    if buf.len() > 2 * self.small_file as usize {
+                        *buf = Vec::new(); // the file grew while it was read: do not keep that much
+                    }
+                    Ok::<_, BackupError>(content)
+                });
+                n.content = stored?;
             } else {
                 let f = match std::fs::File::open(p) {
                     Ok(f) => f,
@@ -398,3 +436,25 @@ pub async fn walk_files(repo: &Repository, root: &Node) -> Result<Vec<(String, N
 }
 
 pub use super::restore::{RestoreStats, restore_dir};
+
+#[cfg(test)]
+mod tests {
+    use super::read_whole;
+
+    /// One buffer serves files of any size, larger or smaller than their `stat` said, and
+    /// never returns bytes of an earlier, longer file.
+    #[test]
+    fn read_whole_returns_each_file_exactly_whatever_its_stat_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        for (i, (len, expected)) in
+            [(10_000, 10_000), (3, 3), (0, 0), (70_000, 100), (50, 9_000)].into_iter().enumerate()
+        {
+            let data = crate::backup::test_bytes(i as u64 + 1, len);
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(&path, &data).unwrap();
+            let mut f = std::fs::File::open(&path).unwrap();
+            assert!(read_whole(&mut f, expected, &mut buf).unwrap() == data, "file {i} of {len} bytes");
+        }
+    }
+}

@@ -813,12 +813,25 @@ fn local_put(path: &Path, data: &[u8]) -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
+        drop_cached(&f);
         std::fs::rename(&tmp, path)
     })();
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     res.map_err(|e| BackupError::io(format!("writing {}", path.display()), e))
+}
+
+/// Drops the clean, just-synced pages of an object from the page cache: a backup writes its
+/// packs once and does not read them again. Kept, a backup's whole repository stayed cached,
+/// charged to the agent's memory cgroup and pushing out the node's workloads; and each pack
+/// took fresh pages. Dropped, the next pack reuses them: writing a repository took a tenth of
+/// the system time on this test machine, where fresh pages are costly (a VM that returns
+/// freed memory to its host). Advice only: a failure changes nothing.
+fn drop_cached(f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on an open descriptor; no memory is passed.
+    let _ = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
 fn local_get(path: &Path, key: &str, range: Option<(u64, u64)>, mut buf: Vec<u8>) -> Result<Vec<u8>> {
@@ -969,5 +982,39 @@ mod tests {
         s.delete("data/ab/x").await.unwrap();
         s.delete("data/ab/x").await.unwrap();
         assert!(s.list("data").await.unwrap().is_empty());
+    }
+
+    /// Pages of `path` in the page cache, by `mincore` of a mapping of the file.
+    fn cached_pages(path: &Path) -> usize {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(path).unwrap();
+        let len = f.metadata().unwrap().len() as usize;
+        let page = 4096;
+        let mut resident = vec![0u8; len.div_ceil(page)];
+        // SAFETY: a read-only shared mapping of `len` bytes of an open file, inspected with
+        // mincore into a vector of one byte per page, and unmapped; never dereferenced.
+        unsafe {
+            let addr = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0);
+            assert_ne!(addr, libc::MAP_FAILED);
+            assert_eq!(libc::mincore(addr, len, resident.as_mut_ptr()), 0);
+            libc::munmap(addr, len);
+        }
+        resident.iter().filter(|r| *r & 1 == 1).count()
+    }
+
+    /// A stored object is on disk and out of the page cache (a backup never reads its packs
+    /// back); it reads back whole, from disk.
+    #[tokio::test]
+    async fn a_stored_object_is_not_left_in_the_page_cache() {
+        // On disk: tmpfs pages cannot be dropped.
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let s = Storage::connect(&StorageConfig::Local(dir.path().join("repo"))).await.unwrap();
+        s.ensure_bucket().await.unwrap();
+        let data = crate::backup::test_bytes(7, 4 << 20);
+        s.put("data/ab/pack", Bytes::from(data.clone())).await.unwrap();
+        let path = dir.path().join("repo/data/ab/pack");
+        assert_eq!(cached_pages(&path), 0, "pages of a stored object stayed cached");
+        assert!(s.get("data/ab/pack").await.unwrap() == data);
+        assert!(cached_pages(&path) > 0, "the check sees cached pages"); // the test can fail
     }
 }

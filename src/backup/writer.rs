@@ -155,15 +155,15 @@ impl BlobWriter {
     /// Stores a blob unless it exists already; returns its id. The calling thread compresses
     /// and encrypts it: these are whole small files and trees, from the walk's many threads,
     /// and handing each to a worker cost more in wake-ups than sealing it.
-    pub fn add(&self, kind: BlobKind, data: Vec<u8>) -> Result<Id> {
+    pub fn add(&self, kind: BlobKind, data: &[u8]) -> Result<Id> {
         thread_local! {
             static SEALED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let id = self.shared.repo.key().blob_id(&data);
+        let id = self.shared.repo.key().blob_id(data);
         if self.claim(&id, data.len())? {
             SEALED.with_borrow_mut(|sealed| match kind {
-                BlobKind::Data => run_blob(&self.shared, &id, &data, sealed),
-                BlobKind::Tree => pack_blob(&self.shared, kind, &id, &data, sealed),
+                BlobKind::Data => run_blob(&self.shared, &id, data, sealed),
+                BlobKind::Tree => pack_blob(&self.shared, kind, &id, data, sealed),
             });
         }
         Ok(id)
@@ -470,7 +470,7 @@ mod tests {
                                         barrier.wait(); // keeps the two threads in step
                                     }
                                     let data = crate::backup::test_bytes(t * BLOBS + i + 1, 4096);
-                                    writer.add(BlobKind::Data, data).unwrap()
+                                    writer.add(BlobKind::Data, &data).unwrap()
                                 })
                                 .collect::<Vec<_>>()
                         })
