@@ -8,14 +8,15 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
 use rayon::prelude::*;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use tokio::runtime::Handle;
 
 use super::crypto::Id;
@@ -32,19 +33,45 @@ pub fn save_tree(writer: &BlobWriter, tree: &Tree) -> Result<Id> {
     writer.add(BlobKind::Tree, &json)
 }
 
-fn node_from_meta(name: &[u8], meta: &std::fs::Metadata, kind: NodeKind) -> Node {
+// Casts: `struct stat`'s field types differ between architectures.
+#[allow(clippy::unnecessary_cast)]
+fn node_from_stat(name: &[u8], st: &Stat, kind: NodeKind) -> Node {
     let (name, name_raw) = encode_raw(name);
     let mut n = Node::new(name, kind);
     n.name_raw = name_raw;
-    n.mode = meta.mode() & 0o7777;
-    n.uid = meta.uid();
-    n.gid = meta.gid();
-    n.mtime_sec = meta.mtime();
-    n.mtime_nsec = meta.mtime_nsec() as u32;
-    n.inode = meta.ino();
-    n.ctime_sec = meta.ctime();
-    n.ctime_nsec = meta.ctime_nsec() as u32;
+    n.mode = st.st_mode as u32 & 0o7777;
+    n.uid = st.st_uid as u32;
+    n.gid = st.st_gid as u32;
+    n.mtime_sec = st.st_mtime as i64;
+    n.mtime_nsec = st.st_mtime_nsec as u32;
+    n.inode = st.st_ino as u64;
+    n.ctime_sec = st.st_ctime as i64;
+    n.ctime_nsec = st.st_ctime_nsec as u32;
     n
+}
+
+// The walk goes through directory descriptors: each directory's entries are listed, stat'ed
+// and opened relative to its descriptor, and subdirectories opened from it without following
+// symbolic links. A path is then looked up once, not once per entry per level; and a
+// directory renamed or replaced by a symbolic link during the backup cannot lead the walk
+// outside the tree.
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
+
+/// Opens the directory `name` in `dir` to walk it, without following a symbolic link.
+fn open_subdir(dir: &OwnedFd, name: &OsString) -> std::io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(dir, name.as_os_str(), DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty())?)
+}
+
+/// Opens a directory's entry `name` for reading, without following a symbolic link (it was a
+/// regular file when stat'ed; `ELOOP` means it has been replaced by one since).
+fn open_entry(dir: &OwnedFd, name: &OsString) -> std::io::Result<std::fs::File> {
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY;
+    Ok(std::fs::File::from(rustix::fs::openat(dir, name.as_os_str(), flags, Mode::empty())?))
+}
+
+/// An entry that is gone (or replaced by a symbolic link) since its directory was listed.
+fn is_gone(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP)
 }
 
 struct Walker<'a> {
@@ -151,10 +178,15 @@ pub fn backup_dir(
     path: &Path,
     parent: Option<Parent>,
 ) -> Result<Node> {
-    let meta = std::fs::metadata(path).map_err(|e| BackupError::io(format!("cannot read {}", path.display()), e))?;
-    if !meta.is_dir() {
-        return Err(BackupError::Invalid(format!("{} is not a directory", path.display())));
-    }
+    let root_dir = match rustix::fs::open(path, DIR_FLAGS, Mode::empty()) {
+        Ok(d) => d,
+        Err(rustix::io::Errno::NOTDIR) => {
+            return Err(BackupError::Invalid(format!("{} is not a directory", path.display())));
+        }
+        Err(e) => return Err(BackupError::io(format!("cannot read {}", path.display()), e.into())),
+    };
+    let meta = rustix::fs::fstat(&root_dir)
+        .map_err(|e| BackupError::io(format!("cannot read {}", path.display()), e.into()))?;
     let parent_tree = match parent.and_then(|p| p.root.subtree) {
         Some(id) => Some(handle.block_on(repo.load_tree(&id))?),
         None => None,
@@ -189,12 +221,12 @@ pub fn backup_dir(
             large_file: 8 * repo.config().chunker.max_size as u64,
             large,
         };
-        let subtree = walk_pool()?.install(|| w.dir(path, parent_tree));
+        let subtree = walk_pool()?.install(|| w.dir(root_dir, path, parent_tree));
         // Queued large files of a failed walk are skipped; dropping the walker ends the threads.
         stop.store(subtree.is_err(), Ordering::Relaxed);
         subtree
     })?;
-    let mut root = node_from_meta(b"/", &meta, NodeKind::Dir);
+    let mut root = node_from_stat(b"/", &meta, NodeKind::Dir);
     root.subtree = Some(subtree);
     root.inode = 0;
     root.ctime_sec = 0;
@@ -203,13 +235,17 @@ pub fn backup_dir(
 }
 
 impl Walker<'_> {
-    fn dir(&self, path: &Path, parent: Option<Tree>) -> Result<Id> {
+    /// Backs up the open directory `dir` at `path`; returns its tree's id.
+    fn dir(&self, dir: OwnedFd, path: &Path, parent: Option<Tree>) -> Result<Id> {
         self.stats.dirs.fetch_add(1, Ordering::Relaxed);
-        let mut names: Vec<OsString> = std::fs::read_dir(path)
-            .map_err(|e| BackupError::io(format!("reading directory {}", path.display()), e))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<std::io::Result<_>>()
-            .map_err(|e| BackupError::io(format!("reading directory {}", path.display()), e))?;
+        let listing = |e: std::io::Error| BackupError::io(format!("reading directory {}", path.display()), e);
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&dir).map_err(|e| listing(e.into()))? {
+            let name = entry.map_err(|e| listing(e.into()))?.file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                names.push(OsString::from_vec(name));
+            }
+        }
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         let old: HashMap<Vec<u8>, Node> =
             parent.map(|t| t.nodes.into_iter().map(|n| (n.name_bytes(), n)).collect()).unwrap_or_default();
@@ -217,7 +253,7 @@ impl Walker<'_> {
         // large files are chunked on every core.
         let entries: Vec<Entry> = names
             .par_iter()
-            .map(|name| self.entry(&path.join(name), name, old.get(name.as_bytes())))
+            .map(|name| self.entry(&dir, &path.join(name), name, old.get(name.as_bytes())))
             .collect::<Result<_>>()?;
         let mut nodes = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -236,92 +272,109 @@ impl Walker<'_> {
         save_tree(self.writer, &Tree { nodes })
     }
 
-    /// One directory entry; `None` when it vanished or is a kind that is not backed up.
-    fn entry(&self, p: &Path, name: &OsString, prev: Option<&Node>) -> Result<Entry> {
+    /// One entry of the directory `dir`, at path `p`; `None` when it vanished or is a kind
+    /// that is not backed up.
+    fn entry(&self, dir: &OwnedFd, p: &Path, name: &OsString, prev: Option<&Node>) -> Result<Entry> {
         let vanished = |p: &Path| {
             tracing::warn!(path = %p.display(), "vanished during backup; skipped");
             Ok(Entry::Done(None))
         };
-        let meta = match std::fs::symlink_metadata(p) {
+        let meta = match rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vanished(p),
-            Err(e) => return Err(BackupError::io(format!("stat {}", p.display()), e)),
+            Err(e) if e == rustix::io::Errno::NOENT => return vanished(p),
+            Err(e) => return Err(BackupError::io(format!("stat {}", p.display()), e.into())),
         };
-        let ft = meta.file_type();
-        let node = if ft.is_file() {
-            let mut n = node_from_meta(name.as_bytes(), &meta, NodeKind::File);
-            let unchanged = prev.filter(|o| {
-                o.kind == NodeKind::File
-                    && o.size == meta.len()
-                    && o.mtime_sec == n.mtime_sec
-                    && o.mtime_nsec == n.mtime_nsec
-                    && o.ctime_sec == n.ctime_sec
-                    && o.ctime_nsec == n.ctime_nsec
-                    && o.inode == n.inode
-                    && o.content.iter().all(|id| self.repo.index().read().expect("index").contains(id))
-            });
-            if let Some(o) = unchanged {
-                n.content = o.content.clone();
-                n.size = o.size;
-                self.stats.files_unchanged.fetch_add(1, Ordering::Relaxed);
-            } else if meta.len() < self.small_file {
-                // Below the minimum chunk size the chunker would return the whole file.
-                let mut f = match std::fs::File::open(p) {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vanished(p),
-                    Err(e) => return Err(BackupError::io(format!("open {}", p.display()), e)),
-                };
-                let stored = SMALL_FILE.with_borrow_mut(|buf| {
-                    let data = read_whole(&mut f, meta.len() as usize, buf)
-                        .map_err(|e| BackupError::io(format!("reading {}", p.display()), e))?;
-                    n.size = data.len() as u64;
-                    self.stats.bytes_read.fetch_add(n.size, Ordering::Relaxed);
-                    let content =
-                        if data.is_empty() { Vec::new() } else { vec![self.writer.add(BlobKind::Data, data)?] };
-                    if buf.len() > 2 * self.small_file as usize {
-                        *buf = Vec::new(); // the file grew while it was read: do not keep that much
-                    }
-                    Ok::<_, BackupError>(content)
+        let len = meta.st_size as u64;
+        let node = match FileType::from_raw_mode(meta.st_mode) {
+            FileType::RegularFile => {
+                let mut n = node_from_stat(name.as_bytes(), &meta, NodeKind::File);
+                let unchanged = prev.filter(|o| {
+                    o.kind == NodeKind::File
+                        && o.size == len
+                        && o.mtime_sec == n.mtime_sec
+                        && o.mtime_nsec == n.mtime_nsec
+                        && o.ctime_sec == n.ctime_sec
+                        && o.ctime_nsec == n.ctime_nsec
+                        && o.inode == n.inode
+                        && o.content.iter().all(|id| self.repo.index().read().expect("index").contains(id))
                 });
-                n.content = stored?;
-            } else {
-                let f = match std::fs::File::open(p) {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vanished(p),
-                    Err(e) => return Err(BackupError::io(format!("open {}", p.display()), e)),
-                };
-                let previous = prev.filter(|o| o.kind == NodeKind::File).map(|o| &o.content[..]);
-                if meta.len() >= self.large_file {
-                    let (done, reading) = std::sync::mpsc::sync_channel(1);
-                    let job = LargeFile { file: f, path: p.to_owned(), previous: previous.map(<[Id]>::to_vec), done };
-                    self.large.send(job).map_err(|_| BackupError::Aborted("the large-file threads stopped".into()))?;
-                    return Ok(Entry::Reading(n, reading));
+                if let Some(o) = unchanged {
+                    n.content = o.content.clone();
+                    n.size = o.size;
+                    self.stats.files_unchanged.fetch_add(1, Ordering::Relaxed);
+                } else if len < self.small_file {
+                    // Below the minimum chunk size the chunker would return the whole file.
+                    let mut f = match open_entry(dir, name) {
+                        Ok(f) => f,
+                        Err(e) if is_gone(&e) => return vanished(p),
+                        Err(e) => return Err(BackupError::io(format!("open {}", p.display()), e)),
+                    };
+                    let stored = SMALL_FILE.with_borrow_mut(|buf| {
+                        let data = read_whole(&mut f, len as usize, buf)
+                            .map_err(|e| BackupError::io(format!("reading {}", p.display()), e))?;
+                        n.size = data.len() as u64;
+                        self.stats.bytes_read.fetch_add(n.size, Ordering::Relaxed);
+                        let content =
+                            if data.is_empty() { Vec::new() } else { vec![self.writer.add(BlobKind::Data, data)?] };
+                        if buf.len() > 2 * self.small_file as usize {
+                            *buf = Vec::new(); // the file grew while it was read: do not keep that much
+                        }
+                        Ok::<_, BackupError>(content)
+                    });
+                    n.content = stored?;
+                } else {
+                    let f = match open_entry(dir, name) {
+                        Ok(f) => f,
+                        Err(e) if is_gone(&e) => return vanished(p),
+                        Err(e) => return Err(BackupError::io(format!("open {}", p.display()), e)),
+                    };
+                    let previous = prev.filter(|o| o.kind == NodeKind::File).map(|o| &o.content[..]);
+                    if len >= self.large_file {
+                        let (done, reading) = std::sync::mpsc::sync_channel(1);
+                        let job =
+                            LargeFile { file: f, path: p.to_owned(), previous: previous.map(<[Id]>::to_vec), done };
+                        self.large
+                            .send(job)
+                            .map_err(|_| BackupError::Aborted("the large-file threads stopped".into()))?;
+                        return Ok(Entry::Reading(n, reading));
+                    }
+                    (n.content, n.size) = store_file(self.writer, f, p, previous)?;
                 }
-                (n.content, n.size) = store_file(self.writer, f, p, previous)?;
+                self.stats.files.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes_total.fetch_add(n.size, Ordering::Relaxed);
+                n
             }
-            self.stats.files.fetch_add(1, Ordering::Relaxed);
-            self.stats.bytes_total.fetch_add(n.size, Ordering::Relaxed);
-            n
-        } else if ft.is_dir() {
-            let mut n = node_from_meta(name.as_bytes(), &meta, NodeKind::Dir);
-            let sub = match prev.filter(|o| o.kind == NodeKind::Dir).and_then(|o| o.subtree) {
-                Some(id) => Some(self.handle.block_on(self.repo.load_tree(&id))?),
-                None => None,
-            };
-            n.subtree = Some(self.dir(p, sub)?);
-            n
-        } else if ft.is_symlink() {
-            let mut n = node_from_meta(name.as_bytes(), &meta, NodeKind::Symlink);
-            let target = std::fs::read_link(p).map_err(|e| BackupError::io(format!("readlink {}", p.display()), e))?;
-            let (t, raw) = encode_raw(target.as_os_str().as_bytes());
-            n.target = Some(t);
-            n.target_raw = raw;
-            n
-        } else if std::os::unix::fs::FileTypeExt::is_fifo(&ft) {
-            node_from_meta(name.as_bytes(), &meta, NodeKind::Fifo)
-        } else {
-            tracing::warn!(path = %p.display(), "sockets and device files are not backed up; skipped");
-            return Ok(Entry::Done(None));
+            FileType::Directory => {
+                let sub_dir = match open_subdir(dir, name) {
+                    Ok(d) => d,
+                    Err(e) if is_gone(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => return vanished(p),
+                    Err(e) => return Err(BackupError::io(format!("reading directory {}", p.display()), e)),
+                };
+                let mut n = node_from_stat(name.as_bytes(), &meta, NodeKind::Dir);
+                let sub = match prev.filter(|o| o.kind == NodeKind::Dir).and_then(|o| o.subtree) {
+                    Some(id) => Some(self.handle.block_on(self.repo.load_tree(&id))?),
+                    None => None,
+                };
+                n.subtree = Some(self.dir(sub_dir, p, sub)?);
+                n
+            }
+            FileType::Symlink => {
+                let mut n = node_from_stat(name.as_bytes(), &meta, NodeKind::Symlink);
+                let target = match rustix::fs::readlinkat(dir, name.as_os_str(), Vec::new()) {
+                    Ok(t) => t,
+                    Err(e) if e == rustix::io::Errno::NOENT => return vanished(p),
+                    Err(e) => return Err(BackupError::io(format!("readlink {}", p.display()), e.into())),
+                };
+                let (t, raw) = encode_raw(target.as_bytes());
+                n.target = Some(t);
+                n.target_raw = raw;
+                n
+            }
+            FileType::Fifo => node_from_stat(name.as_bytes(), &meta, NodeKind::Fifo),
+            _ => {
+                tracing::warn!(path = %p.display(), "sockets and device files are not backed up; skipped");
+                return Ok(Entry::Done(None));
+            }
         };
         Ok(Entry::Done(Some(node)))
     }
@@ -439,7 +492,30 @@ pub use super::restore::{RestoreStats, restore_dir};
 
 #[cfg(test)]
 mod tests {
-    use super::read_whole;
+    use super::*;
+
+    /// A file or directory replaced by a symbolic link after its directory was listed reads as
+    /// gone: the walk neither reads the link's target nor descends into it.
+    #[test]
+    fn entries_are_not_opened_through_symbolic_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("outside")).unwrap();
+        std::fs::write(tmp.path().join("outside/secret"), b"not in the tree").unwrap();
+        std::fs::create_dir_all(tmp.path().join("tree/sub")).unwrap();
+        std::fs::write(tmp.path().join("tree/file"), b"in the tree").unwrap();
+        std::os::unix::fs::symlink("../outside", tmp.path().join("tree/dir-link")).unwrap();
+        std::os::unix::fs::symlink("../outside/secret", tmp.path().join("tree/file-link")).unwrap();
+        let tree = rustix::fs::open(tmp.path().join("tree"), DIR_FLAGS, Mode::empty()).unwrap();
+        let name = |n: &str| OsString::from(n);
+
+        let gone = |e: std::io::Error| is_gone(&e) || e.raw_os_error() == Some(libc::ENOTDIR);
+        assert!(gone(open_subdir(&tree, &name("dir-link")).unwrap_err()));
+        assert!(gone(open_entry(&tree, &name("file-link")).unwrap_err()));
+        // The same calls open real entries.
+        open_subdir(&tree, &name("sub")).unwrap();
+        let mut f = open_entry(&tree, &name("file")).unwrap();
+        assert_eq!(read_whole(&mut f, 0, &mut Vec::new()).unwrap(), b"in the tree");
+    }
 
     /// One buffer serves files of any size, larger or smaller than their `stat` said, and
     /// never returns bytes of an earlier, longer file.
