@@ -246,14 +246,17 @@ if [ -n "$SMALL" ]; then
   done
   # Initial backup against tar | zstd -1 -T2 (item 4), page cache warm for both, fresh
   # repository each time.
+  # Read the tree just before each run, through a pipe: GNU tar writing straight to /dev/null
+  # skips reading the files, and a kernel that pages out what was not used for a while (DAMON
+  # reclaim on this machine's VM) would leave either side reading part of it from disk.
+  warm() { tar -C "$SRC" -cf - . | cat > /dev/null; }
   for i in 1 2 3; do
-    tar -C "$SRC" -cf - . > /dev/null
-    measure "tz$i" sh -c "tar -C $SRC -cf - . | zstd -q -1 -T2 > /dev/null"
+    warm; measure "tz$i" sh -c "tar -C $SRC -cf - . | zstd -q -1 -T2 > /dev/null"
     new_repos; "${AGENT[@]}" init > /dev/null
-    measure "bi$i" "${AGENT[@]}" backup-dir "$SRC"
+    warm; measure "bi$i" "${AGENT[@]}" backup-dir "$SRC"
     # The same at zstd level 1, like for like with `zstd -1` (the default level is 3).
     new_repos; "${AGENT[@]}" init > /dev/null
-    measure "bl$i" "${AGENT[@]}" backup-dir --compression-level 1 "$SRC"
+    warm; measure "bl$i" "${AGENT[@]}" backup-dir --compression-level 1 "$SRC"
   done
   med() { for i in 1 2 3; do secs "$1$i"; done | sort -n | sed -n 2p; }
   med_cpu() { for i in 1 2 3; do cpu "$1$i"; done | sort -n | sed -n 2p; }
