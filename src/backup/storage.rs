@@ -805,13 +805,13 @@ async fn multipart_put(
 }
 
 fn local_put(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
     let dir = path.parent().expect("object path has a parent");
     std::fs::create_dir_all(dir).map_err(|e| BackupError::io(format!("mkdir {}", dir.display()), e))?;
     let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), super::crypto::random_hex(8)));
     let res = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
+        let f = std::fs::File::create(&tmp)?;
+        let direct = write_direct(&f, data);
+        std::os::unix::fs::FileExt::write_all_at(&f, &data[direct..], direct as u64)?;
         f.sync_all()?;
         drop_cached(&f);
         std::fs::rename(&tmp, path)
@@ -820,6 +820,37 @@ fn local_put(path: &Path, data: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     res.map_err(|e| BackupError::io(format!("writing {}", path.display()), e))
+}
+
+/// Writes the longest whole-page prefix of `data` around the page cache (`O_DIRECT`), when
+/// `data` starts on a page boundary, as pack buffers do; returns the bytes so written, and
+/// the caller writes the rest through the cache. A backup never reads its packs again, and
+/// the copy into the page cache was the largest cost of writing a `file://` repository that
+/// the backup could avoid (8 % of a small-file backup's CPU time). A file system without
+/// direct I/O, or one that refuses a write (larger blocks), ends this early and loses nothing.
+fn write_direct(f: &std::fs::File, data: &[u8]) -> usize {
+    use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+    const PAGE: usize = 4096;
+    let len = data.len() / PAGE * PAGE;
+    if len == 0 || !(data.as_ptr() as usize).is_multiple_of(PAGE) {
+        return 0;
+    }
+    let Ok(flags) = fcntl_getfl(f) else { return 0 };
+    if fcntl_setfl(f, flags | OFlags::DIRECT).is_err() {
+        return 0;
+    }
+    let mut done = 0;
+    while done < len {
+        match std::os::unix::fs::FileExt::write_at(f, &data[done..len], done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break, // the buffered write of the rest reports a lasting error
+        }
+    }
+    // Should this fail, the unaligned rest fails to write and the put reports it.
+    let _ = fcntl_setfl(f, flags);
+    done
 }
 
 /// Drops the clean, just-synced pages of an object from the page cache: a backup writes its
@@ -1016,5 +1047,37 @@ mod tests {
         assert_eq!(cached_pages(&path), 0, "pages of a stored object stayed cached");
         assert!(s.get("data/ab/pack").await.unwrap() == data);
         assert!(cached_pages(&path) > 0, "the check sees cached pages"); // the test can fail
+    }
+
+    /// Whole pages of a page-aligned buffer are written directly, the rest through the cache,
+    /// and the file holds exactly the data; an unaligned buffer is left to the cached write.
+    #[test]
+    fn direct_writes_cover_the_whole_pages_of_an_aligned_buffer() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap(); // ext4, not tmpfs
+        let mut backing = vec![0u8; 8 * 4096];
+        let start = backing.as_ptr().align_offset(4096);
+        let data = crate::backup::test_bytes(3, 3 * 4096 + 100);
+        backing[start..start + data.len()].copy_from_slice(&data);
+        let aligned = &backing[start..start + data.len()];
+        use std::os::unix::fs::OpenOptionsExt;
+        let probe = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(dir.path().join("p"));
+        let whole = if probe.is_ok() { 3 * 4096 } else { 0 };
+        if probe.is_err() {
+            eprintln!("{} has no O_DIRECT; only the cached path is tested", dir.path().display());
+        }
+        for (name, bytes, direct) in [("aligned", aligned, whole), ("unaligned", &aligned[1..], 0)] {
+            let path = dir.path().join(name);
+            let f = std::fs::File::create(&path).unwrap();
+            assert_eq!(write_direct(&f, bytes), direct, "{name}");
+            std::os::unix::fs::FileExt::write_all_at(&f, &bytes[direct..], direct as u64).unwrap();
+            drop(f);
+            assert!(std::fs::read(&path).unwrap() == bytes, "{name}: file differs");
+        }
+        local_put(&dir.path().join("put"), aligned).unwrap();
+        assert!(std::fs::read(dir.path().join("put")).unwrap() == aligned);
     }
 }
