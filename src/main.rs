@@ -78,15 +78,9 @@ fn is_agent_restore(args: &[&[u8]]) -> bool {
 
 /// Runs before `main` (glibc passes `argc`/`argv` to `.init_array` functions), before the
 /// first allocation: picks the allocator and sets its options. For mimalloc: no eager arena
-/// commit and a short purge delay ([`PURGE_DELAY_MS`]). For
+/// commit and immediate purge (holding freed pages kept 2.5-3x the live heap resident). For
 /// glibc: buffers below 32 MiB from the heap, trimmed above 128 MiB, at most 4 arenas. The
 /// `MIMALLOC_ARENA_EAGER_COMMIT`, `MIMALLOC_PURGE_DELAY` and `GLIBC_TUNABLES` variables win.
-/// How long mimalloc keeps freed pages before it returns them to the kernel. Its default of a
-/// second kept 2.5-3x a backup's live heap resident; purging at once made every free of a
-/// buffer an `madvise` with a TLB shootdown on each core, and its next use a page fault each
-/// page (7 % of a small-file backup's CPU time). 10 ms keeps the pages of the buffers in use.
-const PURGE_DELAY_MS: libc::c_long = 10;
-
 #[used]
 #[unsafe(link_section = ".init_array")]
 static CHOOSE_ALLOCATOR: extern "C" fn(libc::c_int, *const *const libc::c_char) = {
@@ -113,11 +107,9 @@ static CHOOSE_ALLOCATOR: extern "C" fn(libc::c_int, *const *const libc::c_char) 
             }
             // `mi_option_arena_eager_commit` and `mi_option_purge_delay` in mimalloc.h (the
             // same numbers in v2 and v3; libmimalloc-sys does not name them).
-            for (option, value, env) in
-                [(4, 0, c"MIMALLOC_ARENA_EAGER_COMMIT"), (15, PURGE_DELAY_MS, c"MIMALLOC_PURGE_DELAY")]
-            {
+            for (option, env) in [(4, c"MIMALLOC_ARENA_EAGER_COMMIT"), (15, c"MIMALLOC_PURGE_DELAY")] {
                 if libc::getenv(env.as_ptr()).is_null() {
-                    libmimalloc_sys::mi_option_set(option, value);
+                    libmimalloc_sys::mi_option_set(option, 0);
                 }
             }
         }
