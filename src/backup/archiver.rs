@@ -69,6 +69,20 @@ fn open_entry(dir: &OwnedFd, name: &OsString) -> std::io::Result<std::fs::File> 
     Ok(std::fs::File::from(rustix::fs::openat(dir, name.as_os_str(), flags, Mode::empty())?))
 }
 
+/// Raises the soft limit of open files to the hard one, as Go programs do at start. The walk
+/// holds a descriptor per directory level on each walk thread, and containers often start
+/// with a soft limit of 1,024: a tree deeper than that would fail with `EMFILE`.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls with a valid, initialised struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// An entry that is gone (or replaced by a symbolic link) since its directory was listed.
 fn is_gone(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP)
@@ -152,6 +166,9 @@ fn store_large_file(
     stored
 }
 
+/// Stack of a walk thread: enough for trees thousands of levels deep.
+const WALK_STACK: usize = 64 << 20;
+
 /// Threads that walk and read: twice the cores (stat calls on a cold cache wait on the disk),
 /// at most 8 so that the chunkers' buffers (up to two maximum-size chunks each) stay bounded.
 fn walk_pool() -> Result<rayon::ThreadPool> {
@@ -159,6 +176,9 @@ fn walk_pool() -> Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
         .num_threads((cores * 2).clamp(4, 8))
         .thread_name(|i| format!("berth-walk-{i}"))
+        // The walk recurses a few frames per directory level: deep trees need more than the
+        // 2 MiB default. Untouched stack pages cost no memory.
+        .stack_size(WALK_STACK)
         .build()
         .map_err(|e| BackupError::Aborted(format!("starting the walk threads: {e}")))
 }
@@ -178,6 +198,7 @@ pub fn backup_dir(
     path: &Path,
     parent: Option<Parent>,
 ) -> Result<Node> {
+    raise_open_files_limit();
     let root_dir = match rustix::fs::open(path, DIR_FLAGS, Mode::empty()) {
         Ok(d) => d,
         Err(rustix::io::Errno::NOTDIR) => {

@@ -728,6 +728,35 @@ mod tests {
         assert!(report.errors.is_empty(), "{:?}", report.errors);
     }
 
+    /// A tree deeper than the soft limit of open files backs up and restores whole: the walk
+    /// holds a descriptor per level, and raises the limit to the hard one. (Nextest runs each
+    /// test in a process of its own, so the lowered limit stays here.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tree_deeper_than_the_soft_open_files_limit_backs_up() {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: plain syscalls with a valid, initialised struct.
+        unsafe { assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0) };
+        if limit.rlim_max < 1024 {
+            eprintln!("hard limit of open files {} is too low to test", limit.rlim_max);
+            return;
+        }
+        limit.rlim_cur = 256;
+        // SAFETY: as above.
+        unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0) };
+        let tmp = tempfile::tempdir().unwrap();
+        let (repo_dir, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+        let deep: PathBuf = std::iter::repeat_n("d", 400).collect();
+        std::fs::create_dir_all(src.join(&deep)).unwrap();
+        std::fs::write(src.join(&deep).join("f"), b"at the bottom").unwrap();
+        let storage = Storage::connect(&StorageConfig::Local(repo_dir)).await.unwrap();
+        let repo = Repository::init(storage, b"secret").await.unwrap();
+        let (_, snap) = backup_directory(&repo, &src, vec![], Arc::default(), None).await.unwrap();
+        assert_eq!((snap.summary.files, snap.summary.dirs), (1, 401));
+        let target = tmp.path().join("restored");
+        crate::backup::archiver::restore_dir(&repo, &snap.root, &target, 4, &|_| {}).await.unwrap();
+        assert_eq!(std::fs::read(target.join(&deep).join("f")).unwrap(), b"at the bottom");
+    }
+
     /// A writer that opened the repository before a prune removed data must not refer to
     /// that data: once locked it reloads the index and uploads the content again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
