@@ -3,8 +3,7 @@
 //! `config`, a forged key file asking for 10^9 PBKDF2 rounds, and `repo migrate` of a
 //! format-1 repository, which then restores byte-identically.
 
-mod agent_support;
-mod support;
+use crate::agent_support;
 
 use agent_support::{Agent, files_below, pseudo_random};
 use berth::backup::{S3Config, Storage, StorageConfig};

@@ -1,8 +1,7 @@
 //! `kill -9` in the middle of a backup leaves a repository that passes `check`; the next
 //! backup succeeds and reuses what the killed one uploaded.
 
-mod agent_support;
-mod support;
+use crate::agent_support;
 
 use std::time::{Duration, Instant};
 

@@ -1,8 +1,7 @@
 //! `berth agent backup-dir` / `restore` / `check` / `forget` / `prune` against a real
 //! S3-compatible server (s3s-fs in-process).
 
-mod agent_support;
-mod support;
+use crate::agent_support;
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;

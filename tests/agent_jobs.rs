@@ -4,8 +4,8 @@
 //! and a real PostgreSQL 15 and RabbitMQ on loopback. The database host in the credentials Secret is the
 //! in-cluster Service name; a host override maps it to the loopback server.
 
-mod agent_support;
-mod support;
+use crate::agent_support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

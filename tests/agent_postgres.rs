@@ -1,7 +1,7 @@
 //! `berth agent backup-postgres` → drop → `restore` against a real PostgreSQL 15.
 
-mod agent_support;
-mod support;
+use crate::agent_support;
+use crate::support;
 
 use agent_support::Agent;
 use support::servers::Postgres;

@@ -1,7 +1,7 @@
 //! `berth agent backup-rabbitmq` → wipe → `restore` against a real RabbitMQ node.
 
-mod agent_support;
-mod support;
+use crate::agent_support;
+use crate::support;
 
 use agent_support::Agent;
 use support::servers::RabbitMq;

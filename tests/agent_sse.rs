@@ -5,8 +5,8 @@
 //! replication, each with the settings built from a `StorageLocation` as the operator and
 //! the Job builder build them. `check` reads the encryption back and reports objects without it.
 
-mod agent_support;
-mod support;
+use crate::agent_support;
+use crate::support;
 
 use std::sync::Arc;
 

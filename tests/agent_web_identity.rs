@@ -3,8 +3,8 @@
 //! stand-in on loopback (`AWS_ENDPOINT_URL_STS`) whose temporary keys the S3 server accepts.
 //! A recording proxy in front of the S3 server shows the session token on every request.
 
-mod agent_support;
-mod support;
+use crate::agent_support;
+use crate::support;
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! watches (resume, 410, selectors), finalizers, owner-reference GC, CRD validation, Tables,
 //! fault injection and the built-in controller stand-ins.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! server-side apply of children and status, an events.k8s.io Recorder, a Lease) runs
 //! unmodified against the test API server.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::sync::Arc;

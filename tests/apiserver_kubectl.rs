@@ -5,7 +5,7 @@
 //! kubectl comes from `<repo>/.tools/bin/kubectl` (`BERTH_TOOLS_DIR` overrides `<repo>/.tools`),
 //! installed by `scripts/install-tools.sh`. Without it this test fails.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

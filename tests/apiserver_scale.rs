@@ -2,9 +2,9 @@
 //! a kube-runtime Controller converges N custom resources with 8 server-side-applied children
 //! each (the shape of an AppEnvironment) and a status write.
 //!
-//! `WIDGETS=1000 cargo nextest run --test apiserver_scale --run-ignored all --no-capture`
+//! `WIDGETS=1000 cargo nextest run --test integration apiserver_scale:: --run-ignored all --no-capture`
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::sync::Arc;

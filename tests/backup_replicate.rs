@@ -3,7 +3,7 @@
 //! source is mirrored with `delete_extraneous`; an empty, partial or foreign source is refused
 //! without touching the replica.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

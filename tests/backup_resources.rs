@@ -1,7 +1,7 @@
 //! The library API the Backup controller uses: Kubernetes objects in the Velero-style layout
 //! and retention, against a real S3-compatible server.
 
-mod support;
+use crate::support;
 
 use berth::backup::{Repository, RetentionPolicy, S3Config, Storage, StorageConfig, archiver, ops, resources};
 use support::servers::S3Server;

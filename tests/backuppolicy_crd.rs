@@ -3,7 +3,7 @@
 //! type, `aws:kms` without `kmsKeyId`, `kmsKeyId` with `AES256`) with messages naming the
 //! field and the fix, and accept the two valid forms.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

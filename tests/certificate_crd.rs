@@ -3,7 +3,7 @@
 //! (a Certificate without `spec.secretName`, an unknown key usage) and accepts, unpruned, the
 //! Certificate `berth render` makes for the production example.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

@@ -11,7 +11,7 @@
 //! sizes, snapshot ids) replaced by placeholders. `BERTH_UPDATE_GOLDEN=1` rewrites them; review
 //! the diff (`git diff tests/fixtures/cli`) before committing it.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -11,7 +11,7 @@
 //!   upgrade): the app stays Ready throughout, one leader, the CRDs' schemas become the working
 //!   tree's.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

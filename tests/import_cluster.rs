@@ -6,7 +6,7 @@
 //! ReplicaSet and pods before and after), a hand-written one only after the rollout is
 //! allowed, keeping its selector.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! printer columns, `kubectl get berth`, `kubectl wait` for Ready, and `kubectl explain` on
 //! every field of every kind.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The kubelet stand-in (tests/support/kubelet.rs) against the real control plane: the real
 //! ReplicaSet, Job, PV, namespace and garbage-collection controllers act on what it reports.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -5,7 +5,7 @@
 //! the Lease, `/readyz` answers, and the example AppEnvironment becomes Ready, reconciled by
 //! the Lease holder.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Instant;

@@ -6,7 +6,7 @@
 //! started and stopped leading, stamped with the host's monotonic clock (both processes share
 //! it), and the work the new leader then does.
 
-mod support;
+use crate::support;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

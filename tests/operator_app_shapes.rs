@@ -6,7 +6,7 @@
 //! workers are Deployments without Service; a migration Job runs before the Deployment moves
 //! to a new image, and a failed one stops the rollout.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

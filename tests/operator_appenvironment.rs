@@ -6,7 +6,7 @@
 //! respects `paused`, corrects drift, and is removed with its children by the real garbage
 //! collector.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

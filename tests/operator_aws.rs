@@ -6,7 +6,7 @@
 //! documentation (tests/fixtures/cluster/), with this test in the External Secrets Operator's
 //! part: it fills the target Secret and sets the ExternalSecret's Ready condition.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

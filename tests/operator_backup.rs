@@ -6,7 +6,7 @@
 //! names reach the loopback servers through the operator's `--endpoint-overrides` and the
 //! kubelet's host overrides.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

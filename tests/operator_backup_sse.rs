@@ -4,7 +4,7 @@
 //! (AES256), through a recording proxy in front of the S3 server (s3s-fs, which ignores the
 //! headers). Every object the operator and the agent write carries its location's encryption.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

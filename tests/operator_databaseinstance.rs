@@ -6,7 +6,7 @@
 //! container image's entrypoint: it gives the server's administrative user the password the
 //! operator generated into the credentials Secret.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

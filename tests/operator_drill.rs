@@ -4,7 +4,7 @@
 //! drill namespace's `orders-db` is its own PostgreSQL, so that a drill can be told from a
 //! write to the source.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

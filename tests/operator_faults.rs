@@ -14,7 +14,7 @@
 //! nothing is done twice (one agent Job per item and attempt, one snapshot per item, every
 //! restored object and every Job created once, counted from the API server's audit log).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -10,7 +10,7 @@
 //! - a Restore into a namespace that does not exist waits for it (07f1983);
 //! - a child the API server refuses with 422 becomes a condition, not a hot loop (ad76b41).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -12,7 +12,7 @@
 //! - a Restore that cannot finish ends Failed with `TimedOut` when `spec.timeout` runs out, and
 //!   the API server refuses a timeout that is not a duration.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

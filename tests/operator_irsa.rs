@@ -9,7 +9,7 @@
 //! no token in sight; an account whose Role lacks the token rule is told which rule to add; and
 //! the operator's own keys are never used.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -19,7 +19,7 @@
 //! impersonates: refusals must come from the access reviews before any write, never from a
 //! write the API server refused.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! rotation changes what the server accepts, and only `reclaimPolicy: Delete` items are
 //! dropped when they leave the spec.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 

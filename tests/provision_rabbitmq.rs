@@ -3,7 +3,7 @@
 //! password rotation changes what the server accepts, and only `reclaimPolicy: Delete` users
 //! are deleted when they leave the spec.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 
