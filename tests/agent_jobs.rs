@@ -16,14 +16,13 @@ use berth::api::{Backup, Restore};
 use berth::backup::{Repository, S3Config, Storage, StorageConfig};
 use berth::resources::backup::jobs::{AgentTask, JobSettings, KEY_FILE_PATH, agent_job};
 use berth::resources::meta::owner_reference;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::apiserver::TestApiServer;
 use support::jobs::{LocalJobRunner, apply_overrides, expand, map_paths};
+use support::objects::create_secret;
 use support::servers::{Postgres, RabbitMq, S3Server};
 use support::wait::eventually;
 
@@ -67,12 +66,13 @@ impl World {
             .expect("init repository");
         create_secret(
             &client,
+            NS,
             "s3-credentials",
             &[("AWS_ACCESS_KEY_ID", s3.access_key.as_str()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key.as_str())],
         )
         .await;
         // With a trailing newline, as `kubectl create secret --from-file` of an echoed key.
-        create_secret(&client, "repository-key", &[("key", &format!("{KEY}\n"))]).await;
+        create_secret(&client, NS, "repository-key", &[("key", &format!("{KEY}\n"))]).await;
 
         let backups: Api<Backup> = Api::namespaced(client.clone(), NS);
         let backup: Backup = serde_json::from_value(json!({
@@ -152,16 +152,6 @@ fn storage_config(s3: &S3Server, storage: &StorageLocation) -> StorageConfig {
     })
 }
 
-async fn create_secret(client: &kube::Client, name: &str, data: &[(&str, &str)]) {
-    let api: Api<Secret> = Api::namespaced(client.clone(), NS);
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
-        data: Some(data.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()),
-        ..Secret::default()
-    };
-    api.create(&PostParams::default(), &secret).await.unwrap_or_else(|e| panic!("create Secret {name}: {e}"));
-}
-
 /// `(type, message)` of the Job's terminal condition.
 fn outcome(job: &Job) -> (String, String) {
     let c = job
@@ -187,6 +177,7 @@ async fn postgres_backup_and_restore_jobs_run_the_agent_against_real_servers() {
     // As the DatabaseInstance controller writes it: the in-cluster Service, the real port.
     create_secret(
         &world.client,
+        NS,
         "db-credentials",
         &[("username", "postgres"), ("password", &pg.password), ("host", &host), ("port", "5432")],
     )
@@ -291,7 +282,7 @@ async fn jobs_fail_with_a_message_when_a_secret_or_volume_is_missing() {
     assert!(runner.runs_of("nightly-1-ghost")[0].exit_code.is_none(), "the agent never ran");
 
     // A Secret without the key the Job names.
-    create_secret(&world.client, "half-credentials", &[("username", "postgres"), ("host", "half.team.svc")]).await;
+    create_secret(&world.client, NS, "half-credentials", &[("username", "postgres"), ("host", "half.team.svc")]).await;
     let job = world.run(&AgentTask::BackupPostgres { instance: "half".into() }, "nightly-1-half").await;
     let (ty, msg) = outcome(&job);
     assert_eq!(ty, "Failed");
@@ -321,6 +312,7 @@ async fn rabbitmq_backup_and_restore_jobs_use_the_management_port_of_the_secrets
     let host = format!("mq.{NS}.svc");
     create_secret(
         &world.client,
+        NS,
         "mq-credentials",
         &[("username", &rabbit.user), ("password", &rabbit.password), ("host", &host), ("port", "5672")],
     )

@@ -5,17 +5,13 @@
 
 use crate::support;
 
-use std::path::Path;
 use std::process::Command;
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 use support::cluster::Cluster;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use support::objects::repo;
 
 /// The Certificate in `berth render -f deploy/examples/appenvironment-production.yaml`.
 fn rendered_certificate() -> Value {

@@ -18,13 +18,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use berth::api::{Backup, BackupPolicy, DatabaseInstance};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use support::cluster::Cluster;
 use support::kubectl::Kubectl;
+use support::objects::{create, is_ready, repo, storage_secrets};
 use support::operator::Operator;
 use support::servers::{Postgres, S3Server};
 use support::wait::eventually;
@@ -32,10 +32,6 @@ use support::wait::eventually;
 const NS: &str = "shop";
 const KEY: &str = "correct horse battery staple";
 const WAIT: Duration = Duration::from_secs(120);
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// One command's result.
 struct Run {
@@ -157,38 +153,13 @@ fn take_progress(run: &mut Run, pattern: &str) -> Vec<String> {
     progress
 }
 
-async fn create<K>(client: &kube::Client, value: Value) -> K
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), NS);
-    api.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap()
-}
-
-async fn create_secret(client: &kube::Client, name: &str, data: &[(&str, &str)]) {
-    let data = data.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect();
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
-        data: Some(data),
-        ..Secret::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), NS).create(&PostParams::default(), &secret).await.unwrap();
-}
-
-fn is_ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
-    conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
 /// A kubeconfig for a ServiceAccount of `NS` bound to the built-in `view` role there (which
 /// the chart's aggregated ClusterRole extends to Berth's kinds).
 async fn viewer_kubeconfig(cluster: &Cluster) -> PathBuf {
     let client = cluster.client();
     let _: ServiceAccount =
-        create(&client, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "viewer"}})).await;
+        create(&client, NS, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "viewer"}}))
+            .await;
     let binding = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": "viewer", "namespace": NS},
@@ -228,11 +199,10 @@ async fn status_backup_and_restore_through_kubectl_match_the_golden_session() {
     operator.wait_ready(WAIT);
 
     // What a team has before it reaches for the CLI: an app, its database and a policy.
-    let creds = [("AWS_ACCESS_KEY_ID", s3.access_key.as_str()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key.as_str())];
-    create_secret(&client, "s3-credentials", &creds).await;
-    create_secret(&client, "repository-key", &[("key", &format!("{KEY}\n"))]).await;
+    storage_secrets(&client, NS, &s3, KEY).await;
     let _: DatabaseInstance = create(
         &client,
+        NS,
         json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "DatabaseInstance", "metadata": {"name": "orders-db"},
             "spec": {"engine": "postgres", "version": "15", "storage": {"size": "1Gi"},
@@ -250,6 +220,7 @@ async fn status_backup_and_restore_through_kubectl_match_the_golden_session() {
     pg.password = password;
     let _: berth::api::AppEnvironment = create(
         &client,
+        NS,
         json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "AppEnvironment", "metadata": {"name": "web"},
             "spec": {"tier": "development", "image": "ghcr.io/example/web:1",
@@ -259,6 +230,7 @@ async fn status_backup_and_restore_through_kubectl_match_the_golden_session() {
     .await;
     let _: BackupPolicy = create(
         &client,
+        NS,
         json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "BackupPolicy", "metadata": {"name": "nightly"},
             "spec": {"schedule": "0 3 * * *", "suspend": true,
@@ -369,6 +341,7 @@ async fn status_backup_and_restore_through_kubectl_match_the_golden_session() {
     // Every refusal names the object and the fix, with its own exit code.
     let _: BackupPolicy = create(
         &client,
+        NS,
         json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "BackupPolicy", "metadata": {"name": "weekly"},
             "spec": {"schedule": "0 4 * * 0", "suspend": true,
@@ -380,8 +353,7 @@ async fn status_backup_and_restore_through_kubectl_match_the_golden_session() {
     .await;
     // Storage nobody answers on: the Backup ends Failed and `--wait` exits 3.
     let closed = support::operator::free_port();
-    let _: BackupPolicy = create(
-        &client,
+    let _: BackupPolicy = create(&client, NS,
         json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "BackupPolicy", "metadata": {"name": "unreachable"},
             "spec": {"schedule": "0 4 * * *", "suspend": true,

@@ -3,14 +3,12 @@
 //! (databases, secrets, interpolation, networks, extends, profiles) and the report are checked
 //! structurally; bad input exits 2 with file:line and writes nothing.
 
-use std::path::{Path, PathBuf};
+use crate::support::objects::repo;
+
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn fixtures() -> PathBuf {
     repo().join("tests/fixtures/compose")

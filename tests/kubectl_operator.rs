@@ -64,25 +64,34 @@ async fn kubectl_apply_get_and_wait_for_the_examples() {
         );
     }
     // Re-applying the same files changes nothing on the server: every object keeps its
-    // generation and kubectl's field set keeps its time. (Not the resourceVersion: the operator
-    // may still be writing statuses, e.g. of an instance whose server is not up.)
-    let versions = || {
-        let out = k.ok(&[
-            "get",
-            "berth",
-            "-A",
-            "-o",
-            r#"jsonpath={range .items[*]}{.metadata.name}={.metadata.generation}@{.metadata.managedFields[?(@.manager=="kubectl")].time} {end}"#,
-        ]);
-        let mut v: Vec<String> = out.split_whitespace().map(String::from).collect();
-        v.sort();
-        v
+    // generation and kubectl's field set (fields and time). (Not the resourceVersion: the
+    // operator may still be writing statuses, e.g. of an instance whose server is not up.)
+    let field_sets = || {
+        let out = k.ok(&["get", "berth", "-A", "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut sets = std::collections::BTreeMap::new();
+        for item in list["items"].as_array().unwrap() {
+            let meta = &item["metadata"];
+            let name = format!("{}/{}/{}", item["kind"].as_str().unwrap(), meta["namespace"], meta["name"]);
+            let kubectl = meta["managedFields"].as_array().unwrap().iter().find(|m| m["manager"] == "kubectl").cloned();
+            assert!(kubectl.is_some(), "{name} has no field set of kubectl: {}", meta["managedFields"]);
+            // Kept whole: if this ever fails, the message shows who owns what.
+            sets.insert(name, (meta["generation"].clone(), kubectl, meta["managedFields"].clone()));
+        }
+        sets
     };
-    let before = versions();
-    assert!(before.iter().all(|v| v.contains("@20")), "kubectl's field set time of every object: {before:?}");
+    let before = field_sets();
     k.ok(&["apply", "--server-side", "-f", examples.to_str().unwrap()]);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(versions(), before, "a second apply of unchanged examples wrote something");
+    let after = field_sets();
+    for (name, (generation, kubectl, all)) in &before {
+        let (generation_after, kubectl_after, all_after) = &after[name];
+        assert!(
+            generation == generation_after && kubectl == kubectl_after,
+            "a second apply of unchanged examples wrote {name}:\nbefore: generation {generation}, managedFields {all:#}\nafter: generation {generation_after}, managedFields {all_after:#}"
+        );
+    }
+    assert_eq!(after.len(), before.len(), "objects before: {:?}", before.keys());
     cluster.assert_clean().await;
 }
 

@@ -17,6 +17,7 @@ use kube::api::{
 use serde_json::{Value, json};
 use support::cluster::Cluster;
 use support::kubelet::Kubelet;
+use support::objects::create;
 use support::wait::eventually;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -25,21 +26,6 @@ const IMAGE: &str = "ghcr.io/berth/berth:test";
 async fn namespace(client: &kube::Client, name: &str) {
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
-}
-
-async fn create<K>(client: &kube::Client, ns: &str, value: Value) -> K
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::Serialize
-        + serde::de::DeserializeOwned,
-{
-    let object: K = serde_json::from_value(value).unwrap();
-    Api::<K>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap_or_else(|e| panic!("create {:?}: {e}", object.meta().name))
 }
 
 async fn claim(client: &kube::Client, ns: &str, name: &str, size: &str) -> PersistentVolumeClaim {

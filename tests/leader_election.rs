@@ -19,6 +19,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, OPERATOR_NAMESPACE};
+use support::objects::repo;
 use support::operator::free_port;
 use support::stall_proxy::StallProxy;
 use support::wait::eventually;
@@ -28,10 +29,6 @@ const LEASE_DURATION: u64 = 12;
 const RENEW_DEADLINE: u64 = 8;
 const RETRY_PERIOD: u64 = 1;
 const LEASE_NAME: &str = "berth-operator";
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// One `berth operator` process with its own identity (POD_NAME), logging JSON to a file.
 struct Replica {

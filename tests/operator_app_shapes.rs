@@ -8,7 +8,6 @@
 
 use crate::support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth::api::AppEnvironment;
@@ -19,11 +18,8 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::cluster::{Cluster, OPERATOR_USER};
+use support::objects::repo;
 use support::operator::Operator;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with `what`.
 async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T

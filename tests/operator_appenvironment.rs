@@ -8,7 +8,6 @@
 
 use crate::support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth::api::AppEnvironment;
@@ -20,11 +19,8 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::cluster::{Cluster, OPERATOR_USER};
+use support::objects::repo;
 use support::operator::Operator;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// A control plane with Berth's CRDs and cert-manager's Certificate CRD, and `namespaces`.
 async fn cluster(namespaces: &[&str]) -> Cluster {

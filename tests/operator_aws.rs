@@ -8,7 +8,6 @@
 
 use crate::support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use berth::api::AppEnvironment;
@@ -20,12 +19,9 @@ use serde_json::json;
 use support::cluster::Cluster;
 use support::external_secrets::{self, fill, set_ready};
 use support::kubectl::Kubectl;
+use support::objects::repo;
 use support::operator::Operator;
 use support::wait::eventually;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The app once its status for the current generation has Ready with `status` and `reason`.
 async fn wait_ready(api: &Api<AppEnvironment>, name: &str, status: &str, reason: &str) -> String {

@@ -8,16 +8,15 @@
 
 use crate::support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use berth::api::{Backup, BackupPolicy, DatabaseInstance, Restore};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::cluster::Cluster;
 use support::external_secrets;
+use support::objects::{create, create_secret, repo, secret_value, storage_secrets};
 use support::operator::Operator;
 use support::servers::{Postgres, RabbitMq, S3Server};
 use support::wait::eventually;
@@ -26,10 +25,6 @@ const NS: &str = "shop";
 const OTHER: &str = "shop-restored";
 const KEY: &str = "correct horse battery staple";
 const WAIT: Duration = Duration::from_secs(120);
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// A control plane with Berth's CRDs and the namespaces `NS` and `OTHER`, the kubelet
 /// stand-in's agent processes configured by `servers`.
@@ -59,34 +54,6 @@ async fn operator(cluster: &Cluster, args: &[&str]) -> Operator {
     operator
 }
 
-async fn create<K>(client: &kube::Client, ns: &str, value: Value) -> K
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    api.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap()
-}
-
-async fn create_secret(client: &kube::Client, ns: &str, name: &str, data: &[(&str, &str)]) {
-    let data = data.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect();
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
-        data: Some(data),
-        ..Secret::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &secret).await.unwrap();
-}
-
-async fn storage_secrets(client: &kube::Client, s3: &S3Server) {
-    let creds = [("AWS_ACCESS_KEY_ID", s3.access_key.as_str()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key.as_str())];
-    create_secret(client, NS, "s3-credentials", &creds).await;
-    create_secret(client, NS, "repository-key", &[("key", &format!("{KEY}\n"))]).await;
-}
-
 fn policy(s3: &S3Server, schedule: &str, suspend: bool) -> Value {
     json!({
         "apiVersion": "berth.dev/v1alpha1", "kind": "BackupPolicy",
@@ -100,10 +67,6 @@ fn policy(s3: &S3Server, schedule: &str, suspend: bool) -> Value {
             "retention": {"keepLast": 5}
         }
     })
-}
-
-fn secret_value(secret: &Secret, key: &str) -> String {
-    String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
 }
 
 async fn wait_phase<K>(api: &Api<K>, name: &str, wanted: &str, phase: impl Fn(&K) -> Option<String>) -> K
@@ -173,7 +136,7 @@ async fn scheduled_backup_restores_here_elsewhere_and_in_a_new_cluster() {
     let start = cluster.audit.mark();
     let client = cluster.client();
     let mut operator = servers.operator(&cluster).await;
-    storage_secrets(&client, &servers.s3).await;
+    storage_secrets(&client, NS, &servers.s3, KEY).await;
 
     // Two instances, provisioned for real (the test plays the images' entrypoints).
     let _: DatabaseInstance = create(
@@ -327,7 +290,7 @@ async fn scheduled_backup_restores_here_elsewhere_and_in_a_new_cluster() {
     let fresh = self::cluster(&servers.overrides()).await;
     let fresh_client = fresh.client();
     let mut operator = servers.operator(&fresh).await;
-    storage_secrets(&fresh_client, &servers.s3).await;
+    storage_secrets(&fresh_client, NS, &servers.s3, KEY).await;
     let _: BackupPolicy = create(&fresh_client, NS, policy(&servers.s3, "0 3 * * *", true)).await;
     let fresh_backups: Api<Backup> = Api::namespaced(fresh_client.clone(), NS);
     let synced = wait_phase(&fresh_backups, &name, "Completed", backup_phase).await;
@@ -374,7 +337,7 @@ async fn unreachable_storage_fails_the_backup_and_a_stopped_schedule_goes_stale(
     let cluster = cluster(&[]).await;
     let client = cluster.client();
     let operator = operator(&cluster, &["--leader-election=false"]).await;
-    storage_secrets(&client, &s3).await;
+    storage_secrets(&client, NS, &s3, KEY).await;
     // Nothing listens on this port.
     let closed = support::operator::free_port();
     let mut unreachable = policy(&s3, "* * * * *", true);
@@ -442,7 +405,7 @@ async fn retention_keeps_the_newest_and_only_its_own_and_data_deletion_is_opt_in
     let cluster = cluster(&[]).await;
     let client = cluster.client();
     let mut operator = operator(&cluster, &["--leader-election=false"]).await;
-    storage_secrets(&client, &s3).await;
+    storage_secrets(&client, NS, &s3, KEY).await;
     // Two policies share one repository (same bucket and prefix).
     let mut keep_one = policy(&s3, "0 3 * * *", true);
     keep_one["metadata"]["name"] = json!("keep-one");
@@ -523,7 +486,7 @@ async fn an_apps_volume_is_backed_up_on_its_node_and_restored() {
     let cluster = cluster(&[]).await;
     let client = cluster.client();
     let mut operator = operator(&cluster, &["--leader-election=false"]).await;
-    storage_secrets(&client, &s3).await;
+    storage_secrets(&client, NS, &s3, KEY).await;
 
     let _: berth::api::AppEnvironment = create(
         &client,
@@ -658,7 +621,7 @@ async fn a_restore_leaves_out_secrets_synced_by_external_secrets() {
     external_secrets::install_crd(&cluster).await;
     let client = cluster.client();
     let _operator = operator(&cluster, &["--leader-election=false"]).await;
-    storage_secrets(&client, &s3).await;
+    storage_secrets(&client, NS, &s3, KEY).await;
     let es = external_secrets::create(&client, NS, "db-admin", "/shop/prod/db-admin").await;
     external_secrets::fill(&client, &es, json!({"password": "from-secrets-manager"})).await;
     // A Secret written by the External Secrets Operator with its labels (its newer versions

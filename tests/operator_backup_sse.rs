@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::cluster::Cluster;
+use support::objects::create;
 use support::operator::Operator;
 use support::s3_recorder::S3Recorder;
 use support::servers::{Postgres, S3Server};
@@ -23,18 +24,6 @@ use support::wait::eventually;
 const NS: &str = "shop";
 const WAIT: Duration = Duration::from_secs(120);
 const KMS_ARN: &str = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
-
-async fn create<K>(client: &kube::Client, value: Value) -> K
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), NS);
-    api.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap()
-}
 
 fn location(s3: &S3Server, endpoint: &str, bucket: &str, sse: Value) -> Value {
     json!({"bucket": bucket, "prefix": "shop", "region": s3.region, "endpoint": endpoint, "insecureHTTP": true,
@@ -80,6 +69,7 @@ async fn operator_writes_and_offsite_replication_carry_each_locations_encryption
     // A PostgreSQL instance, provisioned for real (the test plays the image's entrypoint).
     let _: DatabaseInstance = create(
         &client,
+        NS,
         json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "DatabaseInstance", "metadata": {"name": "orders-db"},
             "spec": {"engine": "postgres", "version": "15", "storage": {"size": "1Gi"},
@@ -102,11 +92,11 @@ async fn operator_writes_and_offsite_replication_carry_each_locations_encryption
     .await;
     let _: ConfigMap = create(
         &client,
+        NS,
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"a": "b"}}),
     )
     .await;
-    let _: BackupPolicy = create(
-        &client,
+    let _: BackupPolicy = create(&client, NS,
         json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "BackupPolicy", "metadata": {"name": "nightly"},
             "spec": {
@@ -120,6 +110,7 @@ async fn operator_writes_and_offsite_replication_carry_each_locations_encryption
     .await;
     let _: Backup = create(
         &client,
+        NS,
         json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "first"},
                "spec": {"policyName": "nightly"}}),
     )

@@ -9,7 +9,6 @@
 use crate::support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use berth::api::{AppEnvironment, DatabaseInstance};
@@ -19,16 +18,13 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::cluster::{Cluster, OPERATOR_USER};
 use support::external_secrets;
+use support::objects::repo;
 use support::operator::Operator;
 use support::servers::{Postgres, RabbitMq};
 use support::wait::eventually;
 
 const NS: &str = "team-a";
 const WAIT: Duration = Duration::from_secs(60);
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 async fn cluster() -> Cluster {
     let cluster = Cluster::start().await;

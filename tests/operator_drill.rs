@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth::api::{Backup, BackupPolicy, DatabaseInstance};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use support::cluster::Cluster;
+use support::objects::{create, create_secret, repo, secret_value, storage_secrets};
 use support::operator::Operator;
 use support::servers::{Postgres, RabbitMq, S3Server};
 use support::wait::eventually;
@@ -25,36 +25,6 @@ const KEY: &str = "correct horse battery staple";
 const WAIT: Duration = Duration::from_secs(120);
 /// A drill fires every minute, then restores and checks.
 const DRILL_WAIT: Duration = Duration::from_secs(240);
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-async fn create<K>(client: &kube::Client, ns: &str, value: Value) -> K
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    api.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap()
-}
-
-async fn create_secret(client: &kube::Client, ns: &str, name: &str, data: &[(&str, &str)]) {
-    let data = data.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect();
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
-        data: Some(data),
-        ..Secret::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &secret).await.unwrap();
-}
-
-fn secret_value(secret: &Secret, key: &str) -> String {
-    String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
-}
 
 /// Row count and md5 of the source's table: what a drill must never change.
 fn checksum(pg: &Postgres) -> String {
@@ -153,9 +123,7 @@ async fn a_drill_verifies_a_good_backup_and_names_a_damaged_pack() {
         Operator::start(&kubeconfig, &["--leader-election=false", "--endpoint-overrides", &overrides_arg.join(",")]);
     operator.wait_ready(WAIT);
 
-    let creds = [("AWS_ACCESS_KEY_ID", s3.access_key.as_str()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key.as_str())];
-    create_secret(&client, NS, "s3-credentials", &creds).await;
-    create_secret(&client, NS, "repository-key", &[("key", &format!("{KEY}\n"))]).await;
+    storage_secrets(&client, NS, &s3, KEY).await;
     let _: DatabaseInstance = create(
         &client,
         NS,

@@ -21,13 +21,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth::api::{Backup, BackupPolicy, DatabaseInstance, Restore};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams, PostParams};
-use serde_json::{Value, json};
+use kube::api::{Api, ListParams};
+use serde_json::json;
 use support::cluster::{Cluster, OPERATOR_USER, audit::Mark};
 use support::fault_proxy::{Fault, FaultProxy, Rule};
+use support::objects::{create, is_ready, repo, secret_value, storage_secrets};
 use support::operator::Operator;
 use support::servers::{Postgres, S3Server};
 use support::stall_proxy::StallProxy;
@@ -56,40 +56,6 @@ struct World {
     kubeconfig: PathBuf,
 }
 
-fn repo_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-async fn create<K>(client: &kube::Client, ns: &str, value: Value) -> K
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    api.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap()
-}
-
-async fn create_secret(client: &kube::Client, ns: &str, name: &str, data: &[(&str, &str)]) {
-    let data = data.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect();
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
-        data: Some(data),
-        ..Secret::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &secret).await.unwrap();
-}
-
-fn secret_value(secret: &Secret, key: &str) -> String {
-    String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
-}
-
-fn ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
-    conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
 impl World {
     async fn start() -> World {
         let (s3, pg, pg_other) = (S3Server::start(), Postgres::start(), Postgres::start());
@@ -97,7 +63,7 @@ impl World {
         let s3_addr = s3.endpoint.trim_start_matches("http://").to_string();
         let agents_s3 = StallProxy::start(s3_addr.parse().unwrap()).await;
         let cluster = Cluster::start().await;
-        cluster.install_crds_from_dir(&repo_dir().join("crds")).await;
+        cluster.install_crds_from_dir(&repo().join("crds")).await;
         for ns in [NS, OTHER] {
             cluster.namespace(ns).await;
         }
@@ -137,10 +103,7 @@ impl World {
     /// mounts it, and a suspended policy over both.
     async fn app(&mut self) {
         let client = self.client.clone();
-        let creds =
-            [("AWS_ACCESS_KEY_ID", self.s3.access_key.as_str()), ("AWS_SECRET_ACCESS_KEY", &self.s3.secret_key)];
-        create_secret(&client, NS, "s3-credentials", &creds).await;
-        create_secret(&client, NS, "repository-key", &[("key", &format!("{KEY}\n"))]).await;
+        storage_secrets(&client, NS, &self.s3, KEY).await;
         let _: DatabaseInstance = create(
             &client,
             NS,
@@ -164,7 +127,7 @@ impl World {
         }
         let instances: Api<DatabaseInstance> = Api::namespaced(client.clone(), NS);
         eventually("orders-db Ready", WAIT, || async {
-            ready(&instances.get("orders-db").await.ok()?.status?.conditions).then_some(())
+            is_ready(&instances.get("orders-db").await.ok()?.status?.conditions).then_some(())
         })
         .await;
         self.pg.psql(

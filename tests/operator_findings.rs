@@ -12,7 +12,6 @@
 
 use crate::support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use berth::api::{AppEnvironment, Backup, BackupPolicy, DatabaseInstance, Restore};
@@ -24,15 +23,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, OPERATOR_USER};
+use support::objects::repo;
 use support::operator::Operator;
 use support::servers::{Postgres, S3Server};
 use support::wait::eventually;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// A control plane with Berth's CRDs and `namespaces` (enforcing Pod Security `restricted`).
 async fn cluster(namespaces: &[&str]) -> Cluster {

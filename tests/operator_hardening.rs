@@ -23,11 +23,13 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::cluster::Cluster;
+use support::objects::{create, storage_secrets};
 use support::operator::Operator;
 use support::servers::S3Server;
 use support::wait::eventually;
 
 const NS: &str = "shop";
+const KEY: &str = "correct horse battery staple";
 const WAIT: Duration = Duration::from_secs(120);
 const FOREIGN_FINALIZER: &str = "example.com/hold";
 
@@ -45,37 +47,6 @@ async fn operator(cluster: &Cluster) -> Operator {
     let mut operator = Operator::start(&kubeconfig, &["--leader-election=false"]);
     operator.wait_ready(WAIT);
     operator
-}
-
-async fn create<K>(client: &kube::Client, value: Value) -> K
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), NS);
-    api.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap()
-}
-
-async fn storage_secrets(client: &kube::Client, s3: &S3Server) {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
-    for (name, data) in [
-        (
-            "s3-credentials",
-            vec![("AWS_ACCESS_KEY_ID", s3.access_key.clone()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key.clone())],
-        ),
-        ("repository-key", vec![("key", "correct horse battery staple\n".to_string())]),
-    ] {
-        let data = data.into_iter().map(|(k, v)| (k.to_string(), ByteString(v.into_bytes()))).collect();
-        let secret = Secret {
-            metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
-            data: Some(data),
-            ..Secret::default()
-        };
-        secrets.create(&PostParams::default(), &secret).await.unwrap();
-    }
 }
 
 fn policy(s3: &S3Server, extra_resources: &[&str]) -> Value {
@@ -104,10 +75,11 @@ async fn export_errors_end_the_backup_and_unreachable_storage_never_traps_its_de
     let cluster = cluster().await;
     let client = cluster.client();
     let _operator = operator(&cluster).await;
-    storage_secrets(&client, &s3).await;
-    let _: BackupPolicy = create(&client, policy(&s3, &["nosuchthings.example.com"])).await;
+    storage_secrets(&client, NS, &s3, KEY).await;
+    let _: BackupPolicy = create(&client, NS, policy(&s3, &["nosuchthings.example.com"])).await;
     let _: Backup = create(
         &client,
+        NS,
         json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "Backup",
             "metadata": {"name": "by-hand", "finalizers": [FOREIGN_FINALIZER]},
@@ -185,8 +157,8 @@ async fn a_restore_that_cannot_finish_ends_at_its_timeout() {
     let cluster = cluster().await;
     let client = cluster.client();
     let _operator = operator(&cluster).await;
-    storage_secrets(&client, &s3).await;
-    let _: BackupPolicy = create(&client, policy(&s3, &[])).await;
+    storage_secrets(&client, NS, &s3, KEY).await;
+    let _: BackupPolicy = create(&client, NS, policy(&s3, &[])).await;
     let restores: Api<Restore> = Api::namespaced(client.clone(), NS);
 
     // The schema admits only hours, minutes and seconds.
@@ -200,6 +172,7 @@ async fn a_restore_that_cannot_finish_ends_at_its_timeout() {
     // The target namespace never comes: the restore waits for it until its timeout.
     let _: Restore = create(
         &client,
+        NS,
         json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "stuck"},
             "spec": {"policyName": "nightly", "namespaceMapping": {NS: "never-created"}, "timeout": "5s"}
@@ -270,7 +243,7 @@ async fn offsite_replication_runs_beside_the_reconcile_and_stops_with_its_policy
     let cluster = cluster().await;
     let client = cluster.client();
     let _operator = operator(&cluster).await;
-    storage_secrets(&client, &s3).await;
+    storage_secrets(&client, NS, &s3, KEY).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     let creds = [("AWS_ACCESS_KEY_ID", &offsite.access_key), ("AWS_SECRET_ACCESS_KEY", &offsite.secret_key)];
     let data = creds.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect();
@@ -285,7 +258,7 @@ async fn offsite_replication_runs_beside_the_reconcile_and_stops_with_its_policy
         "bucket": "offsite", "prefix": "shop-copy", "region": offsite.region, "endpoint": offsite.endpoint,
         "forcePathStyle": true, "insecureHTTP": true, "credentialsSecret": "offsite-credentials", "encryptionKeySecret": "repository-key"
     });
-    let _: BackupPolicy = create(&client, spec).await;
+    let _: BackupPolicy = create(&client, NS, spec).await;
     let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), NS);
     let by_hand = |name: &str| {
         json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name},
@@ -293,7 +266,7 @@ async fn offsite_replication_runs_beside_the_reconcile_and_stops_with_its_policy
     };
 
     // A completed backup is copied offsite by a run that the status reports.
-    let _: Backup = create(&client, by_hand("first")).await;
+    let _: Backup = create(&client, NS, by_hand("first")).await;
     let status = eventually("first replicated", WAIT, || async {
         let st = policies.get("nightly").await.ok()?.status?;
         (st.last_replicated_backup.as_deref() == Some("first")).then_some(st)
@@ -308,14 +281,14 @@ async fn offsite_replication_runs_beside_the_reconcile_and_stops_with_its_policy
     let hole = Blackhole::start();
     let hang = json!({"spec": {"offsite": {"endpoint": format!("http://127.0.0.1:{}", hole.port)}}});
     policies.patch("nightly", &PatchParams::default(), &Patch::Merge(&hang)).await.unwrap();
-    let _: Backup = create(&client, by_hand("second")).await;
+    let _: Backup = create(&client, NS, by_hand("second")).await;
     eventually("a run hangs on the offsite location", WAIT, || async {
         let st = policies.get("nightly").await.ok()?.status?;
         let running = st.maintenance.is_some_and(|m| m.phase == "Running");
         (running && hole.open() > 0).then_some(())
     })
     .await;
-    let _: Backup = create(&client, by_hand("third")).await;
+    let _: Backup = create(&client, NS, by_hand("third")).await;
     eventually("the policy still reconciles: third is its newest success", WAIT, || async {
         let st = policies.get("nightly").await.ok()?.status?;
         let running = st.maintenance.is_some_and(|m| m.phase == "Running");
@@ -339,10 +312,10 @@ async fn the_operators_own_cloud_identity_is_lent_only_where_the_admin_allows_it
     s3.create_bucket("backups");
     let cluster = cluster().await;
     let client = cluster.client();
-    storage_secrets(&client, &s3).await;
+    storage_secrets(&client, NS, &s3, KEY).await;
     let mut spec = policy(&s3, &[]);
     spec["spec"]["storage"].as_object_mut().unwrap().remove("credentialsSecret");
-    let _: BackupPolicy = create(&client, spec).await;
+    let _: BackupPolicy = create(&client, NS, spec).await;
     let backups: Api<Backup> = Api::namespaced(client.clone(), NS);
     let by_hand = |name: &str| {
         json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name},
@@ -366,7 +339,7 @@ async fn the_operators_own_cloud_identity_is_lent_only_where_the_admin_allows_it
     // By default a policy without credentialsSecret does not get them.
     let mut operator = Operator::start_with_env(&kubeconfig, &["--leader-election=false"], &own_identity);
     operator.wait_ready(WAIT);
-    let _: Backup = create(&client, by_hand("borrowed")).await;
+    let _: Backup = create(&client, NS, by_hand("borrowed")).await;
     let refused = ended("borrowed").await;
     assert_eq!(phase(&refused), Some("Failed"));
     let ready = refused.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
@@ -383,7 +356,7 @@ async fn the_operators_own_cloud_identity_is_lent_only_where_the_admin_allows_it
     let allowed = ["--leader-election=false", "--allow-operator-storage-identity=true"];
     let mut operator = Operator::start_with_env(&kubeconfig, &allowed, &own_identity);
     operator.wait_ready(WAIT);
-    let _: Backup = create(&client, by_hand("lent")).await;
+    let _: Backup = create(&client, NS, by_hand("lent")).await;
     assert_eq!(phase(&ended("lent").await), Some("Completed"));
     assert!(s3.root().join("backups/shop/config").exists(), "the repository now exists where the refusal found none");
     cluster.assert_clean().await;

@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, OPERATOR_USER};
+use support::objects::create;
 use support::operator::Operator;
 use support::s3_recorder::S3Recorder;
 use support::servers::S3Server;
@@ -33,18 +34,6 @@ const WAIT: Duration = Duration::from_secs(120);
 const ROLE_ARN: &str = "arn:aws:iam::111122223333:role/shop-backups";
 const TENANT: &str = "system:serviceaccount:shop:berth-backup";
 const SESSION_TOKEN: &str = "FwoGZXIvYXdzEBYaDoperator-irsa-session-token";
-
-async fn create<K>(client: &kube::Client, value: Value) -> K
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), NS);
-    api.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap()
-}
 
 fn backup(name: &str, account: Option<&str>) -> Value {
     let mut b = json!({"apiVersion": "berth.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name},
@@ -101,6 +90,7 @@ async fn a_policy_without_keys_uses_the_iam_role_of_its_service_account() {
     secrets.create(&PostParams::default(), &key).await.unwrap();
     let _: BackupPolicy = create(
         &client,
+        NS,
         json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "BackupPolicy",
             "metadata": {"name": "nightly", "namespace": NS},
@@ -127,7 +117,7 @@ async fn a_policy_without_keys_uses_the_iam_role_of_its_service_account() {
     let backups: Api<Backup> = Api::namespaced(client.clone(), NS);
 
     // No annotation: still CredentialsRequired, naming both ways out.
-    let _: Backup = create(&client, backup("no-role", None)).await;
+    let _: Backup = create(&client, NS, backup("no-role", None)).await;
     let refused = ended(&backups, "no-role").await;
     assert_eq!(refused.status.as_ref().unwrap().phase.as_deref(), Some("Failed"));
     let message = ready_message(&refused);
@@ -141,7 +131,7 @@ async fn a_policy_without_keys_uses_the_iam_role_of_its_service_account() {
     let annotate = json!({"metadata": {"annotations": {"eks.amazonaws.com/role-arn": ROLE_ARN}}});
     accounts.patch("berth-backup", &PatchParams::default(), &Patch::Merge(&annotate)).await.unwrap();
     let mark = cluster.audit.mark();
-    let _: Backup = create(&client, backup("with-role", None)).await;
+    let _: Backup = create(&client, NS, backup("with-role", None)).await;
     let done = ended(&backups, "with-role").await;
     assert_eq!(done.status.as_ref().unwrap().phase.as_deref(), Some("Completed"), "{:?}", done.status);
     assert!(s3.root().join("backups/shop/backups/with-role").exists(), "the manifest is in the bucket");
@@ -188,7 +178,7 @@ async fn a_policy_without_keys_uses_the_iam_role_of_its_service_account() {
     sts.refuse(refusing);
     let annotate = json!({"metadata": {"annotations": {"eks.amazonaws.com/role-arn": refusing}}});
     accounts.patch("berth-backup", &PatchParams::default(), &Patch::Merge(&annotate)).await.unwrap();
-    let _: Backup = create(&client, backup("refused-role", None)).await;
+    let _: Backup = create(&client, NS, backup("refused-role", None)).await;
     let refused = ended(&backups, "refused-role").await;
     let message = ready_message(&refused);
     assert!(
@@ -226,7 +216,7 @@ async fn a_policy_without_keys_uses_the_iam_role_of_its_service_account() {
         .as_bytes(),
     );
     let calls_before = sts.calls().len();
-    let _: Backup = create(&client, backup("no-token", Some("no-token"))).await;
+    let _: Backup = create(&client, NS, backup("no-token", Some("no-token"))).await;
     let refused = ended(&backups, "no-token").await;
     let message = ready_message(&refused);
     assert!(message.starts_with("Forbidden: spec.storage: ServiceAccount shop/no-token"), "{message}");

@@ -27,13 +27,13 @@ use std::time::Duration;
 use berth::api::{Backup, BackupPolicy, DatabaseInstance, Restore};
 use berth::backup::resources::{SnapshotRef, store_objects};
 use berth::backup::{Repository, S3Config, Storage, StorageConfig};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use support::cluster::Cluster;
+use support::objects::{create, storage_secrets};
 use support::operator::Operator;
 use support::servers::S3Server;
 use support::wait::eventually;
@@ -62,38 +62,7 @@ async fn operator(cluster: &Cluster, helm_args: &[&str], args: &[&str]) -> Opera
     operator
 }
 
-async fn create<K>(client: &kube::Client, ns: &str, value: Value) -> K
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    api.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap()
-}
-
 /// The team's bucket credentials and repository key, in its namespace.
-async fn storage_secrets(client: &kube::Client, ns: &str, s3: &S3Server) {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    for (name, data) in [
-        (
-            "s3-credentials",
-            vec![("AWS_ACCESS_KEY_ID", s3.access_key.clone()), ("AWS_SECRET_ACCESS_KEY", s3.secret_key.clone())],
-        ),
-        ("repository-key", vec![("key", KEY.to_string())]),
-    ] {
-        let data = data.into_iter().map(|(k, v)| (k.to_string(), ByteString(v.into_bytes()))).collect();
-        let secret = Secret {
-            metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
-            data: Some(data),
-            ..Secret::default()
-        };
-        secrets.create(&PostParams::default(), &secret).await.unwrap();
-    }
-}
-
 fn policy(ns: &str, s3: &S3Server) -> Value {
     json!({
         "apiVersion": "berth.dev/v1alpha1", "kind": "BackupPolicy",
@@ -208,7 +177,7 @@ async fn a_restore_into_kube_system_is_refused_and_writes_nothing_there() {
     cluster.tenant_account(TEAM_A);
     let client = cluster.client();
     let _operator = operator(&cluster, &[], &[]).await;
-    storage_secrets(&client, TEAM_A, &s3).await;
+    storage_secrets(&client, TEAM_A, &s3, KEY).await;
 
     // The team writes two backups into its own bucket: one whose objects name kube-system
     // themselves, one of its own namespace's objects, to be mapped into kube-system.
@@ -280,7 +249,7 @@ async fn a_dump_into_another_teams_database_is_refused_and_no_secret_is_copied_t
     cluster.tenant_account(TEAM_B);
     let client = cluster.client();
     let _operator = operator(&cluster, &[], &[]).await;
-    storage_secrets(&client, TEAM_A, &s3).await;
+    storage_secrets(&client, TEAM_A, &s3, KEY).await;
 
     // Team B's database, of the name team A's backup holds a dump of.
     let _: DatabaseInstance = create(
@@ -376,7 +345,7 @@ async fn a_missing_or_forbidden_account_ends_with_a_condition_that_names_it() {
     // (a resourceNames rule the API server applies to impersonation).
     let enforced = ["--set", "tenancy.enforceDefaultServiceAccount=true"];
     let _operator = operator(&cluster, &enforced, &["--enforce-default-service-account=true"]).await;
-    storage_secrets(&client, TEAM_A, &s3).await;
+    storage_secrets(&client, TEAM_A, &s3, KEY).await;
 
     // No account yet: the policy says which one to create, and how.
     let _: BackupPolicy = create(&client, TEAM_A, policy(TEAM_A, &s3)).await;
@@ -418,7 +387,7 @@ async fn a_missing_or_forbidden_account_ends_with_a_condition_that_names_it() {
     cluster.namespace(TEAM_C).await;
     let account = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "berth-backup", "namespace": TEAM_C}});
     cluster.kubectl_apply(account.to_string().as_bytes());
-    storage_secrets(&client, TEAM_C, &s3).await;
+    storage_secrets(&client, TEAM_C, &s3, KEY).await;
     let mut with_databases = policy(TEAM_C, &s3);
     with_databases["spec"]["scope"]["databases"] = json!(true);
     let _: BackupPolicy = create(&client, TEAM_C, with_databases).await;

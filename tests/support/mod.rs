@@ -11,6 +11,7 @@ pub mod install;
 pub mod jobs;
 pub mod kubectl;
 pub mod kubelet;
+pub mod objects;
 pub mod operator;
 pub mod s3_recorder;
 pub mod servers;
