@@ -67,7 +67,7 @@ async fn kubectl_apply_get_and_wait_for_the_examples() {
     // generation and kubectl's field set (fields and time). (Not the resourceVersion: the
     // operator may still be writing statuses, e.g. of an instance whose server is not up.)
     let field_sets = || {
-        let out = k.ok(&["get", "berth", "-A", "-o", "json"]);
+        let out = k.ok(&["get", "berth", "-A", "-o", "json", "--show-managed-fields"]);
         let list: serde_json::Value = serde_json::from_str(&out).unwrap();
         let mut sets = std::collections::BTreeMap::new();
         for item in list["items"].as_array().unwrap() {
