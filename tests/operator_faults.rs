@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use berth::api::{Backup, BackupPolicy, DatabaseInstance, Restore};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use support::cluster::{Cluster, OPERATOR_USER, audit::Mark};
 use support::fault_proxy::{Fault, FaultProxy, Rule};
@@ -330,6 +330,51 @@ impl World {
         self.pg.psql("orders", digest).trim().to_string()
     }
 
+    /// A fault proxy in front of the API server, and the operator's kubeconfig through it.
+    async fn via_proxy(&self) -> (FaultProxy, PathBuf) {
+        let proxy = FaultProxy::start(&self.cluster.url, &self.cluster.ca_pem).await;
+        let text = std::fs::read_to_string(&self.kubeconfig).unwrap().replace(&self.cluster.url, &proxy.url);
+        let kubeconfig = self.cluster.dir().join("operator-via-proxy.kubeconfig");
+        std::fs::write(&kubeconfig, text).unwrap();
+        (proxy, kubeconfig)
+    }
+
+    /// Touches the agent Jobs of a Backup or Restore: each gets an event, as when the Job
+    /// controller or a TTL controller updates it.
+    async fn touch_jobs(&self, ns: &str, owner_kind: &str, owner: &str) {
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), ns);
+        for name in self.jobs(ns, owner_kind, owner).await {
+            let patch = json!({"metadata": {"annotations": {"example.com/touched": "yes"}}});
+            jobs.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        }
+    }
+
+    /// Since `mark`: the operator's writes to the Backup or Restore `name` (of `resource`,
+    /// `backups` or `restores`) and to its agent Jobs.
+    fn writes_about(&self, mark: Mark, resource: &str, name: &str) -> BTreeMap<String, usize> {
+        let mut writes = self.writes(mark);
+        writes.retain(|w, _| {
+            let object = format!(" {resource}");
+            (w.contains(&object) && w.ends_with(&format!("/{name}")))
+                || (w.contains(" jobs ") && w.contains(&format!("/{name}-")))
+        });
+        writes
+    }
+
+    /// How many Events with `reason` the operator recorded about the `kind` `name` in `NS`.
+    async fn events_of(&self, kind: &str, name: &str, reason: &str) -> usize {
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), NS);
+        let list = events.list(&ListParams::default()).await.unwrap().items;
+        list.iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter(|e| {
+                e.regarding.as_ref().is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name))
+            })
+            // A repeated Event is one object whose series counts the repeats.
+            .map(|e| e.series.as_ref().map_or(1, |s| s.count.max(1) as usize))
+            .sum()
+    }
+
     /// Since `mark`: the operator's successful writes, as `verb resource[/sub] ns/name` → count.
     fn writes(&self, mark: Mark) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
@@ -418,10 +463,7 @@ fn created_in_other(writes: &BTreeMap<String, usize>) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn api_faults_lose_nothing_and_repeat_nothing() {
     let world = World::start().await;
-    let proxy = FaultProxy::start(&world.cluster.url, &world.cluster.ca_pem).await;
-    let text = std::fs::read_to_string(&world.kubeconfig).unwrap().replace(&world.cluster.url, &proxy.url);
-    let kubeconfig = world.cluster.dir().join("operator-via-proxy.kubeconfig");
-    std::fs::write(&kubeconfig, text).unwrap();
+    let (proxy, kubeconfig) = world.via_proxy().await;
     // Watches: the first watch of the Backups' Jobs breaks after its first events and its next
     // one is told its resourceVersion expired; so is the first watch of Backups and of Restores.
     // (Matched by the Backup controller's label selector: the AppEnvironment controller also
@@ -508,6 +550,55 @@ async fn api_faults_lose_nothing_and_repeat_nothing() {
         proxy.fired(),
         writes
     );
+    world.cluster.assert_clean().await;
+    assert_eq!(operator.terminate().code(), Some(0));
+}
+
+/// The operator's cache of Backups and Restores lags the server by seconds (its watches are
+/// late, as under load), while its cache of their Jobs is current. A Job event right after a
+/// Backup or Restore completed then triggers a reconcile whose cached object is still
+/// InProgress: nothing of the finished run may be done again (no export, no status write, no
+/// second Completed event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cache_behind_the_server_redoes_no_finished_step() {
+    const LAG: Duration = Duration::from_secs(5);
+    let world = World::start().await;
+    let (proxy, kubeconfig) = world.via_proxy().await;
+    proxy.add(Rule::new("watch", "/backups?", Fault::LagWatch(LAG), usize::MAX));
+    proxy.add(Rule::new("watch", "/restores?", Fault::LagWatch(LAG), usize::MAX));
+    let mut operator = world.operator(&kubeconfig);
+    let rows = world.rows();
+
+    world.backup("lagged").await;
+    let (backup, _) = world.backup_ended("lagged", Instant::now()).await;
+    assert_eq!(phase_of_backup(&backup), "Completed", "{:?}", backup.status);
+    // Within the lag: the operator has not yet seen its own Completed write.
+    let mark = world.cluster.audit.mark();
+    world.touch_jobs(NS, "Backup", "lagged").await;
+    tokio::time::sleep(LAG * 2).await;
+    let backups: Api<Backup> = Api::namespaced(world.client.clone(), NS);
+    assert_eq!(backups.get("lagged").await.unwrap().status, backup.status, "the finished Backup's status rewritten");
+    let writes = world.writes_about(mark, "backups", "lagged");
+    assert!(writes.is_empty(), "the operator wrote after the Backup had completed: {writes:#?}");
+    assert_eq!(world.events_of("Backup", "lagged", "Completed").await, 1, "one Completed event");
+
+    world.restore_elsewhere("lagged-restore", "lagged").await;
+    let (restore, _) = world.restore_ended("lagged-restore", Instant::now()).await;
+    assert_eq!(phase_of_restore(&restore), "Completed", "{:?}", restore.status);
+    let mark = world.cluster.audit.mark();
+    world.touch_jobs(OTHER, "Restore", "lagged-restore").await;
+    tokio::time::sleep(LAG * 2).await;
+    let restores: Api<Restore> = Api::namespaced(world.client.clone(), NS);
+    assert_eq!(
+        restores.get("lagged-restore").await.unwrap().status,
+        restore.status,
+        "the finished Restore's status rewritten"
+    );
+    let writes = world.writes_about(mark, "restores", "lagged-restore");
+    assert!(writes.is_empty(), "the operator wrote after the Restore had completed: {writes:#?}");
+    assert_eq!(world.events_of("Restore", "lagged-restore", "Completed").await, 1, "one Completed event");
+    world.assert_restored_elsewhere(&rows).await;
+    assert!(proxy.fired().iter().any(|f| f.starts_with("LagWatch")), "{:?}", proxy.fired());
     world.cluster.assert_clean().await;
     assert_eq!(operator.terminate().code(), Some(0));
 }

@@ -129,7 +129,11 @@ fn repository_failure(e: RepositoryError) -> Failure {
     Failure { reason: e.reason(), message: e.to_string() }
 }
 
-async fn reconcile_backup(backup: &Backup, ctx: &Ctx) -> Result<Action, Error> {
+async fn reconcile_backup(cached: &Backup, ctx: &Ctx) -> Result<Action, Error> {
+    // Each step is decided from the status as the server has it (a stale one would export and
+    // complete a finished Backup again).
+    let Some(backup) = super::read_fresh(&ctx.shared.client, cached).await? else { return Ok(Action::await_change()) };
+    let backup = &backup;
     let status = backup.status.clone().unwrap_or_default();
     let observed = Observed {
         deleting: backup.meta().deletion_timestamp.is_some(),

@@ -112,11 +112,9 @@ fn key(p: &BackupPolicy) -> String {
 }
 
 async fn reconcile_policy(cached: &BackupPolicy, ctx: &Ctx) -> Result<Action, Error> {
-    // The cache may lag this controller's own last status write (a Backup event can trigger
-    // the next reconcile first). A status computed from it would be written back stale, and
-    // a finished run's or drill's outcome, handed out once, would be lost: read it fresh.
-    let api: Api<BackupPolicy> = Api::namespaced(ctx.shared.client.clone(), &cached.namespace().unwrap_or_default());
-    let Some(policy) = api.get_opt(&cached.name_any()).await? else { return Ok(Action::await_change()) };
+    // A status computed from a stale cache would be written back stale, and a finished run's
+    // or drill's outcome, handed out once, would be lost.
+    let Some(policy) = super::read_fresh(&ctx.shared.client, cached).await? else { return Ok(Action::await_change()) };
     let policy = &policy;
     let validated = validate(policy);
     let mut gate = Gate {

@@ -304,6 +304,22 @@ pub fn object_key<K: Resource>(obj: &K) -> String {
     )
 }
 
+/// `cached` as the API server has it now; `None` once it is gone. A controller's cache can lag
+/// its own last status write (the watch is behind, and an owned Job's event triggers the next
+/// reconcile first): a one-way step decided from that stale status would be done again, e.g. a
+/// finished Backup exported and its completion written and announced twice. The kinds with
+/// few objects and one-way steps (BackupPolicy, Backup, Restore) read fresh at each reconcile.
+pub async fn read_fresh<K>(client: &Client, cached: &K) -> Result<Option<K>, kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), cached.meta().namespace.as_deref().unwrap_or_default());
+    api.get_opt(cached.meta().name.as_deref().unwrap_or_default()).await
+}
+
 /// Raises `caches_synced` (and calls `synced`) once `ready` resolves: every cache of a
 /// controller has its first list.
 pub fn when_synced(

@@ -125,7 +125,11 @@ struct Loaded {
     plan: RestorePlan,
 }
 
-async fn reconcile_restore(restore: &Restore, ctx: &Ctx) -> Result<Action, Error> {
+async fn reconcile_restore(cached: &Restore, ctx: &Ctx) -> Result<Action, Error> {
+    // Each step is decided from the status as the server has it (a stale one would redo a
+    // finished step).
+    let Some(restore) = super::read_fresh(&ctx.shared.client, cached).await? else { return Ok(Action::await_change()) };
+    let restore = &restore;
     let status = restore.status.clone().unwrap_or_default();
     let own_namespace = restore.namespace().unwrap_or_default();
     let limit = timeout(restore);

@@ -2,11 +2,12 @@
 //! API faults by rule: 500s (before the server sees the request, or after it acted: a reply
 //! lost on the way back), 429 with `Retry-After`, 409 Conflict, a watch closed mid-stream, and
 //! a watch answered `410 Gone` (expired resourceVersion, as the server sends it: an `ERROR`
-//! event). Everything else passes through with the client's own token, so the API server's
+//! event), and a watch whose events arrive late (a cache behind the server). Everything else passes through with the client's own token, so the API server's
 //! audit log still names the operator's identity for every request that reached it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -29,6 +30,9 @@ pub enum Fault {
     DropWatch,
     /// The watch is answered with an `ERROR` event `410 Expired` (resourceVersion too old).
     Gone,
+    /// Every chunk of the watch is passed on this long after it arrived, in order: the
+    /// client's cache lags the server, as under load.
+    LagWatch(Duration),
 }
 
 /// The request a rule matches: `verb` as the audit log names it (`get` also covers lists,
@@ -206,6 +210,9 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
             response = response.header(name, value);
         }
     }
+    if let Some(Fault::LagWatch(lag)) = fault {
+        return response.body(Body::from_stream(lagged(answer, lag))).unwrap();
+    }
     let drop_after_first = fault == Some(Fault::DropWatch);
     let dropped = format!("DropWatch {verb} {path_and_query}");
     // (answer, chunks passed, ended)
@@ -228,4 +235,31 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         }
     });
     response.body(Body::from_stream(stream)).unwrap()
+}
+
+/// The chunks of `answer`, each passed on `lag` after it arrived, in order.
+fn lagged(
+    mut answer: reqwest::Response,
+    lag: Duration,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let item = match answer.chunk().await {
+                Ok(Some(chunk)) => Ok(chunk),
+                Ok(None) => break,
+                Err(e) => Err(std::io::Error::other(e)),
+            };
+            let failed = item.is_err();
+            // Ends when the client has gone (the receiver is dropped) or the watch broke.
+            if tx.send((tokio::time::Instant::now() + lag, item)).is_err() || failed {
+                break;
+            }
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move {
+        let (due, item) = rx.recv().await?;
+        tokio::time::sleep_until(due).await;
+        Some((item, rx))
+    })
 }
