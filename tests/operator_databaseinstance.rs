@@ -70,11 +70,6 @@ async fn wait_app(api: &Api<AppEnvironment>, type_: &str, status: &str, reason: 
     .await
 }
 
-async fn can_login(pg: &Postgres, user: &str, password: &str, db: &str) -> bool {
-    let url = format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", pg.port);
-    tokio_postgres::connect(&url, tokio_postgres::NoTls).await.is_ok()
-}
-
 fn patch(value: serde_json::Value) -> Patch<serde_json::Value> {
     Patch::Merge(value)
 }
@@ -149,7 +144,7 @@ async fn postgres_instance_provisions_keeps_its_secret_grows_refuses_and_rotates
     );
     let app = secret_data(&secret(&client, "orders-db-user-app").await);
     assert_eq!(app["dbname"], "orders");
-    assert!(can_login(&pg, "app", &app["password"], "orders").await, "the app role logs in with its Secret");
+    assert!(pg.can_login("app", &app["password"], "orders").await, "the app role logs in with its Secret");
     // The instance's readiness wakes the app (a watch: the app's resync is far away).
     wait_app(&apps, "Ready", "True", "Available").await;
 
@@ -169,7 +164,7 @@ async fn postgres_instance_provisions_keeps_its_secret_grows_refuses_and_rotates
     let after = secrets.get("orders-db-credentials").await.unwrap();
     assert_eq!(secret_data(&after), secret_data(&before));
     assert_eq!(after.metadata.resource_version, before.metadata.resource_version);
-    assert!(can_login(&pg, "postgres", &admin["password"], "postgres").await);
+    assert!(pg.can_login("postgres", &admin["password"], "postgres").await);
 
     // Growing the volume patches the PVC; the StatefulSet's claim template cannot change.
     api.patch("orders-db", &PatchParams::default(), &patch(json!({"spec": {"storage": {"size": "2Gi"}}})))
@@ -234,10 +229,10 @@ async fn postgres_instance_provisions_keeps_its_secret_grows_refuses_and_rotates
         !new_admin.contains_key("previous-password"),
         "the old password is dropped once the server has the new one"
     );
-    assert!(can_login(&pg, "app", &new_app["password"], "orders").await);
-    assert!(!can_login(&pg, "app", &app["password"], "orders").await);
-    assert!(can_login(&pg, "postgres", &new_admin["password"], "postgres").await);
-    assert!(!can_login(&pg, "postgres", &admin["password"], "postgres").await);
+    assert!(pg.can_login("app", &new_app["password"], "orders").await);
+    assert!(!pg.can_login("app", &app["password"], "orders").await);
+    assert!(pg.can_login("postgres", &new_admin["password"], "postgres").await);
+    assert!(!pg.can_login("postgres", &admin["password"], "postgres").await);
     pg.password = new_admin["password"].clone();
     // The app's pods roll onto the new credentials.
     eventually("app pods annotated with the rotation", WAIT, || async {
@@ -414,8 +409,8 @@ async fn postgres_admin_password_follows_an_external_secret() {
         done.then_some(())
     })
     .await;
-    assert!(can_login(&pg, "postgres", second, "postgres").await, "the new password works");
-    assert!(!can_login(&pg, "postgres", first, "postgres").await, "the old password no longer works");
+    assert!(pg.can_login("postgres", second, "postgres").await, "the new password works");
+    assert!(!pg.can_login("postgres", first, "postgres").await, "the old password no longer works");
     pg.password = second.into();
     wait_condition(&api, "orders-db", "Ready", "True", "Provisioned").await;
 
@@ -426,7 +421,7 @@ async fn postgres_admin_password_follows_an_external_secret() {
     let degraded = refused.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Degraded").unwrap();
     assert!(degraded.message.contains("rotate it in AWS Secrets Manager"), "{}", degraded.message);
     assert_eq!(secret_data(&secrets.get("orders-db-credentials").await.unwrap())["password"], second);
-    assert!(can_login(&pg, "postgres", second, "postgres").await, "the password stayed the synced one");
+    assert!(pg.can_login("postgres", second, "postgres").await, "the password stayed the synced one");
     cluster.assert_clean().await;
     assert_eq!(operator.terminate().code(), Some(0));
 }

@@ -603,6 +603,48 @@ async fn a_cache_behind_the_server_redoes_no_finished_step() {
     assert_eq!(operator.terminate().code(), Some(0));
 }
 
+/// The operator's cache of Secrets lags the server by seconds, and the instance is reconciled
+/// again right after it rotated its credentials (`berth.dev/rotate-credentials`): it must not
+/// rotate a second time from the stale Secret, which would leave the Secret with a password
+/// the server never got and the server's nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_secret_cache_behind_the_server_rotates_credentials_once() {
+    const LAG: Duration = Duration::from_secs(5);
+    let world = World::start().await;
+    let (proxy, kubeconfig) = world.via_proxy().await;
+    proxy.add(Rule::new("watch", "/secrets?", Fault::LagWatch(LAG), usize::MAX));
+    let mut operator = world.operator(&kubeconfig);
+    let instances: Api<DatabaseInstance> = Api::namespaced(world.client.clone(), NS);
+    let secrets: Api<Secret> = Api::namespaced(world.client.clone(), NS);
+    let before = secret_value(&secrets.get("orders-db-credentials").await.unwrap(), "password");
+
+    let annotate = |key: &str, value: &str| Patch::Merge(json!({"metadata": {"annotations": {key: value}}}));
+    instances
+        .patch("orders-db", &PatchParams::default(), &annotate("berth.dev/rotate-credentials", "2026-12-06"))
+        .await
+        .unwrap();
+    let rotated = eventually("the rotated password in the Secret", WAIT, || async {
+        let password = secret_value(&secrets.get("orders-db-credentials").await.ok()?, "password");
+        (password != before).then_some(password)
+    })
+    .await;
+    // Within the lag: the next reconcile, while the cache still has the Secret before rotation.
+    instances.patch("orders-db", &PatchParams::default(), &annotate("example.com/touched", "yes")).await.unwrap();
+    tokio::time::sleep(LAG * 2).await;
+    eventually("rotation complete", WAIT, || async {
+        let db = instances.get("orders-db").await.ok()?;
+        (db.status?.credentials_revision.as_deref() == Some("2026-12-06")).then_some(())
+    })
+    .await;
+    let now = secret_value(&secrets.get("orders-db-credentials").await.unwrap(), "password");
+    assert_eq!(now, rotated, "the credentials were rotated a second time");
+    assert!(world.pg.can_login("postgres", &now, "postgres").await, "the Secret's password works on the server");
+    assert!(!world.pg.can_login("postgres", &before, "postgres").await, "the old password no longer works");
+    assert!(proxy.fired().iter().any(|f| f.starts_with("LagWatch")), "{:?}", proxy.fired());
+    world.cluster.assert_clean().await;
+    assert_eq!(operator.terminate().code(), Some(0));
+}
+
 /// Waits until `count` agent pods of Jobs named `prefix…` in `ns` run (their processes
 /// started), and returns their names.
 async fn agents_running(world: &World, ns: &str, prefix: &str, count: usize) -> Vec<String> {

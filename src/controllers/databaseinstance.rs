@@ -210,7 +210,15 @@ async fn reconcile_instance(db: &DatabaseInstance, ctx: &Ctx) -> Result<Action, 
     let ns = valid.namespace();
 
     // Credentials: stored ones are kept; only missing ones are generated.
-    let stored = stored_credentials(&valid, ctx).await?;
+    let mut stored = stored_credentials(&valid, ctx, Read::Cache).await?;
+    // The Secret cache can lag this controller's own last write. Generating or rotating from a
+    // stale Secret would replace a password the server already has, leaving none that works:
+    // before either, read the Secrets from the server.
+    let requested = db.annotations().get(ROTATE_ANNOTATION);
+    let rotation_due = requested.is_some() && stored.as_ref().and_then(|c| c.revision.as_ref()) != requested;
+    if rotation_due || Credentials::complete(&valid, stored.clone()).1 {
+        stored = stored_credentials(&valid, ctx, Read::Server).await?;
+    }
     let first = stored.as_ref().is_none_or(|c| c.admin_password.is_empty());
     let (mut credentials, generated) = Credentials::complete(&valid, stored);
     if generated {
@@ -382,20 +390,36 @@ async fn reconcile_instance(db: &DatabaseInstance, ctx: &Ctx) -> Result<Action, 
 /// The credentials in the instance's Secrets. The main Secret is read from the API when the
 /// cache does not have it: a cache that lags must never make the operator generate (and
 /// overwrite) a password that already exists.
-async fn stored_credentials(valid: &ValidDatabase, ctx: &Ctx) -> Result<Option<Credentials>, Error> {
+/// Where [`stored_credentials`] reads the Secrets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// The controller's cache (the main Secret from the server when the cache has none).
+    Cache,
+    /// The API server, every one.
+    Server,
+}
+
+async fn stored_credentials(valid: &ValidDatabase, ctx: &Ctx, read: Read) -> Result<Option<Credentials>, Error> {
     let ns = valid.namespace();
-    let secrets = &ctx.stores.secrets;
-    let get = |name: &str| secrets.get(&ObjectRef::new(name).within(&ns));
-    let mut main = get(&valid.secret_name());
-    if main.is_none() {
-        let api: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    let api: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    let get = async |name: &str| -> Result<Option<Arc<Secret>>, Error> {
+        match read {
+            Read::Cache => Ok(ctx.stores.secrets.get(&ObjectRef::new(name).within(&ns))),
+            Read::Server => Ok(api.get_opt(name).await?.map(Arc::new)),
+        }
+    };
+    let mut main = get(&valid.secret_name()).await?;
+    if main.is_none() && read == Read::Cache {
         main = api.get_opt(&valid.secret_name()).await?.map(Arc::new);
     }
-    let users: BTreeMap<String, Arc<Secret>> = valid
-        .login_users()
-        .filter_map(|u| get(&valid.user_secret_name(u)).map(|s| (valid.user_secret_name(u), s)))
-        .collect();
-    let server = get(&format!("{}-server", valid.name()));
+    let mut users: BTreeMap<String, Arc<Secret>> = BTreeMap::new();
+    for user in valid.login_users() {
+        let name = valid.user_secret_name(user);
+        if let Some(secret) = get(&name).await? {
+            users.insert(name, secret);
+        }
+    }
+    let server = get(&format!("{}-server", valid.name())).await?;
     Ok(Credentials::from_secrets(valid, main.as_deref(), |n| users.get(n).map(|s| s.as_ref()), server.as_deref()))
 }
 

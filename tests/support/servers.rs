@@ -206,6 +206,12 @@ impl Postgres {
     pub fn psql(&self, db: &str, sql: &str) -> String {
         self.try_psql(db, sql).unwrap_or_else(|e| panic!("psql {db}: {sql}: {e}"))
     }
+
+    /// Whether `user` logs in to `db` with `password` over TCP, as an app would.
+    pub async fn can_login(&self, user: &str, password: &str, db: &str) -> bool {
+        let url = format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", self.port);
+        tokio_postgres::connect(&url, tokio_postgres::NoTls).await.is_ok()
+    }
 }
 
 impl Drop for Postgres {
