@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth::api::{Backup, BackupPolicy, DatabaseInstance, Restore};
+use berth::api::{AppEnvironment, Backup, BackupPolicy, DatabaseInstance, Restore};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -640,6 +640,44 @@ async fn a_secret_cache_behind_the_server_rotates_credentials_once() {
     assert_eq!(now, rotated, "the credentials were rotated a second time");
     assert!(world.pg.can_login("postgres", &now, "postgres").await, "the Secret's password works on the server");
     assert!(!world.pg.can_login("postgres", &before, "postgres").await, "the old password no longer works");
+    assert!(proxy.fired().iter().any(|f| f.starts_with("LagWatch")), "{:?}", proxy.fired());
+    world.cluster.assert_clean().await;
+    assert_eq!(operator.terminate().code(), Some(0));
+}
+
+/// The operator's cache of AppEnvironments lags the server, and the app's migration Job is
+/// deleted by hand right after it succeeded: the migration must not run a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cache_behind_the_server_runs_a_migration_once() {
+    const LAG: Duration = Duration::from_secs(5);
+    let world = World::start().await;
+    let (proxy, kubeconfig) = world.via_proxy().await;
+    proxy.add(Rule::new("watch", "/appenvironments?", Fault::LagWatch(LAG), usize::MAX));
+    let mut operator = world.operator(&kubeconfig);
+    let apps: Api<AppEnvironment> = Api::namespaced(world.client.clone(), NS);
+    let jobs: Api<Job> = Api::namespaced(world.client.clone(), NS);
+    let _: AppEnvironment = create(
+        &world.client,
+        NS,
+        json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "AppEnvironment", "metadata": {"name": "migrated"},
+            "spec": {"tier": "development", "image": "ghcr.io/example/web:1",
+                     "migration": {"command": ["sh", "-c", "echo migrated"]}}
+        }),
+    )
+    .await;
+    let job = eventually("the migration succeeded", WAIT, || async {
+        let migration = apps.get("migrated").await.ok()?.status?.migration?;
+        (migration.phase == "Succeeded").then_some(migration.job)
+    })
+    .await;
+    // Within the lag: the Job goes, while the operator's cached app still has it Running.
+    jobs.delete(&job, &kube::api::DeleteParams::background()).await.unwrap();
+    tokio::time::sleep(LAG * 2).await;
+    assert_eq!(world.cluster.kubelet().runs_of(&job).len(), 1, "the migration ran once");
+    assert!(jobs.get_opt(&job).await.unwrap().is_none(), "the migration Job was created again");
+    let migration = apps.get("migrated").await.unwrap().status.unwrap().migration.unwrap();
+    assert_eq!((migration.job.as_str(), migration.phase.as_str()), (job.as_str(), "Succeeded"));
     assert!(proxy.fired().iter().any(|f| f.starts_with("LagWatch")), "{:?}", proxy.fired());
     world.cluster.assert_clean().await;
     assert_eq!(operator.terminate().code(), Some(0));

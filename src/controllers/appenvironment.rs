@@ -631,6 +631,15 @@ async fn migrate(
     }
     let state = match ctx.stores.jobs.get(&ObjectRef::new(&name).within(&ns)) {
         None => {
+            // The cached status may lag the write that recorded this migration's success (and
+            // its Job was deleted since): ask the server before running a migration again.
+            if let Some(done) = super::read_fresh(&ctx.shared.client, app)
+                .await?
+                .and_then(|fresh| fresh.status?.migration)
+                .filter(|m| m.job == name && m.phase == "Succeeded")
+            {
+                return Ok((MigrationState::Succeeded, Some(done)));
+            }
             if applier.apply(&ctx.stores.jobs, job).await? {
                 info!(appenvironment = %key(app), job = %name, image = %app.spec.image, "started the migration");
             }
