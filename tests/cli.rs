@@ -492,7 +492,7 @@ async fn history_deadline_rollback_and_promote_change_only_what_they_should() {
         "tier": "staging", "image": "ghcr.io/example/web:1", "progressDeadlineSeconds": 15,
         "env": [{"name": "GREETING", "value": "hello"}], "volumes": [config("web-config-v1")]
     });
-    let _: berth::api::AppEnvironment = create_in(&client, "staging", json!({
+    let _: berth::api::AppEnvironment = create(&client, "staging", json!({
         "apiVersion": "berth.dev/v1alpha1", "kind": "AppEnvironment", "metadata": {"name": "web"}, "spec": staging_spec
     }))
     .await;
@@ -602,7 +602,7 @@ async fn history_deadline_rollback_and_promote_change_only_what_they_should() {
         "env": [{"name": "GREETING", "value": "hello"}],
         "volumes": [config("web-config-v1"), {"name": "cache", "mountPath": "/cache", "emptyDir": {}}]
     });
-    let _: berth::api::AppEnvironment = create_in(
+    let _: berth::api::AppEnvironment = create(
         &client,
         "prod",
         json!({
@@ -648,16 +648,4 @@ async fn history_deadline_rollback_and_promote_change_only_what_they_should() {
 
     cluster.assert_clean().await;
     assert_eq!(operator.terminate().code(), Some(0));
-}
-
-async fn create_in<K>(client: &kube::Client, ns: &str, value: Value) -> K
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    api.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap()
 }
