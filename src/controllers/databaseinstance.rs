@@ -387,9 +387,6 @@ async fn reconcile_instance(db: &DatabaseInstance, ctx: &Ctx) -> Result<Action, 
     }
 }
 
-/// The credentials in the instance's Secrets. The main Secret is read from the API when the
-/// cache does not have it: a cache that lags must never make the operator generate (and
-/// overwrite) a password that already exists.
 /// Where [`stored_credentials`] reads the Secrets.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Read {
@@ -399,6 +396,9 @@ enum Read {
     Server,
 }
 
+/// The credentials in the instance's Secrets. From the cache, the main Secret is read from the
+/// API when the cache does not have it: a cache that lags must never make the operator
+/// generate (and overwrite) a password that already exists.
 async fn stored_credentials(valid: &ValidDatabase, ctx: &Ctx, read: Read) -> Result<Option<Credentials>, Error> {
     let ns = valid.namespace();
     let api: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &ns);

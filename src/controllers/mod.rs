@@ -308,7 +308,8 @@ pub fn object_key<K: Resource>(obj: &K) -> String {
 /// its own last status write (the watch is behind, and an owned Job's event triggers the next
 /// reconcile first): a one-way step decided from that stale status would be done again, e.g. a
 /// finished Backup exported and its completion written and announced twice. The kinds with
-/// few objects and one-way steps (BackupPolicy, Backup, Restore) read fresh at each reconcile.
+/// few objects and one-way steps (BackupPolicy, Backup, Restore) read fresh at each reconcile;
+/// an AppEnvironment only before it starts a migration Job.
 pub async fn read_fresh<K>(client: &Client, cached: &K) -> Result<Option<K>, kube::Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
